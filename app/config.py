@@ -1,0 +1,87 @@
+"""Server-wide dashboard settings, decided once by ``app.serve`` and handed to every session.
+
+``app.serve`` (behind ``panel_serve.sh``) parses the command line, resolves databases and writes this
+config as JSON into ``DAMNIT_DASHBOARD_CONFIG``; the Panel app reads it back. Only databases listed
+here (or proposal numbers that resolve to an official DAMNIT folder when ``allow_lookup`` is set) can
+be opened: a URL never names a path.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+ENV_VAR = "DAMNIT_DASHBOARD_CONFIG"
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass
+class ServerConfig:
+    databases: list[str] = field(default_factory=list)  # absolute DB dirs, in command-line order
+    read_only: bool = False
+    address: str = "127.0.0.1"
+    prefix: str = ""
+    auth: str = "none"  # none | oauth | header
+    user_header: str = ""  # trusted proxy header carrying the user name (auth == "header")
+    allow_lookup: bool = False  # may users open other proposals by number (none given on the CLI)
+    demo: bool = False
+
+    @property
+    def loopback(self) -> bool:
+        return self.address in LOOPBACK
+
+    @property
+    def writes_need_user(self) -> bool:
+        """Writes need an authenticated user when auth is configured or the server is reachable from
+        other machines (then unauthenticated writes are refused)."""
+        return self.auth != "none" or not self.loopback
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self))
+
+
+@lru_cache(maxsize=1)
+def _cached(raw: str) -> ServerConfig:
+    return ServerConfig(**json.loads(raw)) if raw else ServerConfig(allow_lookup=True)
+
+
+def get_config() -> ServerConfig:
+    """The config of this server process (defaults: loopback, no databases, lookup by number)."""
+    return _cached(os.environ.get(ENV_VAR, ""))
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("XFEL_DATA_ROOT") or "/gpfs/exfel/exp")
+
+
+def find_proposal_dir(proposal: int) -> Path | None:
+    """The official DAMNIT folder of a proposal number (spec §5), or None."""
+    pattern = str(data_root() / "*" / "*" / f"p{int(proposal):06d}" / "usr" / "Shared" / "amore")
+    for d in sorted(glob.glob(pattern)):
+        if (Path(d) / "runs.sqlite").is_file():
+            return Path(d)
+    return None
+
+
+def resolve_database(arg: str | os.PathLike) -> Path:
+    """A command-line argument → DB dir: a folder with runs.sqlite, the runs.sqlite itself, or a
+    proposal number. Raises ValueError saying what was wrong."""
+    text = str(arg)
+    if text.isdigit() and not Path(text).exists():
+        found = find_proposal_dir(int(text))
+        if found is None:
+            raise ValueError(f"Proposal {text}: no DAMNIT database under {data_root()}/*/*/p{int(text):06d}/"
+                             "usr/Shared/amore")
+        return found.resolve()
+    p = Path(text).expanduser()
+    if p.is_file() and p.name == "runs.sqlite":
+        p = p.parent
+    if not p.is_dir():
+        raise ValueError(f"{text}: no such folder")
+    if not (p / "runs.sqlite").is_file():
+        raise ValueError(f"{text}: not a DAMNIT folder (no runs.sqlite)")
+    return p.resolve()

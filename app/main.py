@@ -1,0 +1,9 @@
+"""The Panel app served by ``panel serve`` (see ``panel_serve.sh``): one call per browser session."""
+
+import panel as pn
+
+from app.shell import build_app
+
+pn.extension("tabulator", notifications=True)
+
+build_app().servable(title="DAMNIT")

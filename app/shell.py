@@ -1,0 +1,208 @@
+"""The app shell: picks the proposal for this session, builds its SessionState and shows the pages as
+tabs under a header with the proposal, the connection state and the user's write permission."""
+
+from __future__ import annotations
+
+import html
+import logging
+
+import panel as pn
+import param
+
+from app.config import ServerConfig, find_proposal_dir, get_config
+from app.pages import load_pages
+from app.state import ProposalSource, SessionState, get_source
+
+log = logging.getLogger(__name__)
+
+CSS = """
+.dmn-conn { padding: 2px 8px; border-radius: 10px; font-size: 12px; color: white; font-family: sans-serif; }
+.dmn-conn-live { background: #2e7d32; }
+.dmn-conn-polling { background: #f9a825; color: black; }
+.dmn-conn-starting { background: #777; }
+.dmn-conn-disconnected { background: #c62828; }
+"""
+
+
+class ConnectionBadge(pn.custom.JSComponent):
+    """live / polling (server side) or disconnected (no heartbeat from the server for 7 s)."""
+
+    state = param.String(default="starting")
+    heartbeat = param.Integer(default=0)
+
+    _stylesheets = [CSS]
+    _esm = """
+    export function render({ model, el }) {
+      const span = document.createElement('span')
+      span.setAttribute('data-testid', 'connection-state')
+      el.appendChild(span)
+      let last = Date.now()
+      function draw() {
+        const stale = Date.now() - last > 7000
+        const s = stale ? 'disconnected' : model.state
+        span.textContent = s
+        span.className = 'dmn-conn dmn-conn-' + s
+        span.title = stale ? 'No contact with the dashboard server; reconnecting...'
+                   : (s === 'live' ? 'Updates arrive through Kafka' : 'Updates by polling the database')
+      }
+      model.on('heartbeat', () => { last = Date.now(); draw() })
+      model.on('state', draw)
+      const timer = setInterval(draw, 1000)
+      model.on('remove', () => clearInterval(timer))
+      draw()
+    }
+    """
+
+
+def session_user(cfg: ServerConfig) -> str:
+    if cfg.auth == "oauth":
+        return pn.state.user or ""
+    if cfg.auth == "header" and cfg.user_header:
+        headers = pn.state.headers or {}
+        for k, v in headers.items():
+            if k.lower() == cfg.user_header.lower():
+                return str(v)
+    return ""
+
+
+def make_session(source: ProposalSource | None, cfg: ServerConfig) -> SessionState:
+    user = session_user(cfg)
+    if cfg.read_only:
+        can_write, reason = False, "The dashboard was started with --read-only"
+    elif cfg.writes_need_user and not user:
+        can_write = False
+        reason = ("Editing needs a signed-in user: this server is reachable from other machines "
+                  "(configure OAuth or a trusted proxy header)")
+    else:
+        can_write, reason = True, ""
+    return SessionState(source=source, read_only=cfg.read_only, user=user, can_write=can_write,
+                        write_denied_reason=reason)
+
+
+def _served_sources(cfg: ServerConfig) -> list[ProposalSource]:
+    out = []
+    for d in cfg.databases:
+        try:
+            out.append(get_source(d))
+        except Exception as e:
+            log.error("Cannot open %s: %s", d, e)
+    return out
+
+
+def pick_source(cfg: ServerConfig) -> tuple[ProposalSource | None, str]:
+    """The source this session asked for with ``?proposal=N`` / ``?db=i``, or the only one served."""
+    args = pn.state.session_args or {}
+    prop = (args.get("proposal") or [b""])[0].decode()
+    db_index = (args.get("db") or [b""])[0].decode()
+    if prop:
+        if not prop.isdigit():
+            return None, f"Not a proposal number: {prop!r}"
+        for i, d in enumerate(cfg.databases):
+            src = get_source(d)
+            if src.proposal == int(prop):
+                return src, ""
+            del i
+        if cfg.allow_lookup:
+            found = find_proposal_dir(int(prop))
+            if found is not None:
+                return get_source(found), ""
+        return None, f"Proposal {prop} is not served here"
+    if db_index:
+        if db_index.isdigit() and int(db_index) < len(cfg.databases):
+            return get_source(cfg.databases[int(db_index)]), ""
+        return None, f"No database #{db_index} is served here"
+    if len(cfg.databases) == 1:
+        return get_source(cfg.databases[0]), ""
+    return None, ""
+
+
+def proposal_list(cfg: ServerConfig, message: str = "") -> pn.viewable.Viewable:
+    """The landing page when several (or no) databases are served."""
+    rows = []
+    for i, d in enumerate(cfg.databases):
+        try:
+            src = get_source(d)
+            label = f"p{src.proposal}" if src.proposal is not None else f"database #{i}"
+            link = f"?proposal={src.proposal}" if src.proposal is not None else f"?db={i}"
+            rows.append(f"<li><a href='{html.escape(link)}'>{html.escape(label)}</a> "
+                        f"<span style='color:#666'>({len(src.runs)} runs, {html.escape(str(src.db_dir))})</span></li>")
+        except Exception as e:
+            rows.append(f"<li>{html.escape(d)}: <b>cannot open</b>: {html.escape(str(e))}</li>")
+    number = pn.widgets.TextInput(name="Open proposal number", placeholder="e.g. 1234", width=200)
+    go = pn.widgets.Button(name="Open", button_type="primary", width=80)
+    feedback = pn.pane.Alert(message, alert_type="warning", visible=bool(message))
+
+    def open_proposal(_=None):
+        text = number.value.strip()
+        if not text.isdigit():
+            feedback.object, feedback.visible = f"Not a proposal number: {text!r}", True
+            return
+        served = any(get_source(d).proposal == int(text) for d in cfg.databases)
+        if not served and not (cfg.allow_lookup and find_proposal_dir(int(text))):
+            feedback.object, feedback.visible = f"Proposal {text} is not served here", True
+            return
+        pn.state.location.search = f"?proposal={int(text)}"
+        pn.state.location.reload = True
+
+    go.on_click(open_proposal)
+    number.param.watch(open_proposal, "enter_pressed")
+    listing = "<ul>" + "".join(rows) + "</ul>" if rows else "<p>No databases given on the command line.</p>"
+    return pn.Column(pn.pane.HTML("<h2>DAMNIT: served proposals</h2>" + listing), feedback,
+                     pn.Row(number, go, align="end"), sizing_mode="stretch_width")
+
+
+def build_app() -> pn.viewable.Viewable:
+    """One session's page."""
+    cfg = get_config()
+    try:
+        source, message = pick_source(cfg)
+    except Exception as e:  # a served DB became unreadable
+        source, message = None, f"Cannot open the database: {e}"
+    if source is None:
+        return proposal_list(cfg, message)
+    session = make_session(source, cfg)
+
+    badge = ConnectionBadge(state=source.connection, height=24, width=110)
+    session.on_change(lambda ch: setattr(badge, "state", source.connection) if ch.connection else None)
+    beat = pn.state.add_periodic_callback(lambda: setattr(badge, "heartbeat", badge.heartbeat + 1), 2000)
+    pn.state.on_session_destroyed(lambda ctx: beat.stop())
+
+    who = html.escape(session.user) if session.user else ""
+    if session.read_only:
+        mode = "<span title='Started with --read-only' style='color:#a00'>read-only</span>"
+    elif not session.can_write:
+        mode = f"<span title='{html.escape(session.write_denied_reason, quote=True)}' style='color:#a00'>view only</span>"
+    else:
+        mode = ""
+    title = html.escape(f"DAMNIT: {source.title}")
+    header = pn.Row(
+        pn.pane.HTML(f"<b style='font-size:18px'>{title}</b> <span style='color:#666'>"
+                     f"{html.escape(str(source.db_dir))}</span>"),
+        pn.HSpacer(),
+        pn.pane.HTML(f"{who} {mode}", margin=(8, 10)),
+        badge,
+        sizing_mode="stretch_width",
+    )
+    if len(cfg.databases) > 1 or cfg.allow_lookup:
+        header.insert(1, pn.pane.HTML("<a href='?'>all proposals</a>", margin=(8, 10)))
+
+    pages = load_pages()
+    args = pn.state.session_args or {}
+    want = (args.get("page") or [b""])[0].decode()
+    slots = [pn.Column(sizing_mode="stretch_both", name=p.title) for p in pages]
+    tabs = pn.Tabs(*slots, sizing_mode="stretch_both", dynamic=False)
+
+    def fill(index: int) -> None:
+        if 0 <= index < len(pages) and not slots[index].objects:
+            try:
+                slots[index].objects = [pages[index].view(session)]
+            except Exception as e:
+                log.exception("Page %s failed", pages[index].slug)
+                slots[index].objects = [pn.pane.Alert(f"This page failed: {html.escape(repr(e))}",
+                                                      alert_type="danger")]
+
+    tabs.param.watch(lambda ev: fill(ev.new), "active")
+    start = next((i for i, p in enumerate(pages) if p.slug == want), 0)
+    tabs.active = start
+    fill(start)
+    return pn.Column(header, tabs, sizing_mode="stretch_both")
