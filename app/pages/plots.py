@@ -1,0 +1,317 @@
+"""Summary plots across runs: any variable against any other, histograms, and per-run array overlays.
+
+The scatter/line/histogram reads only the live run table (no file access) and is fed through a
+HoloViews ``Pipe``, so a new run adds a point without redrawing the axes. Selecting points (tap or box
+select) selects those runs in the run table. The overlay reads each selected run's arrays from HDF5 in
+a worker thread and aligns them on ``trainId`` when both are DataArrays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import panel as pn
+
+from app.run_contents import run_file, scan_run_file
+from app.value_plots import PLOT_HEIGHT  # noqa: F401  (also registers the Bokeh backend)
+
+TITLE = "Plots"
+SLUG = "plots"
+
+INDEX_X = "(index / trainId)"
+NON_PLOT_COLUMNS = {"proposal", "added_at", "comment"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure helpers (testable without a browser)
+# --------------------------------------------------------------------------------------------------
+
+def numeric_columns(frame: pd.DataFrame) -> list[str]:
+    """Columns with at least one real number (not arrays, thumbnails or text)."""
+    out = []
+    for col in frame.columns:
+        if col in NON_PLOT_COLUMNS:
+            continue
+        if summary_series(frame, col).notna().any():
+            out.append(col)
+    return out
+
+
+def summary_series(frame: pd.DataFrame, col: str) -> pd.Series:
+    """A table column as floats: numbers and bools kept, everything else NaN."""
+    def as_float(v: Any) -> float:
+        if isinstance(v, (bool, np.bool_, int, float, np.integer, np.floating)) and not isinstance(v, complex):
+            return float(v)
+        return np.nan
+
+    if col == "run":
+        return frame["run"].astype(float)
+    return frame[col].map(as_float).astype(float)
+
+
+def scatter_data(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Rows with both x and y numeric, as columns x, y, run (sorted by x for line plots)."""
+    data = pd.DataFrame({"x": summary_series(frame, x).to_numpy(), "y": summary_series(frame, y).to_numpy(),
+                         "run": frame["run"].astype(int).to_numpy()})
+    return data.dropna(subset=["x", "y"]).sort_values(["x", "run"]).reset_index(drop=True)
+
+
+def histogram(values: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Probability-density histogram of the finite values (edges, densities)."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return np.array([0.0, 1.0]), np.array([0.0])
+    density, edges = np.histogram(values, bins=max(int(bins), 1), density=True)
+    return edges, density
+
+
+def parse_runs_for_overlay(selected: list[int], limit: int = 20) -> list[int]:
+    return sorted(set(int(r) for r in selected))[:limit]
+
+
+def aligned_arrays(yval: Any, xval: Any | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """x and y of one run for the overlay, and the x label.
+
+    - no x: y against its trainId (or first) coordinate, else its index;
+    - two DataArrays sharing a dimension: inner-aligned on it (common trainIds);
+    - two plain arrays: must have the same length.
+    Raises ValueError saying why two values cannot be plotted against each other.
+    """
+    yarr = np.asarray(getattr(yval, "values", yval))
+    if yarr.ndim != 1:
+        raise ValueError(f"needs 1-D data, got shape {yarr.shape}")
+    if xval is None:
+        dims = getattr(yval, "dims", ())
+        if dims and dims[0] in getattr(yval, "coords", {}):
+            return np.asarray(yval.coords[dims[0]].values), yarr, str(dims[0])
+        return np.arange(len(yarr)), yarr, "index"
+    xarr = np.asarray(getattr(xval, "values", xval))
+    if xarr.ndim != 1:
+        raise ValueError(f"x needs 1-D data, got shape {xarr.shape}")
+    ydims, xdims = getattr(yval, "dims", ()), getattr(xval, "dims", ())
+    if ydims and xdims and ydims[0] == xdims[0] and ydims[0] in yval.coords and xdims[0] in xval.coords:
+        import xarray as xr
+
+        xa, ya = xr.align(xval, yval, join="inner")
+        if xa.size == 0:
+            raise ValueError(f"no common {ydims[0]} values")
+        return np.asarray(xa.values), np.asarray(ya.values), ""
+    if len(xarr) != len(yarr):
+        raise ValueError(f"lengths differ ({len(xarr)} vs {len(yarr)}) and there are no shared coordinates")
+    return xarr, yarr, ""
+
+
+def array_variables(db_dir: Any, proposal: int | None, runs: list[int]) -> list[str]:
+    """Names of 1-D array variables (candidates for the overlay) in the given runs' files."""
+    names: set[str] = set()
+    for run in runs:
+        if proposal is None:
+            break
+        for var in scan_run_file(run_file(db_dir, proposal, run)).values():
+            if var.error is None and (len(var.shape) == 1 and var.shape[0] > 1 or
+                                      var.objtype == "dataarray" and any(len(s) == 1 for s in
+                                                                         var.netcdf_vars.values())):
+                names.add(var.name)
+    return sorted(names)
+
+
+def read_value(db_dir: Any, run: int, name: str) -> Any:
+    from backend.api import RunVariables
+
+    return RunVariables(db_dir, run)[name].read(deserialize_plotly=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# The page
+# --------------------------------------------------------------------------------------------------
+
+def view(session: Any) -> pn.viewable.Viewable:
+    return pn.Column(SummaryPlot(session).layout, pn.layout.Divider(), RunOverlay(session).layout,
+                     sizing_mode="stretch_width", name=TITLE)
+
+
+class SummaryPlot:
+    """Y against X (or a histogram of Y) for all runs, kept current as runs arrive."""
+
+    def __init__(self, session: Any):
+        self.session = session
+        self.source = session.source
+        cols = numeric_columns(self.source.frame())
+        options = self._options(cols)
+        default_y = next((c for c in cols if c not in ("run", "start_time")), "run")
+        self.x = pn.widgets.Select(name="X", options=options, value="run", width=220)
+        self.y = pn.widgets.Select(name="Y", options=options, value=default_y, width=220)
+        self.swap = pn.widgets.Button(name="⇄ swap", width=70, align="end")
+        self.kind = pn.widgets.RadioButtonGroup(options=["Scatter", "Line", "Histogram"], value="Scatter",
+                                                align="end")
+        self.bins = pn.widgets.IntInput(name="Bins", value=30, start=5, end=100_000, step=25, width=90)
+        self.count = pn.pane.Str("", styles={"color": "grey"}, css_classes=["damnit-plot-count"])
+        self.pipe = hv.streams.Pipe(data=self._data())
+        self.plot_pane = pn.pane.HoloViews(sizing_mode="stretch_width", min_height=PLOT_HEIGHT + 80)
+        self.swap.on_click(self._swap)
+        for w in (self.x, self.y, self.kind):
+            w.param.watch(self._rebuild, "value")
+        self.bins.param.watch(lambda e: self._push(), "value")
+        session.on_change(self._on_change)
+        self._rebuild()
+        self.layout = pn.Column(
+            pn.pane.Markdown("### Summary of all runs"),
+            pn.Row(self.y, pn.pane.Str("vs.", align="end"), self.x, self.swap, self.kind, self.bins),
+            self.count, self.plot_pane, sizing_mode="stretch_width")
+
+    def _options(self, cols: list[str]) -> dict[str, str]:
+        return {self.source.variable(c).display_title if c not in ("run",) else "Run": c for c in cols}
+
+    def _data(self) -> pd.DataFrame:
+        frame = self.source.frame()
+        if self.kind.value == "Histogram":
+            return pd.DataFrame({"y": summary_series(frame, self.y.value).dropna().to_numpy()})
+        return scatter_data(frame, self.x.value, self.y.value)
+
+    def _push(self) -> None:
+        data = self._data()
+        n_total = len(self.source.run_keys())
+        self.count.object = f"{len(data)} runs plotted ({n_total - len(data)} without values)"
+        self.pipe.send(data)
+
+    def _swap(self, _=None) -> None:
+        x, y = self.x.value, self.y.value
+        self.x.value, self.y.value = y, x
+
+    def _on_change(self, change: Any) -> None:
+        if change.variables or change.reset:
+            options = self._options(numeric_columns(self.source.frame()))
+            for w in (self.x, self.y):
+                current = w.value
+                w.options = options
+                if current in options.values():
+                    w.value = current
+        if change.new_runs or change.changed or change.reset:
+            self._push()
+
+    def _rebuild(self, _=None) -> None:
+        kind, x, y = self.kind.value, self.x.value, self.y.value
+        self.x.disabled = kind == "Histogram"
+        xlabel = self.source.variable(x).display_title if x != "run" else "Run"
+        ylabel = self.source.variable(y).display_title if y != "run" else "Run"
+        xu = (self.source.variable(x).attributes or {}).get("units")
+        yu = (self.source.variable(y).attributes or {}).get("units")
+        xdim = hv.Dimension("x", label=xlabel, unit=xu)
+        ydim = hv.Dimension("y", label=ylabel, unit=yu)
+
+        if kind == "Histogram":
+            def element(data: pd.DataFrame) -> hv.Element:
+                edges, density = histogram(data["y"].to_numpy() if len(data) else np.array([]), self.bins.value)
+                return hv.Histogram((edges, density), kdims=[ydim], vdims=["density"]).opts(
+                    responsive=True, height=PLOT_HEIGHT + 80, framewise=True, tools=["hover"],
+                    title=f"{ylabel}: distribution over runs")
+        else:
+            def element(data: pd.DataFrame) -> hv.Element:
+                points = hv.Points(data, kdims=[xdim, ydim], vdims=["run"]).opts(
+                    size=8, tools=["hover", "tap", "box_select", "lasso_select"], responsive=True,
+                    height=PLOT_HEIGHT + 80, framewise=True, show_grid=True, nonselection_alpha=0.3,
+                    title=f"{ylabel} vs. {xlabel}", active_tools=["box_select"])
+                if kind == "Line":
+                    return hv.Curve(data, kdims=[xdim], vdims=[ydim]).opts(framewise=True) * points
+                return points
+
+        dmap = hv.DynamicMap(lambda data: element(data), streams=[self.pipe])
+        if kind != "Histogram":
+            selection = hv.streams.Selection1D(source=dmap)
+            selection.add_subscriber(self._on_select)
+        self.plot_pane.object = dmap
+        self._push()
+
+    def _on_select(self, index: list[int]) -> None:
+        data = self.pipe.data
+        if data is None or not index or "run" not in data:
+            return
+        runs = sorted({int(data["run"].iloc[i]) for i in index if i < len(data)})
+        if runs:
+            self.session.selected_runs = runs
+
+
+class RunOverlay:
+    """One array variable (optionally against another) for each selected run, one line per run."""
+
+    def __init__(self, session: Any):
+        self.session = session
+        self.source = session.source
+        self.y = pn.widgets.Select(name="Array (Y)", options=[], width=220)
+        self.x = pn.widgets.Select(name="Against (X)", options=[INDEX_X], value=INDEX_X, width=220)
+        self.go = pn.widgets.Button(name="Plot selected runs", button_type="primary", align="end")
+        self.runs_text = pn.pane.Str("", styles={"color": "grey"})
+        self.messages = pn.pane.Str("", styles={"color": "#a60"})
+        self.plot_pane = pn.pane.HoloViews(sizing_mode="stretch_width", min_height=PLOT_HEIGHT)
+        self.go.on_click(self._plot)
+        session.param.watch(lambda e: self._refresh_choices(), "selected_runs")
+        self._refresh_choices()
+        self.layout = pn.Column(
+            pn.pane.Markdown("### Per-run data for selected runs"),
+            pn.Row(self.y, pn.pane.Str("vs.", align="end"), self.x, self.go), self.runs_text,
+            self.messages, self.plot_pane, sizing_mode="stretch_width")
+
+    def _runs(self) -> list[int]:
+        runs = parse_runs_for_overlay(self.session.selected_runs)
+        if not runs and self.source.run_keys():
+            runs = [self.source.run_keys()[-1]]
+        return runs
+
+    def _refresh_choices(self) -> None:
+        runs = self._runs()
+        names = array_variables(self.source.db_dir, self.source.proposal, runs[-3:])
+        options = {self.source.variable(n).display_title: n for n in names}
+        current_y, current_x = self.y.value, self.x.value
+        self.y.options = options
+        self.x.options = {INDEX_X: INDEX_X, **options}
+        if current_y in options.values():
+            self.y.value = current_y
+        if current_x in self.x.options.values():
+            self.x.value = current_x
+        shown = ", ".join(map(str, runs))
+        self.runs_text.object = (f"Runs: {shown}" if self.session.selected_runs
+                                 else f"No runs selected in the table; showing the newest run ({shown})")
+
+    async def _plot(self, _=None) -> None:
+        name, xname, runs = self.y.value, self.x.value, self._runs()
+        if not name:
+            self.messages.object = "No array variables in the selected runs."
+            return
+        self.go.loading = True
+        try:
+            curves, problems = await asyncio.to_thread(self._load, runs, name, xname)
+        finally:
+            self.go.loading = False
+        self.messages.object = "\n".join(problems)
+        if curves:
+            overlay = hv.Overlay(curves).opts(responsive=True, height=PLOT_HEIGHT + 60, legend_position="right",
+                                              title=f"{self.source.variable(name).display_title} per run")
+            self.plot_pane.object = overlay
+
+    def _load(self, runs: list[int], name: str, xname: str) -> tuple[list[hv.Element], list[str]]:
+        from app.value_plots import downsample_1d
+
+        curves, problems = [], []
+        ylabel = self.source.variable(name).display_title
+        xlabel = self.source.variable(xname).display_title if xname != INDEX_X else None
+        for run in runs:
+            try:
+                yval = read_value(self.source.db_dir, run, name)
+                xval = read_value(self.source.db_dir, run, xname) if xname != INDEX_X else None
+                x, y, auto_label = aligned_arrays(yval, xval)
+            except KeyError:
+                problems.append(f"Run {run}: no {name!r}" + (f" or {xname!r}" if xname != INDEX_X else ""))
+                continue
+            except (ValueError, OSError) as e:
+                problems.append(f"Run {run}: {e}")
+                continue
+            x, y = downsample_1d(x, y)
+            xdim = hv.Dimension("x", label=xlabel or auto_label or "index")
+            curves.append(hv.Curve((x, y), kdims=[xdim], vdims=[hv.Dimension("y", label=ylabel)],
+                                   label=f"run {run}").opts(tools=["hover"]))
+        return curves, problems
