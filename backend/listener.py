@@ -1,0 +1,512 @@
+"""The run-event listener (``damnit listen``, spec §3): Kafka run events → processing jobs.
+
+Delivery is at-least-once. Offsets are committed manually, per partition, only up to the oldest event
+whose jobs are not yet submitted (Slurm) or finished (local processing); a crash or broker loss
+therefore re-delivers rather than drops events. Re-delivered or duplicate events are harmless: Slurm
+jobs of one run are serialised by name (``--dependency=singleton``) and local requests for a run that
+is already queued are merged.
+
+A new listener reads its topics from the beginning but ignores events older than its first start
+(``listening_since`` setting), so a broker that restarts empty, or a listener started before its
+broker, loses nothing, while a fresh listener does not replay a week of history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backend.listener_db import ListenerDB
+from backend.messages import UpdateProducer, brokers_from_env, update_topic
+from backend.slurm import ExtractionRequest, SlurmSubmitter, SubmissionError, append_run_log
+
+log = logging.getLogger(__name__)
+
+# Event topics and the run data each event announces (offline cluster and online cluster variants).
+EVENT_TOPICS = ("test.r2d2", "cal.offline-corrections", "test.euxfel.hed.daq", "test.euxfel.hed.cal")
+EVENT_RUN_DATA = {
+    "migration_complete": "raw",
+    "run_corrections_complete": "proc",
+    "daq_run_complete": "raw",
+    "online_correction_complete": "proc",
+}
+CONSUMER_GROUP = "xfel-da-damnit-{}"
+READONLY_RETRY_WAIT_S = 2.0
+MAX_BACKOFF_S = 30.0
+
+
+class EventError(ValueError):
+    """A message on an event topic that is not a usable run event."""
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    event: str
+    proposal: int
+    run: int
+    run_data: str
+    added_at: float  # broker timestamp, seconds
+
+
+def parse_event(raw: bytes | str, timestamp_ms: int | None = None) -> RunEvent | None:
+    """A run event from a Kafka message; None for other events; EventError if malformed."""
+    try:
+        msg = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise EventError(f"not JSON ({e})") from None
+    if not isinstance(msg, dict):
+        raise EventError(f"expected a JSON object, got {type(msg).__name__}")
+    event = msg.get("event")
+    if event not in EVENT_RUN_DATA:
+        return None
+    try:
+        proposal, run = int(msg["proposal"]), int(msg["run"])
+    except KeyError as e:
+        raise EventError(f"{event} event without {e.args[0]!r}") from None
+    except (TypeError, ValueError):
+        raise EventError(f"{event} event with a non-integer proposal/run: "
+                         f"{msg.get('proposal')!r}/{msg.get('run')!r}") from None
+    if proposal <= 0 or run <= 0:
+        raise EventError(f"{event} event with proposal {proposal}, run {run}")
+    added_at = timestamp_ms / 1000 if timestamp_ms else time.time()
+    return RunEvent(event, proposal, run, EVENT_RUN_DATA[event], added_at)
+
+
+def find_proposal_dir(proposal: int) -> Path | None:
+    """``<data root>/<instrument>/<cycle>/p<NNNNNN>`` (XFEL_DATA_ROOT, else EXTRA_DATA_DATA_ROOT)."""
+    root = Path(os.environ.get("XFEL_DATA_ROOT") or os.environ.get("EXTRA_DATA_DATA_ROOT") or "/gpfs/exfel/exp")
+    matches = sorted(root.glob(f"*/*/p{proposal:06d}"))
+    return matches[0] if matches else None
+
+
+def official_db_dir(proposal: int) -> Path | None:
+    pdir = find_proposal_dir(proposal)
+    return pdir / "usr" / "Shared" / "amore" if pdir else None
+
+
+# ---------------------------------------------------------------- local processing
+
+@dataclass
+class _Pending:
+    run_data: str
+    processing_id: str
+    callbacks: list[Callable[[], None]] = field(default_factory=list)
+
+
+def _merge_run_data(a: str, b: str) -> str:
+    return a if a == b else "all"
+
+
+class _DatabaseQueue:
+    """Runs queued for local processing in one database, processed in batches by one thread.
+
+    One thread per database keeps one ``RunProcessor`` (its SQLite connection stays in its thread).
+    Requests for a run already waiting are merged (raw + proc → all), so a run is never processed
+    twice at once.
+    """
+
+    def __init__(self, db_dir: Path, owner: LocalProcessing):
+        self.db_dir = db_dir
+        self.owner = owner
+        self.pending: dict[tuple[int, int], _Pending] = {}
+        self.cond = threading.Condition()
+        self.processor = None
+        self.thread = threading.Thread(target=self._loop, name=f"local-{db_dir.name}", daemon=True)
+        self.thread.start()
+
+    def add(self, req: ExtractionRequest, on_done: Callable[[], None]) -> None:
+        with self.cond:
+            key = (req.proposal, req.run)
+            if key in self.pending:
+                p = self.pending[key]
+                p.run_data = _merge_run_data(p.run_data, req.run_data)
+                p.callbacks.append(on_done)
+            else:
+                self.pending[key] = _Pending(req.run_data, req.processing_id, [on_done])
+            self.cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                while not self.pending:
+                    self.cond.wait()
+            with self.owner.slots:
+                with self.cond:
+                    batch, self.pending = self.pending, {}
+                self._process(batch)
+
+    def _process(self, batch: dict[tuple[int, int], _Pending]) -> None:
+        from backend.context_runner import RunRequest
+
+        reqs = {key: RunRequest(proposal=key[0], run=key[1], run_data=p.run_data) for key, p in batch.items()}
+        ids = {id(reqs[key]): p.processing_id for key, p in batch.items()}
+        try:
+            if self.processor is None:
+                from backend.extraction import RunProcessor
+
+                self.processor = RunProcessor(self.db_dir, producer=self.owner.producer,
+                                              n_workers=self.owner.n_workers)
+            for outcome in self.processor.process(list(reqs.values()), processing_ids=ids):
+                key = (outcome.request.proposal, outcome.request.run)
+                if outcome.run_error:
+                    log.error("Local processing of p%d r%d in %s failed: %s", key[0], key[1], self.db_dir,
+                              outcome.run_error.get("message"))
+                else:
+                    log.info("Processed p%d r%d (%s) locally in %s", key[0], key[1], batch[key].run_data,
+                             self.db_dir)
+                self._finish(batch.pop(key, None))
+        except Exception as e:
+            log.error("Local processing in %s failed: %s", self.db_dir, e, exc_info=True)
+            for (proposal, run) in batch:
+                try:
+                    append_run_log(self.db_dir, proposal, run, f"Local processing failed: {e}")
+                except OSError:
+                    pass
+            self.processor = None  # start afresh next time (e.g. after a DB or context fix)
+        finally:
+            for p in batch.values():
+                self._finish(p)
+
+    @staticmethod
+    def _finish(p: _Pending | None) -> None:
+        for cb in p.callbacks if p else ():
+            try:
+                cb()
+            except Exception:
+                log.exception("Completion callback failed")
+
+
+class LocalProcessing:
+    """Processes runs inside the listener when Slurm is unavailable, a bounded number of DBs at once."""
+
+    def __init__(self, producer: UpdateProducer, max_concurrent: int | None = None, n_workers: int | None = None):
+        self.producer = producer
+        self.max_concurrent = max_concurrent or max(1, min((os.cpu_count() or 2) // 2, 10))
+        self.slots = threading.BoundedSemaphore(self.max_concurrent)
+        self.n_workers = n_workers
+        self._queues: dict[Path, _DatabaseQueue] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, db_dir: Path, req: ExtractionRequest, on_done: Callable[[], None]) -> None:
+        with self._lock:
+            queue = self._queues.get(db_dir)
+            if queue is None:
+                queue = self._queues[db_dir] = _DatabaseQueue(db_dir, self)
+        queue.add(req, on_done)
+
+
+# ---------------------------------------------------------------- handling one event
+
+class EventHandler:
+    """Turns one run event into jobs for every database registered for its proposal."""
+
+    def __init__(self, listener_dir: Path, producer: UpdateProducer, local: LocalProcessing | None = None):
+        self.listener_dir = Path(listener_dir).absolute()
+        self.db = ListenerDB(self.listener_dir)
+        self.producer = producer
+        self.local = local or LocalProcessing(producer)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def handle(self, ev: RunEvent, on_done: Callable[[], None] = lambda: None) -> None:
+        """Submit (or queue) jobs for ``ev``; ``on_done`` runs once they are all submitted/finished."""
+        with self._lock:
+            dirs, allow_local, sandbox = self._target_dirs(ev)
+        remaining = [len(dirs) + 1]  # +1 released below, so on_done runs once, after the loop
+        lock = threading.Lock()
+
+        def one_done() -> None:
+            with lock:
+                remaining[0] -= 1
+                last = remaining[0] == 0
+            if last:
+                on_done()
+
+        for db_dir in dirs:
+            try:
+                self._handle_db(ev, db_dir, allow_local, sandbox, one_done)
+            except Exception as e:
+                log.error("Processing p%d r%d for %s failed: %s", ev.proposal, ev.run, db_dir, e, exc_info=True)
+                one_done()
+        one_done()
+
+    def _target_dirs(self, ev: RunEvent) -> tuple[list[Path], bool, str]:
+        try:
+            return self._read_listener_db(ev)
+        except sqlite3.OperationalError as e:
+            if "readonly" not in str(e).lower():
+                raise
+            log.error("listener.sqlite is read-only; reopening in %.0f s", READONLY_RETRY_WAIT_S)
+            self.db.close()
+            time.sleep(READONLY_RETRY_WAIT_S)
+            self.db = ListenerDB(self.listener_dir)
+            return self._read_listener_db(ev)
+
+    def _read_listener_db(self, ev: RunEvent) -> tuple[list[Path], bool, str]:
+        if not self.db.setting("static_mode", True):
+            official = official_db_dir(ev.proposal)
+            if official and (official / "runs.sqlite").is_file():
+                if self.db.add_proposal_db(ev.proposal, official, True):
+                    log.info("Registered official database %s for p%d", official, ev.proposal)
+        dirs = self.db.proposal_db_dirs(ev.proposal)
+        if not dirs:
+            log.debug("No database registered for p%d; ignoring r%d", ev.proposal, ev.run)
+        return dirs, bool(self.db.setting("allow_local_processing", False)), self.db.setting("sandbox_args") or ""
+
+    def _handle_db(self, ev: RunEvent, db_dir: Path, allow_local: bool, sandbox: str,
+                   done: Callable[[], None]) -> None:
+        from backend.db import DamnitDB
+
+        for attempt in (1, 2):
+            try:
+                db = DamnitDB.from_dir(db_dir)
+                try:
+                    db.conn.execute("pragma user_version=0")  # fail fast on a read-only DB
+                    db.ensure_run(ev.proposal, ev.run, added_at=ev.added_at)
+                    settings = dict(db.metameta)
+                    topic = update_topic(db)
+                finally:
+                    db.close()
+                break
+            except sqlite3.OperationalError as e:
+                if attempt == 2 or "readonly" not in str(e).lower():
+                    raise
+                log.warning("%s is read-only; retrying in %.0f s", db_dir, READONLY_RETRY_WAIT_S)
+                time.sleep(READONLY_RETRY_WAIT_S)
+        log.info("Added p%d r%d (%s data) to %s", ev.proposal, ev.run, ev.run_data, db_dir)
+
+        req = ExtractionRequest(ev.proposal, ev.run, ev.run_data, update_vars=True)
+        try:
+            SlurmSubmitter(db_dir, settings, producer=self.producer, db_topic=topic,
+                           sandbox_args=sandbox).submit(req)
+        except SubmissionError as e:
+            if allow_local:
+                log.warning("Slurm job submission failed (%s); processing p%d r%d locally", e, ev.proposal,
+                            ev.run)
+                append_run_log(db_dir, ev.proposal, ev.run, f"Slurm submission failed ({e}); processing locally")
+                self.producer.processing_state_set(topic, req.processing_id, ev.proposal, ev.run, ev.run_data,
+                                                   "PENDING", slurm_cluster=None, slurm_job_id=None)
+                self.local.submit(db_dir, req, done)
+                return
+            msg = (f"Could not submit a Slurm job for r{ev.run} (p{ev.proposal}, {ev.run_data} data): {e}. "
+                   "Local processing is off (damnit listener config allow_local_processing 1).")
+            log.error("%s [%s]", msg, db_dir)
+            append_run_log(db_dir, ev.proposal, ev.run, msg)
+        done()
+
+
+# ---------------------------------------------------------------- offset bookkeeping
+
+class OffsetTracker:
+    """Which offsets of each partition are finished; commits stop at the oldest unfinished one."""
+
+    def __init__(self) -> None:
+        self.pending: dict = {}      # tp -> {offset: done?}
+        self.committed: dict = {}    # tp -> next offset committed
+
+    def add(self, tp, offset: int) -> None:
+        self.pending.setdefault(tp, {})[offset] = False
+
+    def done(self, tp, offset: int) -> None:
+        if offset in self.pending.get(tp, {}):
+            self.pending[tp][offset] = True
+
+    def to_commit(self) -> dict:
+        out = {}
+        for tp, offsets in self.pending.items():
+            upto = None
+            for off in sorted(offsets):
+                if not offsets[off]:
+                    break
+                upto = off
+            if upto is not None:
+                for off in [o for o in offsets if o <= upto]:
+                    del offsets[off]
+                out[tp] = upto + 1
+        return out
+
+    @property
+    def outstanding(self) -> int:
+        return sum(1 for offs in self.pending.values() for d in offs.values() if not d)
+
+
+# ---------------------------------------------------------------- the Kafka loop
+
+class Listener:
+    """Consumes run events and hands them to an ``EventHandler``, reconnecting with back-off."""
+
+    def __init__(self, listener_dir: str | Path, *, broker: str | None = None, consumer_options: dict | None = None,
+                 producer: UpdateProducer | None = None):
+        self.listener_dir = Path(listener_dir).absolute()
+        with ListenerDB(self.listener_dir) as ldb:
+            configured = broker or os.environ.get("AMORE_BROKER") or ldb.setting("broker")
+            self.since = float(ldb.settings.setdefault("listening_since", time.time()))
+            max_local = ldb.setting("local_processing_concurrency")
+        self.brokers = brokers_from_env(configured)
+        if self.brokers is None:
+            raise RuntimeError("The listener needs a Kafka broker (AMORE_BROKER is 'none'); "
+                               "use `damnit listen --test` to feed events by hand")
+        self.producer = producer or UpdateProducer(self.brokers)
+        self.handler = EventHandler(self.listener_dir, self.producer,
+                                    LocalProcessing(self.producer, int(max_local) if max_local else None))
+        self.group_id = CONSUMER_GROUP.format(str(self.listener_dir).replace("/", "_"))
+        self.consumer_options = consumer_options or {}
+        self.connected = threading.Event()  # set while consuming (tests and status)
+        self.events_handled = 0
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.errors import KafkaError
+
+        stop = stop or asyncio.Event()
+        delay = 0.5
+        while not stop.is_set():
+            consumer = AIOKafkaConsumer(
+                *EVENT_TOPICS, bootstrap_servers=self.brokers, group_id=self.group_id,
+                client_id=CONSUMER_GROUP.format(f"{os.uname().nodename}-{os.getpid()}"),
+                enable_auto_commit=False, auto_offset_reset="earliest", metadata_max_age_ms=10_000,
+                **self.consumer_options)
+            try:
+                await consumer.start()
+                log.info("Listening for run events on %s (group %s)", ",".join(self.brokers), self.group_id)
+                delay = 0.5
+                await self._consume(consumer, stop)
+            except (KafkaError, OSError) as e:
+                log.warning("Kafka broker %s unavailable (%s); retrying in %.1f s", ",".join(self.brokers),
+                            e, delay)
+            finally:
+                self.connected.clear()
+                try:
+                    await consumer.stop()
+                except Exception as e:
+                    log.debug("Error closing consumer: %s", e)
+            if not stop.is_set():
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
+                delay = min(delay * 2, MAX_BACKOFF_S)
+
+    async def _consume(self, consumer, stop: asyncio.Event) -> None:
+        from aiokafka.errors import KafkaError
+
+        loop = asyncio.get_running_loop()
+        offsets = OffsetTracker()
+        failed_commits = 0
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=200, max_records=50)
+            if consumer.assignment():
+                self.connected.set()
+            for tp, records in batches.items():
+                for rec in records:
+                    offsets.add(tp, rec.offset)
+                    await self._dispatch(rec, lambda tp=tp, off=rec.offset: loop.call_soon_threadsafe(
+                        offsets.done, tp, off))
+            commit = offsets.to_commit()
+            if commit:
+                try:
+                    await consumer.commit(commit)
+                    failed_commits = 0
+                except KafkaError as e:
+                    failed_commits += 1
+                    log.warning("Could not commit offsets (%s); the events will be re-delivered if lost", e)
+                    for tp, off in commit.items():  # keep them for the next attempt
+                        offsets.pending.setdefault(tp, {})[off - 1] = True
+                    if failed_commits >= 5:
+                        raise
+                    await asyncio.sleep(min(0.2 * 2 ** failed_commits, 5))
+
+    async def _dispatch(self, rec, done: Callable[[], None]) -> None:
+        where = f"{rec.topic}[{rec.partition}]@{rec.offset}"
+        try:
+            ev = parse_event(rec.value, rec.timestamp)
+        except EventError as e:
+            log.warning("Skipping malformed message at %s: %s", where, e)
+            done()
+            return
+        if ev is None:
+            log.debug("Ignoring a non-run event at %s", where)
+            done()
+            return
+        if ev.added_at < self.since:
+            log.debug("Ignoring %s from before this listener started (%s)", ev.event, where)
+            done()
+            return
+        log.info("%s for p%d r%d (%s)", ev.event, ev.proposal, ev.run, where)
+        self.events_handled += 1
+        await asyncio.get_running_loop().run_in_executor(None, self.handler.handle, ev, done)
+
+    def close(self) -> None:
+        self.handler.close()
+        self.producer.close()
+
+
+def listen(listener_dir: str | Path = ".", *, broker: str | None = None) -> int:
+    """``damnit listen``: run until SIGINT/SIGTERM, logging to ``damnit.log`` in the listener dir."""
+    listener_dir = Path(listener_dir).absolute()
+    listener_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(listener_dir / "damnit.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    log.info("Listener in %s on %s as uid %d, PID %d", listener_dir, os.uname().nodename, os.getuid(), os.getpid())
+    try:
+        listener = Listener(listener_dir, broker=broker)
+    except (RuntimeError, ValueError) as e:
+        log.error("%s", e)
+        return 2
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await listener.run(stop)
+
+    try:
+        asyncio.run(main())
+    finally:
+        log.info("Listener stopping")
+        listener.close()
+    return 0
+
+
+def listen_test(listener_dir: str | Path = ".") -> int:
+    """``damnit listen --test``: type ``PROPOSAL RUN [raw|proc|all]`` to fake run events."""
+    producer = UpdateProducer.from_env()
+    handler = EventHandler(Path(listener_dir), producer)
+    print("Enter '<proposal> <run> [raw|proc|all]' per line; Ctrl+D to stop")
+    try:
+        while True:
+            try:
+                line = input("> ").strip()
+            except EOFError:
+                break
+            if not line:
+                continue
+            parts = line.split()
+            try:
+                proposal, run = int(parts[0]), int(parts[1])
+                run_data = parts[2] if len(parts) > 2 else "raw"
+                if run_data not in ("raw", "proc", "all"):
+                    raise ValueError(run_data)
+            except (IndexError, ValueError):
+                print("Expected: <proposal> <run> [raw|proc|all]")
+                continue
+            done = threading.Event()
+            handler.handle(RunEvent("test", proposal, run, run_data, time.time()), done.set)
+            done.wait()
+    finally:
+        handler.close()
+        producer.close()
+    return 0

@@ -1,0 +1,491 @@
+"""Slurm jobs that process runs: sbatch (single and array), squeue tracking, scancel (spec §2.1, §2.8).
+
+A job runs ``python -m backend.extraction PROPOSAL RUN raw|proc|all --db-dir DIR ...`` and appends
+to the run's log. Resources come from the database's settings (``damnit db-config``):
+``slurm_time``, ``noncluster_cpus``, ``noncluster_mem``, ``slurm_partition``, ``slurm_reservation``,
+``concurrent_jobs``; and, unlike the original which hard-codes Maxwell's ``solaris``/``maxwell``,
+``slurm_cluster`` / ``slurm_cluster_full_node`` name the Slurm clusters for ordinary and
+``cluster=True`` jobs (``--clusters`` is left out when unset).
+
+Jobs for one run share a name and use ``--dependency=singleton``, so a duplicate run event never has
+two listener jobs working on the same run at once: the second starts when the first has ended.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RUN_DATA_CHOICES = ("raw", "proc", "all")
+ARRAY_BATCH = 1000  # Slurm's usual MaxArraySize is 1001
+SCRUBBED_ENV = ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "DISPLAY", "LD_PRELOAD")
+ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"}
+SLURM_TIMEOUT_S = 60
+
+
+class SubmissionError(RuntimeError):
+    """sbatch is missing or refused the job; the message says why (sbatch's own error included)."""
+
+
+@dataclass
+class ExtractionRequest:
+    """One run to process in a job."""
+
+    proposal: int
+    run: int
+    run_data: str = "all"
+    cluster: bool = False
+    match: Sequence[str] = ()
+    variables: Sequence[str] = ()
+    mock: bool = False
+    update_vars: bool = False
+    processing_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    def __post_init__(self) -> None:
+        if self.run_data not in RUN_DATA_CHOICES:
+            raise ValueError(f"run_data must be one of {RUN_DATA_CHOICES}, not {self.run_data!r}")
+
+    def command(self, db_dir: Path, python: str = sys.executable) -> list[str]:
+        cmd = [python, "-m", "backend.extraction", str(self.proposal), str(self.run), self.run_data,
+               "--db-dir", str(db_dir), "--processing-id", self.processing_id]
+        if self.cluster:
+            cmd.append("--cluster-job")
+        for v in self.variables:
+            cmd += ["--var", v]
+        for m in self.match:
+            cmd += ["--match", m]
+        if self.mock:
+            cmd.append("--mock")
+        if self.update_vars:
+            cmd.append("--update-vars")
+        return cmd
+
+    @property
+    def job_name(self) -> str:
+        return f"r{self.run}-p{self.proposal}-damnit"
+
+
+@dataclass(frozen=True)
+class SubmittedJob:
+    request: ExtractionRequest
+    job_id: str            # "123" or "123_4" for an array task
+    cluster: str | None    # Slurm cluster (None when --clusters is not used)
+
+
+@dataclass
+class SlurmSettings:
+    """Job resources; ``from_settings`` reads them from a DB's metameta (names as in the original)."""
+
+    time: str = "02:00:00"
+    cpus: int = 4
+    mem: str = "25G"
+    partition: str | None = None
+    reservation: str | None = None
+    concurrent_jobs: int = 15
+    cluster: str | None = None            # for ordinary jobs (the original: solaris)
+    cluster_full_node: str | None = None  # for cluster=True jobs (the original: maxwell)
+
+    @classmethod
+    def from_settings(cls, meta: Mapping[str, Any]) -> SlurmSettings:
+        def get(key, default):
+            value = meta.get(key)
+            return default if value in (None, "") else value
+
+        return cls(time=str(get("slurm_time", cls.time)), cpus=int(get("noncluster_cpus", cls.cpus)),
+                   mem=str(get("noncluster_mem", cls.mem)), partition=get("slurm_partition", None),
+                   reservation=get("slurm_reservation", None),
+                   concurrent_jobs=int(get("concurrent_jobs", cls.concurrent_jobs)),
+                   cluster=get("slurm_cluster", None), cluster_full_node=get("slurm_cluster_full_node", None))
+
+    def resource_options(self, cluster_job: bool) -> list[str]:
+        opts = ["--time", self.time]
+        if cluster_job:
+            if self.cluster_full_node:
+                opts += ["--clusters", self.cluster_full_node]
+            if self.reservation:
+                opts += ["--reservation", self.reservation]
+            elif self.partition:
+                opts += ["--partition", self.partition]
+        else:
+            if self.cluster:
+                opts += ["--clusters", self.cluster]
+            opts += ["--cpus-per-task", str(self.cpus), "--mem", str(self.mem)]
+            if self.partition:
+                opts += ["--partition", self.partition]
+        return opts
+
+    def cluster_for(self, cluster_job: bool) -> str | None:
+        return self.cluster_full_node if cluster_job else self.cluster
+
+
+def run_log_path(db_dir: Path, proposal: int, run: int) -> Path:
+    """``process_logs/r<run>-p<prop>.out``, created shared-writable like the original."""
+    logs = Path(db_dir) / "process_logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    path = logs / f"r{run}-p{proposal}.out"
+    path.touch(exist_ok=True)
+    for p, mode in ((logs, 0o777), (path, 0o666)):
+        try:
+            if p.stat().st_uid == os.getuid():
+                os.chmod(p, mode)
+        except OSError:
+            pass
+    return path
+
+
+def append_run_log(db_dir: Path, proposal: int, run: int, line: str) -> None:
+    with open(run_log_path(db_dir, proposal, run), "a") as f:
+        f.write(line.rstrip("\n") + "\n")
+
+
+def job_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+    return env
+
+
+def _run_slurm(cmd: list[str], *, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    if shutil.which(cmd[0]) is None:
+        raise SubmissionError(f"{cmd[0]} not found on PATH: Slurm is not available on this machine")
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=SLURM_TIMEOUT_S, **kw)
+    except subprocess.TimeoutExpired:
+        raise SubmissionError(f"{cmd[0]} did not answer within {SLURM_TIMEOUT_S} s") from None
+    if check and res.returncode != 0:
+        raise SubmissionError(f"{shlex.join(cmd[:1])} failed (exit {res.returncode}): "
+                              f"{(res.stderr or res.stdout).strip()}")
+    return res
+
+
+def _parse_parsable(stdout: str, default_cluster: str | None) -> tuple[str, str | None]:
+    """``sbatch --parsable`` prints ``jobid`` or ``jobid;cluster``."""
+    line = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+    job_id, _, cluster = line.partition(";")
+    if not job_id.strip().isdigit():
+        raise SubmissionError(f"Unexpected sbatch output: {stdout!r}")
+    return job_id.strip(), (cluster.strip() or default_cluster)
+
+
+class SlurmSubmitter:
+    """Submits processing jobs for one database directory."""
+
+    def __init__(self, db_dir: str | Path, settings: SlurmSettings | Mapping[str, Any] | None = None, *,
+                 python: str = sys.executable, producer=None, db_topic: str | None = None,
+                 sandbox_args: str = ""):
+        self.db_dir = Path(db_dir).absolute()
+        if settings is None:
+            settings = _db_settings(self.db_dir)
+        self.settings = settings if isinstance(settings, SlurmSettings) else SlurmSettings.from_settings(settings)
+        self.python = python
+        self.producer = producer
+        self.db_topic = db_topic
+        self.sandbox_args = sandbox_args or ""
+
+    def _announce(self, job: SubmittedJob) -> None:
+        if self.producer is not None and self.db_topic:
+            r = job.request
+            self.producer.processing_state_set(self.db_topic, r.processing_id, r.proposal, r.run, r.run_data,
+                                               "PENDING", slurm_cluster=job.cluster or "",
+                                               slurm_job_id=job.job_id)
+
+    def _job_command(self, req: ExtractionRequest) -> list[str]:
+        cmd = req.command(self.db_dir, self.python)
+        if self.sandbox_args:  # a wrapper command (e.g. a sandbox) around the whole job
+            cmd = [*shlex.split(self.sandbox_args), *cmd]
+        return cmd
+
+    def sbatch_command(self, req: ExtractionRequest) -> list[str]:
+        log_path = run_log_path(self.db_dir, req.proposal, req.run)
+        return ["sbatch", "--parsable", *self.settings.resource_options(req.cluster),
+                "-o", str(log_path), "--open-mode=append", "--job-name", req.job_name,
+                "--dependency=singleton", "--chdir", str(self.db_dir),
+                "--wrap", shlex.join(self._job_command(req))]
+
+    def submit(self, req: ExtractionRequest) -> SubmittedJob:
+        """Submit one job; raises SubmissionError (with sbatch's message) if Slurm refuses it."""
+        res = _run_slurm(self.sbatch_command(req), env=job_env(), cwd=self.db_dir)
+        job_id, cluster = _parse_parsable(res.stdout, self.settings.cluster_for(req.cluster))
+        job = SubmittedJob(req, job_id, cluster)
+        log.info("Submitted Slurm job %s%s for p%d r%d (%s)", job_id, f" on {cluster}" if cluster else "",
+                 req.proposal, req.run, req.run_data)
+        self._announce(job)
+        return job
+
+    def run_watched(self, req: ExtractionRequest) -> int:
+        """Run one job with ``srun``, printing its output live and appending it to the run's log."""
+        if shutil.which("srun") is None:
+            raise SubmissionError("srun not found on PATH: Slurm is not available on this machine")
+        cmd = ["srun", *self.settings.resource_options(req.cluster), "--job-name", req.job_name,
+               "--chdir", str(self.db_dir), *self._job_command(req)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=job_env(), cwd=self.db_dir)
+        _tee_lines(proc.stdout, run_log_path(self.db_dir, req.proposal, req.run))
+        return proc.wait()
+
+    def submit_array(self, reqs: Sequence[ExtractionRequest], limit_running: int | None = None,
+                     ) -> list[SubmittedJob]:
+        """Submit many runs as array jobs (≤1000 tasks each, chained), at most ``limit_running`` at once."""
+        if not reqs:
+            return []
+        limit = limit_running if limit_running and limit_running > 0 else self.settings.concurrent_jobs
+        tmp = self.db_dir / ".tmp"
+        tmp.mkdir(exist_ok=True)
+        jobs: list[SubmittedJob] = []
+        prev_job: str | None = None
+        cluster_job = any(r.cluster for r in reqs)
+        for start in range(0, len(reqs), ARRAY_BATCH):
+            batch = reqs[start:start + ARRAY_BATCH]
+            prefix = tmp / f"launch-{secrets.token_hex(6)}"
+            for i, req in enumerate(batch):
+                script = Path(f"{prefix}-{i}.sh")
+                log_path = run_log_path(self.db_dir, req.proposal, req.run)
+                script.write_text(
+                    "#!/bin/bash\n"
+                    'rm -f "$0"\n'
+                    f"exec {shlex.join(self._job_command(req))} >> {shlex.quote(str(log_path))} 2>&1\n")
+            cmd = ["sbatch", "--parsable", *self.settings.resource_options(cluster_job),
+                   "--array", f"0-{len(batch) - 1}%{limit}", "-o", "/dev/null",
+                   "--job-name", f"p{batch[0].proposal}-damnit", "--chdir", str(self.db_dir)]
+            if prev_job:
+                cmd.append(f"--dependency=afterany:{prev_job}")
+            cmd += ["--wrap", f'exec bash {shlex.quote(str(prefix))}-"$SLURM_ARRAY_TASK_ID".sh']
+            try:
+                res = _run_slurm(cmd, env=job_env(), cwd=self.db_dir)
+            except SubmissionError:
+                for i in range(len(batch)):
+                    Path(f"{prefix}-{i}.sh").unlink(missing_ok=True)
+                raise
+            array_id, cluster = _parse_parsable(res.stdout, self.settings.cluster_for(cluster_job))
+            prev_job = array_id
+            log.info("Submitted Slurm array job %s with %d tasks (at most %d at once)", array_id, len(batch),
+                     limit)
+            for i, req in enumerate(batch):
+                job = SubmittedJob(req, f"{array_id}_{i}", cluster)
+                jobs.append(job)
+                self._announce(job)
+        return jobs
+
+
+def _tee_lines(stream, log_path: Path) -> None:
+    with open(log_path, "a") as log_file:
+        for line in stream:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            log_file.write(line)
+            log_file.flush()
+
+
+def _db_settings(db_dir: Path) -> dict:
+    """A database's metameta settings, read without holding the DB open."""
+    import sqlite3
+
+    path = db_dir / "runs.sqlite"
+    if not path.is_file():
+        return {}
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        return dict(conn.execute("SELECT key, value FROM metameta").fetchall())
+    except sqlite3.Error:
+        return {}
+    finally:
+        conn.close()
+
+
+def _db_topic(db_dir: Path) -> str | None:
+    from backend.messages import UPDATE_TOPIC
+
+    db_id = _db_settings(db_dir).get("db_id")
+    return UPDATE_TOPIC.format(db_id) if db_id else None
+
+
+def submit_reprocess(db_dir: str | Path, requests: Sequence[Any], *, limit_running: int | None = None,
+                     watch: bool = False, producer=None) -> list[str]:
+    """``damnit reprocess`` without ``--direct``: Slurm array jobs (or ``srun`` one by one with ``watch``).
+
+    ``requests`` are ``RunRequest``-like (proposal, run, run_data, match, variables, mock). The first
+    one also updates the variable list from the context file, as in the original. Tasks are announced
+    as PENDING on the DB's topic. Returns the Slurm job ids (``<array>_<i>``).
+    """
+    db_dir = Path(db_dir).absolute()
+    reqs = [ExtractionRequest(int(r.proposal), int(r.run), getattr(r, "run_data", "all") or "all",
+                              match=tuple(getattr(r, "match", ()) or ()),
+                              variables=tuple(getattr(r, "variables", ()) or ()),
+                              mock=bool(getattr(r, "mock", False)), update_vars=(i == 0))
+            for i, r in enumerate(requests)]
+    own_producer = producer is None
+    if own_producer:
+        from backend.messages import UpdateProducer
+
+        producer = UpdateProducer.from_env()
+    try:
+        submitter = SlurmSubmitter(db_dir, producer=producer, db_topic=_db_topic(db_dir))
+        if watch:
+            for req in reqs:
+                submitter.run_watched(req)
+            return []
+        return [job.job_id for job in submitter.submit_array(reqs, limit_running)]
+    finally:
+        if own_producer:
+            producer.close()
+
+
+def submit_cluster_job(db_dir: str | Path, req: Any, producer=None) -> SubmittedJob:
+    """Second job for the ``cluster=True`` variables of a run (spec §2.2 step 7).
+
+    ``req`` is anything with proposal/run/run_data/match/variables/mock (a ``RunRequest``).
+    """
+    db_dir = Path(db_dir).absolute()
+    if producer is None:
+        from backend.messages import UpdateProducer
+
+        producer = UpdateProducer.from_env()
+    job_req = ExtractionRequest(int(req.proposal), int(req.run), req.run_data, cluster=True,
+                                match=tuple(req.match or ()), variables=tuple(req.variables or ()),
+                                mock=bool(getattr(req, "mock", False)))
+    job = SlurmSubmitter(db_dir, producer=producer, db_topic=_db_topic(db_dir)).submit(job_req)
+    producer.flush()
+    return job
+
+
+# ---------------------------------------------------------------- tracking & cancelling
+
+def squeue_states(job_ids: Iterable[str], cluster: str | None = None) -> dict[str, str]:
+    """``{job_id: STATE}`` for the jobs Slurm still knows as queued/running (array tasks one by one)."""
+    ids = sorted(set(job_ids))
+    if not ids:
+        return {}
+    cmd = ["squeue", "--array", "--noheader", "--format=%i %T", f"--jobs={','.join(ids)}"]
+    if cluster:
+        cmd.insert(1, f"--clusters={cluster}")
+    res = _run_slurm(cmd, check=False)
+    if res.returncode != 0 and "Invalid job id" not in res.stderr:
+        raise SubmissionError(f"squeue failed: {res.stderr.strip()}")
+    states = {}
+    for line in res.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and not line.startswith("CLUSTER"):
+            states[parts[0]] = parts[1]
+    return states
+
+
+def _sacct_state(job_id: str, cluster: str | None) -> str | None:
+    cmd = ["sacct", "--noheader", "--parsable2", "--format=JobID,State", f"--jobs={job_id}"]
+    if cluster:
+        cmd.insert(1, f"--clusters={cluster}")
+    try:
+        res = _run_slurm(cmd, check=False)
+    except SubmissionError:
+        return None
+    for line in res.stdout.splitlines():
+        jid, _, state = line.partition("|")
+        if jid == job_id:
+            return state.split()[0] if state else None
+    return None
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    cluster: str | None
+    job_id: str
+    cancelled: bool
+    error: str | None = None
+    already_gone: bool = False
+    state: str | None = None
+
+
+def cancel_job(job_id: str, cluster: str | None = None, *, db_dir: Path | None = None,
+               proposal: int | None = None, run: int | None = None) -> CancelResult:
+    """Cancel a queued or running job; with db_dir/proposal/run, note it in the run's log."""
+    try:
+        state = squeue_states([job_id], cluster).get(job_id)
+    except SubmissionError as e:
+        return CancelResult(cluster, job_id, False, error=str(e))
+    if state is None or state not in ACTIVE_STATES:
+        return CancelResult(cluster, job_id, False, already_gone=True,
+                            state=state or _sacct_state(job_id, cluster))
+    cmd = ["scancel", job_id] if not cluster else ["scancel", f"--clusters={cluster}", job_id]
+    try:
+        _run_slurm(cmd)
+    except SubmissionError as e:
+        return CancelResult(cluster, job_id, False, error=str(e), state=state)
+    if db_dir is not None and proposal is not None and run is not None:
+        try:
+            user = getpass.getuser()
+        except Exception:
+            user = str(os.getuid())
+        where = f" on {cluster}" if cluster else ""
+        append_run_log(db_dir, proposal, run, f"Cancelled {state} Slurm job {job_id}{where} by {user}")
+    return CancelResult(cluster, job_id, True, state=state)
+
+
+@dataclass
+class TrackedJob:
+    processing_id: str
+    proposal: int
+    run: int
+    data: str
+    status: str
+    slurm_cluster: str | None
+    slurm_job_id: str | None
+
+
+class JobTracker:
+    """Processing jobs known from ``processing_state_set``/``processing_finished`` messages.
+
+    ``check_slurm_jobs`` drops jobs Slurm no longer has as queued or running (killed, timed out), so
+    indicators never stay on forever when a job dies without saying so.
+    """
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, TrackedJob] = {}
+
+    def on_message(self, kind: str, data: dict) -> bool:
+        """Feed a DB-topic message; True if the set of jobs changed."""
+        if kind == "processing_state_set":
+            self.jobs[data["processing_id"]] = TrackedJob(
+                data["processing_id"], int(data["proposal"]), int(data["run"]), data.get("data", "all"),
+                data.get("status", "PENDING"), data.get("slurm_cluster") or None,
+                str(data["slurm_job_id"]) if data.get("slurm_job_id") else None)
+            return True
+        if kind == "processing_finished":
+            return self.jobs.pop(data.get("processing_id"), None) is not None
+        return False
+
+    def jobs_for_runs(self, proposal_runs: Iterable[tuple[int, int]]) -> list[TrackedJob]:
+        wanted = set(proposal_runs)
+        return [j for j in self.jobs.values() if (j.proposal, j.run) in wanted]
+
+    def check_slurm_jobs(self) -> list[TrackedJob]:
+        """Forget Slurm jobs that are no longer queued/running; returns the ones dropped."""
+        by_cluster: dict[str | None, list[TrackedJob]] = {}
+        for j in self.jobs.values():
+            if j.slurm_job_id:
+                by_cluster.setdefault(j.slurm_cluster, []).append(j)
+        dropped = []
+        for cluster, jobs in by_cluster.items():
+            states = squeue_states([j.slurm_job_id for j in jobs], cluster)
+            for j in jobs:
+                if states.get(j.slurm_job_id) not in ACTIVE_STATES:
+                    dropped.append(self.jobs.pop(j.processing_id))
+        return dropped
+
+    def cancel_jobs_for_runs(self, proposal_runs: Iterable[tuple[int, int]], db_dir: Path,
+                             ) -> list[CancelResult]:
+        results = []
+        for j in self.jobs_for_runs(proposal_runs):
+            if j.slurm_job_id:
+                results.append(cancel_job(j.slurm_job_id, j.slurm_cluster, db_dir=db_dir,
+                                          proposal=j.proposal, run=j.run))
+        return results
