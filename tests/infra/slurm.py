@@ -1,0 +1,105 @@
+"""A one-node Slurm cluster for tests, started by our own start-slurm.sh on free loopback ports."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from .kafka import free_port
+
+HERE = Path(__file__).resolve().parent
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+                "BOOT_FAIL", "DEADLINE"}
+
+
+class SlurmError(RuntimeError):
+    """The cluster did not start, or a Slurm command failed."""
+
+
+class SlurmCluster:
+    """munge + slurmctld + slurmd in ``workdir``; ``conf`` is the SLURM_CONF to use."""
+
+    def __init__(self, workdir: Path, *, with_dbd: bool = False):
+        self.dir = Path(workdir)
+        self.with_dbd = with_dbd
+        self.conf = self.dir / "slurm.conf"
+        self.jobs_dir = self.dir / "jobs"
+        self.startup_seconds: float | None = None
+        self._started = False
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for Slurm commands: ours plus SLURM_CONF."""
+        return {**os.environ, "SLURM_CONF": str(self.conf)}
+
+    def start(self, timeout: float = 90) -> None:
+        for exe in ("munged", "slurmctld", "slurmd", "sbatch"):
+            if shutil.which(exe) is None:
+                raise SlurmError(f"{exe} not found: apt-get install -y slurm-wlm slurm-client munge")
+        env = {**os.environ, "WITH_DBD": "1" if self.with_dbd else "0",
+               "SLURMCTLD_PORT": str(free_port()), "SLURMD_PORT": str(free_port()),
+               "SLURMDBD_PORT": str(free_port()), "MYSQL_PORT": str(free_port())}
+        env.pop("SLURM_CONF", None)
+        t0 = time.monotonic()
+        self._started = True  # even a failed start may have left daemons to stop
+        proc = subprocess.run(["bash", str(HERE / "start-slurm.sh"), str(self.dir)], env=env,
+                              capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            self.stop()
+            raise SlurmError(f"start-slurm.sh failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        self.startup_seconds = time.monotonic() - t0
+
+    def stop(self) -> None:
+        if self._started:
+            subprocess.run(["bash", str(HERE / "stop-slurm.sh"), str(self.dir)], capture_output=True)
+            self._started = False
+
+    def run(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+        """Run a Slurm command (``sbatch``, ``squeue``, ...) against this cluster."""
+        proc = subprocess.run(list(args), env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise SlurmError(f"{' '.join(args)} failed (exit {proc.returncode}): {proc.stderr.strip()}\n"
+                             f"{self.log_tail()}")
+        return proc
+
+    def sbatch(self, *args: str, wrap: str | None = None) -> int:
+        """Submit a job; returns its id. Output goes to ``jobs_dir/<id>.out`` unless ``-o`` is given."""
+        cmd = ["sbatch", "--parsable"]
+        if not any(a.startswith(("-o", "--output")) for a in args):
+            cmd.append(f"--output={self.jobs_dir}/%j.out")
+        cmd += list(args)
+        if wrap is not None:
+            cmd += ["--wrap", wrap]
+        return int(self.run(*cmd).stdout.strip().split(";")[0])
+
+    def job_state(self, job_id: int) -> str:
+        """State from ``scontrol show job`` (kept for MinJobAge=300 s after the job ends)."""
+        out = self.run("scontrol", "show", "job", str(job_id)).stdout
+        for field in out.split():
+            if field.startswith("JobState="):
+                return field.split("=", 1)[1]
+        raise SlurmError(f"no JobState for job {job_id} in: {out[:500]}")
+
+    def wait_job(self, job_id: int, timeout: float = 60) -> str:
+        """Wait until the job reaches a final state; returns it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.job_state(job_id)
+            if state in FINAL_STATES:
+                return state
+            time.sleep(0.2)
+        raise SlurmError(f"job {job_id} still {state} after {timeout} s\n{self.log_tail()}")
+
+    def job_output(self, job_id: int) -> str:
+        return (self.jobs_dir / f"{job_id}.out").read_text(errors="replace")
+
+    def log_tail(self, lines: int = 20) -> str:
+        parts = []
+        for name in ("slurmctld.log", "slurmd.log"):
+            path = self.dir / "log" / name
+            if path.exists():
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+                parts.append(f"--- {path} ---\n" + "\n".join(tail))
+        return "\n".join(parts)
