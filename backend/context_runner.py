@@ -1,0 +1,477 @@
+"""Parent side of the context worker protocol (docs/design.md, contracts 1 and 5).
+
+A ``WorkerPool`` keeps N long-lived ``ctxrunner worker`` processes in ``context_python``; each loads the
+context file once and then takes run after run, which is what makes processing many small runs fast.
+A variable that exceeds the time limit, or kills its worker (``os._exit``, a segfault), is recorded as
+that variable's error; the worker is replaced and the run re-done with that variable marked as failed,
+so every other variable still gets its value.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import selectors
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backend.records import VariableResult
+from backend.summaries import summarise
+
+log = logging.getLogger(__name__)
+
+CTXSUPPORT_DIR = Path(__file__).resolve().parent / "ctxsupport"
+HEADER = struct.Struct("<Q")
+READ_CHUNK = 1 << 20
+
+
+@dataclass
+class RunRequest:
+    """One run to process."""
+
+    proposal: int
+    run: int
+    run_data: str = "all"  # "raw" | "proc" | "all"
+    cluster: bool | None = None
+    match: Sequence[str] = ()
+    variables: Sequence[str] = ()
+    mock: bool = False
+    log_path: Path | None = None  # default: <db_dir>/process_logs/r<run>-p<prop>.out
+
+
+@dataclass
+class RunOutcome:
+    request: RunRequest
+    results: list[VariableResult] = field(default_factory=list)  # summarised, includes start_time
+    start_time: float | None = None
+    run_error: dict | None = None  # error_info when the run could not be opened/processed at all
+
+
+def worker_env() -> dict:
+    """Environment for context processes: ctxsupport importable, non-interactive matplotlib."""
+    env = dict(os.environ)
+    paths = [str(CTXSUPPORT_DIR)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.setdefault("MPLBACKEND", "Agg")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def load_context_info(db_dir, *, context_python: str | None = None, timeout: float = 300) -> dict:
+    """Evaluate ``<db_dir>/context.py`` in ``context_python``.
+
+    Returns ``{"variables": {name: {title, description, tags, data, cluster, transient, units,
+    type}}}`` (transient variables included, flagged) or ``{"error": error_info}``.
+    """
+    db_dir = Path(db_dir)
+    python = context_python or sys.executable
+    fd, out_path = tempfile.mkstemp(prefix="damnit-ctx-", suffix=".json")
+    os.close(fd)
+    try:
+        try:
+            proc = subprocess.run(
+                [python, "-m", "ctxrunner", "ctx", str(db_dir / "context.py"), out_path],
+                cwd=db_dir, env=worker_env(), capture_output=True, text=True, timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return {"error": _plain_error(type(exc).__name__,
+                                          f"could not evaluate the context file with {python}: {exc}")}
+        text = Path(out_path).read_text() if os.path.getsize(out_path) else ""
+        if proc.returncode != 0 or not text:
+            return {"error": _plain_error(
+                "RuntimeError", f"evaluating the context file with {python} failed "
+                f"(exit code {proc.returncode})", proc.stderr[-5000:])}
+        return json.loads(text)
+    finally:
+        os.unlink(out_path)
+
+
+def _plain_error(cls: str, message: str, tb: str = "", filename=None) -> dict:
+    return {"cls": cls, "message": message, "traceback": tb, "filename": filename, "lineno": None,
+            "offset": None}
+
+
+def _describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "it stopped responding"
+    if returncode < 0:
+        try:
+            return f"killed by signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+class _Job:
+    """A request in progress, with what earlier attempts learned (variables that hung or crashed)."""
+
+    def __init__(self, request: RunRequest, log_path: Path):
+        self.request = request
+        self.log_path = log_path
+        self.prefailed: dict[str, list[str]] = {}
+        self.records: list[dict] = []
+        self.attempts = 0
+
+    def message(self) -> dict:
+        r = self.request
+        return {
+            "cmd": "run", "proposal": r.proposal, "run": r.run, "run_data": r.run_data,
+            "log_path": str(self.log_path), "cluster": r.cluster, "match": list(r.match),
+            "variables": list(r.variables), "prefailed": self.prefailed, "mock": bool(r.mock),
+        }
+
+    def note(self, text: str) -> None:
+        """Append a line from the parent to the run's log."""
+        try:
+            with open(self.log_path, "a") as f:
+                f.write(text.rstrip("\n") + "\n")
+        except OSError:
+            log.warning("could not write to %s", self.log_path)
+
+
+class _Worker:
+    def __init__(self, pool: WorkerPool, index: int):
+        self.index = index
+        self.buf = bytearray()
+        self.job: _Job | None = None
+        self.current_var: str | None = None
+        self.var_started = 0.0
+        self.ready = False
+        self.info: dict | None = None
+        self.context_error: dict | None = None
+        self.stamp = pool._context_stamp()
+        self.output = tempfile.TemporaryFile()
+        read_fd, write_fd = os.pipe()
+        cmd = [pool.context_python, "-u", "-m", "ctxrunner", "worker", "--context",
+               str(pool.context_path), "--result-fd", str(write_fd)]
+        if pool.max_variable_bytes:
+            cmd += ["--max-variable-bytes", str(pool.max_variable_bytes)]
+        try:
+            self.proc = subprocess.Popen(
+                cmd, cwd=pool.db_dir, env=worker_env(), stdin=subprocess.PIPE, stdout=self.output,
+                stderr=self.output, pass_fds=(write_fd,), start_new_session=True)
+        finally:
+            os.close(write_fd)
+        self.fd = read_fd
+        os.set_blocking(read_fd, False)
+
+    def send(self, message: dict) -> None:
+        self.proc.stdin.write((json.dumps(message) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def read_frames(self) -> tuple[list, bool]:
+        """Frames now available, and whether the worker closed its end (exited)."""
+        eof = False
+        while True:
+            try:
+                chunk = os.read(self.fd, READ_CHUNK)
+            except BlockingIOError:
+                break
+            if not chunk:
+                eof = True
+                break
+            self.buf += chunk
+            if len(chunk) < READ_CHUNK:
+                break
+        frames = []
+        while len(self.buf) >= HEADER.size:
+            (size,) = HEADER.unpack_from(self.buf)
+            if len(self.buf) < HEADER.size + size:
+                break
+            frames.append(pickle.loads(memoryview(self.buf)[HEADER.size:HEADER.size + size]))
+            del self.buf[:HEADER.size + size]
+        return frames, eof
+
+    def output_tail(self, limit: int = 4000) -> str:
+        try:
+            self.output.seek(0, os.SEEK_END)
+            size = self.output.tell()
+            self.output.seek(max(0, size - limit))
+            return self.output.read().decode(errors="replace")
+        except (OSError, ValueError):
+            return ""
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                self.proc.kill()
+        self.proc.wait()
+        self._close()
+
+    def stop(self, timeout: float = 5) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send({"cmd": "exit"})
+                self.proc.stdin.close()
+                self.proc.wait(timeout)
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                pass
+        self.kill()
+
+    def _close(self) -> None:
+        for closer in (lambda: os.close(self.fd), self.proc.stdin.close, self.output.close):
+            try:
+                closer()
+            except (OSError, ValueError):
+                pass
+        self.fd = -1
+
+
+class WorkerPool:
+    """Long-lived context workers; ``process(requests)`` yields a RunOutcome as each run finishes.
+
+    ``variable_timeout``: seconds one variable may take (None: unlimited). ``max_variable_bytes``: the
+    largest value a variable may return (default 4 GiB, or ``DAMNIT_MAX_VARIABLE_BYTES``).
+    Workers start at once and reload the context when ``context.py`` changes between runs.
+    """
+
+    def __init__(self, db_dir, *, context_python: str | None = None, n_workers: int = 1,
+                 variable_timeout: float | None = None, max_variable_bytes: int | None = None):
+        self.db_dir = Path(db_dir).resolve()
+        self.context_path = self.db_dir / "context.py"
+        self.context_python = context_python or sys.executable
+        self.n_workers = max(1, int(n_workers))
+        self.variable_timeout = variable_timeout
+        self.max_variable_bytes = max_variable_bytes
+        self._workers: list[_Worker] = []
+        self._requeued: list[_Job] = []  # jobs to re-run after a variable hung or crashed
+        self._closed = False
+        self._selector = selectors.DefaultSelector()
+        for i in range(self.n_workers):
+            self._start_worker(i)
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    def _context_stamp(self):
+        try:
+            st = self.context_path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _start_worker(self, index: int) -> _Worker:
+        worker = _Worker(self, index)
+        self._selector.register(worker.fd, selectors.EVENT_READ, worker)
+        if index < len(self._workers):
+            self._workers[index] = worker
+        else:
+            self._workers.append(worker)
+        return worker
+
+    def _replace(self, worker: _Worker, *, kill: bool = True) -> _Worker:
+        if worker.fd >= 0:
+            self._selector.unregister(worker.fd)
+        if kill:
+            worker.kill()
+        else:
+            worker.stop()
+        return self._start_worker(worker.index)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for worker in self._workers:
+            if worker.fd >= 0:
+                self._selector.unregister(worker.fd)
+            worker.stop()
+        self._selector.close()
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # ----------------------------------------------------------------------------- processing
+
+    def _log_path(self, request: RunRequest) -> Path:
+        path = Path(request.log_path) if request.log_path else (
+            self.db_dir / "process_logs" / f"r{request.run}-p{request.proposal}.out")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def process(self, requests: Iterable[RunRequest]) -> Iterator[RunOutcome]:
+        if self._closed:
+            raise RuntimeError("this WorkerPool is closed")
+        queue = deque(_Job(r, self._log_path(r)) for r in requests)
+        busy = 0
+        while queue or busy:
+            for worker in list(self._workers):
+                if worker.job is None and worker.ready and queue:
+                    if worker.stamp != self._context_stamp():  # context.py edited: reload it
+                        self._replace(worker, kill=False)
+                        continue
+                    job = queue.popleft()
+                    self._assign(worker, job)
+                    busy += 1
+                elif worker.context_error is not None and queue:
+                    # Every run fails the same way until the file is fixed.
+                    if worker.stamp != self._context_stamp():
+                        self._replace(worker, kill=False)
+                        continue
+                    while queue:
+                        job = queue.popleft()
+                        yield self._context_failure(job, worker.context_error)
+            if not (busy or queue):
+                break
+            for outcome, freed in self._poll():
+                busy -= freed
+                if outcome is not None:
+                    yield outcome
+            # runs interrupted by a hung or crashed variable go first, so they finish soon
+            while self._requeued:
+                queue.appendleft(self._requeued.pop())
+
+    def _assign(self, worker: _Worker, job: _Job) -> None:
+        job.attempts += 1
+        job.records = []
+        worker.job = job
+        worker.current_var = None
+        try:
+            worker.send(job.message())
+        except (BrokenPipeError, OSError):
+            pass  # the worker died; its EOF is handled by _poll
+
+    def _context_failure(self, job: _Job, info: dict) -> RunOutcome:
+        job.note(f"Context file could not be loaded: {info.get('cls')}: {info.get('message')}\n"
+                 f"{info.get('traceback') or ''}")
+        return RunOutcome(request=job.request, run_error=dict(info))
+
+    def _poll(self) -> list[tuple[RunOutcome | None, int]]:
+        """Wait for worker output (or a variable deadline); returns (outcome, jobs freed) pairs."""
+        timeout = self._next_deadline()
+        events = self._selector.select(timeout)
+        done: list[tuple[RunOutcome | None, int]] = []
+        for key, _ in events:
+            worker: _Worker = key.data
+            if worker.fd < 0:
+                continue
+            frames, eof = worker.read_frames()
+            for frame in frames:
+                outcome = self._handle(worker, frame)
+                if outcome is not None:
+                    done.append((outcome, 1))
+            if eof:
+                done.extend(self._handle_exit(worker))
+        done.extend(self._check_deadlines())
+        return done
+
+    def _next_deadline(self) -> float | None:
+        if self.variable_timeout is None:
+            return None
+        deadlines = [w.var_started + self.variable_timeout for w in self._workers
+                     if w.job is not None and w.current_var is not None]
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _handle(self, worker: _Worker, frame) -> RunOutcome | None:
+        kind = frame[0]
+        if kind == "ready":
+            worker.ready = True
+            worker.info = frame[1]
+        elif kind == "context_error":
+            worker.context_error = frame[1]
+        elif kind == "var_start":
+            worker.current_var = frame[1]
+            worker.var_started = time.monotonic()
+        elif kind == "var_done":
+            worker.current_var = None
+            if worker.job is not None:
+                worker.job.records.append(frame[1])
+        elif kind in ("run_done", "run_failed"):
+            job = worker.job
+            worker.job = None
+            worker.current_var = None
+            if job is None:
+                return None
+            if kind == "run_failed":
+                return RunOutcome(request=job.request, run_error=frame[2])
+            return self._finish(job, worker, frame[2])
+        return None
+
+    def _finish(self, job: _Job, worker: _Worker, info: dict) -> RunOutcome:
+        variables = (worker.info or {}).get("variables", {})
+        results = []
+        for record in job.records:
+            meta = variables.get(record["name"], {})
+            if meta.get("transient"):
+                continue
+            try:
+                results.append(summarise(record))
+            except Exception as exc:  # summarising must not lose the run's other variables
+                log.exception("could not summarise %s", record["name"])
+                results.append(VariableResult(name=record["name"], error_cls=type(exc).__name__,
+                                              error=f"could not summarise the value: {exc}"))
+        return RunOutcome(request=job.request, results=results, start_time=info.get("start_time"))
+
+    def _handle_exit(self, worker: _Worker) -> list[tuple[RunOutcome | None, int]]:
+        """The worker closed its result pipe: it exited or died."""
+        try:
+            worker.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        how = _describe_exit(worker.proc.poll())
+        job, var = worker.job, worker.current_var
+        if not worker.ready:
+            if worker.context_error is None:
+                worker.context_error = _plain_error(
+                    "RuntimeError", f"the context worker ({self.context_python}) exited before it was "
+                    f"ready ({how})", worker.output_tail(), str(self.context_path))
+            self._selector.unregister(worker.fd)
+            worker._close()
+            worker.ready = False
+            return []
+        self._replace(worker)
+        if job is None:
+            return []
+        if var is None:
+            job.note(f"The context worker died while processing run {job.request.run} ({how}).")
+            return [(RunOutcome(request=job.request, run_error=_plain_error(
+                "WorkerCrashError", f"the context worker died while processing run {job.request.run} "
+                f"outside any variable ({how})", worker.output_tail())), 1)]
+        message = f"the worker process died while computing {var!r} ({how})"
+        return self._retry(job, var, "WorkerCrashError", message)
+
+    def _check_deadlines(self) -> list[tuple[RunOutcome | None, int]]:
+        if self.variable_timeout is None:
+            return []
+        out = []
+        now = time.monotonic()
+        for worker in list(self._workers):
+            if worker.job is None or worker.current_var is None:
+                continue
+            if now - worker.var_started < self.variable_timeout:
+                continue
+            job, var = worker.job, worker.current_var
+            self._replace(worker)
+            message = (f"variable {var!r} did not finish within the time limit of "
+                       f"{self.variable_timeout:g} s and was stopped")
+            out.extend(self._retry(job, var, "TimeoutError", message))
+        return out
+
+    def _retry(self, job: _Job, var: str, cls: str, message: str):
+        job.note(f"{cls}: {message}; re-running the run's other variables in a new worker")
+        job.prefailed[var] = [cls, message]
+        if job.attempts > len(job.prefailed) + 2:  # cannot happen unless something is badly wrong
+            return [(RunOutcome(request=job.request, run_error=_plain_error(cls, message)), 1)]
+        self._requeued.append(job)
+        return [(None, 1)]

@@ -1,0 +1,124 @@
+"""Converts a variable's Cell into a plain record (numpy + builtins only) for the parent process.
+
+Figures become RGBA arrays or plotly JSON, xarray objects NetCDF bytes, so that the parent needs no
+matplotlib/plotly and may run other library versions than the context environment.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from damnit_ctx import Cell, is_mpl_figure, is_plotly_figure, unstorable_dtype_reason
+
+MAX_BYTES_ENV = "DAMNIT_MAX_VARIABLE_BYTES"
+DEFAULT_MAX_VARIABLE_BYTES = 4 * 1024**3
+
+
+class ValueTooLarge(ValueError):
+    """A variable returned more data than the configured limit."""
+
+
+def max_variable_bytes(explicit: int | None = None) -> int:
+    if explicit:
+        return int(explicit)
+    return int(os.environ.get(MAX_BYTES_ENV) or DEFAULT_MAX_VARIABLE_BYTES)
+
+
+def _human(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if nbytes < 1024 or unit == "TiB":
+            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
+        nbytes /= 1024
+    return f"{nbytes} B"
+
+
+def figure_to_rgba(fig) -> np.ndarray:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.array(canvas.buffer_rgba(), dtype=np.uint8)
+
+
+def _xarray_payload(obj) -> dict:
+    kind = "dataarray" if type(obj).__name__ == "DataArray" else "dataset"
+    if kind == "dataset":
+        renames = {k: str(k).replace("/", "_") for k in obj.data_vars if "/" in str(k)}
+        if renames:
+            obj = obj.rename_vars(renames)
+    try:
+        raw = obj.to_netcdf(engine="h5netcdf")
+    except ImportError:
+        return {"__xarray__": kind, "dict": obj.to_dict(data="array")}
+    return {"__xarray__": kind, "netcdf": bytes(raw)}
+
+
+def to_storable(obj, name: str, limit: int):
+    """A transportable form of ``obj`` (Cell data or preview); raises for what cannot be stored."""
+    if obj is None or isinstance(obj, str):
+        return obj
+    if is_mpl_figure(obj):
+        out = {"__image__": figure_to_rgba(obj)}
+        size = out["__image__"].nbytes
+    elif is_plotly_figure(obj):
+        out = {"__plotly__": obj.to_json()}
+        size = len(out["__plotly__"])
+    elif type(obj).__name__ in ("DataArray", "Dataset") and hasattr(obj, "to_netcdf"):
+        size = int(obj.nbytes)
+        _check_size(name, size, limit)
+        try:
+            return _xarray_payload(obj)
+        except Exception as exc:
+            raise TypeError(f"cannot store {type(obj).__name__} returned by variable {name!r} as "
+                            f"NetCDF: {exc}") from exc
+    else:
+        arr = np.asarray(obj)
+        reason = unstorable_dtype_reason(arr.dtype)
+        if reason:
+            raise TypeError(f"cannot store value of type {type(obj).__name__} returned by variable "
+                            f"{name!r}: {reason}")
+        out, size = arr, arr.nbytes
+    _check_size(name, size, limit)
+    return out
+
+
+def _check_size(name: str, size: int, limit: int) -> None:
+    if size > limit:
+        raise ValueTooLarge(
+            f"variable {name!r} returned {_human(size)}, more than the limit of {_human(limit)} "
+            f"(max_variable_bytes / {MAX_BYTES_ENV}); return a reduced value, or mark the variable "
+            "transient=True if it only feeds other variables")
+
+
+def cell_record(name: str, cell: Cell, elapsed: float, limit: int) -> dict:
+    data = to_storable(cell.data, name, limit)
+    preview = to_storable(cell.preview, name, limit)
+    summary_value = cell.summary_value
+    if summary_value is not None and not isinstance(summary_value, str):
+        summary_value = np.asarray(summary_value)
+    return {
+        "name": name,
+        "status": "ok",
+        "elapsed": float(elapsed),
+        "data": data,
+        "preview": preview,
+        "cell": {
+            "summary": cell.summary,
+            "summary_value": summary_value,
+            "bold": cell.bold,
+            "background": cell.background,
+            "units": cell.units,
+        },
+    }
+
+
+def error_record(name: str, exc: BaseException, elapsed: float, tb: str = "") -> dict:
+    return {
+        "name": name,
+        "status": "error",
+        "elapsed": float(elapsed),
+        "error_cls": type(exc).__name__,
+        "message": str(exc),
+        "traceback": tb,
+    }

@@ -1,0 +1,187 @@
+"""Long-lived worker: loads the context file once, then executes it for each requested run.
+
+Protocol (docs/design.md, contract 1): JSON-line requests on stdin; frames on the result fd, each an
+8-byte little-endian length followed by a protocol-4 pickle of a tuple of builtins/numpy objects.
+While a run is processed, fds 1 and 2 point at that run's log file, so user prints land there too.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import logging
+import os
+import pickle
+import struct
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+
+from ctx_storable import cell_record, error_record
+from ctx_storable import max_variable_bytes as resolve_limit
+from ctxrunner import ContextFile, error_info, mock_run
+from damnit_ctx import RunData
+
+log = logging.getLogger("ctxrunner")
+
+
+class FrameWriter:
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def send(self, obj) -> None:
+        payload = pickle.dumps(obj, protocol=4)
+        self._write_all(struct.pack("<Q", len(payload)))
+        self._write_all(payload)
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+
+
+@contextmanager
+def output_to(path: str | None):
+    """Point fds 1 and 2 at ``path`` (appending) for the duration of the block."""
+    if not path:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    saved = os.dup(1), os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+    finally:
+        os.close(fd)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def rebuild_error(cls_name: str, message: str) -> Exception:
+    """An exception whose class is called ``cls_name`` (for errors decided by the parent)."""
+    builtin = getattr(builtins, cls_name, None)
+    if isinstance(builtin, type) and issubclass(builtin, Exception):
+        return builtin(message)
+    return type(cls_name, (RuntimeError,), {})(message)
+
+
+def _open_run(request: dict, selection: ContextFile):
+    import extra_data
+
+    proposal, run, run_data = request["proposal"], request["run"], request.get("run_data", "all")
+    if run_data != "raw" and any(v.data is RunData.PROC for v in selection.vars.values()):
+        try:
+            extra_data.open_run(proposal, run, data="proc")
+        except FileNotFoundError:
+            log.warning("Proc data is unavailable, only raw variables will be executed.")
+            selection = selection.filter(run_data=RunData.RAW)
+    data = extra_data.open_run(proposal, run, data="raw" if run_data == "raw" else "all")
+    return data, selection
+
+
+def _close_figures() -> None:
+    """Long-lived workers must not accumulate the figures user code left open."""
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None:
+        plt.close("all")
+
+
+class Worker:
+    def __init__(self, ctx: ContextFile, out: FrameWriter, limit: int):
+        self.ctx = ctx
+        self.out = out
+        self.limit = limit
+
+    def run(self, request: dict) -> None:
+        run = request["run"]
+        with output_to(request.get("log_path")):
+            try:
+                self._run(request)
+            except Exception as exc:  # the run itself could not be processed
+                log.error("Processing run %s failed", run, exc_info=True)
+                self.out.send(("run_failed", run, error_info(exc, self.ctx.path)))
+            finally:
+                _close_figures()
+
+    def _run(self, request: dict) -> None:
+        run, proposal = request["run"], request["proposal"]
+        t0 = time.perf_counter()
+        self.out.send(("run_start", run))
+        selection = self.ctx.filter(
+            run_data=RunData(request.get("run_data") or "all"), cluster=request.get("cluster"),
+            match=request.get("match") or (), variables=request.get("variables") or ())
+        log.info("proposal=%s, run=%s, run_data=%s: %d of %d variables: %s", proposal, run,
+                 request.get("run_data"), len(selection.vars), len(self.ctx.vars),
+                 ", ".join(selection.ordered_vars()))
+        if request.get("mock"):
+            log.info("Using mock run for testing")
+            data = mock_run()
+        else:
+            data, selection = _open_run(request, selection)
+        prefailed = {name: rebuild_error(cls, msg)
+                     for name, (cls, msg) in (request.get("prefailed") or {}).items()}
+
+        def on_start(name):
+            self.out.send(("var_start", name))
+
+        def on_done(name, cell, exc, elapsed):
+            if exc is None:
+                record = cell_record(name, cell, elapsed, self.limit)  # may raise: becomes an error
+            else:
+                tb = "" if name in prefailed else "".join(
+                    traceback.format_exception(type(exc), exc, exc.__traceback__))
+                record = error_record(name, exc, elapsed, tb)
+            self.out.send(("var_done", record))
+
+        results = selection.execute(data, run, proposal, request.get("param_values") or {},
+                                    prefailed=prefailed, on_start=on_start, on_done=on_done)
+        self.out.send(("run_done", run, {"start_time": float(results.start_time),
+                                         "elapsed": time.perf_counter() - t0}))
+
+
+def _warm_imports() -> None:
+    """Import what nearly every context needs once, before the first run."""
+    for module in ("extra_data", "xarray"):
+        try:
+            __import__(module)
+        except ImportError:
+            pass
+
+
+def serve(context_path: Path, result_fd: int, *, max_variable_bytes: int | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    out = FrameWriter(result_fd)
+    _warm_imports()
+    context_path = Path(context_path).absolute()
+    try:
+        ctx = ContextFile.from_py_file(context_path)
+    except (Exception, SystemExit) as exc:
+        out.send(("context_error", error_info(exc, str(context_path))))
+        return 1
+    out.send(("ready", {"variables": ctx.vars_to_dict(inc_transient=True), "pid": os.getpid()}))
+
+    worker = Worker(ctx, out, resolve_limit(max_variable_bytes))
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        if request.get("cmd") == "exit":
+            break
+        if request.get("cmd") == "run":
+            worker.run(request)
+    return 0

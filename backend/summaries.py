@@ -1,0 +1,349 @@
+"""Turns a worker's raw record for one variable into a ``VariableResult`` with its table summary.
+
+Summary precedence (as DAMNIT): ``summary_value`` -> ``np.<summary>(data)`` (a failure is logged and
+falls through) -> a default by type, computed on the preview if there is one:
+str -> itself; Dataset -> ``"Dataset (X.XXMB)"``; figure -> PNG <= 300 px; 0-D -> the value;
+1-D -> trendline (float64 [2, <=~150], x;y); 2-D -> PNG thumbnail; >=3-D -> ``"<dtype>: <shape>"``.
+
+Plotly thumbnails use kaleido when it is installed and works; otherwise the traces' data are drawn with
+matplotlib (lines/markers/bars, heatmaps as images), which needs no browser.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+
+import numpy as np
+
+from backend.records import (
+    OBJTYPE_DATAARRAY,
+    OBJTYPE_DATASET,
+    OBJTYPE_IMAGE,
+    OBJTYPE_PLOTLY,
+    VariableResult,
+)
+
+log = logging.getLogger(__name__)
+
+THUMBNAIL_SIZE = 300  # px, longest side
+TRENDLINE_POINTS = 150
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------------------- decoding
+
+def decode(storable):
+    """Worker transport form -> (value, objtype). Images/plotly become uint8 arrays as stored in HDF5."""
+    if isinstance(storable, dict):
+        if "__image__" in storable:
+            return np.asarray(storable["__image__"], dtype=np.uint8), OBJTYPE_IMAGE
+        if "__plotly__" in storable:
+            raw = storable["__plotly__"].encode("utf-8")
+            return np.frombuffer(raw, dtype=np.uint8).copy(), OBJTYPE_PLOTLY
+        if "__xarray__" in storable:
+            return _decode_xarray(storable)
+        raise ValueError(f"unknown transport form with keys {sorted(storable)}")
+    return storable, None
+
+
+def _decode_xarray(storable):
+    import xarray as xr
+
+    kind = storable["__xarray__"]
+    objtype = OBJTYPE_DATAARRAY if kind == "dataarray" else OBJTYPE_DATASET
+    if "netcdf" in storable:
+        buf = io.BytesIO(storable["netcdf"])
+        opener = xr.open_dataarray if kind == "dataarray" else xr.open_dataset
+        with opener(buf, engine="h5netcdf") as obj:
+            return obj.load(), objtype
+    cls = xr.DataArray if kind == "dataarray" else xr.Dataset
+    return cls.from_dict(storable["dict"]), objtype
+
+
+def _is_dataarray(obj) -> bool:
+    return type(obj).__name__ == "DataArray" and hasattr(obj, "dims")
+
+
+def _is_dataset(obj) -> bool:
+    return type(obj).__name__ == "Dataset" and hasattr(obj, "data_vars")
+
+
+# -------------------------------------------------------------------------------- images & PNGs
+
+def png_bytes(rgba_or_rgb: np.ndarray) -> np.ndarray:
+    """Encode an image array as PNG, returned as a 1-D uint8 array (how DAMNIT stores thumbnails)."""
+    from PIL import Image
+
+    img = Image.fromarray(np.ascontiguousarray(rgba_or_rgb))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return np.frombuffer(buf.getvalue(), dtype=np.uint8)
+
+
+def _fit(img, size: int = THUMBNAIL_SIZE, *, upscale: bool):
+    from PIL import Image
+
+    w, h = img.size
+    scale = size / max(w, h)
+    if scale >= 1 and not upscale:
+        return img
+    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return img.resize(new, Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS)
+
+
+def image_thumbnail(rgba: np.ndarray) -> np.ndarray:
+    """PNG of a rendered figure, at most THUMBNAIL_SIZE px on its longest side."""
+    from PIL import Image
+
+    img = _fit(Image.fromarray(np.ascontiguousarray(rgba)), upscale=False)
+    return png_bytes(np.asarray(img))
+
+
+def array_thumbnail(image) -> np.ndarray:
+    """PNG of a 2-D array: NaN -> 0, colour scale from the 1st to 99th percentile (viridis),
+    scaled so that the longest side is THUMBNAIL_SIZE px."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    arr = np.asarray(image.values if _is_dataarray(image) else image)
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    if np.iscomplexobj(arr):
+        arr = np.abs(arr)
+    arr = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    vmin, vmax = np.quantile(arr, [0.01, 0.99]) if arr.size else (0.0, 1.0)
+    span = vmax - vmin
+    norm = np.clip((arr - vmin) / span, 0, 1) if span > 0 else np.zeros_like(arr)
+    rgba = (colormaps["viridis"](norm) * 255).astype(np.uint8)
+    img = _fit(Image.fromarray(rgba), upscale=True)
+    return png_bytes(np.asarray(img))
+
+
+def plotly_thumbnail(fig_json: str) -> np.ndarray:
+    try:
+        import plotly.io as pio
+
+        png = pio.from_json(fig_json).to_image(format="png")
+    except Exception as exc:  # kaleido missing or no browser for it: draw the data ourselves
+        log.debug("kaleido unavailable for plotly thumbnail (%s); drawing with matplotlib", exc)
+        return _plotly_fallback_thumbnail(json.loads(fig_json))
+    from PIL import Image
+
+    img = _fit(Image.open(io.BytesIO(png)).convert("RGBA"), upscale=False)
+    return png_bytes(np.asarray(img))
+
+
+def _plotly_array(value):
+    """Plotly JSON stores arrays as lists or as {"dtype", "bdata" (base64), "shape"}."""
+    if isinstance(value, dict) and "bdata" in value:
+        arr = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        shape = value.get("shape")
+        if isinstance(shape, str):
+            shape = [int(s) for s in shape.split(",")]
+        return arr.reshape(shape) if shape else arr
+    return None if value is None else np.asarray(value)
+
+
+def _plotly_fallback_thumbnail(fig: dict) -> np.ndarray:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    mfig = Figure(figsize=(1.5, 1), dpi=THUMBNAIL_SIZE / 1.5)
+    ax = mfig.add_axes((0, 0, 1, 1))
+    drawn = False
+    for trace in fig.get("data", []):
+        kind = trace.get("type", "scatter")
+        x, y, z = (_plotly_array(trace.get(k)) for k in ("x", "y", "z"))
+        try:
+            if z is not None and kind in ("heatmap", "image", "contour", "surface"):
+                ax.imshow(np.asarray(z, dtype=float), aspect="auto", origin="lower")
+            elif y is not None and kind == "bar":
+                ax.bar(np.arange(len(y)) if x is None else x, y)
+            elif y is not None:
+                xs = np.arange(len(y)) if x is None else x
+                mode = trace.get("mode", "lines")
+                ax.plot(xs, y, "-" if "lines" in mode else ".", marker="." if "markers" in mode else None)
+            elif x is not None and kind == "histogram":
+                ax.hist(np.asarray(x, dtype=float), bins=30)
+            else:
+                continue
+            drawn = True
+        except (TypeError, ValueError):
+            continue
+    if not drawn:
+        ax.text(0.5, 0.5, "plotly figure", ha="center", va="center")
+    ax.axis("off")
+    canvas = FigureCanvasAgg(mfig)
+    canvas.draw()
+    return png_bytes(np.asarray(canvas.buffer_rgba()))
+
+
+# ----------------------------------------------------------------------------------- trendlines
+
+def _trend_xy(data) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(data.values if _is_dataarray(data) else data)
+    x = None
+    if _is_dataarray(data) and data.dims and data.dims[0] in data.coords:
+        x = np.asarray(data.coords[data.dims[0]].values)
+        if x.shape != y.shape:
+            x = None
+    if x is None:
+        x = np.arange(y.size)
+    elif np.issubdtype(x.dtype, np.datetime64):
+        x = x.astype("datetime64[ns]").astype(np.int64) / 1e9
+    elif not np.issubdtype(x.dtype, np.number):
+        x = np.arange(y.size)
+    if np.iscomplexobj(y):
+        y = np.abs(y)
+    x = x.astype(np.float64)
+    y = y.astype(np.float64)
+    if x.size > 1 and np.any(np.diff(x) < 0):
+        order = np.argsort(x, kind="stable")
+        x, y = x[order], y[order]
+    return x, y
+
+
+def downsample_extrema(x: np.ndarray, y: np.ndarray, points: int = TRENDLINE_POINTS):
+    """Reduce a line to about ``points`` points, keeping each bucket's minimum and maximum (in x order)
+    so that peaks and dips survive. Buckets that are all NaN keep their first point."""
+    n = y.size
+    if n <= points:
+        return x, y
+    buckets = max(1, points // 2)
+    edges = np.linspace(0, n, buckets + 1).astype(int)
+    keep = []
+    for start, stop in zip(edges[:-1], edges[1:]):
+        chunk = y[start:stop]
+        if chunk.size == 0:
+            continue
+        if np.all(np.isnan(chunk)):
+            keep.append(start)
+            continue
+        lo, hi = start + int(np.nanargmin(chunk)), start + int(np.nanargmax(chunk))
+        keep.extend(sorted({lo, hi}))
+    idx = np.asarray(keep, dtype=int)
+    return x[idx], y[idx]
+
+
+def trendline(data) -> np.ndarray:
+    x, y = _trend_xy(data)
+    xd, yd = downsample_extrema(x, y)
+    return np.vstack((xd, yd)).astype(np.float64)
+
+
+# ------------------------------------------------------------------------------------- summaries
+
+def default_summary(data, objtype: str | None, full_data=None):
+    """The type-based summary of ``data`` (the preview if there is one, else the data)."""
+    if data is None:
+        return None
+    if isinstance(data, str):
+        return data
+    if objtype == OBJTYPE_IMAGE:
+        return _guard(image_thumbnail, data, "<thumbnail error>")
+    if objtype == OBJTYPE_PLOTLY:
+        return _guard(lambda d: plotly_thumbnail(bytes(d).decode("utf-8")), data, "<thumbnail error>")
+    if _is_dataset(data):
+        return f"Dataset ({data.nbytes / 1e6:.2f}MB)"
+    if _is_dataarray(data) or isinstance(data, (np.ndarray, np.generic, complex, float, int, bool)):
+        if not _is_dataarray(data):
+            data = np.asarray(data)
+        if data.ndim == 0:
+            return np.asarray(data.values if _is_dataarray(data) else data)
+        if data.ndim == 1:
+            return _guard(trendline, data, "<trendline error>")
+        if data.ndim == 2:
+            return _guard(array_thumbnail, data, "<thumbnail error>")
+        described = full_data if full_data is not None and hasattr(full_data, "dtype") else data
+        return f"{described.dtype}: {described.shape}"
+    return None
+
+
+def _guard(make, data, fallback):
+    try:
+        return make(data)
+    except Exception:
+        log.error("Failed to make a summary image/trendline", exc_info=True)
+        return fallback
+
+
+def max_diff(data) -> np.float64 | None:
+    """|nanmax - nanmin| for numeric arrays with more than one element (bools: 1 if mixed)."""
+    if _is_dataarray(data):
+        data = data.values
+    if not isinstance(data, np.ndarray) or data.size <= 1:
+        return None
+    if data.dtype == np.bool_:
+        return np.float64(1.0 if data.any() and not data.all() else 0.0)
+    if not np.issubdtype(data.dtype, np.number):
+        return None
+    with np.errstate(invalid="ignore"), _quiet_nan_warnings():
+        return np.abs(np.subtract(np.nanmax(data), np.nanmin(data)), dtype=np.float64)
+
+
+class _quiet_nan_warnings:
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+
+def summarise(record: dict, variable_units: str | None = None) -> VariableResult:
+    """One worker record (``var_done`` payload) -> a VariableResult ready for h5format."""
+    name = record["name"]
+    if record.get("status") != "ok":
+        return VariableResult(name=name, error=record.get("message") or "", error_cls=record.get("error_cls")
+                              or "Exception")
+    cell = record.get("cell") or {}
+    data, objtype = decode(record.get("data"))
+    preview, preview_objtype = decode(record.get("preview"))
+    if isinstance(data, (int, float, bool, complex)) and not isinstance(data, np.generic):
+        data = np.asarray(data)
+
+    summary = None
+    method = cell.get("summary")
+    if cell.get("summary_value") is not None:
+        summary = cell["summary_value"]
+    elif data is not None and method:
+        try:
+            if objtype in (OBJTYPE_IMAGE, OBJTYPE_PLOTLY):  # as DAMNIT: reductions apply to arrays
+                raise TypeError(f"cannot apply numpy.{method} to a figure")
+            summary = np.asarray(getattr(np, method)(data))
+        except Exception:
+            log.error("Failed to produce summary data for %s", name, exc_info=True)
+    if summary is None:
+        if preview is not None:
+            summary = default_summary(preview, preview_objtype, full_data=data)
+        else:
+            summary = default_summary(data, objtype)
+
+    attrs = {}
+    if method:
+        attrs["summary_method"] = method
+    if cell.get("bold") is not None:
+        attrs["bold"] = np.bool_(cell["bold"])
+    if cell.get("background") is not None:
+        attrs["background"] = np.asarray(cell["background"], dtype=np.uint8)
+    units = cell.get("units") or variable_units
+    if units:
+        attrs["units"] = units
+    if (diff := max_diff(data)) is not None:
+        attrs["max_diff"] = diff
+    if isinstance(summary, np.ndarray) and summary.ndim == 2 and summary.shape[0] == 2:
+        attrs["summary_type"] = "trendline"
+
+    return VariableResult(name=name, data=data, objtype=objtype, preview=preview,
+                          preview_objtype=preview_objtype, summary=summary, summary_attrs=attrs)
+
+
+def is_png(summary) -> bool:
+    return (isinstance(summary, np.ndarray) and summary.dtype == np.uint8 and summary.ndim == 1
+            and summary[:8].tobytes() == PNG_MAGIC)
