@@ -1,0 +1,201 @@
+"""Big-screen mode for a control-room display: the newest run in large type, its plots rotating.
+
+Open ``/<app>?page=bigscreen`` (or ``?mode=bigscreen``). Optional URL parameters:
+``vars=name1,name2`` key variables to show (default: the first numbers of the newest run),
+``plots=name1,name2`` plots to rotate through (default: every plottable variable of the newest run),
+``interval=15`` seconds per plot. It follows new runs by itself, has no edit controls, and reloads
+itself when the server comes back after a restart (a heartbeat stops → poll until it answers → reload).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+
+from app.run_contents import load_for_display, run_file, scan_run_file
+from app.value_plots import format_scalar, plot_value
+
+TITLE = "Big screen"
+SLUG = "bigscreen"
+HEARTBEAT_MS = 3000
+DEFAULT_INTERVAL_S = 12
+MAX_KEY_VARS = 8
+
+CSS = """
+.dmn-big-run { font-size: 64px; font-weight: bold; line-height: 1.1; }
+.dmn-big-time { font-size: 28px; color: #555; }
+.dmn-big-name { font-size: 22px; color: #555; }
+.dmn-big-value { font-size: 44px; font-weight: bold; }
+.dmn-big-plot-title { font-size: 28px; font-weight: bold; }
+"""
+
+
+class ServerWatchdog(pn.custom.JSComponent):
+    """Reloads the page once the server answers again after the heartbeat stopped (server restart)."""
+
+    heartbeat = param.Integer(default=0)
+    stale_after_ms = param.Integer(default=10_000)
+
+    _esm = """
+    export function render({ model, el }) {
+      let last = Date.now()
+      let probing = false
+      model.on('heartbeat', () => { last = Date.now() })
+      const probe = async () => {
+        try {
+          await fetch(window.location.href, { method: 'HEAD', cache: 'no-store' })
+          window.location.reload()
+        } catch (e) {
+          setTimeout(probe, 3000)
+        }
+      }
+      const timer = setInterval(() => {
+        if (!probing && Date.now() - last > model.stale_after_ms) {
+          probing = true
+          el.textContent = 'Connection lost: reconnecting…'
+          probe()
+        }
+      }, 1000)
+      model.on('remove', () => clearInterval(timer))
+      el.setAttribute('data-testid', 'bigscreen-watchdog')
+    }
+    """
+
+
+def _arg(name: str) -> str:
+    args = pn.state.session_args or {}
+    values = args.get(name) or [b""]
+    v = values[0]
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def key_values(source: Any, run: int, wanted: list[str]) -> list[tuple[str, str]]:
+    """(title, formatted value) of the key variables of one run: the wanted names, else the first numbers."""
+    frame = source.frame()
+    if run not in frame.index:
+        return []
+    row = frame.loc[run]
+    names = wanted or [n for n in source.column_names()
+                       if isinstance(row.get(n), (int, float, np.integer, np.floating))
+                       and not isinstance(row.get(n), bool)][:MAX_KEY_VARS]
+    out = []
+    for n in names:
+        value = row.get(n) if n in row.index else None
+        if value is None or isinstance(value, (bytes, np.ndarray)):
+            text = "–"
+        else:
+            text = format_scalar(value)
+        units = (source.variable(n).attributes or {}).get("units")
+        out.append((source.variable(n).display_title, f"{text} {units}" if units and text != "–" else text))
+    return out
+
+
+def plot_names(source: Any, run: int, wanted: list[str]) -> list[str]:
+    if source.proposal is None:
+        return []
+    stored = scan_run_file(run_file(source.db_dir, source.proposal, run))
+    if wanted:
+        return [n for n in wanted if n in stored and stored[n].error is None]
+    names = [v.name for v in stored.values() if v.is_plottable]
+    return sorted(names, key=lambda n: source.variable(n).display_title.casefold())
+
+
+def view(session: Any) -> pn.viewable.Viewable:
+    source = session.source
+    wanted_vars = _names(_arg("vars"))
+    wanted_plots = _names(_arg("plots"))
+    try:
+        interval = max(3, int(_arg("interval") or DEFAULT_INTERVAL_S))
+    except ValueError:
+        interval = DEFAULT_INTERVAL_S
+
+    run_text = pn.pane.Str("", css_classes=["dmn-big-run"], stylesheets=[CSS])
+    time_text = pn.pane.Str("", css_classes=["dmn-big-time"], stylesheets=[CSS])
+    values_box = pn.FlexBox(sizing_mode="stretch_width")
+    plot_title = pn.pane.Str("", css_classes=["dmn-big-plot-title"], stylesheets=[CSS])
+    plot_box = pn.Column(sizing_mode="stretch_width", min_height=500)
+    watchdog = ServerWatchdog(height=20, sizing_mode="stretch_width")
+    state = {"run": None, "plots": [], "index": 0, "loading": False}
+
+    def newest() -> int | None:
+        keys = source.run_keys()
+        return keys[-1] if keys else None
+
+    def draw_header() -> None:
+        run = state["run"]
+        if run is None:
+            run_text.object, time_text.object, values_box.objects = "Waiting for the first run…", "", []
+            return
+        run_text.object = f"Run {run}"
+        start = source.runs[run].start_time if run in source.runs else None
+        time_text.object = "" if start is None else pd.Timestamp(start, unit="s", tz="UTC").tz_convert(
+            "Europe/Berlin").strftime("%H:%M:%S  %d/%m/%Y")
+        values_box.objects = [
+            pn.Column(pn.pane.Str(title, css_classes=["dmn-big-name"], stylesheets=[CSS]),
+                      pn.pane.Str(value, css_classes=["dmn-big-value"], stylesheets=[CSS]),
+                      margin=(10, 30), css_classes=["dmn-big-var"])
+            for title, value in key_values(source, run, wanted_vars)]
+
+    async def show_plot() -> None:
+        run, plots = state["run"], state["plots"]
+        if run is None or not plots or state["loading"]:
+            if not plots:
+                plot_title.object, plot_box.objects = "", []
+            return
+        name = plots[state["index"] % len(plots)]
+        state["loading"] = True
+        try:
+            loaded = await asyncio.to_thread(load_for_display, source.db_dir, run, name)
+            plot = plot_value(loaded.value, title="", units=loaded.units, objtype=loaded.objtype)
+        except Exception as e:
+            plot = pn.pane.Str(f"Cannot show {name}: {type(e).__name__}: {e}")
+        finally:
+            state["loading"] = False
+        if state["run"] != run:
+            return  # a newer run arrived meanwhile
+        where = f"   ({state['index'] % len(plots) + 1}/{len(plots)})" if len(plots) > 1 else ""
+        plot_title.object = f"{source.variable(name).display_title}{where}"
+        plot_box.objects = [plot]
+
+    def follow(force: bool = False) -> None:
+        run = newest()
+        if run != state["run"] or force:
+            state["run"] = run
+            state["index"] = 0
+            state["plots"] = plot_names(source, run, wanted_plots) if run is not None else []
+            draw_header()
+            pn.state.execute(show_plot)
+
+    def on_change(change: Any) -> None:
+        if change.new_runs or change.reset:
+            follow()
+        elif state["run"] in change.changed:
+            before = list(state["plots"])
+            state["plots"] = plot_names(source, state["run"], wanted_plots)
+            draw_header()
+            if state["plots"] != before:
+                pn.state.execute(show_plot)
+
+    def rotate() -> None:
+        if len(state["plots"]) > 1:
+            state["index"] += 1
+            pn.state.execute(show_plot)
+
+    session.on_change(on_change)
+    follow(force=True)
+    if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+        beat = pn.state.add_periodic_callback(lambda: setattr(watchdog, "heartbeat", watchdog.heartbeat + 1),
+                                              HEARTBEAT_MS)
+        turn = pn.state.add_periodic_callback(rotate, interval * 1000)
+        pn.state.on_session_destroyed(lambda ctx: (beat.stop(), turn.stop()))
+    return pn.Column(pn.Row(run_text, pn.Spacer(width=40), time_text), values_box, plot_title, plot_box,
+                     watchdog, sizing_mode="stretch_width", name=TITLE, css_classes=["dmn-bigscreen"])

@@ -1,0 +1,157 @@
+"""Context file page: edit ``context.py`` in the browser, validate it the way processing will, save.
+
+Validation and saving run in a worker thread (the engine check starts the context's own Python). A save
+is refused when validation finds an error (the message names the line), allowed with pyflakes warnings,
+and stopped with a choice (reload / overwrite) when the file changed on disk since it was loaded.
+After a save the variable list is updated (``damnit read-context``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import panel as pn
+
+from app.context_check import (
+    ERROR,
+    OK,
+    WARNING,
+    CheckResult,
+    ContextChangedOnDisk,
+    check_context,
+    file_fingerprint,
+    save_context,
+    update_variable_list,
+)
+
+TITLE = "Context file"
+SLUG = "context_editor"
+DISK_CHECK_MS = 5000
+STATUS_COLOURS = {OK: "#2e7d32", WARNING: "#b26a00", ERROR: "#c62828", "busy": "#555"}
+
+
+class ContextEditor:
+    """The editor, its buttons and status for one session."""
+
+    def __init__(self, session: Any):
+        self.session = session
+        self.path = Path(session.source.db_dir) / "context.py"
+        self.loaded_fingerprint: str | None = None
+        self.loaded_text = ""
+        self.editor = pn.widgets.CodeEditor(language="python", sizing_mode="stretch_width", height=520,
+                                            theme="chrome", css_classes=["damnit-context-editor"],
+                                            readonly=not session.can_write)
+        self.validate_btn = pn.widgets.Button(name="Validate", button_type="default", width=100)
+        self.save_btn = pn.widgets.Button(name="Save", button_type="primary", width=100,
+                                          disabled=not session.can_write, css_classes=["damnit-save"])
+        self.reload_btn = pn.widgets.Button(name="Reload from disk", width=140)
+        self.overwrite_btn = pn.widgets.Button(name="Overwrite the file on disk", button_type="danger",
+                                               visible=False)
+        self.status = pn.pane.Str("", css_classes=["damnit-context-status"],
+                                  styles={"font-weight": "bold"})
+        self.details = pn.pane.Str("", css_classes=["damnit-context-details"],
+                                   styles={"font-size": "12px", "white-space": "pre-wrap"})
+        self.dirty = pn.pane.Str("", styles={"color": "#c62828"})
+        self.validate_btn.on_click(self.on_validate)
+        self.save_btn.on_click(self.on_save)
+        self.reload_btn.on_click(lambda _: self.load())
+        self.overwrite_btn.on_click(self.on_overwrite)
+        self.editor.param.watch(self._mark_dirty, "value")
+        self.load()
+        note = [] if session.can_write else [pn.pane.Alert(
+            f"Read-only: {session.write_denied_reason or 'this dashboard cannot save changes'}",
+            alert_type="warning")]
+        self.layout = pn.Column(
+            *note,
+            pn.Row(self.validate_btn, self.save_btn, self.reload_btn, self.overwrite_btn, self.dirty),
+            self.status, self.editor, self.details, sizing_mode="stretch_width", name=TITLE)
+        if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+            cb = pn.state.add_periodic_callback(self.check_disk, DISK_CHECK_MS)
+            pn.state.on_session_destroyed(lambda ctx: cb.stop())
+
+    # -- loading ------------------------------------------------------------------------------------
+    def load(self) -> None:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            text = ""
+        self.loaded_text = text
+        self.loaded_fingerprint = file_fingerprint(self.path)
+        self.editor.value = text
+        self.overwrite_btn.visible = False
+        self._set_status("busy", f"Loaded {self.path}", "")
+        self._mark_dirty()
+
+    def _mark_dirty(self, *_: Any) -> None:
+        self.dirty.object = "unsaved changes" if self.editor.value != self.loaded_text else ""
+
+    def check_disk(self) -> None:
+        """Notice edits made elsewhere: reload silently if we have no changes, else warn."""
+        if file_fingerprint(self.path) == self.loaded_fingerprint:
+            return
+        if self.editor.value == self.loaded_text:
+            self.load()
+            self._set_status(OK, "The file changed on disk and was reloaded", "")
+        elif not self.overwrite_btn.visible:
+            self._conflict()
+
+    def _conflict(self) -> None:
+        self.overwrite_btn.visible = True
+        self._set_status(ERROR, "The file changed on disk since you loaded it: 'Reload from disk' "
+                                "(discards your edits) or 'Overwrite the file on disk'", "")
+
+    # -- validation & saving --------------------------------------------------------------------------
+    def _set_status(self, status: str, text: str, details: str) -> None:
+        self.status.object = text
+        self.status.styles = {"font-weight": "bold", "color": STATUS_COLOURS.get(status, "#555")}
+        self.details.object = details
+
+    def _show_result(self, result: CheckResult) -> None:
+        self._set_status(result.status, result.summary, result.message)
+
+    async def _check(self, code: str) -> CheckResult:
+        self._set_status("busy", "Validating…", "")
+        return await asyncio.to_thread(check_context, code, self.session.source.db_dir)
+
+    async def on_validate(self, _=None) -> None:
+        self._show_result(await self._check(self.editor.value))
+
+    async def on_save(self, _=None, force: bool = False) -> None:
+        self.session.check_write()
+        code = self.editor.value
+        self.save_btn.disabled = True
+        try:
+            result = await self._check(code)
+            if result.status == ERROR:
+                self._set_status(ERROR, f"Not saved. {result.summary}", result.message)
+                return
+            try:
+                self.loaded_fingerprint = save_context(self.path, code, self.loaded_fingerprint, force=force)
+            except ContextChangedOnDisk:
+                self._conflict()
+                return
+            except OSError as e:
+                self._set_status(ERROR, f"Not saved: cannot write {self.path}: {e}", "")
+                return
+            self.loaded_text = code
+            self.overwrite_btn.visible = False
+            self._mark_dirty()
+            saved = "Saved" + (" with warnings" if result.status == WARNING else "")
+            self._set_status(result.status, f"{saved}; updating the variable list…", result.message)
+            ok, output = await asyncio.to_thread(update_variable_list, self.session.source.db_dir)
+            self.session.source.wake()
+            if ok:
+                self._set_status(result.status, f"{saved}. Variable list updated.", result.message)
+            else:
+                self._set_status(WARNING, f"{saved}, but updating the variable list failed", output)
+        finally:
+            self.save_btn.disabled = not self.session.can_write
+
+    async def on_overwrite(self, _=None) -> None:
+        await self.on_save(force=True)
+
+
+def view(session: Any) -> pn.viewable.Viewable:
+    return ContextEditor(session).layout
