@@ -335,7 +335,7 @@ def summarise(record: dict, variable_units: str | None = None) -> VariableResult
     units = cell.get("units") or variable_units
     if units:
         attrs["units"] = units
-    if (diff := max_diff(data)) is not None:
+    if objtype not in (OBJTYPE_IMAGE, OBJTYPE_PLOTLY) and (diff := max_diff(data)) is not None:
         attrs["max_diff"] = diff
     if isinstance(summary, np.ndarray) and summary.ndim == 2 and summary.shape[0] == 2:
         attrs["summary_type"] = "trendline"

@@ -1,6 +1,6 @@
 """Converts a variable's Cell into a plain record (numpy + builtins only) for the parent process.
 
-Figures become RGBA arrays or plotly JSON, xarray objects NetCDF bytes, so that the parent needs no
+Figures become RGBA arrays or plotly JSON, xarray objects plain dicts of numpy arrays, so that the parent needs no
 matplotlib/plotly and may run other library versions than the context environment.
 """
 
@@ -41,17 +41,38 @@ def figure_to_rgba(fig) -> np.ndarray:
     return np.array(canvas.buffer_rgba(), dtype=np.uint8)
 
 
-def _xarray_payload(obj) -> dict:
+def _without_slashes(obj, kind: str):
+    """HDF5 (so NetCDF4) names cannot contain '/', which extra_data puts in DataArray names: use '_'
+    (as DAMNIT does when it stores them)."""
+    if kind == "dataarray" and isinstance(obj.name, str) and "/" in obj.name:
+        obj = obj.rename(obj.name.replace("/", "_"))
+    names = list(obj.coords) + (list(obj.data_vars) if kind == "dataset" else [])
+    renames = {k: k.replace("/", "_") for k in names if isinstance(k, str) and "/" in k}
+    return obj.rename(renames) if renames else obj
+
+
+def _check_netcdf_attrs(obj, name: str) -> None:
+    """Fail in the worker, naming the attribute, for attrs that NetCDF cannot store."""
+    import numbers
+
+    parts = obj.variables if type(obj).__name__ == "Dataset" else obj.coords
+    holders = [("", obj)] + [(f"{key}.", part) for key, part in parts.items()]
+    for prefix, holder in holders:
+        for key, value in holder.attrs.items():
+            ok = isinstance(key, str) and isinstance(
+                value, (str, bytes, numbers.Number, np.ndarray, np.number, list, tuple))
+            if not ok:
+                raise TypeError(f"cannot store attribute {prefix}{key}={value!r} of the xarray object "
+                                f"returned by variable {name!r}: NetCDF attributes must be strings, "
+                                "numbers or arrays/lists of them")
+
+
+def _xarray_payload(obj, name: str) -> dict:
+    """xarray objects travel as ``to_dict(data="array")`` (fast, needs no NetCDF library)."""
     kind = "dataarray" if type(obj).__name__ == "DataArray" else "dataset"
-    if kind == "dataset":
-        renames = {k: str(k).replace("/", "_") for k in obj.data_vars if "/" in str(k)}
-        if renames:
-            obj = obj.rename_vars(renames)
-    try:
-        raw = obj.to_netcdf(engine="h5netcdf")
-    except ImportError:
-        return {"__xarray__": kind, "dict": obj.to_dict(data="array")}
-    return {"__xarray__": kind, "netcdf": bytes(raw)}
+    obj = _without_slashes(obj, kind)
+    _check_netcdf_attrs(obj, name)
+    return {"__xarray__": kind, "dict": obj.to_dict(data="array")}
 
 
 def to_storable(obj, name: str, limit: int):
@@ -67,11 +88,11 @@ def to_storable(obj, name: str, limit: int):
     elif type(obj).__name__ in ("DataArray", "Dataset") and hasattr(obj, "to_netcdf"):
         size = int(obj.nbytes)
         _check_size(name, size, limit)
-        try:
-            return _xarray_payload(obj)
-        except Exception as exc:
-            raise TypeError(f"cannot store {type(obj).__name__} returned by variable {name!r} as "
-                            f"NetCDF: {exc}") from exc
+        arrays = obj.variables.values() if type(obj).__name__ == "Dataset" else [obj]
+        if any(a.dtype.hasobject for a in arrays):
+            raise TypeError(f"cannot store {type(obj).__name__} returned by variable {name!r}: it "
+                            "holds Python objects (object dtype)")
+        return _xarray_payload(obj, name)
     else:
         arr = np.asarray(obj)
         reason = unstorable_dtype_reason(arr.dtype)

@@ -161,6 +161,17 @@ def _warm_imports() -> None:
             pass
 
 
+def _warm_figure_imports(code: str) -> None:
+    """Import matplotlib's Agg canvas now if the context draws figures, so that the first run's
+    variables don't pay (or time out on) that import."""
+    if "matplotlib" in code:
+        try:
+            import matplotlib.backends.backend_agg  # noqa: F401
+            import matplotlib.figure  # noqa: F401
+        except ImportError:
+            pass
+
+
 def serve(context_path: Path, result_fd: int, *, max_variable_bytes: int | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -173,6 +184,7 @@ def serve(context_path: Path, result_fd: int, *, max_variable_bytes: int | None 
     except (Exception, SystemExit) as exc:
         out.send(("context_error", error_info(exc, str(context_path))))
         return 1
+    _warm_figure_imports(ctx.code)
     out.send(("ready", {"variables": ctx.vars_to_dict(inc_transient=True), "pid": os.getpid()}))
 
     worker = Worker(ctx, out, resolve_limit(max_variable_bytes))
