@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -209,8 +210,10 @@ class LocalProcessing:
 class EventHandler:
     """Turns one run event into jobs for every database registered for its proposal."""
 
-    def __init__(self, listener_dir: Path, producer: UpdateProducer, local: LocalProcessing | None = None):
+    def __init__(self, listener_dir: Path, producer: UpdateProducer, local: LocalProcessing | None = None,
+                 job_python: str | None = None):
         self.listener_dir = Path(listener_dir).absolute()
+        self.job_python = job_python or sys.executable
         self.db = ListenerDB(self.listener_dir)
         self.producer = producer
         self.local = local or LocalProcessing(producer)
@@ -288,7 +291,7 @@ class EventHandler:
 
         req = ExtractionRequest(ev.proposal, ev.run, ev.run_data, update_vars=True)
         try:
-            SlurmSubmitter(db_dir, settings, producer=self.producer, db_topic=topic,
+            SlurmSubmitter(db_dir, settings, python=self.job_python, producer=self.producer, db_topic=topic,
                            sandbox_args=sandbox).submit(req)
         except SubmissionError as e:
             if allow_local:
@@ -347,7 +350,7 @@ class Listener:
     """Consumes run events and hands them to an ``EventHandler``, reconnecting with back-off."""
 
     def __init__(self, listener_dir: str | Path, *, broker: str | None = None, consumer_options: dict | None = None,
-                 producer: UpdateProducer | None = None):
+                 producer: UpdateProducer | None = None, job_python: str | None = None):
         self.listener_dir = Path(listener_dir).absolute()
         with ListenerDB(self.listener_dir) as ldb:
             configured = broker or os.environ.get("AMORE_BROKER") or ldb.setting("broker")
@@ -359,7 +362,8 @@ class Listener:
                                "use `damnit listen --test` to feed events by hand")
         self.producer = producer or UpdateProducer(self.brokers)
         self.handler = EventHandler(self.listener_dir, self.producer,
-                                    LocalProcessing(self.producer, int(max_local) if max_local else None))
+                                    LocalProcessing(self.producer, int(max_local) if max_local else None),
+                                    job_python=job_python)
         self.group_id = CONSUMER_GROUP.format(str(self.listener_dir).replace("/", "_"))
         self.consumer_options = consumer_options or {}
         self.connected = threading.Event()  # set while consuming (tests and status)
@@ -450,6 +454,28 @@ class Listener:
     def close(self) -> None:
         self.handler.close()
         self.producer.close()
+
+    def start_background(self) -> BackgroundListener:
+        """Run in a thread of its own (tests, benchmarks); ``.stop()`` ends it."""
+        return BackgroundListener(self)
+
+
+class BackgroundListener:
+    def __init__(self, listener: Listener):
+        self.listener = listener
+        self.loop = asyncio.new_event_loop()
+        self._stop = asyncio.Event()
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(listener.run(self._stop),),
+                                       name="damnit-listener", daemon=True)
+        self.thread.start()
+
+    def wait_connected(self, timeout: float = 30) -> bool:
+        return self.listener.connected.wait(timeout)
+
+    def stop(self, timeout: float = 15) -> None:
+        self.loop.call_soon_threadsafe(self._stop.set)
+        self.thread.join(timeout)
+        self.listener.close()
 
 
 def listen(listener_dir: str | Path = ".", *, broker: str | None = None) -> int:

@@ -1,0 +1,283 @@
+"""The listener against the real broker and Slurm, with a stand-in job command.
+
+Real processing jobs are covered by tests/test_services_e2e.py; here jobs run a script that records its
+arguments, so these tests pin down event handling, registration, delivery and faults.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from backend import listener as listener_mod
+from backend.db import initialize_proposal
+from backend.listener import EventError, Listener, OffsetTracker, parse_event
+from backend.listener_db import ListenerDB
+from tests.infra.aio import run_async
+from tests.infra.kafka import FAST_GROUP_CONSUMER_SETTINGS
+
+SMALL = {"noncluster_cpus": 1, "noncluster_mem": "50M", "slurm_time": "00:05:00"}
+
+
+def wait_for(cond, timeout=30, interval=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(interval)
+    return cond()
+
+
+def make_db(path: Path, proposal: int, **settings) -> Path:
+    db = initialize_proposal(path, proposal)
+    db.metameta.update({**SMALL, **settings})
+    db.close()
+    return path
+
+
+def fake_python(tmp_path: Path) -> str:
+    script = tmp_path / "fake-python"
+    script.write_text(f"#!/bin/bash\necho \"$@\" >> {tmp_path}/calls.txt\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def calls(tmp_path: Path) -> list[list[str]]:
+    p = tmp_path / "calls.txt"
+    return [line.split() for line in p.read_text().splitlines()] if p.exists() else []
+
+
+def runs_in_db(db_dir: Path) -> list[tuple[int, int]]:
+    conn = sqlite3.connect(db_dir / "runs.sqlite")
+    try:
+        return conn.execute("SELECT proposal, run FROM run_info ORDER BY run").fetchall()
+    finally:
+        conn.close()
+
+
+def send_events(address: str, *messages, topic: str = "test.r2d2") -> None:
+    from aiokafka import AIOKafkaProducer
+
+    async def send():
+        prod = AIOKafkaProducer(bootstrap_servers=address)
+        await prod.start()
+        try:
+            for m in messages:
+                value = m if isinstance(m, bytes) else json.dumps(m).encode()
+                await prod.send_and_wait(topic, value)
+        finally:
+            await prod.stop()
+
+    run_async(send)
+
+
+def migration(proposal: int, run: int) -> dict:
+    return {"event": "migration_complete", "proposal": str(proposal), "run": run, "data": "raw"}
+
+
+@pytest.fixture
+def listener_setup(tmp_path, kafka_broker, slurm_cluster):
+    """A listener dir with one registered DB for p1234; yields (start(), listener_dir, db_dir)."""
+    ldir, db_dir = tmp_path / "listener", tmp_path / "db"
+    ldir.mkdir()
+    make_db(db_dir, 1234)
+    with ListenerDB(ldir) as ldb:
+        ldb.add_proposal_db(1234, db_dir, False)
+    started = []
+
+    def start(connect=True):
+        lst = Listener(ldir, broker=kafka_broker.address, consumer_options=FAST_GROUP_CONSUMER_SETTINGS,
+                       job_python=fake_python(tmp_path))
+        bg = lst.start_background()
+        started.append(bg)
+        if connect:
+            assert bg.wait_connected(30), "listener did not connect to the broker"
+        return bg
+
+    yield start, ldir, db_dir
+    for bg in started:
+        bg.stop()
+
+
+# ---------------------------------------------------------------- pure logic
+
+def test_parse_event():
+    ev = parse_event(json.dumps(migration(1234, 5)), 1_700_000_000_000)
+    assert (ev.proposal, ev.run, ev.run_data, ev.added_at) == (1234, 5, "raw", 1_700_000_000.0)
+    assert parse_event(b'{"event": "run_corrections_complete", "proposal": 1, "run": 2}').run_data == "proc"
+    assert parse_event(b'{"event": "online_correction_complete", "proposal": 1, "run": 2}').run_data == "proc"
+    assert parse_event(b'{"event": "daq_run_complete", "proposal": 1, "run": 2}').run_data == "raw"
+    assert parse_event(b'{"event": "something_else", "proposal": 1}') is None
+    for bad, why in [(b"garbage", "not JSON"), (b"[1]", "JSON object"),
+                     (b'{"event": "migration_complete", "run": 2}', "without 'proposal'"),
+                     (b'{"event": "migration_complete", "proposal": "x", "run": 2}', "non-integer")]:
+        with pytest.raises(EventError, match=why):
+            parse_event(bad)
+
+
+def test_offsets_commit_only_up_to_the_oldest_unfinished_event():
+    t = OffsetTracker()
+    for off in (5, 6, 7):
+        t.add("tp", off)
+    t.done("tp", 6)
+    assert t.to_commit() == {}          # 5 is not finished: nothing may be committed
+    t.done("tp", 5)
+    assert t.to_commit() == {"tp": 7}   # 5 and 6 done → next offset to read is 7
+    assert t.outstanding == 1
+    t.done("tp", 7)
+    assert t.to_commit() == {"tp": 8}
+
+
+def test_listener_db_settings_and_registration(tmp_path):
+    with ListenerDB(tmp_path) as db:
+        assert db.setting("static_mode") is True and db.setting("allow_local_processing") is False
+        assert db.add_proposal_db(1, tmp_path / "a", True)
+        assert not db.add_proposal_db(1, tmp_path / "a", True)
+        db.add_proposal_db(1, tmp_path / "b", False)
+        assert [(i.db_dir.name, i.official) for i in db.all_databases()] == [("a", True), ("b", False)]
+        assert db.remove_proposal_db(tmp_path / "a") and not db.remove_proposal_db(tmp_path / "a")
+    # The original damnit reads our listener.sqlite the same way
+    conn = sqlite3.connect(tmp_path / "listener.sqlite")
+    assert conn.execute("SELECT proposal, official FROM proposal_databases").fetchall() == [(1, 0)]
+
+
+def test_listener_cli(tmp_path, monkeypatch, capsys):
+    from backend.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["listener", "add", "1234", str(tmp_path / "db")]) == 0
+    assert main(["listener", "databases"]) == 0
+    assert f"p1234: {tmp_path / 'db'} (unofficial)" in capsys.readouterr().out
+    assert main(["listener", "config", "allow-local-processing", "1"]) == 0
+    assert main(["listener", "config", "static_mode", "maybe"]) == 1
+    assert main(["listener", "config"]) == 0
+    out = capsys.readouterr()
+    assert "allow_local_processing=1" in out.out and "static_mode must be 0/1" in out.err
+    assert main(["listener", "rm", str(tmp_path / "db")]) == 0
+    assert main(["listener", "rm", str(tmp_path / "db")]) == 1
+
+
+# ---------------------------------------------------------------- with the broker and Slurm
+
+def test_event_submits_job_and_commits_after(listener_setup, kafka_broker, slurm_cluster, tmp_path):
+    start, ldir, db_dir = listener_setup
+    bg = start()
+    send_events(kafka_broker.address, migration(1234, 5),
+                {"event": "run_corrections_complete", "proposal": 1234, "run": 5},
+                migration(9999, 1))  # no DB registered for p9999
+    assert wait_for(lambda: len(calls(tmp_path)) >= 2, 60), calls(tmp_path)
+    got = sorted(c[2:5] for c in calls(tmp_path))
+    assert got == [["1234", "5", "proc"], ["1234", "5", "raw"]]
+    assert all("--update-vars" in c for c in calls(tmp_path))
+    assert runs_in_db(db_dir) == [(1234, 5)]
+    # Every event, including the ignored one, ends up committed
+    assert wait_for(lambda: _committed_total(kafka_broker.address, bg.listener.group_id) == 3, 20)
+
+
+def _committed_total(address: str, group_id: str) -> int:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def get():
+        c = AIOKafkaConsumer(bootstrap_servers=address, group_id=group_id, enable_auto_commit=False)
+        await c.start()
+        try:
+            parts = c.partitions_for_topic("test.r2d2") or set()
+            total = 0
+            for p in parts:
+                total += (await c.committed(TopicPartition("test.r2d2", p))) or 0
+            return total
+        finally:
+            await c.stop()
+
+    return run_async(get)
+
+
+def test_malformed_and_foreign_messages_are_skipped(listener_setup, kafka_broker, tmp_path, caplog):
+    start, ldir, db_dir = listener_setup
+    start()
+    send_events(kafka_broker.address, b"\x00\x01binary", b"[1,2]",
+                {"event": "migration_complete", "proposal": "abc", "run": 1},
+                {"msg_kind": "run_values_updated", "data": {}},
+                migration(1234, 6))
+    assert wait_for(lambda: calls(tmp_path), 60)
+    assert [c[2:5] for c in calls(tmp_path)] == [["1234", "6", "raw"]]
+    assert "Skipping malformed message" in caplog.text and "non-integer" in caplog.text
+
+
+def test_dynamic_mode_registers_official_databases(listener_setup, kafka_broker, tmp_path, monkeypatch):
+    start, ldir, db_dir = listener_setup
+    root = tmp_path / "exp"
+    official = make_db(root / "SPB" / "202501" / "p005678" / "usr" / "Shared" / "amore", 5678)
+    monkeypatch.setenv("XFEL_DATA_ROOT", str(root))
+    unused = make_db(root / "SPB" / "202501" / "p007777" / "usr" / "Shared" / "amore", 7777)
+    with ListenerDB(ldir) as ldb:
+        ldb.settings["static_mode"] = False
+    start()
+    send_events(kafka_broker.address, migration(5678, 3))
+    assert wait_for(lambda: calls(tmp_path), 60)
+    assert calls(tmp_path)[0][2:7] == ["5678", "3", "raw", "--db-dir", str(official)]
+    with ListenerDB(ldir) as ldb:
+        assert [(i.proposal, i.official) for i in ldb.all_databases()] == [(1234, False), (5678, True)]
+    assert runs_in_db(unused) == []
+
+
+def test_static_mode_ignores_unregistered_official_databases(listener_setup, kafka_broker, tmp_path, monkeypatch):
+    start, ldir, db_dir = listener_setup
+    root = tmp_path / "exp"
+    official = make_db(root / "SPB" / "202501" / "p005678" / "usr" / "Shared" / "amore", 5678)
+    monkeypatch.setenv("XFEL_DATA_ROOT", str(root))
+    start()
+    send_events(kafka_broker.address, migration(5678, 3), migration(1234, 4))
+    assert wait_for(lambda: calls(tmp_path), 60)
+    time.sleep(1)
+    assert [c[2] for c in calls(tmp_path)] == ["1234"]
+    assert runs_in_db(official) == []
+
+
+def test_broker_down_at_start(listener_setup, kafka_broker, tmp_path):
+    start, ldir, db_dir = listener_setup
+    kafka_broker.stop()
+    bg = start(connect=False)
+    time.sleep(2)  # the listener is retrying with back-off
+    assert not bg.listener.connected.is_set()
+    kafka_broker.start()
+    send_events(kafka_broker.address, migration(1234, 21))
+    assert wait_for(lambda: calls(tmp_path), 90), "event sent after the broker came up was lost"
+    assert [c[2:4] for c in calls(tmp_path)] == [["1234", "21"]]
+
+
+def test_broker_killed_mid_run_loses_no_event(listener_setup, kafka_broker, tmp_path):
+    start, ldir, db_dir = listener_setup
+    start()
+    send_events(kafka_broker.address, migration(1234, 31))
+    assert wait_for(lambda: len(calls(tmp_path)) == 1, 60)
+    kafka_broker.kill()
+    time.sleep(1)
+    kafka_broker.start()  # empty: topics, offsets and groups are gone
+    send_events(kafka_broker.address, migration(1234, 32))
+    assert wait_for(lambda: any(c[3] == "32" for c in calls(tmp_path)), 90), calls(tmp_path)
+    assert sorted({c[3] for c in calls(tmp_path)}) == ["31", "32"]
+
+
+def test_slurm_unavailable_without_local_processing_records_error(listener_setup, kafka_broker, tmp_path,
+                                                                  monkeypatch):
+    start, ldir, db_dir = listener_setup
+    with sqlite3.connect(db_dir / "runs.sqlite") as conn:
+        conn.execute("UPDATE metameta SET value='no-such-partition' WHERE key='slurm_partition'")
+        conn.execute("INSERT OR REPLACE INTO metameta VALUES ('slurm_partition', 'no-such-partition')")
+    start()
+    send_events(kafka_broker.address, migration(1234, 41))
+    log_path = db_dir / "process_logs" / "r41-p1234.out"
+    assert wait_for(log_path.exists, 60)
+    text = log_path.read_text()
+    assert "Could not submit a Slurm job for r41" in text and "allow_local_processing" in text
+    assert "partition" in text.lower()
+    assert runs_in_db(db_dir) == [(1234, 41)]  # the run is still recorded
+
+
+def test_event_topics_include_online_variants():
+    assert set(listener_mod.EVENT_TOPICS) == {"test.r2d2", "cal.offline-corrections", "test.euxfel.hed.daq",
+                                              "test.euxfel.hed.cal"}
