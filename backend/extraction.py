@@ -1,0 +1,380 @@
+"""Process runs end to end: context workers → HDF5 files → runs.sqlite → update messages.
+
+`RunProcessor` is the one place that turns "process these runs" into stored results. It is used by
+`damnit reprocess --direct`, by Slurm jobs (``python -m backend.extraction ...``, spec §2.1) and by the
+listener's local processing. Results of each run are stored as soon as that run finishes, so a failure
+in one run (or in one variable) never costs the others their data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from backend import h5format
+from backend.context_runner import RunOutcome, RunRequest, WorkerPool, load_context_info
+from backend.db import DamnitDB
+
+log = logging.getLogger(__name__)
+
+PROVENANCE = "context.py"
+HEARTBEAT_INTERVAL = 10.0  # seconds between repeated RUNNING messages (as the original)
+
+
+class ContextLoadError(RuntimeError):
+    """The context file could not be loaded; nothing was processed or written."""
+
+    def __init__(self, context_path: Path, info: dict):
+        self.context_path = Path(context_path)
+        self.info = info or {}
+        super().__init__(format_context_error(self.context_path, self.info))
+
+
+def format_context_error(context_path: Path, info: dict) -> str:
+    """One located line (``file:line:col: Cls: message``) followed by the traceback, if any."""
+    filename = info.get("filename") or str(context_path)
+    where = filename
+    if info.get("lineno"):
+        where += f":{info['lineno']}"
+        if info.get("offset"):
+            where += f":{info['offset']}"
+    cls = info.get("cls") or "Error"
+    message = (info.get("message") or "").strip()
+    text = f"Error in context file {where}: {cls}: {message}"
+    tb = (info.get("traceback") or "").rstrip()
+    if tb:
+        text += "\n" + tb
+    return text
+
+
+def run_file_path(db_dir: Path, proposal: int, run: int) -> Path:
+    return Path(db_dir) / "extracted_data" / f"p{proposal}_r{run}.h5"
+
+
+def run_log_path(db_dir: Path, proposal: int, run: int) -> Path:
+    return Path(db_dir) / "process_logs" / f"r{run}-p{proposal}.out"
+
+
+def _make_shared_dir(path: Path) -> None:
+    """Create a directory other users of the proposal can write to (as the original does)."""
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        if path.stat().st_uid == os.getuid():
+            os.chmod(path, 0o777)
+    except OSError:
+        pass
+
+
+def _node_info() -> str:
+    host = socket.gethostname()
+    job_id = os.environ.get("SLURM_JOB_ID", "")
+    if job_id:
+        return f"{host} (job id: {job_id}, cluster: {os.environ.get('SLURM_CLUSTER_NAME', '')})"
+    return f"{host} (local)"
+
+
+def _slurm_job_id() -> str:
+    job = os.environ.get("SLURM_JOB_ID", "")
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array_job and task is not None:
+        return f"{array_job}_{task}"
+    return job
+
+
+def _append_log(path: Path, text: str) -> None:
+    try:
+        new = not path.exists()
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
+        if new:
+            try:
+                os.chmod(path, 0o666)
+            except OSError:
+                pass
+    except OSError as e:
+        log.warning("Could not write to log %s: %s", path, e)
+
+
+class RunProcessor:
+    """Process runs of one DAMNIT database with a pool of long-lived context workers."""
+
+    def __init__(self, db_dir, *, n_workers: int | None = None, producer=None,
+                 variable_timeout: float | None = None):
+        self.db_dir = Path(db_dir).resolve()
+        self.db = DamnitDB.from_dir(self.db_dir)
+        self.n_workers = n_workers
+        self.variable_timeout = variable_timeout
+        if producer is None:
+            from backend.messages import UpdateProducer
+            producer = UpdateProducer.from_env()
+        self.producer = producer
+        self._send_lock = threading.Lock()
+        self.context_info: dict | None = None  # from the last read of the context file
+
+    # -- context -------------------------------------------------------------------------------------
+
+    @property
+    def context_path(self) -> Path:
+        return self.db_dir / "context.py"
+
+    @property
+    def context_python(self) -> str | None:
+        return self.db.metameta.get("context_python") or None
+
+    def read_context(self) -> dict:
+        """Evaluate the context file in `context_python`; raise ContextLoadError with file:line on failure."""
+        if not self.context_path.is_file():
+            raise ContextLoadError(self.context_path, {
+                "message": f"No context file at {self.context_path}", "cls": "FileNotFoundError"})
+        info = load_context_info(self.db_dir, context_python=self.context_python)
+        if info.get("error"):
+            raise ContextLoadError(self.context_path, info["error"])
+        return info
+
+    def update_variables(self, info: dict | None = None) -> list[str]:
+        """Write the context's variables (and tags) to the `variables` table; announce changed ones."""
+        if info is None:
+            info = self.read_context()
+        variables = info.get("variables", {})
+        db_vars = {
+            name: {
+                "title": v.get("title") or name,
+                "description": v.get("description"),
+                "tags": list(v.get("tags") or []),
+                "attributes": None,
+                "type": None,
+            }
+            for name, v in variables.items()
+            if not v.get("transient")
+        }
+        changed = self.db.update_computed_variables(db_vars)
+        if changed is None:  # an implementation that does not report changes: announce all
+            changed = db_vars
+        for name, var in dict(changed).items():
+            self._send(self.producer.variable_set, self.db, {"name": name, **var})
+        return list(changed)
+
+    # -- processing ----------------------------------------------------------------------------------
+
+    def process(self, requests: Iterable[RunRequest], progress: Callable[[RunOutcome], None] | None = None,
+                *, update_vars: bool = True, processing_ids: dict | None = None) -> Iterator[RunOutcome]:
+        """Process `requests`, storing each run's results as soon as it finishes.
+
+        The context is read first (and, with `update_vars`, the `variables` table updated); if it cannot
+        be loaded, ContextLoadError is raised before anything is written. Yields one RunOutcome per run;
+        ``outcome.run_error`` is set when the run could not be processed or stored.
+        """
+        requests = list(requests)
+        if not requests:
+            if update_vars:
+                self.update_variables()
+            return
+        processing_ids = dict(processing_ids or {})
+        for req in requests:
+            if req.log_path is None:
+                req.log_path = run_log_path(self.db_dir, req.proposal, req.run)
+            processing_ids.setdefault(id(req), str(uuid.uuid4()))
+
+        n_workers = self.n_workers or os.cpu_count() or 1
+        n_workers = max(1, min(n_workers, len(requests)))
+
+        # Start the workers first: they load the context while we evaluate it for the variables table.
+        pool = WorkerPool(self.db_dir, context_python=self.context_python, n_workers=n_workers,
+                          variable_timeout=self.variable_timeout)
+        try:
+            info = self.read_context()
+            self.context_info = info
+            if update_vars:
+                self.update_variables(info)
+
+            _make_shared_dir(self.db_dir / "extracted_data")
+            _make_shared_dir(self.db_dir / "process_logs")
+            user = getpass.getuser()
+            node = _node_info()
+            for req in requests:
+                _append_log(req.log_path, f"\n----- Processing r{req.run} (p{req.proposal}) as {user} "
+                                          f"on {node} -----")
+
+            in_flight = {id(r): r for r in requests}
+            for req in requests:
+                self._send_state(req, processing_ids[id(req)])
+            stop = threading.Event()
+            heartbeat = threading.Thread(target=self._heartbeat, args=(stop, in_flight, processing_ids),
+                                         daemon=True, name="damnit-heartbeat")
+            heartbeat.start()
+            try:
+                for outcome in pool.process(requests):
+                    self._store(outcome)
+                    in_flight.pop(id(outcome.request), None)
+                    self._send(self.producer.processing_finished, self.db,
+                               processing_ids.get(id(outcome.request)))
+                    if progress is not None:
+                        progress(outcome)
+                    yield outcome
+            finally:
+                stop.set()
+                heartbeat.join(timeout=1)
+        finally:
+            pool.close()
+            flush = getattr(self.producer, "flush", None)
+            if flush is not None:
+                try:
+                    flush()
+                except Exception as e:  # an unreachable broker must not fail processing
+                    log.warning("Could not flush update messages: %s", e)
+
+    def _store(self, outcome: RunOutcome) -> None:
+        """Merge one run's results into its HDF5 file and the database, then announce them."""
+        req = outcome.request
+        log_path = req.log_path or run_log_path(self.db_dir, req.proposal, req.run)
+        if outcome.run_error:
+            err = outcome.run_error
+            _append_log(log_path, f"Run r{req.run} (p{req.proposal}) could not be processed: "
+                                  f"{err.get('cls') or 'Error'}: {err.get('message')}\n"
+                                  f"{(err.get('traceback') or '').rstrip()}")
+            log.error("p%s r%s could not be processed: %s", req.proposal, req.run, err.get("message"))
+            return
+        results = list(outcome.results)
+        if not results:
+            return
+        names = [r.name for r in results]
+        path = run_file_path(self.db_dir, req.proposal, req.run)
+        try:
+            h5format.write_results(path, results)
+            reduced = h5format.read_reduced(path, names)
+            self.db.set_variables(req.proposal, req.run, reduced, provenance=PROVENANCE)
+        except Exception as e:
+            outcome.run_error = {
+                "message": f"Could not store results: {e}", "cls": type(e).__name__,
+                "traceback": traceback.format_exc(), "filename": str(path), "lineno": None, "offset": None,
+            }
+            _append_log(log_path, f"Storing results of r{req.run} failed:\n{traceback.format_exc()}")
+            log.error("Could not store results for p%s r%s: %s", req.proposal, req.run, e)
+            return
+        announced = [n for n in names if n != "start_time"]
+        self._send(self.producer.run_values_updated, self.db, req.proposal, req.run, announced)
+
+    # -- messages ------------------------------------------------------------------------------------
+
+    def _state_info(self, req: RunRequest, processing_id: str) -> dict:
+        cluster = os.environ.get("SLURM_CLUSTER_NAME", "") if os.environ.get("SLURM_JOB_ID") else None
+        return {
+            "processing_id": processing_id,
+            "proposal": req.proposal,
+            "run": req.run,
+            "data": req.run_data,
+            "status": "RUNNING",
+            "hostname": socket.gethostname(),
+            "username": getpass.getuser(),
+            "slurm_cluster": cluster,
+            "slurm_job_id": _slurm_job_id() or None,
+        }
+
+    def _send_state(self, req: RunRequest, processing_id: str) -> None:
+        self._send(self.producer.processing_state_set, self.db, **self._state_info(req, processing_id))
+
+    def _heartbeat(self, stop: threading.Event, in_flight: dict, processing_ids: dict) -> None:
+        while not stop.wait(HEARTBEAT_INTERVAL):
+            for key, req in list(in_flight.items()):
+                self._send_state(req, processing_ids[key])
+
+    def _send(self, method, *args, **kwargs) -> None:
+        """Send an update message; a broker problem is logged, never fatal to processing."""
+        try:
+            with self._send_lock:
+                method(*args, **kwargs)
+        except Exception as e:
+            log.warning("Could not send update message (%s): %s", getattr(method, "__name__", method), e)
+
+
+# -- `python -m backend.extraction` (run by Slurm jobs and `damnit process`) -----------------------
+
+
+def run_process_command(args: argparse.Namespace) -> int:
+    """Process one run as a Slurm job (or from the command line); exit code 0 only if it was stored."""
+    db_dir = (args.db_dir or Path.cwd()).resolve()
+    try:
+        processor = RunProcessor(db_dir)
+    except Exception as e:
+        print(f"Error: cannot open DAMNIT database in {db_dir}: {e}", file=sys.stderr)
+        return 2
+    in_slurm = bool(os.environ.get("SLURM_JOB_ID"))
+    # A job on a full node runs cluster variables; other Slurm jobs leave them to such a job;
+    # a plain command-line run does everything.
+    cluster = True if args.cluster_job else (False if in_slurm else None)
+    req = RunRequest(proposal=args.proposal, run=args.run, run_data=args.run_data, cluster=cluster,
+                     match=tuple(args.match), variables=tuple(args.var), mock=args.mock)
+    ids = {id(req): args.processing_id} if args.processing_id else None
+    t0 = time.monotonic()
+    try:
+        outcomes = list(processor.process([req], update_vars=args.update_vars, processing_ids=ids))
+    except ContextLoadError as e:
+        _make_shared_dir(db_dir / "process_logs")
+        _append_log(run_log_path(db_dir, args.proposal, args.run), str(e))
+        print(e, file=sys.stderr)
+        return 3
+    failed = [o for o in outcomes if o.run_error]
+    if failed:
+        err = failed[0].run_error
+        print(f"p{args.proposal} r{args.run} failed: {err.get('cls')}: {err.get('message')}", file=sys.stderr)
+        return 1
+    if cluster is False and _selects_cluster_variables(processor.context_info, req):
+        _submit_cluster_followup(db_dir, req)
+    n_err = sum(1 for o in outcomes for r in o.results if r.is_error)
+    print(f"Processed p{args.proposal} r{args.run} in {time.monotonic() - t0:.1f} s "
+          f"({n_err} variable errors)", file=sys.stderr)
+    return 0
+
+
+def _selects_cluster_variables(info: dict | None, req: RunRequest) -> bool:
+    variables = (info or {}).get("variables", {})
+    for name, v in variables.items():
+        if not v.get("cluster"):
+            continue
+        if req.variables:
+            if name in req.variables:
+                return True
+        elif not req.match or any(m.lower() in (v.get("title") or name).lower() for m in req.match):
+            return True
+    return False
+
+
+def _submit_cluster_followup(db_dir: Path, req: RunRequest) -> None:
+    """Hand cluster=True variables to a job on a full node, if the context has any (spec §2.2 step 7)."""
+    try:
+        from backend import slurm
+    except ImportError:
+        return
+    submit = getattr(slurm, "submit_cluster_job", None)
+    if submit is None:
+        return
+    try:
+        submit(db_dir, req)
+    except Exception as e:
+        log.error("Could not submit a cluster job for p%s r%s: %s", req.proposal, req.run, e)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from backend.cli_core import add_process_arguments
+
+    parser = argparse.ArgumentParser(prog="python -m backend.extraction",
+                                     description="Process one run of a DAMNIT database")
+    add_process_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_process_command(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

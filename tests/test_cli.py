@@ -1,0 +1,356 @@
+"""The core `damnit` verbs (spec §6): init, proposal, new-id, db-config, read-context, reprocess.
+
+Commands run in-process through `backend.cli.main` (processing still uses real worker processes and
+extra-data mock runs); one test runs the installed command as a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+
+from backend.cli import main
+from backend.db import DamnitDB
+from backend.user_variables import UserEditableVariable
+
+REPO = Path(__file__).resolve().parent.parent
+PROPOSAL = 1234
+
+CONTEXT = """\
+from damnit_ctx import Variable
+
+@Variable(title="Trains", tags=["run"])
+def n_trains(run):
+    return len(run.train_ids)
+
+@Variable(title="Sample X", units="mm", tags=["motor", "sample"])
+def sample_x(run):
+    return float(run["SPB_IRU_MOTORS/MOTOR/SAMPLE_X", "actualPosition"].ndarray().mean())
+
+@Variable(title="XGM energy", units="uJ", summary="mean")
+def xgm_energy(run):
+    return run["SA1_XTD2_XGM/DOOCS/MAIN", "pulseEnergy.photonFlux"].xarray()
+"""
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("AMORE_BROKER", "none")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("XFEL_DATA_ROOT", raising=False)
+
+
+def init_db(path: Path, context: str = CONTEXT, proposal: int = PROPOSAL) -> Path:
+    ctx = path.parent / f"{path.name}-context.py"
+    ctx.write_text(context)
+    assert main(["init", str(path), "--proposal", str(proposal), "--context", str(ctx)]) == 0
+    return path
+
+
+def rows(db_dir: Path, sql: str, *params):
+    conn = sqlite3.connect(db_dir / "runs.sqlite")
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def values(db_dir: Path) -> dict[tuple[int, str], object]:
+    return {(r, n): v for r, n, v in rows(db_dir, "SELECT run, name, value FROM run_variables")}
+
+
+# -- init ------------------------------------------------------------------------------------------
+
+
+def test_init_with_proposal_creates_db_and_empty_context(tmp_path, capsys):
+    d = tmp_path / "new" / "amore"
+    assert main(["init", str(d), "--proposal", "1234"]) == 0
+    assert "Setting up DAMNIT in" in capsys.readouterr().out
+    assert (d / "runs.sqlite").is_file()
+    assert (d / "context.py").read_text() == ""
+    db = DamnitDB.from_dir(d)
+    assert db.metameta["proposal"] == 1234
+    assert re.fullmatch(r"[0-9a-f]{40}", db.metameta["db_id"])
+    assert db.metameta["data_format_version"] == 4
+
+
+def test_init_infers_proposal_from_path_and_requires_it_otherwise(tmp_path, capsys):
+    d = tmp_path / "SPB" / "202501" / "p002222" / "usr" / "Shared" / "amore"
+    assert main(["init", str(d)]) == 0
+    assert DamnitDB.from_dir(d).metameta["proposal"] == 2222
+
+    assert main(["init", str(tmp_path / "elsewhere")]) == 1
+    assert "--proposal is required" in capsys.readouterr().err
+    assert not (tmp_path / "elsewhere" / "runs.sqlite").exists()
+
+
+def test_init_by_proposal_number_uses_the_data_root(make_mock_runs, capsys):
+    prop_dir = make_mock_runs(PROPOSAL, 1)
+    assert main(["init", str(PROPOSAL)]) == 0
+    amore = prop_dir / "usr" / "Shared" / "amore"
+    assert (amore / "runs.sqlite").is_file()
+    assert DamnitDB.from_dir(amore).metameta["proposal"] == PROPOSAL
+
+    assert main(["init", "9999"]) == 1
+    assert "proposal 9999 not found" in capsys.readouterr().err
+
+
+def test_init_with_context_and_like(tmp_path, capsys):
+    src = init_db(tmp_path / "src")
+    DamnitDB.from_dir(src).add_user_variable(
+        UserEditableVariable("quality", "Quality", "string", "Sample quality"))
+
+    like = tmp_path / "like"
+    assert main(["init", str(like), "--proposal", "5678", "--like", str(src)]) == 0
+    assert (like / "context.py").read_text() == CONTEXT
+    db = DamnitDB.from_dir(like)
+    assert db.metameta["proposal"] == 5678
+    assert db.metameta["db_id"] != DamnitDB.from_dir(src).metameta["db_id"]
+    uv = db.get_user_variables()
+    assert uv["quality"].title == "Quality" and uv["quality"].variable_type == "string"
+
+    # --context wins over the --like context
+    other = tmp_path / "other.py"
+    other.write_text("# other\n")
+    both = tmp_path / "both"
+    assert main(["init", str(both), "--proposal", "1", "--like", str(src), "--context", str(other)]) == 0
+    assert (both / "context.py").read_text() == "# other\n"
+
+    capsys.readouterr()
+    assert main(["init", str(tmp_path / "x"), "--proposal", "1", "--context", str(tmp_path / "nope.py")]) == 1
+    assert "nope.py is not a file" in capsys.readouterr().err
+    assert main(["init", str(tmp_path / "y"), "--proposal", "1", "--like", "not-a-dir-or-number"]) == 1
+    assert "not a proposal number or DAMNIT database directory" in capsys.readouterr().err
+
+
+def test_init_on_existing_folder_keeps_context_and_db(tmp_path):
+    d = init_db(tmp_path / "db")
+    db_id = DamnitDB.from_dir(d).metameta["db_id"]
+    other = tmp_path / "other.py"
+    other.write_text("# other\n")
+    assert main(["init", str(d), "--proposal", "1", "--context", str(other)]) == 0
+    assert (d / "context.py").read_text() == CONTEXT
+    meta = DamnitDB.from_dir(d).metameta
+    assert meta["db_id"] == db_id and meta["proposal"] == PROPOSAL
+
+
+# -- settings verbs --------------------------------------------------------------------------------
+
+
+def test_db_config_view_set_delete(tmp_path, monkeypatch, capsys):
+    d = init_db(tmp_path / "db")
+    monkeypatch.chdir(d)
+    assert main(["db-config", "slurm-time", "04:00:00"]) == 0
+    assert main(["db-config", "--num", "concurrent_jobs", "7"]) == 0
+    assert main(["db-config", "--num", "ratio", "0.5"]) == 0
+    capsys.readouterr()
+    assert main(["db-config", "slurm_time"]) == 0
+    assert capsys.readouterr().out.strip() == "'04:00:00'"
+    assert main(["db-config"]) == 0
+    listing = capsys.readouterr().out
+    assert "concurrent_jobs=7\n" in listing and "ratio=0.5\n" in listing and f"proposal={PROPOSAL}" in listing
+    assert main(["db-config", "-d", "slurm_time"]) == 0
+    assert "slurm_time" not in DamnitDB.from_dir(d).metameta
+
+    assert main(["db-config", "slurm_time"]) == 1
+    assert "key slurm_time not found" in capsys.readouterr().err
+    assert main(["db-config", "-d"]) == 1
+    assert "no key specified" in capsys.readouterr().err
+    assert main(["db-config", "--num", "x", "abc"]) == 1
+    assert "not a number" in capsys.readouterr().err
+
+
+def test_proposal_and_new_id(tmp_path, monkeypatch, capsys):
+    d = init_db(tmp_path / "db")
+    monkeypatch.chdir(d)
+    capsys.readouterr()
+    assert main(["proposal"]) == 0
+    assert capsys.readouterr().out.strip() == f"Current proposal number: {PROPOSAL}"
+    assert main(["proposal", str(PROPOSAL)]) == 0
+    assert "No change" in capsys.readouterr().out
+    assert main(["proposal", "4321"]) == 0
+    assert capsys.readouterr().out.strip() == f"Changed proposal to 4321 (was {PROPOSAL})"
+    assert DamnitDB.from_dir(d).metameta["proposal"] == 4321
+
+    old = DamnitDB.from_dir(d).metameta["db_id"]
+    assert main(["new-id", str(d)]) == 0
+    new = DamnitDB.from_dir(d).metameta["db_id"]
+    assert new != old and re.fullmatch(r"[0-9a-f]{40}", new)
+    assert new in capsys.readouterr().out
+    assert main(["new-id"]) == 0  # default: the current directory
+    assert DamnitDB.from_dir(d).metameta["db_id"] != new
+
+
+def test_verbs_outside_a_damnit_folder_fail_clearly(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for argv in (["proposal"], ["db-config"], ["read-context"], ["new-id"], ["reprocess", "1", "--direct"]):
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert "is not a DAMNIT directory (no runs.sqlite)" in err, (argv, err)
+    assert not (tmp_path / "runs.sqlite").exists()
+
+
+# -- read-context ------------------------------------------------------------------------------------
+
+
+def test_read_context_updates_variables_and_tags(tmp_path, monkeypatch, capsys):
+    d = init_db(tmp_path / "db")
+    monkeypatch.chdir(d)
+    capsys.readouterr()
+    assert main(["read-context"]) == 0
+    assert "Read 3 variable(s)" in capsys.readouterr().out
+    vars_ = {r[0]: r[1:] for r in rows(d, "SELECT name, title, type FROM variables")}
+    assert vars_ == {"n_trains": ("Trains", None), "sample_x": ("Sample X", None),
+                     "xgm_energy": ("XGM energy", None)}
+    db = DamnitDB.from_dir(d)
+    assert sorted(db.get_variable_tags("sample_x")) == ["motor", "sample"]
+
+    (d / "context.py").write_text(CONTEXT.replace('tags=["motor", "sample"]', 'tags=["motor"]')
+                                  .replace('title="Trains"', 'title="Train count"'))
+    assert main(["read-context"]) == 0
+    db = DamnitDB.from_dir(d)
+    assert db.get_variable_tags("sample_x") == ["motor"]
+    assert "sample" not in db.get_all_tags()
+    assert rows(d, "SELECT title FROM variables WHERE name='n_trains'") == [("Train count",)]
+
+
+def test_read_context_error_is_located_and_changes_nothing(tmp_path, monkeypatch, capsys):
+    d = init_db(tmp_path / "db")
+    monkeypatch.chdir(d)
+    assert main(["read-context"]) == 0
+    before = rows(d, "SELECT * FROM variables ORDER BY name")
+    (d / "context.py").write_text(CONTEXT + "\n@Variable(title='Trains')\ndef dup(run):\n    return 1\n")
+    capsys.readouterr()
+    assert main(["read-context"]) == 1
+    err = capsys.readouterr().err
+    assert "context.py" in err and "Trains" in err  # duplicate title named
+    (d / "context.py").write_text("from damnit_ctx import Variable\n\ndef f(:\n    pass\n")
+    assert main(["read-context"]) == 1
+    err = capsys.readouterr().err
+    assert "context.py:3" in err and "SyntaxError" in err
+    assert rows(d, "SELECT * FROM variables ORDER BY name") == before
+
+
+# -- reprocess ---------------------------------------------------------------------------------------
+
+
+def test_reprocess_direct_end_to_end(tmp_path, make_mock_runs, monkeypatch, capsys):
+    make_mock_runs(PROPOSAL, [1, 2, 3])
+    d = init_db(tmp_path / "db")
+    monkeypatch.chdir(tmp_path)
+    assert main(["reprocess", "1", "2", "3", "7", "--direct", "--in", str(d)]) == 0
+    out, err = capsys.readouterr()
+    assert "skipping 1 runs because they don't exist: [7]" in err
+    assert re.search(r"Processed 3 runs in [\d.]+ s: 3 succeeded, 0 failed, 0 variable errors", out)
+    assert "3/3" in err  # the progress bar reached the end
+
+    v = values(d)
+    for run in (1, 2, 3):
+        assert v[(run, "n_trains")] == 50
+        assert v[(run, "sample_x")] == pytest.approx(1 + 0.25 * run, abs=0.01)
+        assert v[(run, "xgm_energy")] > 100
+        with h5py.File(d / "extracted_data" / f"p{PROPOSAL}_r{run}.h5") as f:
+            assert f["xgm_energy"].attrs["_damnit_objtype"] == "dataarray"
+            assert "trainId" in f["xgm_energy"]
+        assert (d / "process_logs" / f"r{run}-p{PROPOSAL}.out").read_text().count("----- Processing") == 1
+    assert all(st is not None for (st,) in rows(d, "SELECT start_time FROM run_info"))
+
+    # 'all' reprocesses every recorded run found on disk; runs missing on disk are skipped
+    (d / "context.py").write_text(CONTEXT + "\n@Variable(title='Run no')\ndef run_no(run, r: 'meta#run_number'):\n"
+                                            "    return r\n")
+    DamnitDB.from_dir(d).ensure_run(PROPOSAL, 99)
+    monkeypatch.chdir(d)
+    assert main(["reprocess", "all", "--direct"]) == 0
+    out, _ = capsys.readouterr()
+    assert "Reprocessing 3 runs already recorded, skipping 1..." in out
+    assert {r: values(d)[(r, "run_no")] for r in (1, 2, 3)} == {1: 1, 2: 2, 3: 3}
+
+
+def test_reprocess_match_and_var(tmp_path, make_mock_runs, monkeypatch):
+    make_mock_runs(PROPOSAL, [1, 2])
+    d = init_db(tmp_path / "db")
+    monkeypatch.chdir(d)
+    assert main(["reprocess", "1", "--direct", "--match", "sample"]) == 0
+    assert set(values(d)) == {(1, "sample_x")}
+    assert main(["reprocess", "2", "--direct", "--var", "n_trains", "--var", "xgm_energy"]) == 0
+    assert set(values(d)) == {(1, "sample_x"), (2, "n_trains"), (2, "xgm_energy")}
+    assert main(["reprocess", "1-2", "--direct", "--match", "TRAINS", "--match", "xgm"]) == 0
+    assert set(values(d)) == {(1, "sample_x"), (1, "n_trains"), (1, "xgm_energy"),
+                              (2, "n_trains"), (2, "xgm_energy")}
+
+
+def test_reprocess_bad_input(tmp_path, make_mock_runs, monkeypatch, capsys):
+    make_mock_runs(PROPOSAL, [1])
+    d = init_db(tmp_path / "db")
+    monkeypatch.chdir(d)
+    for argv, message in [
+        (["reprocess", "abc", "--direct"], "bad run number 'abc'"),
+        (["reprocess", "5-3", "--direct"], "bad run range '5-3'"),
+        (["reprocess", "all", "3", "--direct"], "'all' cannot be combined"),
+        (["reprocess", "8", "--direct"], "none of the given runs exist"),
+        (["reprocess", "1", "--direct", "--in", "/no/such/dir"], "not a proposal number or DAMNIT"),
+    ]:
+        assert main(argv) == 1, argv
+        assert message in capsys.readouterr().err, argv
+    assert values(d) == {}
+
+
+def test_reprocess_with_broken_context_leaves_earlier_data(tmp_path, make_mock_runs, monkeypatch, capsys):
+    make_mock_runs(PROPOSAL, [1, 2])
+    d = init_db(tmp_path / "db")
+    monkeypatch.chdir(d)
+    assert main(["reprocess", "1", "2", "--direct"]) == 0
+    before = rows(d, "SELECT * FROM run_variables ORDER BY run, name")
+    (d / "context.py").write_text(CONTEXT + "\nimport not_a_real_module_xyz\n")
+    capsys.readouterr()
+    assert main(["reprocess", "1", "2", "--direct"]) == 1
+    err = capsys.readouterr().err
+    lineno = (CONTEXT + "\nimport not_a_real_module_xyz\n").splitlines().index("import not_a_real_module_xyz") + 1
+    assert f"context.py:{lineno}" in err and "ModuleNotFoundError" in err
+    assert "database is unchanged" in err
+    assert rows(d, "SELECT * FROM run_variables ORDER BY run, name") == before
+
+
+def test_reprocess_one_failing_run_is_reported(tmp_path, make_mock_runs, monkeypatch, capsys):
+    prop_dir = make_mock_runs(PROPOSAL, [1, 2])
+    d = init_db(tmp_path / "db")
+    for f in (prop_dir / "raw" / "r0002").iterdir():
+        f.write_bytes(b"garbage")
+    monkeypatch.chdir(d)
+    assert main(["reprocess", "1", "2", "--direct"]) == 1
+    out, err = capsys.readouterr()
+    assert "1 succeeded, 1 failed" in out
+    assert "r2 (p1234) failed" in err and "r2-p1234.out" in err
+    assert values(d)[(1, "n_trains")] == 50
+    assert not any(r == 2 for (r, _) in values(d))
+
+
+def test_reprocess_mock_needs_no_data(tmp_path, monkeypatch):
+    d = init_db(tmp_path / "db", "from damnit_ctx import Variable\n\n@Variable(title='Const')\n"
+                                 "def const(run, r: 'meta#run_number'):\n    return r * 10\n")
+    monkeypatch.chdir(d)
+    assert main(["reprocess", "5", "6", "--direct", "--mock"]) == 0
+    assert values(d) == {(5, "const"): 50, (6, "const"): 60}
+
+
+def test_installed_damnit_command(tmp_path, make_mock_runs):
+    make_mock_runs(PROPOSAL, [1])
+    d = init_db(tmp_path / "db")
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-m", "backend.cli", "reprocess", "1", "--direct"], cwd=d, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "1 succeeded" in res.stdout
+    res = subprocess.run([sys.executable, "-m", "backend.cli", "process", str(PROPOSAL), "1", "all",
+                          "--var", "sample_x"], cwd=d, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    attrs = rows(d, "SELECT attributes FROM run_variables WHERE name='sample_x'")[0][0]
+    assert json.loads(attrs)["units"] == "mm"

@@ -1,0 +1,328 @@
+"""RunProcessor and `python -m backend.extraction`: context workers → HDF5 → runs.sqlite → messages.
+
+Run data are extra-data mock runs (backend/mockruns.py); the context runs in real worker processes.
+Assertions read runs.sqlite and the HDF5 files directly, so they check the stored formats.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import h5py
+import pytest
+
+from backend.context_runner import RunRequest
+from backend.db import DamnitDB
+from backend.extraction import ContextLoadError, RunProcessor
+
+REPO = Path(__file__).resolve().parent.parent
+CONTEXTS = REPO / "contexts"
+PROPOSAL = 1234
+
+SIMPLE_CONTEXT = """\
+from damnit_ctx import Variable
+
+@Variable(title="Trains", tags=["run", "basic"])
+def n_trains(run):
+    return len(run.train_ids)
+
+@Variable(title="Sample X", units="mm")
+def sample_x(run):
+    return float(run["SPB_IRU_MOTORS/MOTOR/SAMPLE_X", "actualPosition"].ndarray().mean())
+
+@Variable(title="Broken")
+def broken(run):
+    raise ValueError("this variable always fails")
+
+@Variable(title="Double trains")
+def double_trains(run, n: "var#n_trains"):
+    return 2 * n
+"""
+
+
+class RecordingProducer:
+    """Collects the update messages RunProcessor sends (stands in for Kafka in unit tests)."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, tuple, dict]] = []
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def record(*args, **kwargs):
+            if name not in ("flush", "close"):
+                self.calls.append((name, args[1:], kwargs))  # drop the db argument
+        return record
+
+    def kinds(self):
+        return [c[0] for c in self.calls]
+
+
+def make_db(db_dir: Path, context: str) -> Path:
+    db_dir.mkdir(parents=True, exist_ok=True)
+    db = DamnitDB.from_dir(db_dir, create=True)
+    db.metameta["proposal"] = PROPOSAL
+    db.close()
+    (db_dir / "context.py").write_text(context)
+    return db_dir
+
+
+def db_rows(db_dir: Path) -> dict[tuple[int, str], tuple]:
+    conn = sqlite3.connect(db_dir / "runs.sqlite")
+    rows = conn.execute("SELECT run, name, value, attributes, provenance FROM run_variables").fetchall()
+    conn.close()
+    return {(r, n): (v, a, p) for r, n, v, a, p in rows}
+
+
+def start_times(db_dir: Path) -> dict[int, float]:
+    conn = sqlite3.connect(db_dir / "runs.sqlite")
+    rows = conn.execute("SELECT run, start_time FROM run_info").fetchall()
+    conn.close()
+    return dict(rows)
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("AMORE_BROKER", "none")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+
+
+def process(db_dir, runs, producer=None, **req_kw):
+    processor = RunProcessor(db_dir, producer=producer or RecordingProducer())
+    reqs = [RunRequest(proposal=PROPOSAL, run=r, **req_kw) for r in runs]
+    return list(processor.process(reqs))
+
+
+def test_process_writes_h5_db_logs_and_messages(tmp_path, make_mock_runs):
+    make_mock_runs(PROPOSAL, [1, 2])
+    db_dir = make_db(tmp_path / "db", SIMPLE_CONTEXT)
+    producer = RecordingProducer()
+
+    outcomes = process(db_dir, [1, 2], producer=producer)
+
+    assert sorted(o.request.run for o in outcomes) == [1, 2]
+    assert all(o.run_error is None for o in outcomes)
+    rows = db_rows(db_dir)
+    for run in (1, 2):
+        assert rows[(run, "n_trains")][0] == 50
+        assert rows[(run, "double_trains")][0] == 100
+        assert rows[(run, "sample_x")][0] == pytest.approx(1.0 + 0.25 * run, abs=1e-2)
+        assert json.loads(rows[(run, "sample_x")][1])["units"] == "mm"
+        assert rows[(run, "n_trains")][2] == "context.py"
+        with h5py.File(db_dir / "extracted_data" / f"p{PROPOSAL}_r{run}.h5") as f:
+            assert f["n_trains/data"][()] == 50
+            assert f[".reduced/n_trains"][()] == 50
+            assert ".errors" in f and "broken" in f[".errors"]
+        log = (db_dir / "process_logs" / f"r{run}-p{PROPOSAL}.out").read_text()
+        assert f"----- Processing r{run} (p{PROPOSAL})" in log
+    # start_time goes to run_info, from the first train's timestamp
+    st = start_times(db_dir)
+    assert st[2] - st[1] == pytest.approx(600, abs=1)
+
+    kinds = producer.kinds()
+    assert kinds.count("variable_set") == 4
+    assert kinds.count("processing_state_set") >= 2
+    assert kinds.count("run_values_updated") == 2
+    assert kinds.count("processing_finished") == 2
+    updated = [c for c in producer.calls if c[0] == "run_values_updated"]
+    assert set(updated[0][1][2]) == {"n_trains", "sample_x", "broken", "double_trains"}
+    states = [c[2] for c in producer.calls if c[0] == "processing_state_set"]
+    finished = {c[1][0] for c in producer.calls if c[0] == "processing_finished"}
+    assert {s["processing_id"] for s in states} == finished
+    assert all(s["status"] == "RUNNING" and s["data"] == "all" for s in states)
+    # the variables table got the context's variables with tags
+    db = DamnitDB.from_dir(db_dir)
+    assert sorted(db.get_variable_tags("n_trains")) == ["basic", "run"]
+
+
+def test_failing_variable_keeps_the_others(tmp_path, make_mock_runs):
+    make_mock_runs(PROPOSAL, 1)
+    db_dir = make_db(tmp_path / "db", SIMPLE_CONTEXT)
+    process(db_dir, [1])
+    rows = db_rows(db_dir)
+    value, attrs, _ = rows[(1, "broken")]
+    assert value is None
+    attrs = json.loads(attrs)
+    assert attrs["error_cls"] == "ValueError"
+    assert "always fails" in attrs["error"]
+    assert rows[(1, "n_trains")][0] == 50
+    assert rows[(1, "sample_x")][0] is not None
+
+
+def test_syntax_error_in_context_is_located_and_db_untouched(tmp_path, make_mock_runs):
+    make_mock_runs(PROPOSAL, 1)
+    db_dir = make_db(tmp_path / "db", SIMPLE_CONTEXT)
+    process(db_dir, [1])
+    before_rows = db_rows(db_dir)
+    h5 = db_dir / "extracted_data" / f"p{PROPOSAL}_r1.h5"
+    before_h5 = h5.stat().st_mtime_ns
+    conn = sqlite3.connect(db_dir / "runs.sqlite")
+    before_vars = conn.execute("SELECT * FROM variables ORDER BY name").fetchall()
+    conn.close()
+
+    (db_dir / "context.py").write_text("from damnit_ctx import Variable\n\n@Variable(title='x'\ndef x(run):\n"
+                                       "    return 1\n")
+    producer = RecordingProducer()
+    processor = RunProcessor(db_dir, producer=producer)
+    with pytest.raises(ContextLoadError) as excinfo:
+        list(processor.process([RunRequest(proposal=PROPOSAL, run=1)]))
+    msg = str(excinfo.value)
+    assert "context.py:" in msg and "SyntaxError" in msg
+    assert excinfo.value.info.get("lineno") in (3, 4)
+
+    assert db_rows(db_dir) == before_rows
+    assert h5.stat().st_mtime_ns == before_h5
+    conn = sqlite3.connect(db_dir / "runs.sqlite")
+    assert conn.execute("SELECT * FROM variables ORDER BY name").fetchall() == before_vars
+    conn.close()
+    assert producer.calls == []
+
+
+def test_run_that_cannot_be_opened_keeps_its_earlier_data(tmp_path, make_mock_runs):
+    prop_dir = make_mock_runs(PROPOSAL, [1, 2])
+    db_dir = make_db(tmp_path / "db", SIMPLE_CONTEXT)
+    process(db_dir, [1, 2])
+    before = db_rows(db_dir)
+    h5_before = (db_dir / "extracted_data" / f"p{PROPOSAL}_r2.h5").read_bytes()
+
+    # Run 2's data becomes unreadable: a later reprocess fails for it but not for run 1.
+    for f in (prop_dir / "raw" / "r0002").iterdir():
+        f.write_bytes(b"not an HDF5 file")
+    outcomes = {o.request.run: o for o in process(db_dir, [1, 2])}
+
+    assert outcomes[1].run_error is None
+    assert outcomes[2].run_error is not None
+    after = db_rows(db_dir)
+    assert {k: v[:2] for k, v in after.items() if k[0] == 2} == {k: v[:2] for k, v in before.items() if k[0] == 2}
+    assert (db_dir / "extracted_data" / f"p{PROPOSAL}_r2.h5").read_bytes() == h5_before
+    log = (db_dir / "process_logs" / f"r2-p{PROPOSAL}.out").read_text()
+    assert "could not be processed" in log
+
+
+def test_var_and_match_select_variables(tmp_path, make_mock_runs):
+    make_mock_runs(PROPOSAL, 1)
+    db_dir = make_db(tmp_path / "db", SIMPLE_CONTEXT)
+    process(db_dir, [1], variables=["double_trains"])
+    names = {n for (_, n) in db_rows(db_dir)}
+    assert names == {"double_trains", "n_trains"}  # plus its dependency
+
+    db2 = make_db(tmp_path / "db2", SIMPLE_CONTEXT)
+    process(db2, [1], match=["sample"])
+    assert {n for (_, n) in db_rows(db2)} == {"sample_x"}
+
+
+def test_reprocessing_one_variable_keeps_the_rest(tmp_path, make_mock_runs):
+    make_mock_runs(PROPOSAL, 1)
+    db_dir = make_db(tmp_path / "db", SIMPLE_CONTEXT)
+    process(db_dir, [1])
+    process(db_dir, [1], variables=["sample_x"])
+    rows = db_rows(db_dir)
+    assert {"n_trains", "sample_x", "broken", "double_trains"} <= {n for (_, n) in rows}
+    with h5py.File(db_dir / "extracted_data" / f"p{PROPOSAL}_r1.h5") as f:
+        assert f["double_trains/data"][()] == 100
+
+
+def test_demo_context_over_mock_runs(tmp_path, make_mock_runs):
+    make_mock_runs(PROPOSAL, [1, 2], with_proc=True)
+    db_dir = make_db(tmp_path / "db", (CONTEXTS / "demo_context.py").read_text())
+    outcomes = process(db_dir, [1, 2])
+    assert all(o.run_error is None for o in outcomes)
+    rows = db_rows(db_dir)
+
+    errors = {k: json.loads(v[1]) for k, v in rows.items() if v[1] and "error" in json.loads(v[1])}
+    # Run 1 has 17 pulses per train: energy_spread is skipped; nothing else fails.
+    assert set(errors) == {(1, "energy_spread")}
+    assert errors[(1, "energy_spread")]["error_cls"] == "Skip"
+    assert rows[(2, "energy_spread")][0] > 0
+
+    assert rows[(1, "run_length")][0] == "0:00:05"
+    assert rows[(1, "beam_status")][0] in ("Strong beam", "OK", "Weak beam")
+    assert json.loads(rows[(1, "xgm.energy")][1])["units"] == "uJ"
+    assert rows[(1, "xgm.pulses")][0] == 17
+    assert rows[(1, "spectrum_peak")][0] == pytest.approx(9300, abs=60)
+    quality = json.loads(rows[(1, "spot_quality")][1])
+    assert quality["bold"] is True and list(quality["background"]) == [0xB6, 0xE3, 0xB6]
+    assert isinstance(rows[(1, "camera_image")][0], bytes) and rows[(1, "camera_image")][0][:4] == b"\x89PNG"
+    assert rows[(1, "energy_histogram")][0][:4] == b"\x89PNG"
+    assert "camera_frames" not in {n for (_, n) in rows}  # transient
+
+    db = DamnitDB.from_dir(db_dir)
+    assert "XGM" in db.get_variable_tags("xgm.energy")
+    with h5py.File(db_dir / "extracted_data" / f"p{PROPOSAL}_r1.h5") as f:
+        assert f["camera_image"].attrs["_damnit_objtype"] == "dataarray"
+        assert f["energy_histogram"].attrs["_damnit_objtype"] == "image"
+        assert f["energy_histogram/data"].ndim == 3
+        assert f[".reduced/camera_intensity"][()] > 0
+        assert f["spot_centre/data"].dtype.kind == "c"
+
+
+@pytest.mark.parametrize("sase", ["SA1", "SA2", "SA3"])
+def test_templates_load_and_run(tmp_path, make_mock_runs, sase):
+    make_mock_runs(PROPOSAL, 1, with_proc=True)
+    db_dir = make_db(tmp_path / "db", (CONTEXTS / f"{sase}_base.py").read_text())
+    outcomes = process(db_dir, [1])
+    assert outcomes[0].run_error is None
+    rows = db_rows(db_dir)
+    assert rows[(1, "n_trains")][0] == 50
+    assert rows[(1, "run_length")][0] == "0:00:05"
+    assert 0 < rows[(1, "raw_size")][0] < 1
+    assert 0 < rows[(1, "proc_size")][0] < 1
+    if sase == "SA1":  # the mock runs have an SA1 XGM only
+        assert rows[(1, "xgm_intensity")][0] > 100
+        assert rows[(1, "pulses")][0] == 17
+        assert 5 < rows[(1, "photon_energy")][0] < 15
+    else:
+        err = json.loads(rows[(1, "xgm_intensity")][1])
+        assert err["error_cls"] == "Skip" and sase in err["error"]
+
+
+def _module_cmd(*args):
+    return [sys.executable, "-m", "backend.extraction", *map(str, args)]
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def test_python_m_extraction_processes_one_run(tmp_path, make_mock_runs):
+    make_mock_runs(PROPOSAL, 3)
+    db_dir = make_db(tmp_path / "db", SIMPLE_CONTEXT)
+    res = subprocess.run(_module_cmd(PROPOSAL, 3, "all", "--db-dir", db_dir, "--update-vars",
+                                     "--processing-id", "abc123", "--var", "sample_x"),
+                         capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=120)
+    assert res.returncode == 0, res.stderr
+    rows = db_rows(db_dir)
+    assert {n for (_, n) in rows} == {"sample_x"}
+    conn = sqlite3.connect(db_dir / "runs.sqlite")
+    assert {r[0] for r in conn.execute("SELECT name FROM variables")} == {
+        "n_trains", "sample_x", "broken", "double_trains"}
+    conn.close()
+
+
+def test_python_m_extraction_bad_context_fails_with_location(tmp_path, make_mock_runs):
+    make_mock_runs(PROPOSAL, 1)
+    bad = SIMPLE_CONTEXT + textwrap.dedent("""
+        @Variable(title="Uses missing")
+        def uses_missing(run):
+            return undefined_name  # noqa
+        x = 1 / 0
+    """)
+    db_dir = make_db(tmp_path / "db", bad)
+    res = subprocess.run(_module_cmd(PROPOSAL, 1, "all", "--db-dir", db_dir, "--update-vars"),
+                         capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=120)
+    assert res.returncode != 0
+    lineno = bad.splitlines().index("x = 1 / 0") + 1
+    assert f"context.py:{lineno}" in res.stderr
+    assert "ZeroDivisionError" in res.stderr
+    assert db_rows(db_dir) == {}
+    log = (db_dir / "process_logs" / f"r1-p{PROPOSAL}.out").read_text()
+    assert "ZeroDivisionError" in log
