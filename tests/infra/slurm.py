@@ -52,7 +52,11 @@ class SlurmCluster:
         self.startup_seconds = time.monotonic() - t0
 
     def stop(self) -> None:
+        """Cancel leftover jobs (so no job process outlives the cluster), then stop the daemons."""
         if self._started:
+            if self.conf.exists():
+                subprocess.run(["scancel", "--user", str(os.getuid())], env=self.env, capture_output=True,
+                               timeout=30)
             subprocess.run(["bash", str(HERE / "stop-slurm.sh"), str(self.dir)], capture_output=True)
             self._started = False
 
