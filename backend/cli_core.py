@@ -10,7 +10,6 @@ import argparse
 import os
 import re
 import secrets
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -101,7 +100,7 @@ def parse_run_spec(specs: list[str]) -> list[int] | None:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from backend.db import DamnitDB
+    from backend.db import initialize_proposal
 
     if args.proposal_or_dir.isdigit():
         proposal = int(args.proposal_or_dir)
@@ -124,34 +123,10 @@ def cmd_init(args: argparse.Namespace) -> int:
         context_src = _existing_file(Path(args.context))
 
     print(f"Setting up DAMNIT in {damnit_dir}")
-    damnit_dir.mkdir(parents=True, exist_ok=True)
-    _chmod_if_owner(damnit_dir, 0o777)
-
-    new_db = not (damnit_dir / "runs.sqlite").is_file()
-    db = DamnitDB.from_dir(damnit_dir, create=True) if new_db else DamnitDB.from_dir(damnit_dir)
-    if new_db:
-        db.metameta["proposal"] = proposal
-    elif args.proposal is not None and db.metameta.get("proposal") != args.proposal:
-        print(f"Existing database kept (proposal {db.metameta.get('proposal')})")
-
-    context_path = damnit_dir / "context.py"
-    if not context_path.is_file():
-        if context_src is not None:
-            shutil.copyfile(context_src, context_path)
-        else:
-            context_path.touch()
-        _chmod_if_owner(context_path, 0o666)
-    elif context_src is not None:
-        print(f"Kept the existing {context_path} (not overwritten by {context_src})")
-
-    if new_db and user_vars_src is not None:
-        src = DamnitDB.from_dir(user_vars_src.parent)
-        copied = 0
-        for var in src.get_user_variables().values():
-            db.add_user_variable(var)
-            copied += 1
-        if copied:
-            print(f"Copied {copied} user-editable variable(s) from {user_vars_src.parent}")
+    existed = (damnit_dir / "context.py").is_file()
+    initialize_proposal(damnit_dir, proposal, context_file_src=context_src, user_vars_src=user_vars_src)
+    if existed and context_src is not None:
+        print(f"Kept the existing {damnit_dir / 'context.py'} (not overwritten by {context_src})")
     return 0
 
 
@@ -159,14 +134,6 @@ def _existing_file(p: Path) -> Path:
     if not p.is_file():
         raise CLIError(f"{p} is not a file")
     return p
-
-
-def _chmod_if_owner(path: Path, mode: int) -> None:
-    try:
-        if path.stat().st_uid == os.getuid():
-            os.chmod(path, mode)
-    except OSError:
-        pass
 
 
 def cmd_proposal(args: argparse.Namespace) -> int:
