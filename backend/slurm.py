@@ -84,6 +84,9 @@ class SubmittedJob:
     job_id: str            # "123" or "123_4" for an array task
     cluster: str | None    # Slurm cluster (None when --clusters is not used)
 
+    def __str__(self) -> str:
+        return self.job_id
+
 
 @dataclass
 class SlurmSettings:
@@ -310,15 +313,24 @@ def _db_topic(db_dir: Path) -> str | None:
     return UPDATE_TOPIC.format(db_id) if db_id else None
 
 
-def submit_reprocess(db_dir: str | Path, requests: Sequence[Any], *, limit_running: int | None = None,
-                     watch: bool = False, producer=None) -> list[str]:
+def submit_reprocess(db_dir: str | Path, requests: Sequence[Any] | int, runs: Iterable[int] | None = None, *,
+                     limit_running: int | None = None, concurrent_jobs: int | None = None, watch: bool = False,
+                     match: Sequence[str] = (), variables: Sequence[str] = (), mock: bool = False,
+                     run_data: str = "all", producer=None) -> list[SubmittedJob]:
     """``damnit reprocess`` without ``--direct``: Slurm array jobs (or ``srun`` one by one with ``watch``).
 
-    ``requests`` are ``RunRequest``-like (proposal, run, run_data, match, variables, mock). The first
-    one also updates the variable list from the context file, as in the original. Tasks are announced
-    as PENDING on the DB's topic. Returns the Slurm job ids (``<array>_<i>``).
+    Either ``submit_reprocess(db_dir, [RunRequest, ...])`` (anything with proposal, run, run_data,
+    match, variables, mock) or ``submit_reprocess(db_dir, proposal, runs, variables=..., match=...)``.
+    The first request also updates the variable list from the context file, as in the original; each
+    task is announced as PENDING on the DB's topic. At most ``limit_running`` (or ``concurrent_jobs``,
+    else the DB's ``concurrent_jobs``) tasks run at once. Returns the jobs (``str(job)`` is the
+    Slurm id ``<array>_<i>``); none with ``watch``, which waits for each job instead.
     """
     db_dir = Path(db_dir).absolute()
+    if isinstance(requests, int):
+        proposal = requests
+        requests = [ExtractionRequest(int(proposal), int(r), run_data, match=tuple(match),
+                                      variables=tuple(variables), mock=mock) for r in (runs or ())]
     reqs = [ExtractionRequest(int(r.proposal), int(r.run), getattr(r, "run_data", "all") or "all",
                               match=tuple(getattr(r, "match", ()) or ()),
                               variables=tuple(getattr(r, "variables", ()) or ()),
@@ -335,7 +347,7 @@ def submit_reprocess(db_dir: str | Path, requests: Sequence[Any], *, limit_runni
             for req in reqs:
                 submitter.run_watched(req)
             return []
-        return [job.job_id for job in submitter.submit_array(reqs, limit_running)]
+        return submitter.submit_array(reqs, limit_running or concurrent_jobs)
     finally:
         if own_producer:
             producer.close()
