@@ -1,0 +1,153 @@
+"""Time `Damnit.table()` (ours) against the original `damnit.api.Damnit.table()` on the same database.
+
+    python benchmarks/bench_table.py [--runs 2000] [--variables 200] [--repeat 3] [--keep DIR]
+                                     [--original-python /opt/damnit-ref/bin/python]
+
+Builds runs.sqlite with our DamnitDB (floats, ints, strings, trendlines, thumbnails, numpy and complex
+summaries, errors, ~5% missing cells, comments, titles), then times table() in each implementation
+(best of --repeat, import and open time excluded; the original runs in its own interpreter) and
+checks both give the same cells. Prints `RESULT table ours=..s original=..s ratio=..x`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from backend.api import Damnit  # noqa: E402
+from backend.db import ReducedData, initialize_proposal  # noqa: E402
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(200)
+PROPOSAL = 2345
+
+ORIGINAL_SCRIPT = r"""
+import json, sys, time
+from damnit import Damnit
+db = Damnit(sys.argv[1])
+times = []
+for _ in range(int(sys.argv[2])):
+    t0 = time.perf_counter(); df = db.table(); times.append(time.perf_counter() - t0)
+sample = {c: [None if v is None else repr(v) for v in df[c].head(50)] for c in df.columns}
+print(json.dumps({"best": min(times), "shape": df.shape, "sample": sample}))
+"""
+
+
+def variable_kinds(n_vars: int) -> list[tuple[str, str]]:
+    kinds = ["float"] * 150 + ["string"] * 20 + ["int"] * 10 + ["trendline"] * 10 + ["thumbnail"] * 5 \
+        + ["complex"] * 3 + ["numpy"] * 2
+    kinds = (kinds * (n_vars // len(kinds) + 1))[:n_vars]
+    return [(f"var_{i:03d}_{k}", k) for i, k in enumerate(kinds)]
+
+
+def make_value(kind: str, rng: np.random.Generator) -> ReducedData:
+    if kind == "float":
+        return ReducedData(float(rng.normal()), max_diff=float(rng.random()))
+    if kind == "int":
+        return ReducedData(int(rng.integers(0, 1000)))
+    if kind == "string":
+        return ReducedData(f"state-{rng.integers(0, 5)}")
+    if kind == "trendline":
+        return ReducedData(np.vstack([np.arange(150.0), rng.normal(size=150)]), summary_type="trendline")
+    if kind == "thumbnail":
+        return ReducedData(PNG)
+    if kind == "complex":
+        return ReducedData(complex(rng.normal(), rng.normal()))
+    return ReducedData(rng.normal(size=(3, 3)))
+
+
+def build_db(db_dir: Path, n_runs: int, n_vars: int) -> float:
+    rng = np.random.default_rng(42)
+    db = initialize_proposal(db_dir, PROPOSAL)
+    kinds = variable_kinds(n_vars)
+    db.update_computed_variables({name: {"title": f"Title {name}", "description": kind, "tags": [kind]}
+                                  for name, kind in kinds})
+    t0 = time.perf_counter()
+    for run in range(1, n_runs + 1):
+        values = {}
+        for name, kind in kinds:
+            p = rng.random()
+            if p < 0.05:
+                continue  # never computed for this run
+            if p < 0.06:
+                values[name] = ReducedData(None, attributes={"error": "boom", "error_cls": "ValueError"})
+            else:
+                values[name] = make_value(kind, rng)
+        db.set_variables(PROPOSAL, run, values, provenance="context.py", start_time=1.7e9 + 60 * run)
+        if run % 7 == 0:
+            db.change_run_comment(PROPOSAL, run, f"comment {run}")
+    elapsed = time.perf_counter() - t0
+    db.close()
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=2000)
+    ap.add_argument("--variables", type=int, default=200)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--keep", type=Path, help="build the database here (reused if it exists)")
+    ap.add_argument("--original-python", default=os.environ.get("DAMNIT_ORIGINAL_PYTHON",
+                                                                "/opt/damnit-ref/bin/python"))
+    args = ap.parse_args()
+
+    tmp = None
+    if args.keep:
+        db_dir = args.keep
+    else:
+        tmp = tempfile.TemporaryDirectory()
+        db_dir = Path(tmp.name) / "amore"
+    if not (db_dir / "runs.sqlite").exists():
+        write_s = build_db(db_dir, args.runs, args.variables)
+        print(f"built {args.runs} runs x {args.variables} variables in {write_s:.1f} s "
+              f"({write_s / args.runs * 1000:.1f} ms per run via set_variables)")
+
+    ours = Damnit(db_dir)
+    times = []
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        df = ours.table()
+        times.append(time.perf_counter() - t0)
+    ours_best = min(times)
+    t0 = time.perf_counter()
+    ours.table(with_titles=True)
+    titles_s = time.perf_counter() - t0
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    proc = subprocess.run([args.original_python, "-c", ORIGINAL_SCRIPT, str(db_dir), str(args.repeat)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        sys.exit(f"original damnit failed:\n{proc.stderr[-3000:]}")
+    orig = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    # Same cells? Compare the first 50 rows of every column both have (repr, NaN/NA/None all "missing").
+    def norm(v):
+        return None if v in (None, "nan", "<NA>", "NaT") else v
+    mismatches = 0
+    for col, values in orig["sample"].items():
+        if col not in df:
+            mismatches += 1
+            continue
+        ours_vals = [None if v is None else repr(v) for v in df[col].head(50)]
+        if col == "start_time":
+            ours_vals = [repr(v) for v in df[col].head(50)]
+        mismatches += sum(norm(a) != norm(b) for a, b in zip(values, ours_vals))
+    print(f"ours: table() best of {args.repeat} = {ours_best:.3f} s (with_titles {titles_s:.3f} s), "
+          f"shape {df.shape}")
+    print(f"original: table() best of {args.repeat} = {orig['best']:.3f} s, shape {tuple(orig['shape'])}")
+    print(f"cells compared (first 50 rows): mismatches = {mismatches}")
+    print(f"RESULT table ours={ours_best:.3f}s original={orig['best']:.3f}s "
+          f"ratio={orig['best'] / ours_best:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
