@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from backend import mockruns
 from tests.infra.aio import run_async
 from tests.infra.kafka import FAST_GROUP_CONSUMER_SETTINGS
 
@@ -137,3 +138,23 @@ def test_oracle_imports_damnit_and_reads_mock_runs(damnit_oracle, make_mock_runs
     assert result["mean"] > 0
     help_text = damnit_oracle.damnit("--help", cwd=tmp_path).stdout
     assert "reprocess" in help_text
+
+
+@pytest.mark.oracle
+def test_oracle_builds_a_reference_database(damnit_oracle, make_mock_runs, tmp_path):
+    make_mock_runs(4321, [2])
+    ctx = tmp_path / "context.py"
+    ctx.write_text(
+        "from damnit_ctx import Variable\n"
+        "@Variable(title='XGM energy', summary='mean')\n"
+        "def xgm_energy(run):\n"
+        "    return run['SA1_XTD2_XGM/DOOCS/MAIN', 'pulseEnergy.photonFlux'].ndarray()\n")
+    db_dir = damnit_oracle.make_reference_db(tmp_path / "db", 4321, [2], ctx)
+    assert [p.name for p in (db_dir / "extracted_data").iterdir()] == ["p4321_r2.h5"]
+    table = damnit_oracle.run_json(
+        "import json; from damnit import Damnit\n"
+        f"df = Damnit({str(db_dir)!r}).table()\n"
+        "print(json.dumps({'energy': df['xgm_energy'].tolist(),"
+        " 'start': [t.timestamp() for t in df['start_time']]}))")
+    assert table["energy"][0] > 100
+    assert table["start"] == [mockruns.BASE_START_TIME + mockruns.RUN_SPACING_S]

@@ -88,6 +88,23 @@ class Oracle:
         return self._run([str(self.damnit_exe), *map(str, args)], cwd=cwd, env=env, timeout=timeout,
                          check=check, stdin=stdin)
 
+    def make_reference_db(self, db_dir: Path | str, proposal: int, runs, context: Path | str | None = None,
+                          *, env: Mapping[str, str] | None = None, timeout: float = 600) -> Path:
+        """Build a database with the original backend: ``init``, ``reprocess --direct``, ``combiner now``.
+
+        ``context`` is a context file to copy in (default: the original's template); run data is found
+        through ``EXTRA_DATA_DATA_ROOT`` in ``env`` or our environment. About 2-5 s per run.
+        """
+        db_dir = Path(db_dir)
+        init = ["init", db_dir, "--proposal", str(proposal)]
+        if context is not None:
+            init += ["--context", Path(context).resolve()]
+        self.damnit(*init, env=env, timeout=timeout)
+        self.damnit("db-config", "context_python", self.python, cwd=db_dir, env=env)
+        self.damnit("reprocess", "--direct", *map(str, runs), cwd=db_dir, env=env, timeout=timeout)
+        self.damnit("combiner", "now", db_dir, cwd=db_dir, env=env, timeout=timeout)
+        return db_dir
+
 
 def _pip_install(python: Path, spec: str, log: Path) -> None:
     cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input", spec]
