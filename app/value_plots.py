@@ -8,6 +8,7 @@ Large values are reduced in numpy before they reach the browser: at most ``MAX_P
 
 from __future__ import annotations
 
+import html
 import json
 import math
 from typing import Any
@@ -243,6 +244,18 @@ def plot_value(value: Any, *, title: str = "", units: str | None = None,
         return pn.pane.HoloViews(array_element(value, title=title, units=units),
                                  sizing_mode="stretch_width", linked_axes=False)
     return scalar_view(value, units=units)
+
+
+class PlainText(pn.pane.HTML):
+    """Text that is always shown as text: HTML-escaped on every update (user text is never markup)."""
+
+    def _transform_object(self, obj: Any) -> dict:
+        return super()._transform_object(html.escape("" if obj is None else str(obj)))
+
+
+def plain_text(text: str, **styles: str) -> PlainText:
+    """User-provided text in the page's font, with the given CSS styles; ``.object`` stays escaped."""
+    return PlainText(text, styles={"white-space": "pre-wrap", **styles})
 
 
 def scalar_view(value: Any, *, units: str | None = None, font_size: str = "1.6em") -> pn.viewable.Viewable:

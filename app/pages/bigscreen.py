@@ -9,7 +9,6 @@ itself when the server comes back after a restart (a heartbeat stops → poll un
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import numpy as np
@@ -17,8 +16,9 @@ import pandas as pd
 import panel as pn
 import param
 
+from app.background import in_background
 from app.run_contents import load_for_display, run_file, scan_run_file
-from app.value_plots import format_scalar, plot_value
+from app.value_plots import format_scalar, plain_text, plot_value
 
 TITLE = "Big screen"
 SLUG = "bigscreen"
@@ -26,13 +26,13 @@ HEARTBEAT_MS = 3000
 DEFAULT_INTERVAL_S = 12
 MAX_KEY_VARS = 8
 
-CSS = """
-.dmn-big-run { font-size: 64px; font-weight: bold; line-height: 1.1; }
-.dmn-big-time { font-size: 28px; color: #555; }
-.dmn-big-name { font-size: 22px; color: #555; }
-.dmn-big-value { font-size: 44px; font-weight: bold; }
-.dmn-big-plot-title { font-size: 28px; font-weight: bold; }
-"""
+BIG = {  # large type, readable across a control room
+    "run": {"font-size": "64px", "font-weight": "bold"},
+    "time": {"font-size": "28px", "color": "#555", "margin-top": "30px"},
+    "name": {"font-size": "22px", "color": "#555"},
+    "value": {"font-size": "44px", "font-weight": "bold"},
+    "plot_title": {"font-size": "28px", "font-weight": "bold"},
+}
 
 
 class ServerWatchdog(pn.custom.JSComponent):
@@ -94,7 +94,8 @@ def key_values(source: Any, run: int, wanted: list[str]) -> list[tuple[str, str]
             text = "–"
         else:
             text = format_scalar(value)
-        units = (source.variable(n).attributes or {}).get("units")
+        cell = source.runs[run].cells.get(n) if run in source.runs else None
+        units = (cell.attributes or {}).get("units") if cell is not None else None
         out.append((source.variable(n).display_title, f"{text} {units}" if units and text != "–" else text))
     return out
 
@@ -118,10 +119,10 @@ def view(session: Any) -> pn.viewable.Viewable:
     except ValueError:
         interval = DEFAULT_INTERVAL_S
 
-    run_text = pn.pane.Str("", css_classes=["dmn-big-run"], stylesheets=[CSS])
-    time_text = pn.pane.Str("", css_classes=["dmn-big-time"], stylesheets=[CSS])
+    run_text = plain_text("", **BIG["run"])
+    time_text = plain_text("", **BIG["time"])
     values_box = pn.FlexBox(sizing_mode="stretch_width")
-    plot_title = pn.pane.Str("", css_classes=["dmn-big-plot-title"], stylesheets=[CSS])
+    plot_title = plain_text("", **BIG["plot_title"])
     plot_box = pn.Column(sizing_mode="stretch_width", min_height=500)
     watchdog = ServerWatchdog(height=20, sizing_mode="stretch_width")
     state = {"run": None, "plots": [], "index": 0, "loading": False}
@@ -140,31 +141,36 @@ def view(session: Any) -> pn.viewable.Viewable:
         time_text.object = "" if start is None else pd.Timestamp(start, unit="s", tz="UTC").tz_convert(
             "Europe/Berlin").strftime("%H:%M:%S  %d/%m/%Y")
         values_box.objects = [
-            pn.Column(pn.pane.Str(title, css_classes=["dmn-big-name"], stylesheets=[CSS]),
-                      pn.pane.Str(value, css_classes=["dmn-big-value"], stylesheets=[CSS]),
+            pn.Column(plain_text(title, **BIG["name"]), plain_text(value, **BIG["value"]),
                       margin=(10, 30), css_classes=["dmn-big-var"])
             for title, value in key_values(source, run, wanted_vars)]
 
-    async def show_plot() -> None:
+    def show_plot() -> None:
         run, plots = state["run"], state["plots"]
-        if run is None or not plots or state["loading"]:
-            if not plots:
-                plot_title.object, plot_box.objects = "", []
+        if run is None or not plots:
+            plot_title.object, plot_box.objects = "", []
+            return
+        if state["loading"]:
             return
         name = plots[state["index"] % len(plots)]
-        state["loading"] = True
-        try:
-            loaded = await asyncio.to_thread(load_for_display, source.db_dir, run, name)
-            plot = plot_value(loaded.value, title="", units=loaded.units, objtype=loaded.objtype)
-        except Exception as e:
-            plot = pn.pane.Str(f"Cannot show {name}: {type(e).__name__}: {e}")
-        finally:
-            state["loading"] = False
-        if state["run"] != run:
-            return  # a newer run arrived meanwhile
         where = f"   ({state['index'] % len(plots) + 1}/{len(plots)})" if len(plots) > 1 else ""
-        plot_title.object = f"{source.variable(name).display_title}{where}"
-        plot_box.objects = [plot]
+        state["loading"] = True
+
+        def work() -> Any:
+            loaded = load_for_display(source.db_dir, run, name)
+            return plot_value(loaded.value, title=source.variable(name).display_title, units=loaded.units,
+                              objtype=loaded.objtype)
+
+        def apply(plot: Any, error: BaseException | None) -> None:
+            state["loading"] = False
+            if state["run"] != run:
+                return  # a newer run arrived meanwhile
+            if error is not None:
+                plot = pn.pane.Str(f"Cannot show {name}: {type(error).__name__}: {error}")
+            plot_title.object = f"{source.variable(name).display_title}{where}"
+            plot_box.objects = [plot]
+
+        in_background(work, apply)
 
     def follow(force: bool = False) -> None:
         run = newest()
@@ -173,7 +179,7 @@ def view(session: Any) -> pn.viewable.Viewable:
             state["index"] = 0
             state["plots"] = plot_names(source, run, wanted_plots) if run is not None else []
             draw_header()
-            pn.state.execute(show_plot)
+            show_plot()
 
     def on_change(change: Any) -> None:
         if change.new_runs or change.reset:
@@ -183,12 +189,12 @@ def view(session: Any) -> pn.viewable.Viewable:
             state["plots"] = plot_names(source, state["run"], wanted_plots)
             draw_header()
             if state["plots"] != before:
-                pn.state.execute(show_plot)
+                show_plot()
 
     def rotate() -> None:
         if len(state["plots"]) > 1:
             state["index"] += 1
-            pn.state.execute(show_plot)
+            show_plot()
 
     session.on_change(on_change)
     follow(force=True)

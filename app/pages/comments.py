@@ -9,6 +9,8 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import panel as pn
 
+from app.value_plots import plain_text
+
 TITLE = "Comments"
 SLUG = "comments"
 TZ = ZoneInfo("Europe/Berlin")  # the facility's local time, as the run table shows timestamps
@@ -69,7 +71,7 @@ def view(session: Any) -> pn.viewable.Viewable:
     publish = pn.widgets.Button(name="Publish", button_type="primary", align="end", disabled=not can_write,
                                 css_classes=["damnit-publish"])
     now_btn = pn.widgets.Button(name="Now", align="end", width=60)
-    message = pn.pane.Str("")
+    message = plain_text("")
 
     def refresh() -> None:
         df = list_comments(db_dir)
@@ -107,6 +109,6 @@ def view(session: Any) -> pn.viewable.Viewable:
         cb = pn.state.add_periodic_callback(refresh, REFRESH_MS)
         pn.state.on_session_destroyed(lambda ctx: cb.stop())
     form = [pn.Row(when, now_btn), text, pn.Row(publish, message)] if can_write else [
-        pn.pane.Str(session.write_denied_reason or "Read-only: comments cannot be added here.")]
+        plain_text(session.write_denied_reason or "Read-only: comments cannot be added here.")]
     return pn.Column(pn.pane.Markdown("### Standalone comments"), *form, table, sizing_mode="stretch_width",
                      name=TITLE)

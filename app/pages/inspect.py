@@ -7,14 +7,14 @@ stored preview first, so a big run neither blocks this session nor anyone else's
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pandas as pd
 import panel as pn
 
+from app.background import in_background
 from app.run_contents import StoredVariable, load_for_display, run_file, scan_run_file
-from app.value_plots import format_scalar, plot_value
+from app.value_plots import format_scalar, plain_text, plot_value
 
 TITLE = "Inspect run"
 SLUG = "inspect"
@@ -76,25 +76,27 @@ def run_inspector(session: Any, run: int) -> pn.viewable.Viewable:
 
 
 def scalar_table(source: Any, run: int) -> pn.viewable.Viewable:
-    """The run's table row as name/value pairs (numbers and text only; thumbnails live in the table)."""
-    frame = source.frame()
-    if run not in frame.index:
-        return pn.pane.Str("")
-    row = frame.loc[run]
+    """The run's numbers and text as name/value pairs (arrays and thumbnails get plots or live in the table)."""
+    with source.lock:
+        r = source.runs.get(run)
+        cells = dict(r.cells) if r is not None else {}
+        start_time = r.start_time if r is not None else None
     items = []
-    for name, value in row.items():
-        if name in ("proposal", "added_at") or value is None or isinstance(value, (bytes, bytearray)):
+    if start_time is not None:
+        items.append({"Variable": "Timestamp", "Value": pd.Timestamp(start_time, unit="s", tz="UTC").tz_convert(
+            "Europe/Berlin").strftime("%H:%M:%S %d/%m/%Y")})
+    for name in ["comment", *source.column_names()]:
+        cell = cells.get(name)
+        value = cell.value if cell is not None else None
+        if value is None or isinstance(value, (bytes, bytearray)) or getattr(value, "ndim", 0) > 0:
             continue
-        if hasattr(value, "shape") and getattr(value, "ndim", 0) > 0:
-            continue
-        if name == "start_time":
-            value = pd.Timestamp(value, unit="s", tz="UTC").tz_convert("Europe/Berlin").strftime(
-                "%H:%M:%S %d/%m/%Y")
-        items.append({"Variable": source.variable(name).display_title, "Value": format_scalar(value)})
+        units = (cell.attributes or {}).get("units")
+        text = format_scalar(value) + (f" {units}" if units and not isinstance(value, str) else "")
+        items.append({"Variable": source.variable(name).display_title, "Value": text})
     if not items:
         return pn.pane.Str("")
     return pn.widgets.Tabulator(pd.DataFrame(items), show_index=False, disabled=True, layout="fit_data_table",
-                                max_height=300, sizing_mode="stretch_width")
+                                max_height=300, sizing_mode="stretch_width", css_classes=["damnit-scalars"])
 
 
 def error_list(source: Any, errors: list[StoredVariable]) -> pn.viewable.Viewable:
@@ -109,30 +111,34 @@ def variable_card(source: Any, run: int, var: StoredVariable) -> pn.viewable.Vie
     content = pn.Column(pn.indicators.LoadingSpinner(value=True, size=30, name="Loading…"),
                         sizing_mode="stretch_width")
 
-    async def load(prefer_preview: bool = True) -> None:
-        try:
-            loaded = await asyncio.to_thread(load_for_display, source.db_dir, run, var.name,
-                                             prefer_preview=prefer_preview)
+    def load(prefer_preview: bool = True) -> None:
+        def work() -> tuple[Any, bool]:
+            loaded = load_for_display(source.db_dir, run, var.name, prefer_preview=prefer_preview)
             plot = plot_value(loaded.value, title=f"{title} (run {run})", units=loaded.units,
                               objtype=loaded.objtype)
-        except Exception as e:  # show why this one variable can't be drawn; the rest still load
-            content.objects = [pn.pane.Str(f"Could not load {var.name!r} for run {run}: "
-                                           f"{type(e).__name__}: {e}", styles={"color": "#b00"})]
-            return
-        objects = [plot]
-        if loaded.is_preview:
-            full = pn.widgets.Button(name="Show full data", button_type="light", width=140)
+            return plot, loaded.is_preview
 
-            async def show_full(_):
-                content.objects = [pn.indicators.LoadingSpinner(value=True, size=30)]
-                await load(prefer_preview=False)
+        def apply(result: tuple[Any, bool] | None, error: BaseException | None) -> None:
+            if error is not None:  # say why this one variable can't be drawn; the rest still load
+                content.objects = [pn.pane.Str(f"Could not load {var.name!r} for run {run}: "
+                                               f"{type(error).__name__}: {error}", styles={"color": "#b00"})]
+                return
+            plot, is_preview = result
+            objects = [plot]
+            if is_preview:
+                full = pn.widgets.Button(name="Show full data", button_type="light", width=140)
 
-            full.on_click(show_full)
-            objects.insert(0, pn.Row(pn.pane.Str("Preview", styles={"color": "grey"}), full))
-        content.objects = objects
+                def show_full(_):
+                    content.objects = [pn.indicators.LoadingSpinner(value=True, size=30)]
+                    load(prefer_preview=False)
 
-    if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
-        pn.state.execute(load, schedule=True)
-    header = pn.pane.Str(f"{title}  [{var.size_text}]", margin=(0, 5), styles={"font-weight": "bold"})
+                full.on_click(show_full)
+                objects.insert(0, pn.Row(pn.pane.Str("Preview", styles={"color": "grey"}), full))
+            content.objects = objects
+
+        in_background(work, apply)
+
+    load()
+    header = plain_text(f"{title}  [{var.size_text}]", margin="0 5px", **{"font-weight": "bold"})
     return pn.Card(content, header=header, sizing_mode="stretch_width", css_classes=["damnit-var-card"],
                    name=var.name)

@@ -17,7 +17,7 @@ import pandas as pd
 import panel as pn
 
 from app.run_contents import run_file, scan_run_file
-from app.value_plots import PLOT_HEIGHT  # noqa: F401  (also registers the Bokeh backend)
+from app.value_plots import PLOT_HEIGHT, plain_text
 
 TITLE = "Plots"
 SLUG = "plots"
@@ -150,7 +150,7 @@ class SummaryPlot:
         self.kind = pn.widgets.RadioButtonGroup(options=["Scatter", "Line", "Histogram"], value="Scatter",
                                                 align="end")
         self.bins = pn.widgets.IntInput(name="Bins", value=30, start=5, end=100_000, step=25, width=90)
-        self.count = pn.pane.Str("", styles={"color": "grey"}, css_classes=["damnit-plot-count"])
+        self.count = plain_text("", color="grey")
         self.pipe = hv.streams.Pipe(data=self._data())
         self.plot_pane = pn.pane.HoloViews(sizing_mode="stretch_width", min_height=PLOT_HEIGHT + 80)
         self.swap.on_click(self._swap)
@@ -161,7 +161,7 @@ class SummaryPlot:
         self._rebuild()
         self.layout = pn.Column(
             pn.pane.Markdown("### Summary of all runs"),
-            pn.Row(self.y, pn.pane.Str("vs.", align="end"), self.x, self.swap, self.kind, self.bins),
+            pn.Row(self.y, pn.pane.HTML("vs.", align="end"), self.x, self.swap, self.kind, self.bins),
             self.count, self.plot_pane, sizing_mode="stretch_width")
 
     def _options(self, cols: list[str]) -> dict[str, str]:
@@ -245,15 +245,15 @@ class RunOverlay:
         self.y = pn.widgets.Select(name="Array (Y)", options=[], width=220)
         self.x = pn.widgets.Select(name="Against (X)", options=[INDEX_X], value=INDEX_X, width=220)
         self.go = pn.widgets.Button(name="Plot selected runs", button_type="primary", align="end")
-        self.runs_text = pn.pane.Str("", styles={"color": "grey"})
-        self.messages = pn.pane.Str("", styles={"color": "#a60"})
+        self.runs_text = plain_text("", color="grey")
+        self.messages = plain_text("", color="#a60")
         self.plot_pane = pn.pane.HoloViews(sizing_mode="stretch_width", min_height=PLOT_HEIGHT)
         self.go.on_click(self._plot)
         session.param.watch(lambda e: self._refresh_choices(), "selected_runs")
         self._refresh_choices()
         self.layout = pn.Column(
             pn.pane.Markdown("### Per-run data for selected runs"),
-            pn.Row(self.y, pn.pane.Str("vs.", align="end"), self.x, self.go), self.runs_text,
+            pn.Row(self.y, pn.pane.HTML("vs.", align="end"), self.x, self.go), self.runs_text,
             self.messages, self.plot_pane, sizing_mode="stretch_width")
 
     def _runs(self) -> list[int]:

@@ -18,6 +18,7 @@ from app.processing_jobs import (
     runs_with_data,
     slurm_available,
 )
+from app.value_plots import plain_text
 
 TITLE = "Processing"
 SLUG = "processing"
@@ -55,10 +56,10 @@ def reprocess_form(session: Any, board: Any) -> pn.viewable.Viewable:
                                           value="slurm" if slurm_available() else "local", align="end")
     if not slurm_available():
         backend.disabled = True
-    check = pn.pane.Str("", css_classes=["damnit-runs-check"])
+    check = plain_text("")
     submit = pn.widgets.Button(name="Reprocess", button_type="primary", disabled=True, align="end",
                                css_classes=["damnit-reprocess"])
-    status = pn.pane.Str("", css_classes=["damnit-reprocess-status"])
+    status = plain_text("")
     state = {"runs": []}
 
     def validate(_=None) -> None:
@@ -117,7 +118,7 @@ def job_list(session: Any, board: Any) -> pn.viewable.Viewable:
                                  sizing_mode="stretch_width", layout="fit_data_stretch", max_height=300,
                                  css_classes=["damnit-jobs"])
     cancel = pn.widgets.Button(name="Cancel selected job", button_type="danger", disabled=True)
-    message = pn.pane.Str("")
+    message = plain_text("")
 
     def rows() -> pd.DataFrame:
         board.refresh()
