@@ -379,9 +379,9 @@ def squeue_states(job_ids: Iterable[str], cluster: str | None = None) -> dict[st
     if not ids:
         return {}
     cmd = ["squeue", "--array", "--noheader", "--format=%i %T", f"--jobs={','.join(ids)}"]
-    if cluster:
-        cmd.insert(1, f"--clusters={cluster}")
-    res = _run_slurm(cmd, check=False)
+    res = _run_slurm(_with_cluster(cmd, cluster), check=False)
+    if res.returncode != 0 and cluster and _local_cluster_only(res.stderr):
+        res = _run_slurm(cmd, check=False)
     if res.returncode != 0 and "Invalid job id" not in res.stderr:
         raise SubmissionError(f"squeue failed: {res.stderr.strip()}")
     states = {}
@@ -392,12 +392,19 @@ def squeue_states(job_ids: Iterable[str], cluster: str | None = None) -> dict[st
     return states
 
 
+def _with_cluster(cmd: list[str], cluster: str | None) -> list[str]:
+    return [cmd[0], f"--clusters={cluster}", *cmd[1:]] if cluster else cmd
+
+
+def _local_cluster_only(stderr: str) -> bool:
+    """True if Slurm says --clusters can't be used (no multi-cluster database): the job is local."""
+    return "can't be reached" in stderr or "Problem talking to database" in stderr
+
+
 def _sacct_state(job_id: str, cluster: str | None) -> str | None:
     cmd = ["sacct", "--noheader", "--parsable2", "--format=JobID,State", f"--jobs={job_id}"]
-    if cluster:
-        cmd.insert(1, f"--clusters={cluster}")
     try:
-        res = _run_slurm(cmd, check=False)
+        res = _run_slurm(_with_cluster(cmd, cluster), check=False)
     except SubmissionError:
         return None
     for line in res.stdout.splitlines():
@@ -427,11 +434,11 @@ def cancel_job(job_id: str, cluster: str | None = None, *, db_dir: Path | None =
     if state is None or state not in ACTIVE_STATES:
         return CancelResult(cluster, job_id, False, already_gone=True,
                             state=state or _sacct_state(job_id, cluster))
-    cmd = ["scancel", job_id] if not cluster else ["scancel", f"--clusters={cluster}", job_id]
-    try:
-        _run_slurm(cmd)
-    except SubmissionError as e:
-        return CancelResult(cluster, job_id, False, error=str(e), state=state)
+    res = _run_slurm(_with_cluster(["scancel", job_id], cluster), check=False)
+    if res.returncode != 0 and cluster and _local_cluster_only(res.stderr):
+        res = _run_slurm(["scancel", job_id], check=False)
+    if res.returncode != 0:
+        return CancelResult(cluster, job_id, False, error=f"scancel failed: {res.stderr.strip()}", state=state)
     if db_dir is not None and proposal is not None and run is not None:
         try:
             user = getpass.getuser()
