@@ -15,6 +15,20 @@ import pytest
 
 from backend import mockruns
 
+_COMPONENT_MARKERS = {
+    "damnit_oracle": "oracle",
+    "kafka_broker": "kafka", "kafka_broker_session": "kafka", "amore_broker": "kafka",
+    "slurm_cluster": "slurm", "slurm_cluster_session": "slurm",
+    "chromium_browser": "browser", "page": "browser",
+}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark tests by the real components they use, so ``-m "not browser"`` etc. select by component."""
+    for item in items:
+        for marker in {m for f, m in _COMPONENT_MARKERS.items() if f in getattr(item, "fixturenames", ())}:
+            item.add_marker(marker)
+
 
 @pytest.fixture
 def mock_data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
