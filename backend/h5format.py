@@ -61,6 +61,7 @@ def run_file_path(db_dir: str | os.PathLike, proposal: int, run: int) -> Path:
 def run_file_lock(path: str | os.PathLike):
     """Exclusive lock for changing one run file (a sidecar `.p<prop>_r<run>.h5.lock`, kept around)."""
     path = Path(path)
+    _ensure_dir(path.parent)
     lock_path = path.with_name(f".{path.name}.lock")
     with _thread_locks_guard:
         tlock = _thread_locks.setdefault(str(lock_path), threading.Lock())
@@ -161,7 +162,12 @@ def _write_result(f: h5py.File, r: VariableResult) -> None:
         if r.data is not None:
             _write_object(f, r.name, r.data, r.objtype, as_group=True)
     except Exception as e:
-        raise type(e)(f"Could not write variable {r.name!r} to {f.filename}: {e}") from e
+        msg = f"Could not write variable {r.name!r} to {f.filename}: {e}"
+        try:
+            wrapped = type(e)(msg)
+        except Exception:
+            wrapped = RuntimeError(msg)
+        raise wrapped from e
 
 
 def _summary_array(summary: Any) -> Any:
@@ -204,7 +210,7 @@ def _as_xarray(obj: Any, objtype: str | None) -> Any:
 
     if isinstance(obj, (xr.DataArray, xr.Dataset)):
         return obj
-    if objtype in (OBJTYPE_DATAARRAY, OBJTYPE_DATASET) and isinstance(obj, (bytes, bytearray)):
+    if objtype in (OBJTYPE_DATAARRAY, OBJTYPE_DATASET) and isinstance(obj, (bytes, bytearray, memoryview)):
         loader = xr.load_dataarray if objtype == OBJTYPE_DATAARRAY else xr.load_dataset
         return loader(io.BytesIO(bytes(obj)), engine="h5netcdf")
     if objtype in (OBJTYPE_DATAARRAY, OBJTYPE_DATASET):
