@@ -295,6 +295,7 @@ def _reprocess_direct(db_dir: Path, requests: list, n_workers: int | None) -> in
         return 1
     finally:
         bar.close()
+        processor.close()
     elapsed = time.monotonic() - t0
     for outcome in failed:
         req, err = outcome.request, outcome.run_error

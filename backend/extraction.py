@@ -121,6 +121,28 @@ class RunProcessor:
         self.producer = producer
         self._send_lock = threading.Lock()
         self.context_info: dict | None = None  # from the last read of the context file
+        self._pool: WorkerPool | None = None  # kept between process() calls; reloads on context edits
+
+    def close(self) -> None:
+        """Stop the context workers (they are otherwise kept for the next `process()` call)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __enter__(self) -> RunProcessor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _workers_for(self, n_workers: int) -> WorkerPool:
+        pool = self._pool
+        if pool is None or pool.n_workers < n_workers or pool.context_python != (
+                self.context_python or sys.executable):
+            self.close()
+            pool = self._pool = WorkerPool(self.db_dir, context_python=self.context_python,
+                                           n_workers=n_workers, variable_timeout=self.variable_timeout)
+        return pool
 
     # -- context -------------------------------------------------------------------------------------
 
@@ -190,8 +212,8 @@ class RunProcessor:
         n_workers = max(1, min(n_workers, len(requests)))
 
         # Start the workers first: they load the context while we evaluate it for the variables table.
-        pool = WorkerPool(self.db_dir, context_python=self.context_python, n_workers=n_workers,
-                          variable_timeout=self.variable_timeout)
+        pool = self._workers_for(n_workers)
+        completed = False
         try:
             info = self.read_context()
             self.context_info = info
@@ -222,11 +244,13 @@ class RunProcessor:
                     if progress is not None:
                         progress(outcome)
                     yield outcome
+                completed = True
             finally:
                 stop.set()
                 heartbeat.join(timeout=1)
         finally:
-            pool.close()
+            if not completed:  # interrupted, or the context failed: start afresh next time
+                self.close()
             flush = getattr(self.producer, "flush", None)
             if flush is not None:
                 try:
@@ -318,7 +342,8 @@ def run_process_command(args: argparse.Namespace) -> int:
     ids = {id(req): args.processing_id} if args.processing_id else None
     t0 = time.monotonic()
     try:
-        outcomes = list(processor.process([req], update_vars=args.update_vars, processing_ids=ids))
+        with processor:
+            outcomes = list(processor.process([req], update_vars=args.update_vars, processing_ids=ids))
     except ContextLoadError as e:
         _make_shared_dir(db_dir / "process_logs")
         _append_log(run_log_path(db_dir, args.proposal, args.run), str(e))

@@ -354,3 +354,31 @@ def test_installed_damnit_command(tmp_path, make_mock_runs):
     assert res.returncode == 0, res.stderr
     attrs = rows(d, "SELECT attributes FROM run_variables WHERE name='sample_x'")[0][0]
     assert json.loads(attrs)["units"] == "mm"
+
+
+def test_reprocess_through_slurm(tmp_path, make_mock_runs, slurm_cluster, monkeypatch, capsys):
+    """Without --direct, runs go to Slurm as an array; each task runs `python -m backend.extraction`."""
+    import time
+
+    make_mock_runs(PROPOSAL, [1, 2])
+    d = init_db(tmp_path / "db")
+    monkeypatch.chdir(d)
+    for key, value in (("noncluster_cpus", "1"), ("noncluster_mem", "200M"), ("slurm_time", "00:05:00")):
+        assert main(["db-config", key, value]) == 0
+    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    capsys.readouterr()
+    assert main(["reprocess", "1", "2"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"Submitted 2 run\(s\) to Slurm: \d+_0, \d+_1", out)
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        v = values(d)
+        if (1, "sample_x") in v and (2, "sample_x") in v:
+            break
+        time.sleep(0.5)
+    else:
+        logs = {p.name: p.read_text()[-2000:] for p in (d / "process_logs").glob("*.out")}
+        pytest.fail(f"Slurm jobs did not store values in time; logs: {logs}; slurm: {slurm_cluster.log_tail()}")
+    assert v[(1, "n_trains")] == 50 and v[(2, "sample_x")] == pytest.approx(1.5, abs=0.01)
+    assert "----- Processing r1 (p1234)" in (d / "process_logs" / "r1-p1234.out").read_text()

@@ -326,3 +326,21 @@ def test_python_m_extraction_bad_context_fails_with_location(tmp_path, make_mock
     assert db_rows(db_dir) == {}
     log = (db_dir / "process_logs" / f"r1-p{PROPOSAL}.out").read_text()
     assert "ZeroDivisionError" in log
+
+
+def test_processor_keeps_workers_and_follows_context_edits(tmp_path, make_mock_runs):
+    make_mock_runs(PROPOSAL, [1, 2, 3])
+    ctx = "import os\nfrom damnit_ctx import Variable\n\n@Variable(title='Worker pid')\ndef pid(run):\n" \
+          "    return os.getpid()\n"
+    db_dir = make_db(tmp_path / "db", ctx)
+    with RunProcessor(db_dir, producer=RecordingProducer(), n_workers=1) as processor:
+        list(processor.process([RunRequest(proposal=PROPOSAL, run=1)]))
+        list(processor.process([RunRequest(proposal=PROPOSAL, run=2)]))
+        pids = {r: v[0] for (r, n), v in db_rows(db_dir).items() if n == "pid"}
+        assert pids[1] == pids[2]  # the same long-lived worker took both calls
+
+        (db_dir / "context.py").write_text(ctx + "\n@Variable(title='Ten')\ndef ten(run):\n    return 10\n")
+        list(processor.process([RunRequest(proposal=PROPOSAL, run=3)]))
+    rows = db_rows(db_dir)
+    assert rows[(3, "ten")][0] == 10
+    assert rows[(3, "pid")][0] != pids[1]  # reloaded in a fresh worker
