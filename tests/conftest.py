@@ -113,8 +113,9 @@ def amore_broker(kafka_broker, monkeypatch):
 @pytest.fixture(scope="session")
 def slurm_cluster_session(tmp_path_factory):
     """The session's one-node Slurm cluster (does not set SLURM_CONF; see ``slurm_cluster``)."""
-    from tests.infra.slurm import SlurmCluster, SlurmError
+    from tests.infra.slurm import SlurmCluster, SlurmError, stop_abandoned_clusters
 
+    stop_abandoned_clusters()
     # Short path: the munge socket path must fit in a unix socket address.
     cluster = SlurmCluster(Path(tempfile.mkdtemp(prefix="slurm-", dir="/tmp")))
     try:

@@ -5,7 +5,9 @@ wiped. ``stop()``/``start()`` keep the port so clients configured with ``address
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -58,6 +60,14 @@ def _api_versions_ok(port: int, timeout: float = 1.0) -> bool:
     return len(header) == 8 and struct.unpack(">ii", header)[1] == 7
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this child when the test process dies, even if it is killed without cleanup."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 class TansuBroker:
     """One tansu process; ``address`` is ``"127.0.0.1:PORT"`` (what AMORE_BROKER takes)."""
 
@@ -95,7 +105,8 @@ class TansuBroker:
             self.proc = subprocess.Popen(
                 [str(self.exe), "broker", "--listener-url", url, "--advertised-listener-url", url,
                  "--storage-engine", "memory://tansu/"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.workdir)
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.workdir,
+                preexec_fn=_die_with_parent)
         finally:
             log.close()
         while time.monotonic() - t0 < timeout:

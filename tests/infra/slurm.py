@@ -18,6 +18,27 @@ class SlurmError(RuntimeError):
     """The cluster did not start, or a Slurm command failed."""
 
 
+def stop_abandoned_clusters(parent: Path = Path("/tmp"), pattern: str = "slurm-*") -> list[Path]:
+    """Stop and remove clusters left by test sessions that were killed before their teardown ran."""
+    stopped = []
+    for d in parent.glob(pattern):
+        try:
+            owner = int((d / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue
+        try:
+            os.kill(owner, 0)
+            continue  # its session is still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        subprocess.run(["bash", str(HERE / "stop-slurm.sh"), str(d)], capture_output=True)
+        shutil.rmtree(d, ignore_errors=True)
+        stopped.append(d)
+    return stopped
+
+
 class SlurmCluster:
     """munge + slurmctld + slurmd in ``workdir``; ``conf`` is the SLURM_CONF to use."""
 
@@ -43,6 +64,8 @@ class SlurmCluster:
                "SLURMDBD_PORT": str(free_port()), "MYSQL_PORT": str(free_port())}
         env.pop("SLURM_CONF", None)
         t0 = time.monotonic()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "owner.pid").write_text(str(os.getpid()))
         self._started = True  # even a failed start may have left daemons to stop
         proc = subprocess.run(["bash", str(HERE / "start-slurm.sh"), str(self.dir)], env=env,
                               capture_output=True, text=True, timeout=timeout)
