@@ -143,8 +143,10 @@ def line_element(x: np.ndarray, y: np.ndarray, *, xdim: hv.Dimension, ydim: hv.D
     if np.iscomplexobj(y):
         y = np.abs(y)
         ydim = hv.Dimension(ydim.name, label=f"|{ydim.label}|", unit=ydim.unit)
-    curve = hv.Curve((x, y), kdims=[xdim], vdims=[ydim]).opts(
-        responsive=True, height=PLOT_HEIGHT, tools=["hover"], title=title, show_grid=True)
+    opts = dict(responsive=True, height=PLOT_HEIGHT, tools=["hover"], title=title, show_grid=True)
+    if np.asarray(x).dtype.kind in "iu":
+        opts["xformatter"] = "%d"  # train IDs (~1e9) as integers, not 1.0002e+9
+    curve = hv.Curve((x, y), kdims=[xdim], vdims=[ydim]).opts(**opts)
     if len(y) <= 2000:
         return curve * hv.Scatter((x, y), kdims=[xdim], vdims=[ydim]).opts(size=4, tools=["hover"])
     return curve
@@ -208,9 +210,10 @@ def rgb_element(data: np.ndarray, *, title: str = "") -> hv.Element:
     if np.issubdtype(reduced.dtype, np.floating):
         reduced = np.clip(reduced, 0, 1)
     h, w = reduced.shape[:2]
+    width = min(w, 900) if w >= 300 else 300
     return hv.RGB(reduced, bounds=(0, 0, w, h)).opts(
-        responsive=True, aspect=w / max(h, 1), xaxis=None, yaxis=None, title=title,
-        max_height=900, min_height=200)
+        frame_width=width, frame_height=max(int(width * h / max(w, 1)), 50), xaxis=None, yaxis=None,
+        title=title, toolbar="right")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -350,7 +353,7 @@ def dataset_view(ds: Any, *, title: str = "") -> pn.viewable.Viewable:
     names = [str(n) for n in ds.data_vars]
     if not names:
         return pn.pane.Str(f"Empty Dataset {dict(ds.sizes)}")
-    choice = pn.widgets.Select(name="Variable", options=names, value=names[0], width=250)
+    choice = pn.widgets.Select(label="Variable", options=names, value=names[0], width=250)
 
     def show(name: str) -> pn.viewable.Viewable:
         return pn.pane.HoloViews(dataarray_element(ds[name], title=f"{title}: {name}" if title else name),

@@ -64,13 +64,13 @@ def view(session: Any) -> pn.viewable.Viewable:
         editors={"#": None, "Timestamp": None, "Comment": "textarea" if can_write else None},
         disabled=not can_write, widths={"Comment": "60%"}, max_height=500, css_classes=["damnit-comments"],
         configuration={"columnDefaults": {"headerSort": True}})
-    when = pn.widgets.DatetimePicker(name="Time", value=dt.datetime.now(TZ).replace(tzinfo=None, microsecond=0),
+    when = pn.widgets.DatetimePicker(label="Time", value=dt.datetime.now(TZ).replace(tzinfo=None, microsecond=0),
                                      width=200)
-    text = pn.widgets.TextAreaInput(name="Comment", placeholder="What happened?", sizing_mode="stretch_width",
+    text = pn.widgets.TextAreaInput(label="Comment", placeholder="What happened?", sizing_mode="stretch_width",
                                     height=80, css_classes=["damnit-new-comment"])
-    publish = pn.widgets.Button(name="Publish", button_type="primary", align="end", disabled=not can_write,
+    publish = pn.widgets.Button(label="Publish", button_type="primary", align="end", disabled=not can_write,
                                 css_classes=["damnit-publish"])
-    now_btn = pn.widgets.Button(name="Now", align="end", width=60)
+    now_btn = pn.widgets.Button(label="Now", align="end", width=60)
     message = plain_text("")
 
     def refresh() -> None:

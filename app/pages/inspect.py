@@ -22,12 +22,12 @@ SLUG = "inspect"
 
 def view(session: Any) -> pn.viewable.Viewable:
     source = session.source
-    run_select = pn.widgets.Select(name="Run", options=_run_options(source), width=160)
+    run_select = pn.widgets.Select(label="Run", options=_run_options(source), width=160)
     if session.selected_runs:
         run_select.value = session.selected_runs[-1]
     elif run_select.options:
         run_select.value = list(run_select.options.values())[-1]
-    refresh = pn.widgets.Button(name="Reload", button_type="default", width=90, align="end")
+    refresh = pn.widgets.Button(label="Reload", button_type="default", width=90, align="end")
     body = pn.Column(sizing_mode="stretch_width")
 
     def show(_=None) -> None:
@@ -126,7 +126,7 @@ def variable_card(source: Any, run: int, var: StoredVariable) -> pn.viewable.Vie
             plot, is_preview = result
             objects = [plot]
             if is_preview:
-                full = pn.widgets.Button(name="Show full data", button_type="light", width=140)
+                full = pn.widgets.Button(label="Show full data", button_type="light", width=140)
 
                 def show_full(_):
                     content.objects = [pn.indicators.LoadingSpinner(value=True, size=30)]

@@ -144,12 +144,12 @@ class SummaryPlot:
         cols = numeric_columns(self.source.frame())
         options = self._options(cols)
         default_y = next((c for c in cols if c not in ("run", "start_time")), "run")
-        self.x = pn.widgets.Select(name="X", options=options, value="run", width=220)
-        self.y = pn.widgets.Select(name="Y", options=options, value=default_y, width=220)
-        self.swap = pn.widgets.Button(name="⇄ swap", width=70, align="end")
+        self.x = pn.widgets.Select(label="X", options=options, value="run", width=220)
+        self.y = pn.widgets.Select(label="Y", options=options, value=default_y, width=220)
+        self.swap = pn.widgets.Button(label="⇄ swap", width=70, align="end")
         self.kind = pn.widgets.RadioButtonGroup(options=["Scatter", "Line", "Histogram"], value="Scatter",
                                                 align="end")
-        self.bins = pn.widgets.IntInput(name="Bins", value=30, start=5, end=100_000, step=25, width=90)
+        self.bins = pn.widgets.IntInput(label="Bins", value=30, start=5, end=100_000, step=25, width=90)
         self.count = plain_text("", color="grey")
         self.pipe = hv.streams.Pipe(data=self._data())
         self.plot_pane = pn.pane.HoloViews(sizing_mode="stretch_width", min_height=PLOT_HEIGHT + 80)
@@ -242,9 +242,9 @@ class RunOverlay:
     def __init__(self, session: Any):
         self.session = session
         self.source = session.source
-        self.y = pn.widgets.Select(name="Array (Y)", options=[], width=220)
-        self.x = pn.widgets.Select(name="Against (X)", options=[INDEX_X], value=INDEX_X, width=220)
-        self.go = pn.widgets.Button(name="Plot selected runs", button_type="primary", align="end")
+        self.y = pn.widgets.Select(label="Array (Y)", options=[], width=220)
+        self.x = pn.widgets.Select(label="Against (X)", options=[INDEX_X], value=INDEX_X, width=220)
+        self.go = pn.widgets.Button(label="Plot selected runs", button_type="primary", align="end")
         self.runs_text = plain_text("", color="grey")
         self.messages = plain_text("", color="#a60")
         self.plot_pane = pn.pane.HoloViews(sizing_mode="stretch_width", min_height=PLOT_HEIGHT)

@@ -46,18 +46,18 @@ def _computed_variables(source: Any) -> dict[str, str]:
 
 def reprocess_form(session: Any, board: Any) -> pn.viewable.Viewable:
     source = session.source
-    runs_input = pn.widgets.TextInput(name="Runs", placeholder="e.g. 1-10, 15  or  all", width=260)
+    runs_input = pn.widgets.TextInput(label="Runs", placeholder="e.g. 1-10, 15  or  all", width=260)
     if session.selected_runs:
         runs_input.value = format_runs(session.selected_runs)
-    variables = pn.widgets.MultiChoice(name="Variables (none chosen = all)", options=_computed_variables(source),
+    variables = pn.widgets.MultiChoice(label="Variables (none chosen = all)", options=_computed_variables(source),
                                        sizing_mode="stretch_width", min_width=300)
     backends = {"Slurm": "slurm", "This machine": "local"}
-    backend = pn.widgets.RadioButtonGroup(name="Run on", options=backends,
+    backend = pn.widgets.RadioButtonGroup(label="Run on", options=backends,
                                           value="slurm" if slurm_available() else "local", align="end")
     if not slurm_available():
         backend.disabled = True
     check = plain_text("")
-    submit = pn.widgets.Button(name="Reprocess", button_type="primary", disabled=True, align="end",
+    submit = pn.widgets.Button(label="Reprocess", button_type="primary", disabled=True, align="end",
                                css_classes=["damnit-reprocess"])
     status = plain_text("")
     state = {"runs": []}
@@ -117,7 +117,7 @@ def job_list(session: Any, board: Any) -> pn.viewable.Viewable:
     table = pn.widgets.Tabulator(pd.DataFrame(), show_index=False, disabled=True, selectable=1,
                                  sizing_mode="stretch_width", layout="fit_data_stretch", max_height=300,
                                  css_classes=["damnit-jobs"])
-    cancel = pn.widgets.Button(name="Cancel selected job", button_type="danger", disabled=True)
+    cancel = pn.widgets.Button(label="Cancel selected job", button_type="danger", disabled=True)
     message = plain_text("")
 
     def rows() -> pd.DataFrame:
@@ -168,9 +168,9 @@ def log_viewer(session: Any) -> pn.viewable.Viewable:
     """``process_logs/r<run>-p<prop>.out`` of one run, appended live (polled every 1.5 s)."""
     source = session.source
     runs = source.run_keys()
-    run_select = pn.widgets.Select(name="Processing log of run", options=runs,
+    run_select = pn.widgets.Select(label="Processing log of run", options=runs,
                                    value=(session.selected_runs or runs or [None])[-1], width=200)
-    follow = pn.widgets.Checkbox(name="Follow", value=True, align="end")
+    follow = pn.widgets.Checkbox(label="Follow", value=True, align="end")
     log_text = pn.pane.Str("", css_classes=["damnit-log"], sizing_mode="stretch_width",
                            styles={"font-size": "12px", "margin": "0"})
     box = pn.Column(log_text, height=350, scroll=True, sizing_mode="stretch_width",

@@ -1,0 +1,243 @@
+"""Unit tests of the dashboard pages' pure logic: value plots, context validation, run selections, logs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from app import value_plots as vp
+from app.context_check import (
+    ERROR,
+    OK,
+    WARNING,
+    ContextChangedOnDisk,
+    check_syntax,
+    file_fingerprint,
+    pyflakes_warnings,
+    save_context,
+)
+from app.pages.plots import aligned_arrays, histogram, numeric_columns, scatter_data
+from app.processing_jobs import LogTail, RunSpecError, format_runs, parse_run_spec
+
+# -- value plots --------------------------------------------------------------------------------------
+
+
+def test_downsample_1d_keeps_spikes_and_limits_points():
+    x = np.arange(1_000_000)
+    y = np.sin(x / 1000.0)
+    y[123_457] = 99.0
+    y[654_321] = -99.0
+    xs, ys = vp.downsample_1d(x, y, max_points=10_000)
+    assert len(xs) <= 10_000
+    assert ys.max() == 99.0 and ys.min() == -99.0
+    assert 123_457 in xs and 654_321 in xs
+    assert np.all(np.diff(xs) > 0)  # still in order
+
+
+def test_downsample_1d_leaves_short_data_alone_and_survives_nans():
+    y = np.array([1.0, np.nan, 3.0])
+    xs, ys = vp.downsample_1d(np.arange(3), y)
+    assert len(xs) == 3
+    y = np.full(50_000, np.nan)
+    y[10] = 5
+    xs, ys = vp.downsample_1d(np.arange(50_000), y, max_points=100)
+    assert len(xs) <= 100 and np.nanmax(ys) == 5
+
+
+def test_downsample_2d_block_means_and_keeps_rgb_dtype():
+    img = np.arange(3000 * 2000, dtype=float).reshape(3000, 2000)
+    small, f = vp.downsample_2d(img, max_pixels=1000)
+    assert f == 3 and small.shape == (1000, 666)
+    assert small[0, 0] == pytest.approx(img[:3, :3].mean())
+    rgb = np.random.default_rng(0).integers(0, 255, (2400, 1200, 4), dtype=np.uint8)
+    small, f = vp.downsample_2d(rgb, max_pixels=1000)
+    assert f == 3 and small.dtype == np.uint8 and small.shape == (800, 400, 4)
+
+
+def test_robust_clim_uses_1_and_99_percentiles():
+    data = np.linspace(0, 100, 10_000)
+    data[0], data[-1] = -1e9, 1e9  # outliers must not stretch the colour scale
+    lo, hi = vp.robust_clim(data.reshape(100, 100))
+    assert lo == pytest.approx(1, abs=0.05) and hi == pytest.approx(99, abs=0.05)
+    assert vp.robust_clim(np.full((3, 3), np.nan)) is None
+    lo, hi = vp.robust_clim(np.ones((4, 4)))
+    assert lo < 1 < hi
+
+
+def _bokeh_models(viewable):
+    root = viewable.get_root()
+    return {type(m).__name__ for m in root.references()}, root
+
+
+@pytest.mark.parametrize("value, expect", [
+    (np.arange(50.0), "GlyphRenderer"),
+    (np.random.default_rng(1).random((40, 30)), "ColorBar"),
+    (np.zeros((20, 30, 4), np.uint8), "ImageRGBA"),
+    (xr.DataArray(np.arange(5.0), dims=["trainId"], coords={"trainId": np.arange(5) + 10**9}, name="e",
+                  attrs={"units": "uJ"}), "GlyphRenderer"),
+    (xr.DataArray(np.ones((4, 6)), dims=["y", "x"], coords={"x": np.linspace(0, 1, 6)}), "ColorBar"),
+    (np.random.default_rng(2).random((3, 10, 12)), "Slider"),  # a stack: one image per slice
+])
+def test_plot_value_kinds(value, expect):
+    kinds, _ = _bokeh_models(vp.plot_value(value, title="t", units="mm"))
+    assert expect in kinds
+
+
+def test_plot_value_dataarray_axes_use_dims_coords_and_units():
+    da = xr.DataArray(np.arange(5.0), dims=["trainId"], coords={"trainId": np.arange(5) + 10**9},
+                      name="energy", attrs={"units": "uJ"})
+    el = vp.dataarray_element(da)
+    curve = el.Curve.I if hasattr(el, "Curve") else el
+    assert curve.kdims[0].name == "trainId"
+    assert curve.vdims[0].unit == "uJ"
+    assert list(curve.dimension_values("trainId")) == list(np.arange(5) + 10**9)
+
+
+def test_plot_value_dataset_offers_each_variable():
+    ds = xr.Dataset({"a": ("t", np.arange(4.0)), "b": (("t", "u"), np.ones((4, 3)))})
+    view = vp.plot_value(ds, title="ds")
+    select = view.objects[0].objects[0]
+    assert select.options == ["a", "b"]
+    select.value = "b"
+    kinds, _ = _bokeh_models(view)
+    assert "ColorBar" in kinds
+
+
+def test_plot_value_plotly_json_and_text_is_escaped():
+    fig = '{"data": [{"type": "scatter", "y": [1, 2, 3]}], "layout": {}}'
+    kinds, _ = _bokeh_models(vp.plot_value(fig, objtype="PlotlyFigure"))
+    assert "PlotlyPlot" in kinds
+    text = vp.plain_text("<script>x</script>")
+    _, root = _bokeh_models(text)
+    assert "<script>" not in root.text
+    text.object = "<b>bold?</b>"
+    assert "<b>" not in text.get_root().text
+
+
+def test_large_image_is_reduced_before_it_reaches_the_browser():
+    img = np.random.default_rng(3).random((4000, 4000)).astype(np.float32)
+    _, root = _bokeh_models(vp.plot_value(img))
+    sizes = [m.data["image"][0].size for m in root.references() if type(m).__name__ == "ColumnDataSource"
+             and "image" in m.data]
+    assert sizes and max(sizes) <= vp.MAX_PIXELS ** 2
+
+
+def test_format_scalar_like_the_table():
+    assert vp.format_scalar(3.0) == "3"
+    assert vp.format_scalar(3.14159) == "3.1416"
+    assert vp.format_scalar(123456.0) == "1.235e+05"
+    assert vp.format_scalar(np.int64(7)) == "7"
+    assert vp.format_scalar("x") == "x"
+
+
+# -- context validation -------------------------------------------------------------------------------
+
+
+def test_syntax_error_reports_line():
+    res = check_syntax("from damnit_ctx import Variable\n\n@Variable()\ndef f(run):\n    return (1\n")
+    assert res.status == ERROR and res.lineno in (5, 6)
+    assert "line" in res.summary
+
+
+def test_pyflakes_ignores_annotation_names_but_reports_real_problems():
+    code = ("import os\nfrom damnit_ctx import Variable\n\n@Variable()\n"
+            "def f(run, x: var#y):\n    return undefined_thing\n")
+    code = code.replace("var#y", "'var#y'")
+    warnings = pyflakes_warnings(code + "\ndef g(a: meta, b: mymdc): return self\n")
+    text = "\n".join(warnings)
+    assert "'os' imported but unused" in text
+    assert "undefined name 'undefined_thing'" in text
+    assert "'meta'" not in text and "'mymdc'" not in text and "'self'" not in text
+
+
+def test_save_detects_changes_on_disk(tmp_path):
+    path = tmp_path / "context.py"
+    path.write_text("a = 1\n")
+    path.chmod(0o666)
+    fp = file_fingerprint(path)
+    fp2 = save_context(path, "a = 2\n", fp)
+    assert path.read_text() == "a = 2\n" and fp2 == file_fingerprint(path)
+    assert path.stat().st_mode & 0o777 == 0o666
+    path.write_text("a = 3  # someone else\n")
+    with pytest.raises(ContextChangedOnDisk):
+        save_context(path, "a = 4\n", fp2)
+    assert path.read_text() == "a = 3  # someone else\n"
+    save_context(path, "a = 4\n", fp2, force=True)
+    assert path.read_text() == "a = 4\n"
+
+
+def test_engine_check_reports_context_errors_with_line_numbers(tmp_path):
+    """The engine (ctxrunner ctx) catches what compile() cannot: e.g. a dependency on a missing variable."""
+    from app.context_check import check_context
+
+    good = ("from damnit_ctx import Variable\n\n@Variable(title='A')\ndef a(run):\n    return 1\n")
+    assert check_context(good, tmp_path).status == OK
+    bad_import = "import no_such_module_xyz\n" + good
+    res = check_context(bad_import, tmp_path)
+    assert res.status == ERROR and res.lineno == 1 and "no_such_module_xyz" in res.message
+    warn = "import os\n" + good
+    assert check_context(warn, tmp_path).status == WARNING
+
+
+# -- runs, jobs, logs ----------------------------------------------------------------------------------
+
+
+def test_parse_run_spec():
+    assert parse_run_spec("1-3, 7 9") == [1, 2, 3, 7, 9]
+    assert parse_run_spec("all", [5, 3, 4]) == [3, 4, 5]
+    assert parse_run_spec("4-4,4") == [4]
+    for bad in ("", "1-", "x", "5-2", "1,,b"):
+        with pytest.raises(RunSpecError):
+            parse_run_spec(bad)
+
+
+def test_format_runs():
+    assert format_runs([1, 2, 3, 5, 7, 8]) == "1-3, 5, 7-8"
+    assert format_runs([]) == ""
+
+
+def test_log_tail_appends_notices_truncation_and_deletion(tmp_path):
+    path = tmp_path / "r1-p1.out"
+    tail = LogTail(path)
+    assert not tail.poll() and tail.missing
+    path.write_text("first\n")
+    assert tail.poll() and tail.text == "first\n"
+    with open(path, "a") as f:
+        f.write("second\n")
+    assert tail.poll() and tail.text == "first\nsecond\n"
+    assert not tail.poll()
+    path.write_text("new\n")  # truncated and rewritten
+    assert tail.poll() and tail.text == "new\n"
+    path.unlink()
+    assert tail.poll() and "not found or deleted" in tail.text
+
+
+# -- summary plot data ----------------------------------------------------------------------------------
+
+
+def test_scatter_data_and_numeric_columns():
+    import pandas as pd
+
+    frame = pd.DataFrame({"proposal": [1, 1, 1], "run": [1, 2, 3], "start_time": [1.0, 2.0, 3.0],
+                          "comment": ["a", None, "c"], "energy": [1.5, None, 3.5],
+                          "img": ["<thumbnail>", "<thumbnail>", None], "flag": [True, False, True]},
+                         index=[1, 2, 3], dtype=object)
+    assert set(numeric_columns(frame)) == {"run", "start_time", "energy", "flag"}
+    data = scatter_data(frame, "run", "energy")
+    assert list(data["run"]) == [1, 3] and list(data["y"]) == [1.5, 3.5]
+    edges, density = histogram(np.array([1.0, 2.0, np.nan, 2.0]), 2)
+    assert len(edges) == 3 and np.isclose((density * np.diff(edges)).sum(), 1)
+
+
+def test_overlay_alignment_on_train_ids():
+    y = xr.DataArray([1.0, 2.0, 3.0], dims=["trainId"], coords={"trainId": [10, 11, 12]})
+    x = xr.DataArray([5.0, 6.0], dims=["trainId"], coords={"trainId": [11, 12]})
+    xs, ys, _ = aligned_arrays(y, x)
+    assert list(xs) == [5.0, 6.0] and list(ys) == [2.0, 3.0]
+    xs, ys, label = aligned_arrays(y, None)
+    assert list(xs) == [10, 11, 12] and label == "trainId"
+    with pytest.raises(ValueError, match="lengths differ"):
+        aligned_arrays(np.arange(3.0), np.arange(4.0))
+    with pytest.raises(ValueError, match="common"):
+        aligned_arrays(y, xr.DataArray([1.0], dims=["trainId"], coords={"trainId": [99]}))
