@@ -199,14 +199,15 @@ class VariableData:
             return None
         with self._open_file() as f:
             obj = f.get(f".preview/{self._name}")
-            if obj is None:
+            if obj is not None:
+                hint = _type_hint(obj)
+            else:
                 if not data_fallback or (grp := f.get(self._name)) is None:
                     return None
-                hint = _type_hint(grp)
+                hint = _type_hint(grp)  # for data, the type is marked on the group
                 if hint in (DataType.Dataset, DataType.DataFrame):
                     return None
                 obj = grp if hint is DataType.DataArray else grp["data"]
-            hint = _type_hint(obj)
             if isinstance(obj, h5py.Group):
                 for d in obj.values():
                     if isinstance(d, h5py.Dataset) and (d.ndim > 3 or (d.ndim == 3 and d.shape[-1] not in (3, 4))):
