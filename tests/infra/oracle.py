@@ -127,7 +127,8 @@ def ensure_oracle(spec: str | None = None, *, base_python: str | None = None) ->
     marker = venv / ".damnit-oracle-ok"
     with open(root / f".{venv.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not marker.is_file():
+        # A venv whose base interpreter has gone (its python symlink dangles) is rebuilt too.
+        if not marker.is_file() or not (venv / "bin" / "python").resolve().is_file():
             shutil.rmtree(venv, ignore_errors=True)
             log = root / f"{venv.name}.log"
             log.write_text(f"building oracle venv for {spec} at {time.ctime()}\n")
