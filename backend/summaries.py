@@ -271,13 +271,14 @@ def _guard(make, data, fallback):
 
 
 def max_diff(data) -> np.float64 | None:
-    """|nanmax - nanmin| for numeric arrays with more than one element (bools: 1 if mixed)."""
+    """|nanmax - nanmin| for numeric arrays with more than one element.
+
+    Bool arrays get none: numpy does not count bool as a number, so the original never stores one
+    for them (and the table must not auto-bold them)."""
     if _is_dataarray(data):
         data = data.values
     if not isinstance(data, np.ndarray) or data.size <= 1:
         return None
-    if data.dtype == np.bool_:
-        return np.float64(1.0 if data.any() and not data.all() else 0.0)
     if not np.issubdtype(data.dtype, np.number):
         return None
     with np.errstate(invalid="ignore"), _quiet_nan_warnings():

@@ -18,6 +18,7 @@ import time
 import traceback
 import types
 from datetime import timezone
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 import numpy as np
@@ -95,28 +96,30 @@ class ContextFile:
         return deps
 
     def _topological_order(self) -> tuple[str, ...]:
-        """Dependencies first; otherwise definition order."""
-        done: list[str] = []
-        placed: set[str] = set()
-        remaining = list(self.vars)
-        while remaining:
-            for name in remaining:
-                if self._deps[name] <= placed:
-                    done.append(name)
-                    placed.add(name)
-                    remaining.remove(name)
-                    break
-            else:
-                cycle = self._find_cycle(remaining)
-                where = "\n".join(f"  {self.vars[n].location()}: {n}" for n in cycle)
-                raise ContextFileErrors([
-                    "These Variables have cyclical dependencies, which is not allowed: "
-                    + " -> ".join(cycle + [cycle[0]]) + "\n" + where])
-        return tuple(done)
+        """Dependencies first, in the same order as DAMNIT (graphlib, nodes added in definition order)."""
+        position = {name: i for i, name in enumerate(self.vars)}
+        sorter = TopologicalSorter()
+        for name in self.vars:
+            sorter.add(name, *sorted(self._deps[name], key=position.__getitem__))
+        try:
+            return tuple(sorter.static_order())
+        except CycleError:
+            cycle = self._find_cycle(list(self.vars))
+            where = "\n".join(f"  {self.vars[n].location()}: {n}" for n in cycle)
+            raise ContextFileErrors([
+                "These Variables have cyclical dependencies, which is not allowed: "
+                + " -> ".join(cycle + [cycle[0]]) + "\n" + where]) from None
 
     def _find_cycle(self, names: list[str]) -> list[str]:
+        """One dependency cycle among ``names`` (which must contain one)."""
         todo = set(names)
-        path, node = [], names[0]
+        while True:  # drop nodes that cannot be on a cycle (no remaining dependencies)
+            leaves = {n for n in todo if not (self._deps[n] & todo)}
+            if not leaves:
+                break
+            todo -= leaves
+        start = next(n for n in names if n in todo)
+        path, node = [], start
         while node not in path:
             path.append(node)
             node = next(d for d in sorted(self._deps[node]) if d in todo)
