@@ -47,24 +47,27 @@ def test_variable_decorator_forms_and_metadata():
     assert "helper" not in ctx.vars_to_dict()
 
 
-def test_definition_order_for_independent_variables_and_dependencies_first(tmp_path):
+def test_execution_order_is_damnits():
+    """As DAMNIT (graphlib): variables whose dependencies are met run in definition order, in waves."""
     ctx = build('''
         @Variable
-        def z(run, a: "var#a"):
-            return a
-        @Variable
-        def b(run):
+        def a(run):
             return 1
         @Variable
-        def a(run):
-            return 2
+        def b(run, c: "var#c"):
+            return c
         @Variable
         def c(run):
+            return 2
+        @Variable
+        def d(run, b: "var#b"):
+            return b
+        @Variable
+        def e(run):
             return 3
     ''')
-    assert ctx.ordered_vars() == ("b", "a", "z", "c")
-    res = run_mock(ctx)
-    assert res.cells["z"].data == 2
+    assert ctx.ordered_vars() == ("a", "c", "e", "b", "d")
+    assert run_mock(ctx).cells["d"].data == 2
 
 
 # ---------------------------------------------------------------------------------- build checks
