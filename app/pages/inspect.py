@@ -7,6 +7,7 @@ stored preview first, so a big run neither blocks this session nor anyone else's
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pandas as pd
@@ -66,7 +67,8 @@ def run_inspector(session: Any, run: int) -> pn.viewable.Viewable:
     stored = scan_run_file(run_file(source.db_dir, proposal, run)) if proposal is not None else {}
     plottable = [v for v in stored.values() if v.is_plottable]
     plottable.sort(key=lambda v: source.variable(v.name).display_title.casefold())
-    header = pn.pane.Markdown(f"### Run {int(run)}" + ("" if stored else " — no processed data yet"))
+    header = pn.pane.Markdown(f"### Run {int(run)}" + ("" if stored else " — no processed data yet"),
+                              css_classes=["damnit-inspect-title"])
     parts: list[pn.viewable.Viewable] = [header, scalar_table(source, run)]
     errors = [v for v in stored.values() if v.error is not None]
     if errors:
@@ -135,10 +137,12 @@ def variable_card(source: Any, run: int, var: StoredVariable) -> pn.viewable.Vie
                 full.on_click(show_full)
                 objects.insert(0, pn.Row(pn.pane.Str("Preview", styles={"color": "grey"}), full))
             content.objects = objects
+            content.css_classes = ["damnit-plot-ready"]  # marks a drawn card (tests, screenshots)
 
         in_background(work, apply)
 
     load()
     header = plain_text(f"{title}  [{var.size_text}]", margin="0 5px", **{"font-weight": "bold"})
-    return pn.Card(content, header=header, sizing_mode="stretch_width", css_classes=["damnit-var-card"],
-                   name=var.name)
+    safe_name = re.sub(r"\W", "_", var.name)
+    return pn.Card(content, header=header, sizing_mode="stretch_width",
+                   css_classes=["damnit-var-card", f"damnit-var-{safe_name}"])
