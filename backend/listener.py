@@ -121,6 +121,7 @@ class _DatabaseQueue:
         self.pending: dict[tuple[int, int], _Pending] = {}
         self.cond = threading.Condition()
         self.processor = None
+        self.stopping = False
         self.thread = threading.Thread(target=self._loop, name=f"local-{db_dir.name}", daemon=True)
         self.thread.start()
 
@@ -138,12 +139,26 @@ class _DatabaseQueue:
     def _loop(self) -> None:
         while True:
             with self.cond:
-                while not self.pending:
+                while not self.pending and not self.stopping:
                     self.cond.wait()
+                if self.stopping:
+                    break
             with self.owner.slots:
                 with self.cond:
                     batch, self.pending = self.pending, {}
                 self._process(batch)
+        if self.processor is not None:
+            try:
+                self.processor.close()
+            except Exception as e:
+                log.debug("Closing the local processor of %s: %s", self.db_dir, e)
+
+    def stop(self, timeout: float = 10) -> None:
+        """Stop after the batch in progress; queued runs are left (their events were not committed)."""
+        with self.cond:
+            self.stopping = True
+            self.cond.notify()
+        self.thread.join(timeout)
 
     def _process(self, batch: dict[tuple[int, int], _Pending]) -> None:
         from backend.context_runner import RunRequest
@@ -203,6 +218,13 @@ class LocalProcessing:
             if queue is None:
                 queue = self._queues[db_dir] = _DatabaseQueue(db_dir, self)
         queue.add(req, on_done)
+
+    def close(self, timeout: float = 10) -> None:
+        with self._lock:
+            queues = list(self._queues.values())
+            self._queues.clear()
+        for q in queues:
+            q.stop(timeout)
 
 
 # ---------------------------------------------------------------- handling one event
@@ -452,6 +474,7 @@ class Listener:
         await asyncio.get_running_loop().run_in_executor(None, self.handler.handle, ev, done)
 
     def close(self) -> None:
+        self.handler.local.close()
         self.handler.close()
         self.producer.close()
 

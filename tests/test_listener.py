@@ -65,13 +65,15 @@ def send_events(address: str, *messages, topic: str = "test.r2d2") -> None:
         prod = AIOKafkaProducer(bootstrap_servers=address)
         await prod.start()
         try:
+            sent = []
             for m in messages:
                 value = m if isinstance(m, bytes) else json.dumps(m).encode()
-                await prod.send_and_wait(topic, value)
+                sent.append(await prod.send_and_wait(topic, value))
+            return sent
         finally:
             await prod.stop()
 
-    run_async(send)
+    return run_async(send)
 
 
 def migration(proposal: int, run: int) -> dict:
@@ -165,30 +167,28 @@ def test_listener_cli(tmp_path, monkeypatch, capsys):
 def test_event_submits_job_and_commits_after(listener_setup, kafka_broker, slurm_cluster, tmp_path):
     start, ldir, db_dir = listener_setup
     bg = start()
-    send_events(kafka_broker.address, migration(1234, 5),
-                {"event": "run_corrections_complete", "proposal": 1234, "run": 5},
-                migration(9999, 1))  # no DB registered for p9999
+    sent = send_events(kafka_broker.address, migration(1234, 5),
+                       {"event": "run_corrections_complete", "proposal": 1234, "run": 5},
+                       migration(9999, 1))  # no DB registered for p9999
     assert wait_for(lambda: len(calls(tmp_path)) >= 2, 60), calls(tmp_path)
     got = sorted(c[2:5] for c in calls(tmp_path))
     assert got == [["1234", "5", "proc"], ["1234", "5", "raw"]]
     assert all("--update-vars" in c for c in calls(tmp_path))
     assert runs_in_db(db_dir) == [(1234, 5)]
     # Every event, including the ignored one, ends up committed
-    assert wait_for(lambda: _committed_total(kafka_broker.address, bg.listener.group_id) == 3, 20)
+    assert wait_for(lambda: all(
+        (_committed(kafka_broker.address, bg.listener.group_id, m.topic, m.partition) or 0) > m.offset
+        for m in sent), 20)
 
 
-def _committed_total(address: str, group_id: str) -> int:
+def _committed(address: str, group_id: str, topic: str, partition: int) -> int | None:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     async def get():
         c = AIOKafkaConsumer(bootstrap_servers=address, group_id=group_id, enable_auto_commit=False)
         await c.start()
         try:
-            parts = c.partitions_for_topic("test.r2d2") or set()
-            total = 0
-            for p in parts:
-                total += (await c.committed(TopicPartition("test.r2d2", p))) or 0
-            return total
+            return await c.committed(TopicPartition(topic, partition))
         finally:
             await c.stop()
 
@@ -281,3 +281,156 @@ def test_slurm_unavailable_without_local_processing_records_error(listener_setup
 def test_event_topics_include_online_variants():
     assert set(listener_mod.EVENT_TOPICS) == {"test.r2d2", "cal.offline-corrections", "test.euxfel.hed.daq",
                                               "test.euxfel.hed.cal"}
+
+
+# ---------------------------------------------------------------- local processing
+
+class FakeProcessor:
+    """Stands in for extraction.RunProcessor: records batches and overlapping work per run."""
+
+    active: set = set()
+    overlaps: list = []
+    batches: list = []
+    block_first = None  # a threading.Event the first batch waits on (max 3 s)
+    delay = 0.3
+
+    def __init__(self, db_dir, **kw):
+        self.db_dir = db_dir
+
+    def process(self, requests, processing_ids=None, **kw):
+        import threading
+
+        from backend.context_runner import RunOutcome
+
+        cls = FakeProcessor
+        keys = [(self.db_dir, r.run) for r in requests]
+        with _fake_lock:
+            cls.overlaps += [k for k in keys if k in cls.active]
+            cls.active |= set(keys)
+            cls.batches.append([(Path(self.db_dir).name, r.run, r.run_data) for r in requests])
+            first, cls.block_first = cls.block_first, None
+        if isinstance(first, threading.Event):
+            first.wait(3)
+        time.sleep(cls.delay)
+        for r in requests:
+            with _fake_lock:
+                cls.active.discard((self.db_dir, r.run))
+            yield RunOutcome(request=r)
+
+    def close(self):
+        pass
+
+
+import threading as _threading  # noqa: E402
+
+_fake_lock = _threading.Lock()
+
+
+@pytest.fixture
+def fake_processor(monkeypatch):
+    import backend.extraction
+
+    FakeProcessor.active, FakeProcessor.overlaps, FakeProcessor.batches = set(), [], []
+    FakeProcessor.block_first = None
+    monkeypatch.setattr(backend.extraction, "RunProcessor", FakeProcessor)
+    return FakeProcessor
+
+
+def test_local_requests_for_a_run_are_merged_never_concurrent(fake_processor, tmp_path):
+    from backend.listener import LocalProcessing
+    from backend.messages import UpdateProducer
+    from backend.slurm import ExtractionRequest
+
+    local = LocalProcessing(UpdateProducer.offline(), max_concurrent=1)
+    done = []
+    a, b = tmp_path / "a", tmp_path / "b"
+    local.submit(a, ExtractionRequest(1, 1, "raw"), lambda: done.append("a1"))
+    time.sleep(0.1)  # the first batch is running now
+    local.submit(a, ExtractionRequest(1, 1, "raw"), lambda: done.append("a1 again"))
+    local.submit(a, ExtractionRequest(1, 1, "proc"), lambda: done.append("a1 proc"))
+    local.submit(a, ExtractionRequest(1, 2, "raw"), lambda: done.append("a2"))
+    local.submit(b, ExtractionRequest(1, 1, "raw"), lambda: done.append("b1"))
+    assert wait_for(lambda: len(done) == 5, 20), done
+    local.close()
+    assert fake_processor.overlaps == []
+    batches = fake_processor.batches
+    assert batches[0] == [("a", 1, "raw")]
+    # The duplicate and the proc event were merged into one 'all' request, with run 2 alongside
+    assert sorted(batches[1] + batches[2]) == [("a", 1, "all"), ("a", 2, "raw"), ("b", 1, "raw")]
+
+
+def test_local_processing_is_bounded_across_databases(fake_processor, tmp_path):
+    from backend.listener import LocalProcessing
+    from backend.messages import UpdateProducer
+    from backend.slurm import ExtractionRequest
+
+    fake_processor.delay = 0.5
+    local = LocalProcessing(UpdateProducer.offline(), max_concurrent=1)
+    done, t0 = [], time.monotonic()
+    for name in "abc":
+        local.submit(tmp_path / name, ExtractionRequest(1, 1, "raw"), lambda: done.append(time.monotonic()))
+    assert wait_for(lambda: len(done) == 3, 20)
+    local.close()
+    fake_processor.delay = 0.3
+    assert done[-1] - t0 >= 1.4  # one database at a time: 3 × 0.5 s
+
+
+def test_unfinished_local_event_is_redelivered_after_listener_restart(
+        fake_processor, tmp_path, kafka_broker, monkeypatch):
+    """At-least-once: the listener stops while a run is being processed locally → the next listener
+    gets the event again and processes it."""
+    import threading
+
+    ldir, db_dir = tmp_path / "listener", tmp_path / "db"
+    ldir.mkdir()
+    make_db(db_dir, 1234)
+    with ListenerDB(ldir) as ldb:
+        ldb.add_proposal_db(1234, db_dir, False)
+        ldb.settings["allow_local_processing"] = True
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))  # sbatch not found → local
+    fake_processor.block_first = threading.Event()
+
+    def start():
+        bg = Listener(ldir, broker=kafka_broker.address,
+                      consumer_options=FAST_GROUP_CONSUMER_SETTINGS).start_background()
+        assert bg.wait_connected(30)
+        return bg
+
+    first = start()
+    meta, = send_events(kafka_broker.address, migration(1234, 51))
+    assert wait_for(lambda: fake_processor.batches, 30)
+    first.stop()  # while run 51 is still being processed
+
+    def committed():
+        return _committed(kafka_broker.address, first.listener.group_id, meta.topic, meta.partition) or 0
+
+    assert committed() <= meta.offset  # not past the unfinished event
+
+    second = start()
+    try:
+        assert wait_for(lambda: len(fake_processor.batches) == 2, 60), fake_processor.batches
+        assert fake_processor.batches[1] == [("db", 51, "raw")]
+        assert wait_for(lambda: committed() == meta.offset + 1, 20)
+        log = (db_dir / "process_logs" / "r51-p1234.out").read_text()
+        assert "sbatch not found" in log and "processing locally" in log
+    finally:
+        second.stop()
+
+
+def test_listen_test_mode_fakes_events(tmp_path, slurm_cluster, monkeypatch):
+    """`damnit listen --test` works offline: typed events submit jobs."""
+    ldir, db_dir = tmp_path / "listener", tmp_path / "db"
+    ldir.mkdir()
+    make_db(db_dir, 1234)
+    with ListenerDB(ldir) as ldb:
+        ldb.add_proposal_db(1234, db_dir, False)
+    monkeypatch.setenv("AMORE_BROKER", "none")
+    import io
+
+    from backend import listener as lm
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("1234 8 proc\nnonsense\n"))
+    monkeypatch.setattr(lm.sys, "executable", fake_python(tmp_path))
+    assert lm.listen_test(ldir) == 0
+    assert wait_for(lambda: calls(tmp_path), 30)
+    assert calls(tmp_path)[0][2:5] == ["1234", "8", "proc"]
