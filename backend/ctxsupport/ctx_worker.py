@@ -14,6 +14,7 @@ import os
 import pickle
 import struct
 import sys
+import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -172,7 +173,22 @@ def _warm_figure_imports(code: str) -> None:
             pass
 
 
+def _exit_with_parent(interval: float = 1.0) -> None:
+    """Stop even in the middle of a run if the process that started us goes away (it can no longer
+    read results, and a hung variable would otherwise run forever)."""
+    parent = os.getppid()
+
+    def watch():
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def serve(context_path: Path, result_fd: int, *, max_variable_bytes: int | None = None) -> int:
+    _exit_with_parent()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("MPLBACKEND", "Agg")
