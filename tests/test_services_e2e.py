@@ -273,3 +273,22 @@ def test_job_killed_mid_write_leaves_previous_file_intact(setup, slurm_cluster):
         tracker.on_message(kind, data)
     dropped = tracker.check_slurm_jobs()
     assert job.job_id in {j.slurm_job_id for j in dropped}
+
+
+def test_cluster_variables_get_a_second_job(setup, slurm_cluster):
+    s = setup
+    ctx = s["db_dir"] / "context.py"
+    ctx.write_text(ctx.read_text() + '''
+
+@Variable(title="Heavy", cluster=True)
+def heavy(run, n: "var#n_trains"):
+    return n * 2
+''')
+    s["start_listener"]()
+    send_events(s["broker"].address, migration(2))
+    s["msgs"].wait(values_updated_for(2))
+    s["msgs"].wait(lambda k, d: k == "run_values_updated" and d["run"] == 2 and "heavy" in d["values"],
+                   timeout=120)
+    assert db_values(s["db_dir"], 2)["heavy"] == 40
+    job_ids = {d["slurm_job_id"] for d in s["msgs"].of_kind("processing_state_set") if d["run"] == 2}
+    assert len(job_ids) == 2  # the listener's job and the cluster job it submitted
