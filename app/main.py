@@ -4,6 +4,6 @@ import panel as pn
 
 from app.shell import build_app
 
-pn.extension("tabulator", "codeeditor", "plotly", notifications=True)  # page widgets need their JS up front
+pn.extension("tabulator", "codeeditor", "plotly", notifications=True, reconnect=True)  # page widgets need their JS up front
 
 build_app().servable(title="DAMNIT")

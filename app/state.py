@@ -65,16 +65,43 @@ class VariableInfo:
         return self.type is not None
 
 
-@dataclass(frozen=True)
 class Cell:
-    """One run_variables row, value decoded (PNG stays bytes; numpy/trendline blobs become arrays)."""
+    """One run_variables row. Decoding (blobs, attribute JSON) happens on first access, so loading a
+    5000-run x 300-variable database stays cheap."""
 
-    value: Any
-    summary_type: str | None = None
-    attributes: dict = field(default_factory=dict)
-    max_diff: float | None = None
-    provenance: str | None = None
-    timestamp: float | None = None
+    __slots__ = ("raw", "summary_type", "attributes_json", "max_diff", "provenance", "timestamp", "_value",
+                 "_attrs")
+
+    def __init__(self, raw: Any, summary_type: str | None = None, attributes_json: str | None = None,
+                 max_diff: float | None = None, provenance: str | None = None, timestamp: float | None = None):
+        self.raw = raw
+        self.summary_type = summary_type
+        self.attributes_json = attributes_json
+        self.max_diff = max_diff
+        self.provenance = provenance
+        self.timestamp = timestamp
+        self._value = _UNSET
+        self._attrs = None
+
+    @classmethod
+    def of(cls, value: Any, **attrs) -> Cell:
+        """A cell holding an already-decoded value (e.g. from a message or an edit)."""
+        c = cls(value)
+        c._value = value
+        c._attrs = dict(attrs)
+        return c
+
+    @property
+    def value(self) -> Any:
+        if self._value is _UNSET:
+            self._value = decode_value(self.raw, self.summary_type)
+        return self._value
+
+    @property
+    def attributes(self) -> dict:
+        if self._attrs is None:
+            self._attrs = _loads(self.attributes_json)
+        return self._attrs
 
     @property
     def error(self) -> str | None:
@@ -83,6 +110,31 @@ class Cell:
     @property
     def error_cls(self) -> str | None:
         return self.attributes.get("error_cls")
+
+    @property
+    def table_value(self) -> Any:
+        """The value as the run-table DataFrame holds it: scalars and strings as they are, blobs as the
+        original API's placeholders (``<thumbnail>``, ``<sparkline>``, ``<ndarray>``)."""
+        raw = self.raw
+        if not isinstance(raw, bytes):
+            return raw
+        if self.summary_type == "complex":
+            return self.value
+        if self.summary_type == "trendline":
+            return "<sparkline>"
+        if self.summary_type == "numpy" or raw.startswith(NPY_MAGIC):
+            return "<ndarray>"
+        if raw.startswith(PNG_MAGIC):
+            return "<thumbnail>"
+        return "<blob>"
+
+    def same_as(self, other: Cell | None) -> bool:
+        return other is not None and self.raw == other.raw and self.attributes_json == other.attributes_json \
+            and self.summary_type == other.summary_type and self.max_diff == other.max_diff \
+            and self.provenance == other.provenance
+
+
+_UNSET = object()
 
 
 @dataclass
@@ -191,7 +243,8 @@ class ProposalSource:
         self._hwm_ts = -math.inf  # newest run_variables.timestamp seen
         self._runinfo_sig: tuple = ()
         self._vars_sig: tuple = ()
-        self._frame_cache: tuple[int, pd.DataFrame] | None = None
+        self._frame: pd.DataFrame | None = None
+        self._fsig: tuple = ()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._broker = broker
@@ -233,33 +286,65 @@ class ProposalSource:
             return [d for d in self.processing.values() if self.key_for(d.get("proposal"), d.get("run", -1)) == key]
 
     def frame(self) -> pd.DataFrame:
-        """The run table as a DataFrame of decoded values: index = row key, static columns then variables.
+        """The run table as a DataFrame: index = row key; columns proposal, run, start_time, added_at,
+        comment, then one per variable. Scalars and strings as stored; blobs as the original API's
+        placeholders (``<thumbnail>``, ``<sparkline>``, ``<ndarray>``); use ``runs[key].cells[name].value``
+        for decoded arrays/PNG bytes.
 
-        Cached per version, so many readers share one build.
+        Shared and kept current incrementally; treat it as read-only (a new object replaces it after
+        each change, so a reference you hold never changes under you).
         """
         with self.lock:
-            if self._frame_cache and self._frame_cache[0] == self.version:
-                return self._frame_cache[1]
-            keys = sorted(self.runs)
-            cols: dict[str, list] = {c: [] for c in STATIC_COLUMNS}
-            names = self.column_names()
+            if self._frame is None:
+                self._frame = self._build_frame(sorted(self.runs), self.column_names())
+            return self._frame
+
+    def _build_frame(self, keys: list[int], names: list[str]) -> pd.DataFrame:
+        cols: dict[str, list] = {c: [] for c in (*STATIC_COLUMNS, *names)}
+        for k in keys:
+            r = self.runs[k]
+            cells = r.cells
+            cols["proposal"].append(r.proposal)
+            cols["run"].append(r.run)
+            cols["start_time"].append(r.start_time)
+            cols["added_at"].append(r.added_at)
+            c = cells.get("comment")
+            cols["comment"].append(c.table_value if c is not None else None)
             for n in names:
-                cols[n] = []
-            for k in keys:
-                r = self.runs[k]
-                cols["proposal"].append(r.proposal)
-                cols["run"].append(r.run)
-                cols["start_time"].append(r.start_time)
-                cols["added_at"].append(r.added_at)
-                c = r.cells.get("comment")
-                cols["comment"].append(c.value if c else None)
-                for n in names:
+                c = cells.get(n)
+                cols[n].append(c.table_value if c is not None else None)
+        df = pd.DataFrame({c: pd.Series(v, index=keys, dtype=object) for c, v in cols.items()}, index=keys)
+        df.index.name = "key"
+        return df
+
+    def _update_frame(self, change: Change) -> None:
+        """Carry a change into the shared frame without rebuilding it (called under the lock)."""
+        f = self._frame
+        if f is None:
+            return
+        if change.reset or change.variables:
+            self._frame = None  # columns changed: rebuild on next use
+            return
+        new = [k for k in change.new_runs if k not in f.index]
+        if not new and not change.changed:
+            return
+        f = f.copy(deep=False)
+        if new:
+            f = pd.concat([f, self._build_frame(new, list(f.columns[len(STATIC_COLUMNS):]))]).sort_index()
+        for key, names in change.changed.items():
+            r = self.runs.get(key)
+            if r is None:
+                continue
+            for n in names:
+                if n == "start_time":
+                    f.at[key, n] = r.start_time
+                elif n in f.columns:
                     c = r.cells.get(n)
-                    cols[n].append(c.value if c else None)
-            df = pd.DataFrame({c: pd.Series(v, index=keys, dtype=object) for c, v in cols.items()}, index=keys)
-            df.index.name = "key"
-            self._frame_cache = (self.version, df)
-            return df
+                    f.at[key, n] = c.table_value if c is not None else None
+                else:
+                    self._frame = None
+                    return
+        self._frame = f
 
     # -- subscriptions ----------------------------------------------------------------------------
     def subscribe(self, callback: Callback) -> None:
@@ -284,6 +369,7 @@ class ProposalSource:
         with self.lock:
             self.version += 1
             self.last_change = time.time()
+            self._update_frame(change)
             subs = list(self._subscribers)
         for cb in subs:
             try:
@@ -294,13 +380,16 @@ class ProposalSource:
     # -- loading ----------------------------------------------------------------------------------
     def reload(self) -> Change:
         """Read the whole database (first load, or when it was replaced)."""
+        self._fsig = self._file_signature()
         with connect_ro(self.db_path) as conn:
             tables = _table_names(conn)
             meta = {r["key"]: r["value"] for r in conn.execute("SELECT key, value FROM metameta")}
             proposal = meta.get("proposal")
             variables = self._read_variables(conn, tables)
             runinfo = conn.execute("SELECT proposal, run, start_time, added_at FROM run_info").fetchall()
-            rows = conn.execute(
+            cur = conn.cursor()
+            cur.row_factory = None  # plain tuples: this is the bulk read
+            rows = cur.execute(
                 "SELECT proposal, run, name, value, timestamp, max_diff, provenance, summary_type, attributes "
                 "FROM run_variables" if "attributes" in _columns(conn, "run_variables") else
                 "SELECT proposal, run, name, value, timestamp, max_diff, provenance, summary_type, "
@@ -318,8 +407,9 @@ class ProposalSource:
             hwm = -math.inf
             for row in rows:
                 self._store_row(row)
-                if row["timestamp"] is not None:
-                    hwm = max(hwm, row["timestamp"])
+                ts = row[4]
+                if ts is not None and ts > hwm:
+                    hwm = ts
             self._hwm_ts = hwm
             self._runinfo_sig = sig
             self._vars_sig = vsig
@@ -342,18 +432,12 @@ class ProposalSource:
 
     def _store_row(self, row) -> tuple[int, bool]:
         """Put one run_variables row in memory; returns (key, whether the cell changed)."""
-        r = self._run(row["proposal"], row["run"])
-        cell = Cell(
-            value=decode_value(row["value"], row["summary_type"]),
-            summary_type=row["summary_type"],
-            attributes=_loads(row["attributes"]),
-            max_diff=row["max_diff"],
-            provenance=row["provenance"],
-            timestamp=row["timestamp"],
-        )
-        old = r.cells.get(row["name"])
-        r.cells[row["name"]] = cell
-        return r.key, not _same_cell(old, cell)
+        proposal, run, name, value, timestamp, max_diff, provenance, summary_type, attributes = row
+        r = self.runs.get(self.key_for(proposal, run)) or self._run(proposal, run)
+        cell = Cell(value, summary_type, attributes, max_diff, provenance, timestamp)
+        old = r.cells.get(name)
+        r.cells[name] = cell
+        return r.key, not cell.same_as(old)
 
     @staticmethod
     def _read_variables(conn: sqlite3.Connection, tables: set[str]) -> dict[str, VariableInfo]:
@@ -450,8 +534,23 @@ class ProposalSource:
         self._emit(change)
         return change
 
-    def poll(self) -> Change:
-        """Cheap check for anything new since the last look; reads only the new rows."""
+    def _file_signature(self) -> tuple:
+        sig = []
+        for suffix in ("", "-wal"):
+            try:
+                st = (self.db_path.parent / (self.db_path.name + suffix)).stat()
+                sig.append((st.st_mtime_ns, st.st_size))
+            except FileNotFoundError:
+                sig.append(None)
+        return tuple(sig)
+
+    def poll(self, force: bool = False) -> Change:
+        """Check for anything new since the last look, reading only new rows. Skipped (one stat call)
+        when neither runs.sqlite nor its WAL file changed."""
+        fsig = self._file_signature()
+        if not force and fsig == self._fsig:
+            return Change()
+        self._fsig = fsig
         with connect_ro(self.db_path) as conn:
             tables = _table_names(conn)
             sig = self._runinfo_signature(conn)
@@ -560,14 +659,14 @@ class ProposalSource:
             interval = POLL_INTERVAL_LIVE if live else POLL_INTERVAL_OFFLINE
             now = time.monotonic()
             if now - last_poll >= interval or self._wake.is_set():
-                self._wake.clear()
                 last_poll = now
                 try:
-                    self.poll()
+                    self.poll(force=self._wake.is_set())
                 except sqlite3.Error as e:
                     log.warning("Polling %s failed: %s", self.db_path, e)
                 except Exception:
                     log.exception("Polling %s failed", self.db_path)
+                self._wake.clear()
             self._stop.wait(0.1)
 
     def wake(self) -> None:
@@ -584,19 +683,6 @@ class ProposalSource:
 
 def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
     return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
-
-
-def _same_cell(a: Cell | None, b: Cell) -> bool:
-    if a is None:
-        return False
-    va, vb = a.value, b.value
-    if isinstance(va, np.ndarray) or isinstance(vb, np.ndarray):
-        same = isinstance(va, np.ndarray) and isinstance(vb, np.ndarray) and va.shape == vb.shape and \
-            np.array_equal(va, vb, equal_nan=va.dtype.kind == "f")
-    else:
-        same = va == vb or (isinstance(va, float) and isinstance(vb, float) and math.isnan(va) and math.isnan(vb))
-    return bool(same) and a.attributes == b.attributes and a.summary_type == b.summary_type and \
-        a.max_diff == b.max_diff and a.provenance == b.provenance
 
 
 _SOURCES: dict[Path, ProposalSource] = {}

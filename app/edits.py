@@ -1,0 +1,116 @@
+"""Writes from the dashboard: run comments, user-editable values and new user variables.
+
+Each write checks the session's permission here, on the server (the UI hiding an editor is not a
+guard), goes through ``DamnitDB`` (WAL, busy retries), refreshes the shared source at once and then
+broadcasts the original GUI's messages (``run_values_updated`` / ``variable_set``) so other dashboards
+and the Qt GUI see it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import Any
+
+from app.state import SessionState
+
+log = logging.getLogger(__name__)
+
+_producer = None
+_producer_lock = threading.Lock()
+
+
+def get_producer():
+    """One update producer per server process (offline when there is no broker)."""
+    global _producer
+    with _producer_lock:
+        if _producer is None:
+            from backend.messages import UpdateProducer
+
+            try:
+                _producer = UpdateProducer.from_env(connect_timeout=3.0)
+            except ValueError as e:  # malformed AMORE_BROKER
+                log.warning("Not sending update messages: %s", e)
+                _producer = UpdateProducer.offline()
+        return _producer
+
+
+def warm_producer() -> None:
+    """Connect the producer in the background at start-up so the first edit does not wait for it."""
+    threading.Thread(target=get_producer, name="damnit-producer-warmup", daemon=True).start()
+
+
+def _audit(session: SessionState, what: str) -> None:
+    log.info("Edit by %s on %s: %s", session.user or "local user", session.source.db_dir, what)
+
+
+def _run_of(session: SessionState, key: int) -> tuple[int, int]:
+    src = session.source
+    with src.lock:
+        r = src.runs.get(key)
+        if r is None:
+            raise KeyError(f"Run {key} is not in this table")
+        return r.proposal, r.run
+
+
+def set_comment(session: SessionState, key: int, text: str | None) -> None:
+    """Store a run comment (empty text clears it)."""
+    from backend.db import DamnitDB
+
+    session.check_write()
+    proposal, run = _run_of(session, key)
+    text = None if text is None or not str(text).strip() else str(text)
+    with DamnitDB.from_dir(session.source.db_dir) as db:
+        db.change_run_comment(proposal, run, text)
+        topic_db = db.db_id
+    _audit(session, f"comment of p{proposal} r{run} = {text!r}")
+    session.source.refresh_run(proposal, run, ["comment"])
+    get_producer().run_values_updated(topic_db, proposal, run, ["comment"])
+
+
+def set_user_value(session: SessionState, key: int, name: str, text: Any) -> Any:
+    """Parse ``text`` by the user variable's type and store it; returns the stored value.
+    Raises ValueError with a readable message for bad input (nothing is written then)."""
+    from backend.db import DamnitDB
+
+    session.check_write()
+    proposal, run = _run_of(session, key)
+    with DamnitDB.from_dir(session.source.db_dir) as db:
+        if name not in db.get_user_variables():
+            raise ValueError(f"{name!r} is not a user-editable variable")
+        value = db.set_user_variable_value(proposal, run, name, None if text is None else str(text))
+        topic_db = db.db_id
+    _audit(session, f"{name} of p{proposal} r{run} = {value!r}")
+    session.source.refresh_run(proposal, run, [name])
+    get_producer().run_values_updated(topic_db, proposal, run, [name])
+    return value
+
+
+def slug_from_title(title: str) -> str:
+    """The original's auto-name: runs of non-word characters → '_', leading digits dropped, lower case."""
+    name = re.sub(r"\W+", "_", title.strip()).strip("_").lower()
+    return re.sub(r"^[\d_]+", "", name)
+
+
+def add_user_variable(session: SessionState, title: str, name: str, type_name: str,
+                      description: str = "") -> str:
+    """Define a new user-editable column; returns its name. Raises ValueError on bad/duplicate input."""
+    from backend.db import DamnitDB
+    from backend.user_variables import UserEditableVariable
+
+    session.check_write()
+    title = (title or "").strip()
+    name = (name or "").strip() or slug_from_title(title)
+    var = UserEditableVariable(name, title, type_name, description or "")
+    var.check()
+    with DamnitDB.from_dir(session.source.db_dir) as db:
+        if name in db.variable_names():
+            raise ValueError(f"A variable named {name!r} already exists")
+        db.add_user_variable(var)
+        topic_db = db.db_id
+    _audit(session, f"new user variable {name!r} ({type_name}) titled {title!r}")
+    session.source.refresh_variables()
+    get_producer().variable_set(topic_db, {"name": name, "title": title, "description": description or None,
+                                           "attributes": None, "type": type_name})
+    return name

@@ -1,0 +1,601 @@
+"""The run table: one row per run, one column per variable, live.
+
+The browser only ever holds one page of rows (remote pagination): sorting and filtering run here on
+the shared raw frame, and the page's cells are rendered to safe HTML by ``app.table_format`` (cached
+per proposal by ``app.table_model``). Live changes arrive as ``Change`` objects from the shared source
+and go out as cell patches of the visible page (or a one-page refresh when sort/filter order moved).
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import logging
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+from bokeh.models import ColumnDataSource
+from panel.reactive import ReactiveData
+
+from app import edits
+from app import table_format as fmt
+from app.state import Change, SessionState
+from app.table_model import FIXED_COLUMNS, TableModel, get_table_model
+
+log = logging.getLogger(__name__)
+
+TITLE = "Run table"
+SLUG = "table"
+
+PAGE_SIZE = 50
+EXPORT_PLACEHOLDERS = {"<thumbnail>": "<image>", "<sparkline>": "<trendline>"}
+
+TABLE_CSS = fmt.CSS + """
+.tabulator-cell { padding: 2px 4px !important; }
+.tabulator .tabulator-header .tabulator-col .tabulator-col-title { white-space: normal; }
+"""
+
+
+# ---------------------------------------------------------------- the table widget
+
+class RunTabulator(pn.widgets.Tabulator):
+    """Tabulator over the raw run frame whose pages are rendered by a TableModel.
+
+    ``value`` holds raw values (sort and filter work on numbers, not on markup); only the page sent to
+    the browser is turned into display strings.
+    """
+
+    table_model = param.Parameter(default=None, precedence=-1)
+    row_filter = param.Callable(default=None, precedence=-1)
+    editable_columns = param.List(default=[], precedence=-1)
+
+    _rename = {**pn.widgets.Tabulator._rename, "table_model": None, "row_filter": None,
+               "editable_columns": None}
+
+    def page_keys(self) -> pd.Index:
+        """Row keys on the page the browser shows, in display order."""
+        processed = self._processed if self._processed is not None else self._sort_df(
+            self._filter_dataframe(self.value))
+        nrows = self.page_size or self.initial_page_size
+        start = (self.page - 1) * nrows
+        return processed.index[start:start + nrows]
+
+    def _get_data(self):
+        tm: TableModel | None = self.table_model
+        if tm is None or self.value is None or self.pagination != "remote":
+            return super()._get_data()
+        df = self._sort_df(self._filter_dataframe(self.value))
+        nrows = self.page_size or self.initial_page_size
+        start = (self.page - 1) * nrows
+        keys = df.index[start:start + nrows]
+        page_df = pd.DataFrame({c: [tm.cell_text(k, c) for k in keys] for c in self.value.columns},
+                               index=keys, dtype=object)
+        page_df.index.name = self.value.index.name
+        data = ColumnDataSource.from_df(page_df).items()
+        return df, {k if isinstance(k, str) else str(k): self._process_column(v, k, page_df) for k, v in data}
+
+    def _filter_dataframe(self, df, header_filters=True, internal_filters=True):
+        df = super()._filter_dataframe(df, header_filters, internal_filters)
+        if self.row_filter is not None and len(df):
+            mask = self.row_filter(df)
+            if mask is not None:
+                df = df[mask]
+        return df
+
+    def _sort_df(self, df: pd.DataFrame) -> pd.DataFrame:
+        """Sort on raw values: numbers numerically, text case-folded, empty cells last."""
+        sorters = [s for s in (self.sorters or []) if s.get("field") in df.columns]
+        if not sorters or not len(df):
+            return df
+        order = np.arange(len(df))
+        # Stable sorts from the last sorter to the first give a multi-column sort.
+        for s in reversed(sorters):
+            keys = [fmt.sort_key(v) for v in df[s["field"]].iloc[order]]
+            nums = sorted((k, i) for i, k in enumerate(keys) if isinstance(k, float) and not math.isnan(k))
+            texts = sorted((k, i) for i, k in enumerate(keys) if isinstance(k, str))
+            taken = {i for _, i in nums} | {i for _, i in texts}
+            if s.get("dir") == "desc":
+                nums.reverse()
+                texts.reverse()
+            pos = [i for _, i in nums] + [i for _, i in texts] + [i for i in range(len(keys)) if i not in taken]
+            order = order[np.asarray(pos, dtype=int)]
+        return df.iloc[order]
+
+    def _update_column(self, column, array):
+        """Values coming back from the browser: only edited cells of editable columns are taken."""
+        if column not in self.editable_columns or self.table_model is None:
+            return
+        keys = self.page_keys()
+        tm = self.table_model
+        changed = [(k, v) for k, v in zip(keys, array) if v != tm.cell_text(k, column)]
+        if not changed:
+            return
+        value = self.value.copy(deep=False)
+        for k, v in changed:
+            value.at[k, column] = v
+        with param.discard_events(self):
+            self.value = value
+
+    # -- live updates ---------------------------------------------------------------------------
+    def replace_value(self, value: pd.DataFrame) -> None:
+        """Swap in a newer frame without telling the browser (the caller sends patches)."""
+        with param.discard_events(self):
+            self.value = value
+
+    def send_patch(self, cells: dict[str, list[tuple[int, str]]]) -> None:
+        """Patch cells of the visible page: ``{column: [(row key, display text), ...]}``."""
+        keys = self.page_keys()
+        pos = {k: i for i, k in enumerate(keys)}
+        patch = {}
+        for col, items in cells.items():
+            vals = [(pos[k], text) for k, text in items if k in pos]
+            if vals:
+                patch[col] = vals
+        if patch:
+            ReactiveData._patch(self, patch)
+
+    def refresh_page(self) -> None:
+        self._update_cds()
+
+
+# ---------------------------------------------------------------- filters
+
+class RowFilter(param.Parameterized):
+    """One filter on one column: numeric range or a set of categories, optionally keeping empties."""
+
+    column = param.String()
+    title = param.String()
+    kind = param.Selector(objects=["range", "categories"])
+    low = param.Number(default=None, allow_None=True)
+    high = param.Number(default=None, allow_None=True)
+    categories = param.List(default=[])
+    include_empty = param.Boolean(default=False)
+
+    def mask(self, series: pd.Series) -> np.ndarray:
+        empty = series.map(lambda v: v is None or (isinstance(v, float) and math.isnan(v))).to_numpy(bool)
+        if self.kind == "range":
+            num = pd.to_numeric(series, errors="coerce").to_numpy(float)
+            ok = ~np.isnan(num)
+            if self.low is not None:
+                ok &= num >= self.low
+            if self.high is not None:
+                ok &= num <= self.high
+        else:
+            wanted = set(self.categories)
+            ok = series.map(lambda v: fmt.plain_text(v) in wanted).to_numpy(bool)
+        return ok | (empty & self.include_empty)
+
+    def label(self) -> str:
+        if self.kind == "range":
+            lo = "-∞" if self.low is None else fmt.prettify(float(self.low))
+            hi = "∞" if self.high is None else fmt.prettify(float(self.high))
+            return f"{self.title}: {lo} … {hi}"
+        shown = ", ".join(self.categories[:3]) + ("…" if len(self.categories) > 3 else "")
+        return f"{self.title}: {shown}"
+
+
+def is_numeric_column(series: pd.Series) -> bool:
+    vals = [v for v in series if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return bool(vals) and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+                              for v in vals)
+
+
+# ---------------------------------------------------------------- export
+
+def export_frame(source, columns: list[str], titles: dict[str, str]) -> pd.DataFrame:
+    """The table as exported: chosen columns in display order, titled, placeholders for images."""
+    df = source.frame()
+    cols = [c for c in columns if c in df.columns]
+    out = df[cols].copy()
+    for c in cols:
+        if c == "start_time":
+            out[c] = [fmt.format_timestamp(v) for v in out[c]]
+        else:
+            out[c] = [EXPORT_PLACEHOLDERS.get(v, v) if isinstance(v, str) else v for v in out[c]]
+    out.columns = [titles.get(c, c) for c in cols]
+    return out.reset_index(drop=True)
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    def cell(v):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        return " ".join(fmt.prettify(v).split()).replace("|", "\\|")
+
+    from tabulate import tabulate
+
+    rows = [[cell(v) for v in row] for row in df.itertuples(index=False)]
+    return tabulate(rows, headers=list(df.columns), tablefmt="github", disable_numparse=True)
+
+
+# ---------------------------------------------------------------- the page
+
+class RunTablePage:
+    """One session's run table and its controls."""
+
+    def __init__(self, session: SessionState):
+        self.session = session
+        self.source = session.source
+        self.model = get_table_model(self.source)
+        self.filters: list[RowFilter] = []
+        self.order: list[str] | None = None  # user-chosen variable order (None = default)
+        self._last_rebuild = 0.0
+
+        specs = self.model.specs()
+        var_names = [n for n in specs if n not in FIXED_COLUMNS]
+        self.columns_choice = pn.widgets.MultiChoice(
+            name="Visible columns (in this order)", options=self._column_options(specs), value=var_names,
+            sizing_mode="stretch_width")
+        self.tag_choice = pn.widgets.MultiChoice(name="Only variables tagged", options=self._tag_options(),
+                                                 value=[], width=260)
+        self.follow = pn.widgets.Checkbox(name="Follow newest run", value=False)
+        self.jump = pn.widgets.IntInput(name="Jump to run", value=None, width=120, placeholder="run number")
+        self.jump_btn = pn.widgets.Button(name="Go", width=50, align="end")
+        self.status = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["dmn-status"])
+
+        frame = self._frame_for_session()
+        self.table = RunTabulator(
+            value=frame, page=max(1, math.ceil(len(frame) / PAGE_SIZE)), table_model=self.model, row_filter=self._row_mask,
+            editable_columns=self._editable(), pagination="remote", page_size=PAGE_SIZE,
+            frozen_columns=["run"], show_index=False, selectable=True, sortable=True,
+            movable_columns=True, layout="fit_data_fill", height=650, sizing_mode="stretch_width",
+            configuration={"renderHorizontal": "virtual", "columnDefaults": {"maxWidth": 320}},
+            stylesheets=[TABLE_CSS],
+        )
+        self._apply_column_config()
+        self.table.on_edit(self._on_edit)
+        self.table.param.watch(self._on_selection, "selection")
+        self.columns_choice.param.watch(lambda e: self._rebuild_columns(), "value")
+        self.tag_choice.param.watch(lambda e: self._rebuild_columns(), "value")
+        self.jump_btn.on_click(self._jump)
+        self.jump.param.watch(self._jump, "enter_pressed") if "enter_pressed" in self.jump.param else None
+        session.on_change(self._on_change)
+
+    # -- columns ----------------------------------------------------------------------------------
+    @staticmethod
+    def _column_options(specs) -> dict[str, str]:
+        # Escaped: the choices widget renders option labels as HTML.
+        return {html.escape(f"{s.title} ({n})" if s.title != n else n): n
+                for n, s in specs.items() if n not in FIXED_COLUMNS}
+
+    def _tag_options(self) -> dict[str, str]:
+        return {html.escape(t): t for t in self.model.tags()}
+
+    def _editable(self) -> list[str]:
+        if not self.session.can_write:
+            return []
+        specs = self.model.specs()
+        return [n for n, s in specs.items() if s.editable_type is not None]
+
+    def visible_variables(self) -> list[str]:
+        specs = self.model.specs()
+        chosen = [n for n in self.columns_choice.value if n in specs]
+        if self.tag_choice.value:
+            tags = set(self.tag_choice.value)
+            chosen = [n for n in chosen if tags & set(specs[n].tags) or specs[n].editable_type]
+        return chosen
+
+    def _frame_for_session(self) -> pd.DataFrame:
+        frame = self.source.frame()
+        cols = [c for c in (*FIXED_COLUMNS, *self.visible_variables()) if c in frame.columns]
+        return frame[cols]
+
+    def _apply_column_config(self) -> None:
+        specs = self.model.specs()
+        cols = list(self.table.value.columns)
+        editable = set(self._editable())
+        titles, tooltips, formatters, editors, groups = {}, {}, {}, {}, {}
+        for c in cols:
+            s = specs.get(c)
+            if s is None:
+                continue
+            grouped = s.group is not None
+            titles[c] = html.escape(s.short_title if grouped else s.title)
+            tooltips[c] = s.tooltip
+            if grouped:
+                groups.setdefault(html.escape(s.group), []).append(c)
+            if c in editable:
+                formatters[c] = {"type": "plaintext"}
+                if s.editable_type == "boolean":
+                    editors[c] = {"type": "list", "values": ["", "true", "false"]}
+                else:
+                    editors[c] = {"type": "input"}
+            else:
+                formatters[c] = {"type": "html"} if c != "comment" and not s.editable_type else {"type": "plaintext"}
+                editors[c] = None
+        self.table.param.update(titles=titles, header_tooltips=tooltips, formatters=formatters, editors=editors,
+                                groups=groups, editable_columns=sorted(editable))
+
+    def _rebuild_columns(self) -> None:
+        with pn.io.hold():
+            self.table.value = self._frame_for_session()
+            self._apply_column_config()
+
+    # -- filters ----------------------------------------------------------------------------------
+    def _row_mask(self, df: pd.DataFrame):
+        if not self.filters:
+            return None
+        frame = self.source.frame()
+        mask = np.ones(len(df), dtype=bool)
+        for f in self.filters:
+            if f.column in frame.columns:
+                mask &= f.mask(frame[f.column].reindex(df.index))
+        return mask
+
+    def add_filter(self, flt: RowFilter) -> None:
+        self.filters = [f for f in self.filters if f.column != flt.column] + [flt]
+        self.table.page = 1
+        self.table.refresh_page()
+        self._filters_changed()
+
+    def clear_filters(self, column: str | None = None) -> None:
+        self.filters = [f for f in self.filters if column is not None and f.column != column]
+        self.table.refresh_page()
+        self._filters_changed()
+
+    def _filters_changed(self) -> None:
+        self.filter_list.objects = [self._filter_chip(f) for f in self.filters]
+
+    def _filter_chip(self, f: RowFilter):
+        b = pn.widgets.Button(name=f"✕ {f.label()}", button_type="light", height=30)
+        b.on_click(lambda e: self.clear_filters(f.column))
+        return b
+
+    def filter_controls(self) -> pn.viewable.Viewable:
+        specs = self.model.specs()
+        options = {html.escape(s.title): n for n, s in specs.items()}
+        col = pn.widgets.Select(name="Filter column", options=options, width=220)
+        low = pn.widgets.FloatInput(name="min", value=None, width=110)
+        high = pn.widgets.FloatInput(name="max", value=None, width=110)
+        cats = pn.widgets.MultiChoice(name="values", options=[], width=300)
+        empty = pn.widgets.Checkbox(name="include empty", value=False, align="end")
+        apply = pn.widgets.Button(name="Apply filter", button_type="primary", align="end")
+        clear = pn.widgets.Button(name="Clear all filters", align="end")
+        range_box = pn.Row(low, high)
+        cat_box = pn.Row(cats)
+
+        def on_col(_=None):
+            series = self.source.frame().get(col.value)
+            if series is None:
+                return
+            numeric = is_numeric_column(series)
+            range_box.visible, cat_box.visible = numeric, not numeric
+            if numeric:
+                num = pd.to_numeric(series, errors="coerce")
+                low.value = float(num.min()) if num.notna().any() else None
+                high.value = float(num.max()) if num.notna().any() else None
+            else:
+                values = sorted({fmt.plain_text(v) for v in series if v is not None})
+                cats.options = {html.escape(v): v for v in values[:2000]}
+                cats.value = []
+
+        def on_apply(_):
+            if not col.value:
+                return
+            title = specs[col.value].title if col.value in specs else col.value
+            if range_box.visible:
+                flt = RowFilter(column=col.value, title=title, kind="range", low=low.value, high=high.value,
+                                include_empty=empty.value)
+            else:
+                flt = RowFilter(column=col.value, title=title, kind="categories", categories=list(cats.value),
+                                include_empty=empty.value)
+            self.add_filter(flt)
+
+        col.param.watch(on_col, "value")
+        apply.on_click(on_apply)
+        clear.on_click(lambda e: self.clear_filters())
+        on_col()
+        self.filter_list = pn.Row(sizing_mode="stretch_width")
+        return pn.Column(pn.Row(col, range_box, cat_box, empty, apply, clear), self.filter_list,
+                         sizing_mode="stretch_width")
+
+    # -- navigation -------------------------------------------------------------------------------
+    def _n_pages(self) -> int:
+        n = len(self.table._processed) if self.table._processed is not None else len(self.table.value)
+        return max(1, math.ceil(n / (self.table.page_size or PAGE_SIZE)))
+
+    def _jump(self, _=None) -> None:
+        run = self.jump.value
+        if run is None:
+            return
+        key = self.source.key_for(None, int(run))
+        processed = self.table._processed
+        if processed is None or key not in processed.index:
+            self.say(f"Run {int(run)} is not in the table" + (" (or is hidden by a filter)" if self.filters
+                                                              else ""), "warning")
+            return
+        pos = processed.index.get_loc(key)
+        self.table.page = pos // (self.table.page_size or PAGE_SIZE) + 1
+        self.table.selection = [self.table.value.index.get_loc(key)]
+        self.say(f"Run {int(run)}", "info")
+
+    def _on_selection(self, event) -> None:
+        idx = [i for i in (event.new or []) if 0 <= i < len(self.table.value)]
+        runs = [int(self.table.value["run"].iloc[i]) for i in idx]
+        self.session.selected_runs = runs
+
+    def say(self, message: str, level: str = "info") -> None:
+        colour = {"error": "#b71c1c", "warning": "#e65100", "info": "#1b5e20"}.get(level, "#333")
+        self.status.object = (f"<span data-level='{level}' style='color:{colour}'>{html.escape(message)}</span>")
+        notes = pn.state.notifications
+        if notes is not None and level in ("error", "warning"):
+            getattr(notes, level)(message, duration=6000)
+
+    # -- edits ------------------------------------------------------------------------------------
+    def _on_edit(self, event) -> None:
+        column = event.column
+        try:
+            key = self.table.value.index[event.row]
+        except IndexError:
+            return
+        new = event.value
+        try:
+            if column not in self._editable():
+                raise PermissionError(self.session.write_denied_reason or f"Column {column!r} is not editable")
+            self.session.check_write()
+            if column == "comment":
+                edits.set_comment(self.session, int(key), new)
+                self.say(f"Comment of run {self.source.runs[int(key)].run} saved")
+            else:
+                stored = edits.set_user_value(self.session, int(key), column, new)
+                self.say(f"{column} of run {self.source.runs[int(key)].run} = {fmt.plain_text(stored)} saved")
+        except (PermissionError, ValueError, KeyError) as e:
+            msg = str(e.args[0]) if e.args else str(e)
+            self.say(f"Not saved: {msg}", "error")
+            self._revert(int(key), column)
+        except Exception as e:
+            log.exception("Edit failed")
+            self.say(f"Not saved: {e}", "error")
+            self._revert(int(key), column)
+
+    def _revert(self, key: int, column: str) -> None:
+        self.table.replace_value(self._frame_for_session())
+        self.table.send_patch({column: [(key, self.model.cell_text(key, column))]})
+
+    # -- live updates -----------------------------------------------------------------------------
+    def _on_change(self, change: Change) -> None:
+        """Apply one source change to this session (runs on the session's loop)."""
+        if change.reset or change.variables:
+            specs = self.model.specs()
+            opts = self._column_options(specs)
+            new_names = [n for n in opts.values() if n not in self.columns_choice.options.values()]
+            with pn.io.hold():
+                self.columns_choice.options = opts
+                if new_names:
+                    self.columns_choice.value = [*self.columns_choice.value, *new_names]
+                self.tag_choice.options = self._tag_options()
+                self._rebuild_columns()
+            if not (change.new_runs or change.changed or change.processing):
+                return
+        frame = self._frame_for_session()
+        t = self.table
+        sort_cols = {s.get("field") for s in (t.sorters or [])}
+        filter_cols = {f.column for f in self.filters}
+        touched = {n for names in change.changed.values() for n in names}
+        with pn.io.hold():
+            t.replace_value(frame)
+            if change.new_runs or touched & (sort_cols | filter_cols):
+                before = list(t.page_keys())
+                t._processed = None
+                t._processed, _ = t._get_data()
+                if self.follow.value and change.new_runs:
+                    last = self._n_pages()
+                    if t.page != last:
+                        t.page = last  # sends the page
+                        before = None
+                if before is not None and list(t.page_keys()) != before:
+                    t.refresh_page()
+                elif before is not None and before:
+                    self._patch_cells(change)
+                new_on_page = [k for k in change.new_runs if k in set(t.page_keys())]
+                if new_on_page:
+                    t.send_patch({"run": [(k, f"<span class='dmn-flash'>{self.model.cell_text(k, 'run')}</span>")
+                                          for k in new_on_page]})
+            else:
+                self._patch_cells(change)
+
+    def _patch_cells(self, change: Change) -> None:
+        cols = set(self.table.value.columns)
+        page = set(self.table.page_keys())
+        patch: dict[str, list] = {}
+        for key, names in change.changed.items():
+            if key not in page:
+                continue
+            for n in names:
+                if n in cols:
+                    patch.setdefault(n, []).append(
+                        (key, f"<span class='dmn-flash'>{self.model.cell_text(key, n)}</span>"
+                         if n not in self.table.editable_columns else self.model.cell_text(key, n)))
+        for key in change.processing:
+            if key in page:
+                patch.setdefault("run", []).append((key, self.model.cell_text(key, "run")))
+        if patch:
+            self.table.send_patch(patch)
+
+    # -- export -----------------------------------------------------------------------------------
+    def _export_df(self) -> pd.DataFrame:
+        specs = self.model.specs()
+        shown = list(self.table.value.columns)
+        rest = [n for n in specs if n not in shown]
+        return export_frame(self.source, shown + rest, {n: s.title for n, s in specs.items()})
+
+    def _export_name(self, ext: str) -> str:
+        return f"{self.source.title}_run_table.{ext}".replace("/", "_")
+
+    def export_widgets(self) -> list:
+        def csv():
+            return io.BytesIO(self._export_df().to_csv(index=False).encode())
+
+        def excel():
+            buf = io.BytesIO()
+            sheet = f"{self.source.title} DAMNIT run table"[:31]
+            self._export_df().to_excel(buf, index=False, sheet_name=sheet)
+            buf.seek(0)
+            return buf
+
+        def markdown():
+            return io.BytesIO(to_markdown(self._export_df()).encode())
+
+        return [pn.widgets.FileDownload(callback=cb, filename=self._export_name(ext), label=label,
+                                        button_type="light", width=110, embed=False)
+                for cb, ext, label in [(csv, "csv", "CSV"), (excel, "xlsx", "Excel"), (markdown, "md", "Markdown")]]
+
+    # -- user variables ---------------------------------------------------------------------------
+    def add_variable_form(self) -> pn.viewable.Viewable:
+        from backend.user_variables import value_types_by_name
+
+        title = pn.widgets.TextInput(name="Title *", width=200)
+        name = pn.widgets.TextInput(name="Name (auto from title)", width=200)
+        vtype = pn.widgets.Select(name="Type *", options=list(value_types_by_name), width=120)
+        desc = pn.widgets.TextInput(name="Description", width=260)
+        help_ = pn.pane.HTML("", width=320)
+        create = pn.widgets.Button(name="Create variable", button_type="primary", align="end")
+
+        def on_type(_=None):
+            t = value_types_by_name[vtype.value]
+            help_.object = (f"<small>{html.escape(t.description)}<br>e.g. "
+                            f"{html.escape(', '.join(t.examples))}</small>")
+
+        def on_title(e):
+            name.placeholder = edits.slug_from_title(e.new)
+
+        def on_create(_):
+            try:
+                made = edits.add_user_variable(self.session, title.value, name.value, vtype.value, desc.value)
+            except (ValueError, PermissionError) as e:
+                self.say(f"Variable not created: {e}", "error")
+                return
+            self.say(f"User variable {made!r} created")
+            title.value = name.value = desc.value = ""
+
+        vtype.param.watch(on_type, "value")
+        title.param.watch(on_title, "value")
+        create.on_click(on_create)
+        on_type()
+        return pn.Row(title, name, vtype, desc, help_, create)
+
+    # -- layout -----------------------------------------------------------------------------------
+    def view(self) -> pn.viewable.Viewable:
+        columns_card = pn.Card(pn.Row(self.tag_choice), self.columns_choice, title="Columns",
+                               collapsed=True, sizing_mode="stretch_width")
+        filters_card = pn.Card(self.filter_controls(), title="Row filters", collapsed=True,
+                               sizing_mode="stretch_width")
+        cards = [columns_card, filters_card]
+        if self.session.can_write:
+            cards.append(pn.Card(self.add_variable_form(), title="Add user variable", collapsed=True,
+                                 sizing_mode="stretch_width"))
+        toolbar = pn.Row(self.jump, self.jump_btn, pn.Spacer(width=20), self.follow, pn.HSpacer(),
+                         pn.pane.HTML("<span style='line-height:40px'>Export:</span>"), *self.export_widgets(),
+                         sizing_mode="stretch_width")
+        return pn.Column(toolbar, *cards, self.status, self.table, sizing_mode="stretch_both")
+
+
+def view(session: SessionState) -> pn.viewable.Viewable:
+    t = time.perf_counter()
+    page = RunTablePage(session)
+    log.debug("Run table built in %.3f s", time.perf_counter() - t)
+    return page.view()

@@ -1,0 +1,22 @@
+"""``panel serve --setup`` script: open the served databases before the first visitor arrives, so the
+first page is quick even for a 5000-run proposal, and connect the update producer."""
+
+import logging
+
+from app.config import get_config
+from app.edits import warm_producer
+from app.state import get_source
+from app.table_model import get_table_model
+
+log = logging.getLogger("app.setup")
+
+for db_dir in get_config().databases:
+    try:
+        src = get_source(db_dir)
+        get_table_model(src).specs()
+        src.frame()
+        log.info("Loaded %s: %d runs", db_dir, len(src.runs))
+    except Exception as e:  # the landing page shows the error; keep serving the others
+        log.error("Cannot open %s: %s", db_dir, e)
+if not get_config().read_only:
+    warm_producer()

@@ -1,0 +1,203 @@
+"""How one cell of the run table looks: DAMNIT's number formatting, units, bold/background, errors,
+thumbnails and sparklines, rendered as HTML in which every piece of user or data text is escaped.
+
+The table shows these strings with Tabulator's ``html`` formatter, so this module is the one place
+that decides what markup reaches the browser; nothing else builds cell HTML.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from app.state import Cell
+
+CSS = """
+.dmn-num { font-variant-numeric: tabular-nums; }
+.dmn-units { font-style: italic; color: #666; margin-left: 2px; }
+.dmn-err, .dmn-skip { display: inline-block; width: 14px; height: 14px; border-radius: 2px; vertical-align: middle; }
+.dmn-err { background: #f57c00; }
+.dmn-skip { background: #c8c8c8; }
+.dmn-thumb { max-height: 35px; max-width: 100px; image-rendering: auto; vertical-align: middle; }
+.dmn-prov { display: inline-block; width: 0; height: 0; border-top: 7px solid var(--dmn-prov, #888);
+            border-left: 7px solid transparent; float: right; }
+.dmn-run-proc { color: #1565c0; }
+@keyframes dmn-flash-kf { from { background: #fff59d; } to { background: transparent; } }
+.dmn-flash { animation: dmn-flash-kf 3s ease-out 1; display: block; }
+.dmn-cell { display: block; padding: 0 2px; }
+"""
+
+EMPTY = ""
+
+
+def prettify(value: Any) -> str:
+    """DAMNIT's number rules: integral floats below 10 000 as ints, 1e-4 < |x| < 1e4 with 4 decimals,
+    everything else in scientific notation."""
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        if value % 1 == 0 and abs(value) < 10_000:
+            return f"{int(value)}"
+        if 0.0001 < abs(value) < 10_000:
+            return f"{value:.4f}"
+        return f"{value:.3e}"
+    if isinstance(value, (complex, np.complexfloating)):
+        return f"{complex(value):.4g}".strip("()")
+    return str(value)
+
+
+def format_timestamp(ts: float | None) -> str:
+    if ts is None or (isinstance(ts, float) and math.isnan(ts)):
+        return EMPTY
+    return time.strftime("%H:%M:%S %d/%m/%Y", time.localtime(ts))
+
+
+def text_colour_for(rgb) -> str:
+    """Black or white text on a background, by perceived luminance (threshold 186 as the original)."""
+    r, g, b = (int(x) for x in list(rgb)[:3])
+    return "#000" if (r * 0.299 + g * 0.587 + b * 0.114) > 186 else "#fff"
+
+
+def provenance_colour(prov: str) -> str:
+    hue = int(hashlib.sha256(prov.encode()).hexdigest()[:8], 16) % 360
+    return f"hsl({hue}, 70%, 45%)"
+
+
+def sparkline_svg(arr: np.ndarray, width: int = 100, height: int = 30) -> str:
+    """A trendline (``[2, N]`` x/y, or 1-D y) drawn as an inline SVG polyline."""
+    arr = np.asarray(arr, dtype=float)
+    if arr.ndim == 2 and arr.shape[0] == 2:
+        x, y = arr
+    else:
+        y = arr.ravel()
+        x = np.arange(len(y), dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(y) < 2:
+        return "<span class='dmn-num'>-</span>"
+    if len(y) > 200:  # enough points for 100 px
+        idx = np.linspace(0, len(y) - 1, 200).astype(int)
+        x, y = x[idx], y[idx]
+    xr = (x.max() - x.min()) or 1.0
+    yr = (y.max() - y.min()) or 1.0
+    px = (x - x.min()) / xr * (width - 2) + 1
+    py = height - 1 - (y - y.min()) / yr * (height - 2)
+    pts = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(px, py))
+    tip = f"min {prettify(float(y.min()))}, max {prettify(float(y.max()))}, {len(y)} points"
+    return (f"<svg class='dmn-spark' width='{width}' height='{height}' viewBox='0 0 {width} {height}'>"
+            f"<title>{html.escape(tip)}</title><polyline fill='none' stroke='#1976d2' stroke-width='1' "
+            f"points='{pts}'/></svg>")
+
+
+def _esc(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def cell_html(cell: Cell | None) -> str:
+    """The safe HTML of one computed-variable cell."""
+    if cell is None:
+        return EMPTY
+    attrs = cell.attributes or {}
+    if cell.value is None and attrs.get("error") is not None:
+        cls = attrs.get("error_cls") or "Error"
+        msg = str(attrs.get("error"))
+        if cls in ("Skip", "SourceNameError"):
+            tip = f"Skipped: {msg}" if cls == "Skip" else f"Missing data: {msg}"
+            return f"<span class='dmn-skip' title='{_esc(tip)}' data-error='{_esc(cls)}'></span>"
+        tip = f"{cls}: {msg}\n(see processing log for details)"
+        return f"<span class='dmn-err' title='{_esc(tip)}' data-error='{_esc(cls)}'></span>"
+    v = cell.value
+    if v is None:
+        return EMPTY
+    numeric = False
+    if isinstance(v, bytes):
+        if v.startswith(b"\x89PNG"):
+            inner = f"<img class='dmn-thumb' src='data:image/png;base64,{base64.b64encode(v).decode()}'>"
+        else:
+            inner = "&lt;blob&gt;"
+    elif isinstance(v, np.ndarray):
+        if cell.summary_type == "trendline":
+            inner = sparkline_svg(v)
+        else:
+            inner = _esc(f"{v.dtype}: {v.shape}")
+    elif isinstance(v, (int, float, complex, np.number)) and not isinstance(v, bool):
+        numeric = True
+        inner = f"<span class='dmn-num'>{_esc(prettify(v))}</span>"
+        units = attrs.get("units")
+        if units:
+            inner += f"<span class='dmn-units'>{_esc(units)}</span>"
+    else:
+        inner = _esc(prettify(v))
+    style = []
+    bold = attrs.get("bold")
+    if bold is None and numeric and cell.max_diff is not None:
+        try:
+            bold = float(cell.max_diff) > 1e-9
+        except (TypeError, ValueError):
+            bold = False
+    if bold:
+        style.append("font-weight:bold")
+    bg = attrs.get("background")
+    if bg is not None:
+        try:
+            rgb = [int(x) for x in list(bg)[:3]]
+            style.append(f"background:rgb({rgb[0]},{rgb[1]},{rgb[2]});color:{text_colour_for(rgb)}")
+        except (TypeError, ValueError):
+            pass
+    prov = cell.provenance
+    if prov and prov not in ("context.py", "manual-input", "user", ""):
+        inner = (f"<span class='dmn-prov' style='--dmn-prov:{provenance_colour(prov)}' "
+                 f"title='{_esc('Provenance: ' + prov)}'></span>") + inner
+    style_attr = f" style='{';'.join(style)}'" if style else ""
+    return f"<span class='dmn-cell'{style_attr}>{inner}</span>"
+
+
+def plain_text(value: Any) -> str:
+    """Text for editable columns (Comment, user variables); the table shows it as plain text."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    return prettify(value) if not isinstance(value, str) else value
+
+
+def run_html(run: int, processing: list[dict]) -> str:
+    """The Run cell: the number, plus ⚙ (running) or ⋮ (queued) with who/where as a tooltip."""
+    if not processing:
+        return f"<b>{int(run)}</b>"
+    running = [p for p in processing if p.get("status") == "RUNNING"]
+    if running:
+        p = running[0]
+        where = f"{p.get('username') or '?'}@{p.get('hostname') or '?'}"
+        job = p.get("slurm_job_id")
+        tip = f"Processing on {where}" + (f" (Slurm job {job})" if job else "")
+        if len(processing) > 1:
+            tip = f"Processing in {len(processing)} jobs"
+        return f"<b class='dmn-run-proc' title='{_esc(tip)}' data-processing='running'>{int(run)} ⚙️</b>"
+    return f"<b class='dmn-run-proc' title='Processing is queued' data-processing='queued'>{int(run)} ⋮</b>"
+
+
+def sort_key(value: Any) -> Any:
+    """A sortable stand-in for a raw cell value: numbers as floats, text case-folded, blobs last."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return float(value)
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(value)
+    if isinstance(value, (complex, np.complexfloating)):
+        return abs(complex(value))
+    if isinstance(value, str):
+        return value.casefold()
+    return None
