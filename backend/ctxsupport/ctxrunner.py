@@ -22,15 +22,18 @@ from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 import numpy as np
-from ctx_groups import expand_groups
+from ctx_groups import assign_group_names, collect_groups, expand_groups
 from ctx_metadata import MetadataSource
 from damnit_ctx import (
     Cell,
     ContextFileErrors,
     DependencyError,
+    GroupError,
     RunData,
     Skip,
     Variable,
+    is_group_instance,
+    pipeline_scope,
 )
 
 log = logging.getLogger("ctxrunner")
@@ -38,6 +41,7 @@ log = logging.getLogger("ctxrunner")
 MYMDC_FIELDS = ("sample_name", "run_type", "techniques")
 META_FIELDS = ("run_number", "proposal", "proposal_path")
 _GLOB_CHARS = "*?["
+_module_counter = 0
 
 
 class ContextFile:
@@ -70,18 +74,28 @@ class ContextFile:
 
     @classmethod
     def from_str(cls, code: str, path: str = "<string>") -> ContextFile:
+        global _module_counter
         # A real module, so that dataclasses (Groups) and pickling can look the code's module up.
-        module = types.ModuleType("__damnit_context__")
+        _module_counter += 1
+        module = types.ModuleType(f"__damnit_context_{_module_counter}__")
         module.__file__ = path
         sys.modules[module.__name__] = module
         namespace = module.__dict__
-        exec(compile(code, path, "exec", dont_inherit=True), namespace)
+        with pipeline_scope() as state:
+            exec(compile(code, path, "exec", dont_inherit=True), namespace)
         found = {}
         for value in namespace.values():
             if isinstance(value, Variable) and value.func is not None:
                 found.setdefault(value.name, value)
-        found.update(expand_groups(namespace, found))
-        return cls(found, code, path)
+        if not state.used:  # plain context file: every Variable and Group in its globals
+            found.update(expand_groups(namespace, found))
+            return cls(found, code, path)
+        # Pipeline.default() / set_default() was used: the default pipeline decides
+        assign_group_names(namespace)
+        pipe = state.pipeline
+        if not state.explicit:
+            pipe.add(*found.values(), *[v for v in namespace.values() if is_group_instance(v)])
+        return pipe._rebuild(code=code, path=path)
 
     def _resolve_dependencies(self, problems: list[str]) -> dict[str, set[str]]:
         deps = {}
@@ -343,6 +357,19 @@ class ContextFile:
             else:
                 raise RuntimeError(f"Unknown path {ann!r} for variable {var.title!r}")
         return kwargs, missing_deps, missing_params
+
+
+def build_context(variables: dict[str, Variable], groups=(), code: str = "", path: str = "<string>"
+                  ) -> ContextFile:
+    """A ContextFile from explicit variables and (named) group instances, as Pipelines assemble them."""
+    by_name = {}
+    for group in groups:
+        collect_groups([group])  # checks that it has a name (nested groups get theirs below)
+        if by_name.setdefault(group.name, group) is not group:
+            raise GroupError(f"Group name {group.name!r} is used by multiple group instances")
+    variables = dict(variables)
+    variables.update(expand_groups(by_name, variables))
+    return ContextFile(variables, code, path)
 
 
 def _dependency_failure(missing: list[str], errors: dict[str, BaseException]) -> Exception:

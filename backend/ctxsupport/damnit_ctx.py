@@ -7,17 +7,21 @@ numpy; xarray, matplotlib, plotly and pandas objects are recognised without impo
 from __future__ import annotations
 
 import ast
+import contextvars
 import dataclasses
+import hashlib
 import inspect
 import re
 import sys
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from enum import Enum
 
 import numpy as np
 
 __all__ = [
     "Cell",
+    "Pipeline",
     "ContextFileErrors",
     "DependencyError",
     "Group",
@@ -426,3 +430,248 @@ class GroupBoundVariable:
 
     def __repr__(self) -> str:
         return f"<group variable {self.name!r}>"
+
+
+# ------------------------------------------------------------------------------------------ Pipeline
+
+class _PipelineState:
+    """The default pipeline of one context-file execution."""
+
+    def __init__(self):
+        self.pipeline = Pipeline(name="default")
+        self.explicit = False  # set_default() was called: ignore auto-discovery
+        self.used = False
+
+
+_DEFAULT_PIPELINE: contextvars.ContextVar[_PipelineState | None] = contextvars.ContextVar(
+    "damnit_default_pipeline", default=None)
+
+
+@contextmanager
+def pipeline_scope():
+    """Give one execution of a context file its own default pipeline (restored afterwards)."""
+    state = _PipelineState()
+    token = _DEFAULT_PIPELINE.set(state)
+    try:
+        yield state
+    finally:
+        _DEFAULT_PIPELINE.reset(token)
+
+
+def _flatten_items(items) -> tuple[list, list]:
+    """Variables and group instances from Variables, groups, ``{name: group}`` dicts and sequences."""
+    variables, groups = [], []
+
+    def visit(item):
+        if isinstance(item, Variable):
+            variables.append(item)
+        elif is_group_instance(item):
+            groups.append(item)
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                if is_group_instance(value) and value.name is None:
+                    value.name = key
+                if isinstance(value, (Variable, dict)) or is_group_instance(value):
+                    visit(value)
+                else:
+                    raise TypeError(f"Pipeline.add got {type(value).__name__!r} under key {key!r}; "
+                                    "expected a Variable or Group instance")
+        elif isinstance(item, Sequence) and not isinstance(item, (str, bytes, bytearray)):
+            for sub in item:
+                visit(sub)
+        else:
+            raise TypeError("Pipeline.add accepts Variables, Group instances, dicts of them or "
+                            f"sequences of them, not {type(item).__name__!r}")
+
+    for item in items:
+        visit(item)
+    return variables, groups
+
+
+class Pipeline:
+    """Select and execute a set of Variables/Groups programmatically.
+
+    ``Pipeline.from_context_file(path)`` / ``from_str(code)`` compile a context; ``.add(...)`` adds
+    variables or groups; ``.select(...)`` narrows it down; ``.execute()`` runs it on
+    ``data=`` or on run ``run_number`` of ``proposal`` opened with extra_data. Inside a context file,
+    ``Pipeline.default().add(...)`` adds to what DAMNIT discovers and ``Pipeline.set_default(p)``
+    replaces discovery by ``p``.
+    """
+
+    def __init__(self, proposal=None, run_number=None, *, name=None, data=None, run_data=None,
+                 param_values=None, _context=None):
+        self._name = name
+        self.proposal = proposal
+        self.run_number = run_number
+        self.data = data
+        self.run_data = self._run_data(run_data)
+        self.param_values = dict(param_values or {})
+        self._context = _context
+        self._variables: dict[str, Variable] = dict(_context.vars) if _context is not None else {}
+        self._groups: list = []
+        self._code = _context.code if _context is not None else ""
+        self._path = getattr(_context, "path", "<pipeline>") if _context is not None else "<pipeline>"
+        self._last_results = None
+
+    @staticmethod
+    def _run_data(value) -> RunData:
+        return RunData.ALL if value is None else RunData(value)
+
+    # ------------------------------------------------------------------ default pipeline
+    @classmethod
+    def _state(cls) -> _PipelineState:
+        state = _DEFAULT_PIPELINE.get()
+        if state is None:
+            state = _PipelineState()
+            _DEFAULT_PIPELINE.set(state)
+        state.used = True
+        return state
+
+    @classmethod
+    def default(cls) -> Pipeline:
+        """The pipeline the context file being loaded contributes to."""
+        return cls._state().pipeline
+
+    @classmethod
+    def set_default(cls, pipeline: Pipeline) -> Pipeline:
+        """Make ``pipeline`` the whole context: variables not added to it are ignored."""
+        if not isinstance(pipeline, Pipeline):
+            raise TypeError("Pipeline.set_default expects a Pipeline instance")
+        state = cls._state()
+        state.pipeline = pipeline
+        state.explicit = True
+        return pipeline
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_context_file(cls, path, *, name=None) -> Pipeline:
+        from ctxrunner import ContextFile
+
+        return cls(name=name, _context=ContextFile.from_py_file(path))
+
+    @classmethod
+    def from_str(cls, code: str, *, path: str = "<string>", name=None) -> Pipeline:
+        from ctxrunner import ContextFile
+
+        return cls(name=name, _context=ContextFile.from_str(code, path))
+
+    def copy(self) -> Pipeline:
+        new = Pipeline(self.proposal, self.run_number, name=self._name, data=self.data,
+                       run_data=self.run_data, param_values=self.param_values)
+        new._variables = dict(self._variables)
+        new._groups = list(self._groups)
+        new._code, new._path, new._context = self._code, self._path, self._context
+        return new
+
+    def add(self, *items) -> Pipeline:
+        variables, groups = _flatten_items(items)
+        for var in variables:
+            known = self._variables.get(var.name)
+            if known is not None and known is not var:
+                raise GroupError(f"Duplicate variable name {var.name!r}")
+            self._variables[var.name] = var
+        for group in groups:
+            if not any(group is g for g in self._groups):
+                self._groups.append(group)
+        self._rebuild()
+        return self
+
+    def union(self, other: Pipeline, *, on_conflict: str = "error") -> Pipeline:
+        """A new pipeline with the variables of both; same-named different variables per
+        ``on_conflict``: "error", "left" (keep ours) or "right" (take theirs)."""
+        if not isinstance(other, Pipeline):
+            raise TypeError("Pipeline.union expects a Pipeline instance")
+        if on_conflict not in ("error", "left", "right"):
+            raise ValueError("on_conflict must be 'error', 'left' or 'right'")
+        merged = dict(self.context.vars)
+        for name, var in other.context.vars.items():
+            mine = merged.get(name)
+            if mine is None or mine is var or on_conflict == "right":
+                merged[name] = var
+            elif on_conflict == "error":
+                raise ValueError(f"Duplicate variable name {name!r}")
+        new = self.copy()
+        new._variables, new._groups = merged, []
+        new._rebuild()
+        return new
+
+    def with_context(self, *, name=None, proposal=None, run_number=None, run_data=None, data=None,
+                     param_values=None) -> Pipeline:
+        new = self.copy()
+        if name is not None:
+            new._name = name
+        if proposal is not None:
+            new.proposal = proposal
+        if run_number is not None:
+            new.run_number = run_number
+        if run_data is not None:
+            new.run_data = self._run_data(run_data)
+        if data is not None:
+            new.data = data
+        if param_values is not None:
+            new.param_values = dict(param_values)
+        return new
+
+    def _rebuild(self, code: str | None = None, path: str | None = None):
+        from ctxrunner import build_context
+
+        if code is not None:
+            self._code = code
+        if path is not None:
+            self._path = path
+        self._context = build_context(self._variables, self._groups, self._code, self._path)
+        self._last_results = None
+        return self._context
+
+    # ------------------------------------------------------------------ use
+    @property
+    def name(self) -> str:
+        if self._name is not None:
+            return self._name
+        parts = [*self.param_values, str(self.proposal), str(self.run_number), *self.context.vars]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+
+    @property
+    def context(self):
+        if self._context is None:
+            self._rebuild()
+        return self._context
+
+    @property
+    def vars(self) -> dict:
+        return self.context.vars
+
+    @property
+    def results(self):
+        return self._last_results
+
+    def vars_to_dict(self, inc_transient: bool = False) -> dict:
+        return self.context.vars_to_dict(inc_transient=inc_transient)
+
+    def select(self, *, variables=(), match=(), run_data=None, cluster=None) -> Pipeline:
+        new = self.copy()
+        new._context = self.context.filter(run_data=self._run_data(run_data), cluster=cluster,
+                                           match=match, variables=variables)
+        new._variables, new._groups = dict(new._context.vars), []
+        return new
+
+    def execute(self, *, data=None, param_values=None):
+        """Run the variables; returns Results (``.cells``, ``.errors``), also kept as ``.results``."""
+        if self.proposal is None or self.run_number is None:
+            raise ValueError("proposal and run_number must be set to execute a Pipeline")
+        ctx = self.context
+        run = data if data is not None else self.data
+        if run is None:
+            import extra_data
+
+            if self.run_data is not RunData.RAW and any(
+                    v.data is RunData.PROC for v in ctx.vars.values()):
+                try:
+                    extra_data.open_run(self.proposal, self.run_number, data="proc")
+                except FileNotFoundError:
+                    ctx = ctx.filter(run_data=RunData.RAW)
+            run = extra_data.open_run(self.proposal, self.run_number,
+                                      data="raw" if self.run_data is RunData.RAW else "all")
+        params = {**self.param_values, **(param_values or {})}
+        self._last_results = ctx.execute(run, self.run_number, self.proposal, params, label=self.name)
+        return self._last_results
