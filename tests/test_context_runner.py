@@ -371,3 +371,30 @@ def test_ctxrunner_ctx_command_line(db_dir, tmp_path):
     subprocess.run([sys.executable, "-m", "ctxrunner", "ctx", str(db_dir / "context.py"), str(out)],
                    env=worker_env(), check=True, cwd=db_dir)
     assert json.loads(out.read_text())["variables"]["a"]["title"] == "a"
+
+
+@pytest.mark.oracle
+def test_context_python_in_another_environment(damnit_oracle, make_mock_runs, db_dir):
+    """The context runs in a different venv (the original DAMNIT's, which has its own damnit_ctx and
+    damnit.context): our ctxsupport is used there, and `from damnit.context import ...` still works."""
+    make_mock_runs(PROPOSAL, [1])
+    write_context(db_dir, '''
+        from damnit.context import Variable as OldStyleVariable
+        import sys
+
+        @OldStyleVariable(title="Interpreter")
+        def interpreter(run):
+            return sys.executable
+
+        @Variable(title="Energy")
+        def energy(run):
+            return run["SA1_XTD2_XGM/DOOCS/MAIN", "pulseEnergy.photonFlux"].xarray()
+    ''')
+    python = str(damnit_oracle.python)
+    info = load_context_info(db_dir, context_python=python)
+    assert set(info["variables"]) == {"interpreter", "energy"}, info
+    with WorkerPool(db_dir, context_python=python) as pool:
+        (outcome,) = pool.process([RunRequest(PROPOSAL, 1)])
+    res = _by_name(outcome)
+    assert res["interpreter"].data == python
+    assert res["energy"].objtype == OBJTYPE_DATAARRAY and float(res["energy"].data.mean()) > 0

@@ -558,8 +558,13 @@ def test_unstorable_return_is_that_variables_error():
         @Variable
         def ok(run):
             return 2
+        @Variable
+        def exits(run):
+            import sys
+            sys.exit(3)
     ''')
     res = run_mock(ctx)
+    assert isinstance(res.errors["exits"], SystemExit)
     assert isinstance(res.errors["objects"], TypeError)
     assert str(res.errors["objects"]).startswith("cannot store value of type dict returned by variable 'objects'")
     assert res.cells["ok"].data == 2
@@ -580,3 +585,10 @@ def test_context_import_and_syntax_errors_carry_location(tmp_path):
                                          "def a(run):\n    return 1\n")
     info = ctxrunner.load_context_for_info(tmp_path / "context.py")["error"]
     assert info["cls"] == "ContextFileErrors" and info["lineno"] == 4
+
+
+def test_damnit_context_import_still_works():
+    ctx = ctxrunner.ContextFile.from_str(
+        "from damnit.context import Variable, Cell\n"
+        "@Variable(title='X')\ndef x(run):\n    return Cell(3, bold=True)\n")
+    assert run_mock(ctx).cells["x"].bold is True

@@ -21,6 +21,7 @@ from datetime import timezone
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
+import ctx_compat
 import numpy as np
 from ctx_groups import assign_group_names, collect_groups, expand_groups
 from ctx_metadata import MetadataSource
@@ -37,6 +38,7 @@ from damnit_ctx import (
 )
 
 log = logging.getLogger("ctxrunner")
+ctx_compat.install()  # `from damnit.context import Variable` in context files
 
 MYMDC_FIELDS = ("sample_name", "run_type", "techniques")
 META_FIELDS = ("run_number", "proposal", "proposal_path")
@@ -299,7 +301,7 @@ class ContextFile:
                 elapsed = time.perf_counter() - t0
                 if on_done is not None and not var.transient:
                     on_done(name, cell, None, elapsed)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # sys.exit() in a variable fails only that variable
                 sys.stdout.flush()
                 elapsed = time.perf_counter() - t0
                 errors[name] = exc
