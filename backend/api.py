@@ -7,8 +7,8 @@ db[100, "xgm_intensity"].read()
 ```
 
 Differences from the original, on purpose:
-- `table()` is built from one query + a column-wise pivot (much faster), start_time is a real
-  datetime64[ns, Europe/Berlin] column, and cells of runs without any value are `pd.NA` as well.
+- `table()` is built from one query + a vectorised pivot (much faster); cells of runs without any
+  value at all are `pd.NA`/NaN like other missing cells (the original's merge leaves NaN there).
 - A variable named like a fixed column (`proposal`, `run`, `start_time`) appears as `var:<name>`
   instead of making `table()` fail. With titles, a title clashing with another column gets
   ` (<name>)` appended.
@@ -413,7 +413,9 @@ class Damnit:
 
         Blob summaries become placeholders: `<sparkline>` (trendline), `<ndarray>` (numpy),
         `<thumbnail>` (PNG), `<blob>` (other); complex numbers are decoded. A variable without a value
-        for a run is `pd.NA`; a value that was cleared (or an error) is None.
+        for a run is `pd.NA`; a value that was cleared (or an error) is None. Column dtypes are then
+        inferred like the original's: all-number columns become numeric, all-text columns pandas
+        strings (where a missing value reads as NaN).
         """
         import pandas as pd
 
@@ -477,7 +479,9 @@ class Damnit:
         col_names = {name: (f"var:{name}" if name in FIXED_COLUMNS else name) for name in names}
         for name in names:
             data[col_names[name]] = pd.Series(columns[name], dtype=object)
-        df = pd.DataFrame(data)
+        # Per-column dtypes as the original ends up with: numbers → int64/float64/complex128, text →
+        # pandas strings (whose missing value is NaN); mixed columns stay object with pd.NA/None.
+        df = pd.DataFrame(data).infer_objects()
 
         if with_titles:
             titles = self._db.variable_titles()

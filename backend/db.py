@@ -312,7 +312,8 @@ class DamnitDB:
         """Upsert many variables of one run in one transaction.
 
         A `start_time` entry goes to run_info, not run_variables. A value of None clears the row's value
-        and metadata but keeps `attributes` (which carries error information).
+        and metadata but keeps `attributes` (which carries error information). Names not defined yet
+        get a `variables` row (title = name, type NULL), which a later context definition overrides.
         """
         values = dict(values)
         if (st := values.pop("start_time", None)) is not None and start_time is None:
@@ -338,6 +339,10 @@ class DamnitDB:
                 " provenance=excluded.provenance, summary_type=excluded.summary_type,"
                 " summary_method=excluded.summary_method, attributes=excluded.attributes", rows)
             if not self._view_has_names(values):
+                # Define names never seen before (e.g. sent by damnit.submit()), so that every API,
+                # including the original's, can look them up by title.
+                self.conn.executemany("INSERT OR IGNORE INTO variables (name, title) VALUES (?, ?)",
+                                      [(n, n) for n in values if n != "comment"])
                 self.update_views()
         self.write(txn, f"set_variables p{proposal} r{run}")
 

@@ -198,8 +198,8 @@ def test_table(db_dir):
     assert df["var:run"].tolist() == [100, 200, 300]
     assert str(df["start_time"].dt.tz) == "Europe/Berlin"
     assert df["start_time"][0] == pd.Timestamp(START + 1, unit="s", tz="UTC")
-    assert df["comment"].tolist()[0] == "first!" and df["comment"][1] is pd.NA
-    assert df["scalar"].tolist() == [1.5, 3.0, 4.5]
+    assert df["comment"].tolist()[0] == "first!" and pd.isna(df["comment"][1])
+    assert df["scalar"].tolist() == [1.5, 3.0, 4.5] and df["scalar"].dtype == np.float64
     assert df["integer"][2] is pd.NA  # no row for run 3
     assert df["failing"].tolist() == [None, None, None]  # rows exist, value NULL (errors)
     assert df["note"].tolist() == [None, None, None]  # defined, never set
