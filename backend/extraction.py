@@ -12,6 +12,7 @@ import argparse
 import getpass
 import logging
 import os
+import queue
 import socket
 import sys
 import threading
@@ -193,8 +194,9 @@ class RunProcessor:
                 *, update_vars: bool = True, processing_ids: dict | None = None) -> Iterator[RunOutcome]:
         """Process `requests`, storing each run's results as soon as it finishes.
 
-        The context is read first (and, with `update_vars`, the `variables` table updated); if it cannot
-        be loaded, ContextLoadError is raised before anything is written. Yields one RunOutcome per run;
+        The context is checked (and, with `update_vars`, the `variables` table updated) before anything
+        is stored; if it cannot be loaded, ContextLoadError is raised and nothing is written except
+        notes in the run logs. Yields one RunOutcome per run;
         ``outcome.run_error`` is set when the run could not be processed or stored.
         """
         requests = list(requests)
@@ -211,52 +213,71 @@ class RunProcessor:
         n_workers = self.n_workers or os.cpu_count() or 1
         n_workers = max(1, min(n_workers, len(requests)))
 
-        # Start the workers first: they load the context while we evaluate it for the variables table.
+        _make_shared_dir(self.db_dir / "extracted_data")
+        _make_shared_dir(self.db_dir / "process_logs")
+        user, node = getpass.getuser(), _node_info()
+        for req in requests:
+            _append_log(req.log_path, f"\n----- Processing r{req.run} (p{req.proposal}) as {user} on {node} -----")
+
+        # The workers start on the runs at once, in a feeder thread, while this thread checks the context
+        # and then stores results as they come: neither waits for the other. Nothing is written to the
+        # database or the run files before the context has been checked.
         pool = self._workers_for(n_workers)
+        outcomes: queue.Queue = queue.Queue()
+        feeder = threading.Thread(target=self._feed, args=(pool, requests, outcomes), daemon=True,
+                                  name="damnit-workers")
         completed = False
+        stop = threading.Event()
+        heartbeat = None
         try:
+            feeder.start()
             info = self.read_context()
             self.context_info = info
             if update_vars:
                 self.update_variables(info)
 
-            _make_shared_dir(self.db_dir / "extracted_data")
-            _make_shared_dir(self.db_dir / "process_logs")
-            user = getpass.getuser()
-            node = _node_info()
-            for req in requests:
-                _append_log(req.log_path, f"\n----- Processing r{req.run} (p{req.proposal}) as {user} "
-                                          f"on {node} -----")
-
             in_flight = {id(r): r for r in requests}
             for req in requests:
                 self._send_state(req, processing_ids[id(req)])
-            stop = threading.Event()
             heartbeat = threading.Thread(target=self._heartbeat, args=(stop, in_flight, processing_ids),
                                          daemon=True, name="damnit-heartbeat")
             heartbeat.start()
-            try:
-                for outcome in pool.process(requests):
-                    self._store(outcome)
-                    in_flight.pop(id(outcome.request), None)
-                    self._send(self.producer.processing_finished, self.db,
-                               processing_ids.get(id(outcome.request)))
-                    if progress is not None:
-                        progress(outcome)
-                    yield outcome
-                completed = True
-            finally:
-                stop.set()
-                heartbeat.join(timeout=1)
+            while True:
+                kind, item = outcomes.get()
+                if kind == "done":
+                    break
+                if kind == "error":
+                    raise item
+                self._store(item)
+                in_flight.pop(id(item.request), None)
+                self._send(self.producer.processing_finished, self.db, processing_ids.get(id(item.request)))
+                if progress is not None:
+                    progress(item)
+                yield item
+            completed = True
         finally:
-            if not completed:  # interrupted, or the context failed: start afresh next time
+            stop.set()
+            if not completed:  # interrupted, or the context failed: stop the workers, start afresh next time
                 self.close()
+            feeder.join(timeout=10)
+            if heartbeat is not None:
+                heartbeat.join(timeout=1)
             flush = getattr(self.producer, "flush", None)
             if flush is not None:
                 try:
                     flush()
                 except Exception as e:  # an unreachable broker must not fail processing
                     log.warning("Could not flush update messages: %s", e)
+
+    @staticmethod
+    def _feed(pool: WorkerPool, requests: list[RunRequest], outcomes: queue.Queue) -> None:
+        """Run the requests through the pool, passing each outcome on as soon as it arrives."""
+        try:
+            for outcome in pool.process(requests):
+                outcomes.put(("outcome", outcome))
+            outcomes.put(("done", None))
+        except BaseException as e:  # handed to the consuming thread, which re-raises it
+            outcomes.put(("error", e))
 
     def _store(self, outcome: RunOutcome) -> None:
         """Merge one run's results into its HDF5 file and the database, then announce them."""
