@@ -258,7 +258,9 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
     limit = args.concurrent_jobs if args.concurrent_jobs and args.concurrent_jobs > 0 else None
     if args.direct:
         return _reprocess_direct(db_dir, requests, limit)
-    return _reprocess_slurm(db_dir, db, requests, limit, watch=args.watch)
+    if args.watch:
+        return _reprocess_watch(db_dir, db, requests)
+    return _reprocess_slurm(db_dir, requests, limit)
 
 
 def _runs_on_disk_or_empty(proposal: int) -> set[int]:
@@ -277,7 +279,7 @@ def _reprocess_direct(db_dir: Path, requests: list, n_workers: int | None) -> in
 
     processor = RunProcessor(db_dir, n_workers=n_workers)
     failed: list = []
-    var_errors = 0
+    var_errors = skipped = 0
     t0 = time.monotonic()
     bar = tqdm(total=len(requests), unit="run", desc="Processing", file=sys.stderr, dynamic_ncols=True)
     try:
@@ -285,7 +287,8 @@ def _reprocess_direct(db_dir: Path, requests: list, n_workers: int | None) -> in
             if outcome.run_error:
                 failed.append(outcome)
             else:
-                var_errors += sum(1 for r in outcome.results if r.is_error)
+                var_errors += sum(1 for r in outcome.results if r.is_error and r.error_cls != "Skip")
+                skipped += sum(1 for r in outcome.results if r.error_cls == "Skip")
             bar.set_postfix(failed=len(failed), refresh=False)
             bar.update(1)
     except ContextLoadError as e:
@@ -303,14 +306,58 @@ def _reprocess_direct(db_dir: Path, requests: list, n_workers: int | None) -> in
               f"(log: {req.log_path})", file=sys.stderr)
     ok = len(requests) - len(failed)
     print(f"Processed {len(requests)} runs in {elapsed:.1f} s: {ok} succeeded, {len(failed)} failed, "
-          f"{var_errors} variable errors")
+          f"{var_errors} variable errors, {skipped} skipped")
     return 1 if failed else 0
 
 
-def _reprocess_slurm(db_dir: Path, db, requests: list, limit: int | None, *, watch: bool) -> int:
+def _reprocess_watch(db_dir: Path, db, requests: list) -> int:
+    """Run one Slurm job at a time with `srun`, showing each run's log live (the original's --watch)."""
+    import subprocess
+
+    from backend import slurm
+
+    settings = slurm.SlurmSettings.from_settings(dict(db.metameta))
+    failed = []
+    for i, req in enumerate(requests):
+        job = slurm.ExtractionRequest(req.proposal, req.run, req.run_data, match=tuple(req.match),
+                                      variables=tuple(req.variables), mock=req.mock, update_vars=(i == 0))
+        cmd = ["srun", *settings.resource_options(False), "--job-name", job.job_name, "--chdir", str(db_dir),
+               *job.command(db_dir)]
+        log_path = db_dir / "process_logs" / f"r{req.run}-p{req.proposal}.out"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        start = log_path.stat().st_size if log_path.exists() else 0
+        try:
+            with open(log_path, "a") as out:
+                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        env=slurm.job_env(), cwd=db_dir)
+        except FileNotFoundError:
+            raise CLIError("srun not found: Slurm is not available here; use --direct") from None
+        _follow(log_path, start, proc)
+        if proc.returncode != 0:
+            failed.append(req.run)
+            print(f"r{req.run}: job failed (exit code {proc.returncode}); see {log_path}", file=sys.stderr)
+    print(f"Processed {len(requests)} runs with srun: {len(requests) - len(failed)} succeeded, "
+          f"{len(failed)} failed")
+    return 1 if failed else 0
+
+
+def _follow(path: Path, offset: int, proc) -> None:
+    """Copy what is appended to `path` to stdout until `proc` exits."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while True:
+            done = proc.poll() is not None
+            chunk = f.read()
+            if chunk:
+                sys.stdout.write(chunk.decode(errors="replace"))
+                sys.stdout.flush()
+            if done:
+                return
+            time.sleep(0.2)
+
+
+def _reprocess_slurm(db_dir: Path, requests: list, limit: int | None) -> int:
     """Submit the runs as Slurm array jobs (one array per proposal), announced as PENDING."""
-    if watch:
-        raise CLIError("--watch is not supported; use --direct to process here with live progress")
     try:
         from backend import slurm
     except ImportError:

@@ -249,7 +249,7 @@ def test_reprocess_direct_end_to_end(tmp_path, make_mock_runs, monkeypatch, caps
     assert main(["reprocess", "1", "2", "3", "7", "--direct", "--in", str(d)]) == 0
     out, err = capsys.readouterr()
     assert "skipping 1 runs because they don't exist: [7]" in err
-    assert re.search(r"Processed 3 runs in [\d.]+ s: 3 succeeded, 0 failed, 0 variable errors", out)
+    assert re.search(r"Processed 3 runs in [\d.]+ s: 3 succeeded, 0 failed, 0 variable errors, 0 skipped", out)
     assert "3/3" in err  # the progress bar reached the end
 
     v = values(d)
@@ -382,3 +382,22 @@ def test_reprocess_through_slurm(tmp_path, make_mock_runs, slurm_cluster, monkey
         pytest.fail(f"Slurm jobs did not store values in time; logs: {logs}; slurm: {slurm_cluster.log_tail()}")
     assert v[(1, "n_trains")] == 50 and v[(2, "sample_x")] == pytest.approx(1.5, abs=0.01)
     assert "----- Processing r1 (p1234)" in (d / "process_logs" / "r1-p1234.out").read_text()
+
+
+def test_reprocess_watch_runs_jobs_one_by_one_with_live_output(tmp_path, make_mock_runs, slurm_cluster,
+                                                                monkeypatch, capsys):
+    make_mock_runs(PROPOSAL, [1, 2])
+    d = init_db(tmp_path / "db")
+    monkeypatch.chdir(d)
+    for key, value in (("noncluster_cpus", "1"), ("noncluster_mem", "200M"), ("slurm_time", "00:05:00")):
+        assert main(["db-config", key, value]) == 0
+    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    capsys.readouterr()
+    assert main(["reprocess", "1", "2", "--watch", "--var", "sample_x"]) == 0
+    out = capsys.readouterr().out
+    # the runs' logs were shown as they were written, in order
+    assert out.index("----- Processing r1 (p1234)") < out.index("----- Processing r2 (p1234)")
+    assert "Computed sample_x" in out
+    assert "2 succeeded, 0 failed" in out
+    assert set(values(d)) == {(1, "sample_x"), (2, "sample_x")}
+    assert {r[0] for r in rows(d, "SELECT name FROM variables")} == {"n_trains", "sample_x", "xgm_energy"}
