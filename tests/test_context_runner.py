@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import sys
 
+import numpy as np
 import pytest
 import xarray as xr
 from PIL import Image
@@ -398,3 +399,25 @@ def test_context_python_in_another_environment(damnit_oracle, make_mock_runs, db
     res = _by_name(outcome)
     assert res["interpreter"].data == python
     assert res["energy"].objtype == OBJTYPE_DATAARRAY and float(res["energy"].data.mean()) > 0
+
+
+def test_large_values_and_many_runs_on_few_workers(db_dir):
+    """Frames far bigger than a pipe buffer arrive intact; every run comes back exactly once."""
+    write_context(db_dir, '''
+        @Variable
+        def big(run, n: "meta#run_number"):
+            return np.full((1200, 1200), float(n))  # 11.5 MB
+        @Variable
+        def small(run, n: "meta#run_number"):
+            return n
+    ''')
+    with WorkerPool(db_dir, n_workers=2) as pool:
+        outcomes = list(pool.process([RunRequest(PROPOSAL, r, mock=True) for r in range(1, 4)]))
+        many = list(pool.process([RunRequest(PROPOSAL, r, mock=True, variables=["small"])
+                                  for r in range(1, 21)]))
+    for outcome in outcomes:
+        big = _by_name(outcome)["big"]
+        assert big.data.shape == (1200, 1200) and np.all(big.data == outcome.request.run)
+        assert is_png(big.summary)
+    assert sorted(o.request.run for o in many) == list(range(1, 21))
+    assert all(_by_name(o)["small"].data == o.request.run for o in many)
