@@ -437,3 +437,110 @@ def test_submit_fragment_merged_by_us(tmp_path, damnit_oracle):
     prov = sqlite3.connect(d / "runs.sqlite").execute(
         "SELECT provenance FROM run_variables WHERE run=1 AND name='ext_value'").fetchone()[0]
     assert prov == "ext-script"
+
+
+PIPELINE_CONTEXT = '''
+import numpy as np
+import xarray as xr
+from damnit_ctx import Cell, Skip, Variable
+
+@Variable(title="Number", units="mm", tags=["basic"])
+def number(run, run_no: "meta#run_number"):
+    """A number from the run number"""
+    return run_no * 1.5
+
+@Variable(title="Text")
+def text(run, n: "var#number"):
+    return f"n={n}"
+
+@Variable(title="Line", summary="max")
+def line(run, run_no: "meta#run_number"):
+    return np.arange(100.0) * run_no
+
+@Variable(title="Trend")
+def trend(run, run_no: "meta#run_number"):
+    return np.sin(np.arange(500.0) / 50) * run_no
+
+@Variable(title="Image")
+def image(run, run_no: "meta#run_number"):
+    return np.random.default_rng(run_no).random((32, 32))
+
+@Variable(title="Detector/DA", tags=["det"])
+def da(run, run_no: "meta#run_number"):
+    return xr.DataArray(np.arange(6.0).reshape(2, 3) * run_no, dims=("x", "y"), coords={"x": [1, 2]},
+                        attrs={"units": "V"})
+
+@Variable(title="DS")
+def ds(run):
+    return xr.Dataset({"a/b": ("t", np.arange(3)), "c": ("t", np.ones(3))})
+
+@Variable(title="Complex")
+def cplx(run, run_no: "meta#run_number"):
+    return complex(run_no, 2)
+
+@Variable(title="Fails")
+def fails(run):
+    raise ValueError("nope")
+
+@Variable(title="Skipped")
+def skipped(run):
+    raise Skip("not today")
+
+@Variable(title="Dependent")
+def dependent(run, x: "var#fails"):
+    return 1
+
+@Variable(title="Fancy")
+def fancy(run):
+    return Cell(np.arange(5.0), summary_value=3.0, bold=True, background="#112233", preview=np.arange(3.0))
+
+@Variable(transient=True)
+def hidden(run):
+    return 5
+'''
+
+
+def test_we_read_what_the_original_pipeline_produced(tmp_path, damnit_oracle):
+    """`damnit init` + `reprocess --direct --mock` + `combiner now` by the original; read by ours."""
+    d = tmp_path / "amore"
+    ctx = tmp_path / "context.py"
+    ctx.write_text(PIPELINE_CONTEXT)
+    damnit_oracle.damnit("init", d, "--proposal", "1234", "--context", ctx, cwd=tmp_path)
+    damnit_oracle.damnit("db-config", "context_python", damnit_oracle.python, cwd=d)
+    damnit_oracle.damnit("reprocess", "1", "2", "--mock", "--direct", cwd=d)
+    damnit_oracle.damnit("combiner", "now", d, cwd=d)
+
+    theirs = oracle_probe(damnit_oracle, d)
+    ours = ours_probe(d)
+    assert ours["runs"] == [1, 2]
+    compare_probes(ours, theirs)
+    r2 = ours["per_run"]["2"]["vars"]
+    assert r2["number"]["read"] == 3.0 and r2["number"]["units"] == "mm" and r2["number"]["title"] == "Number"
+    assert r2["text"]["read"] == "n=3.0"
+    assert r2["line"]["summary"] == 198.0
+    assert r2["trend"]["summary"]["shape"][0] == 2  # trendline
+    assert r2["da"]["read"]["dict"]["attrs"] == {"units": "V"} and r2["da"]["units"] == "V"
+    assert r2["cplx"]["read"] == {"complex": [2.0, 2.0]}
+    assert r2["fancy"]["summary"] == 3.0 and r2["fancy"]["preview_nofallback"]["array"] == [0.0, 1.0, 2.0]
+    assert "fails" not in ours["per_run"]["2"]["keys"] and "hidden" not in ours["per_run"]["2"]["keys"]
+    table = ours["table"]["frame"]
+    assert table["image"] == ["<thumbnail>"] * 2 and table["trend"] == ["<sparkline>"] * 2
+    assert table["fails"] == [{"none": True}] * 2
+
+    # What our DB layer sees of their data: errors carried in attributes, tags synced.
+    with DamnitDB.from_dir(d) as db:
+        attrs = json.loads(db.conn.execute(
+            "SELECT attributes FROM run_variables WHERE run=1 AND name='skipped'").fetchone()[0])
+        assert attrs == {"error": "not today", "error_cls": "Skip"}
+        dep = json.loads(db.conn.execute(
+            "SELECT attributes FROM run_variables WHERE run=1 AND name='dependent'").fetchone()[0])
+        assert dep["error_cls"] == "DependencyError"
+        assert db.get_variables_by_tag("det") == ["da"]
+        fancy = read_reduced(run_file_path(d, 1234, 1), ["fancy"])["fancy"]
+        assert fancy.attributes == {"bold": True, "background": [17, 34, 51]}
+        # and our updates of their database don't disturb them
+        db.update_computed_variables({"number": {"title": "Number!", "description": "changed", "tags": ["basic"]}})
+        db.change_run_comment(1234, 2, "ours")
+    theirs_after = oracle_probe(damnit_oracle, d)
+    assert theirs_after["per_run"]["2"]["vars"]["number"]["title"] == "Number!"
+    assert theirs_after["table"]["frame"]["comment"][1] == "ours"
