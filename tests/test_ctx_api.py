@@ -592,3 +592,18 @@ def test_damnit_context_import_still_works():
         "from damnit.context import Variable, Cell\n"
         "@Variable(title='X')\ndef x(run):\n    return Cell(3, bold=True)\n")
     assert run_mock(ctx).cells["x"].bold is True
+
+
+def test_all_kinds_of_problems_reported_together(tmp_path):
+    msg = _problems('''
+        @Variable(units=5)
+        def a(run, x: "var#missing"):
+            return x
+        @Variable
+        def b(run, x: "var#c"):
+            return x
+        @Variable
+        def c(run, x: "var#b"):
+            return x
+    ''', tmp_path)
+    assert "depends on 'var#missing'" in msg and "cyclical dependencies" in msg and "units=5" in msg

@@ -60,12 +60,17 @@ class ContextFile:
         self.path = path
         problems: list[str] = []
         self._deps = self._resolve_dependencies(problems)
-        if problems:  # unresolvable names make ordering meaningless
-            raise ContextFileErrors(problems)
-        self._order = self._topological_order()
-        self._promote()
+        try:
+            self._order = self._topological_order()
+        except ContextFileErrors as exc:
+            problems.extend(exc.problems)
+            self._order = tuple(self.vars)
+        else:
+            self._promote()
         if check:
-            self.check()
+            problems.extend(self.problems())
+        if problems:
+            raise ContextFileErrors(problems)
 
     # ----------------------------------------------------------------------------- construction
 
@@ -152,6 +157,12 @@ class ContextFile:
                 var.cluster = True
 
     def check(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ContextFileErrors(problems)
+
+    def problems(self) -> list[str]:
+        """Everything wrong with the variables' settings and annotations, one located line each."""
         problems = []
         for name, var in self.vars.items():
             problems.extend(var.check())
@@ -183,8 +194,7 @@ class ContextFile:
             if len(names) > 1:
                 places = ", ".join(f"{n} ({self.vars[n].location()})" for n in names)
                 problems.append(f"These Variables have duplicate titles between them ({title!r}): {places}")
-        if problems:
-            raise ContextFileErrors(problems)
+        return problems
 
     # ------------------------------------------------------------------------------ inspection
 
