@@ -344,3 +344,56 @@ def test_processor_keeps_workers_and_follows_context_edits(tmp_path, make_mock_r
     rows = db_rows(db_dir)
     assert rows[(3, "ten")][0] == 10
     assert rows[(3, "pid")][0] != pids[1]  # reloaded in a fresh worker
+
+
+ORACLE_READ_ALL = """
+import json, sys
+import numpy as np
+from damnit import Damnit
+db = Damnit(sys.argv[1] if len(sys.argv) > 1 else {db!r})
+out = {{"columns": sorted(db.table().columns), "runs": {{}}}}
+for run in db.runs():
+    rv = db[run]
+    kinds = {{}}
+    for name in rv.keys():
+        value = rv[name].read()
+        kinds[name] = type(value).__name__ + (str(np.shape(value)) if hasattr(value, "shape") else "")
+    out["runs"][str(run)] = kinds
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.oracle
+def test_results_match_the_original(tmp_path, make_mock_runs, damnit_oracle):
+    """Same context, same runs: our runs.sqlite rows match the original's, and its API reads ours."""
+    make_mock_runs(PROPOSAL, [1, 2], with_proc=True)
+    context = CONTEXTS / "demo_context.py"
+    ours = make_db(tmp_path / "ours", context.read_text())
+    process(ours, [1, 2])
+    theirs = damnit_oracle.make_reference_db(tmp_path / "theirs", PROPOSAL, [1, 2], context)
+
+    def table(db_dir):
+        conn = sqlite3.connect(db_dir / "runs.sqlite")
+        rows = conn.execute("SELECT run, name, value, summary_type, summary_method, attributes, max_diff"
+                            " FROM run_variables").fetchall()
+        conn.close()
+        return {(r, n): rest for r, n, *rest in rows}
+
+    mine, ref = table(ours), table(theirs)
+    assert set(mine) == set(ref)
+    for key, (value, stype, smethod, attrs, max_diff) in ref.items():
+        m_value, m_stype, m_smethod, m_attrs, m_max_diff = mine[key]
+        assert (m_stype, m_smethod) == (stype, smethod), key
+        assert json.loads(m_attrs or "{}") == pytest.approx(json.loads(attrs or "{}")), key
+        if isinstance(value, (int, float)):
+            assert m_value == pytest.approx(value, rel=1e-6), key
+        elif isinstance(value, bytes):
+            assert isinstance(m_value, bytes) and m_value[:8] == value[:8], key  # same blob kind (PNG, .npy)
+        else:
+            assert m_value == value, key
+        assert (m_max_diff is None) == (max_diff is None), key
+    assert start_times(ours) == pytest.approx(start_times(theirs))
+
+    read_ours = damnit_oracle.run_json(ORACLE_READ_ALL.format(db=str(ours)))
+    read_ref = damnit_oracle.run_json(ORACLE_READ_ALL.format(db=str(theirs)))
+    assert read_ours == read_ref
