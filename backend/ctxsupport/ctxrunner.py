@@ -464,11 +464,22 @@ def error_info(exc: BaseException, context_path: str | None = None) -> dict:
     return {
         "cls": type(exc).__name__,
         "message": str(exc),
-        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "traceback": _user_traceback(exc, context_path),
         "filename": filename,
         "lineno": lineno,
         "offset": offset,
     }
+
+
+def _user_traceback(exc: BaseException, context_path: str | None) -> str:
+    """The traceback from the context file's first frame on (our loading machinery is noise to the
+    user); just the exception line when the problem was found by our checks, not in user code."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != context_path:
+        tb = tb.tb_next
+    if tb is None and not isinstance(exc, SyntaxError):
+        return "".join(traceback.format_exception_only(type(exc), exc))
+    return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
 def load_context_for_info(path: Path) -> dict:
