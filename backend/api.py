@@ -18,6 +18,7 @@ Differences from the original, on purpose:
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from collections.abc import Iterator
@@ -70,6 +71,17 @@ def _type_hint(obj: h5py.HLObject) -> DataType | None:
 
 def _is_numeric(dtype: np.dtype) -> bool:
     return np.issubdtype(dtype, np.number) or dtype == np.bool_
+
+
+@contextmanager
+def _gc_paused():
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class VariableData:
@@ -417,6 +429,10 @@ class Damnit:
         inferred like the original's: all-number columns become numeric, all-text columns pandas
         strings (where a missing value reads as NaN).
         """
+        with _gc_paused():  # ~1M short-lived tuples: generational GC passes would dominate the time
+            return self._table(with_titles)
+
+    def _table(self, with_titles: bool):
         import pandas as pd
 
         conn = self._db.conn.cursor()
