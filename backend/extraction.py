@@ -231,7 +231,12 @@ class RunProcessor:
         heartbeat = None
         try:
             feeder.start()
-            info = self.read_context()
+            try:
+                info = self.read_context()
+            except ContextLoadError as e:
+                for req in requests:
+                    _append_log(req.log_path, f"{e}\nNothing was processed for this run.")
+                raise
             self.context_info = info
             if update_vars:
                 self.update_variables(info)
@@ -366,8 +371,6 @@ def run_process_command(args: argparse.Namespace) -> int:
         with processor:
             outcomes = list(processor.process([req], update_vars=args.update_vars, processing_ids=ids))
     except ContextLoadError as e:
-        _make_shared_dir(db_dir / "process_logs")
-        _append_log(run_log_path(db_dir, args.proposal, args.run), str(e))
         print(e, file=sys.stderr)
         return 3
     failed = [o for o in outcomes if o.run_error]

@@ -317,6 +317,9 @@ def test_reprocess_with_broken_context_leaves_earlier_data(tmp_path, make_mock_r
     assert f"context.py:{lineno}" in err and "ModuleNotFoundError" in err
     assert "database is unchanged" in err
     assert rows(d, "SELECT * FROM run_variables ORDER BY run, name") == before
+    for run in (1, 2):
+        log = (d / "process_logs" / f"r{run}-p{PROPOSAL}.out").read_text()
+        assert f"context.py:{lineno}" in log and "Nothing was processed for this run." in log
 
 
 def test_reprocess_one_failing_run_is_reported(tmp_path, make_mock_runs, monkeypatch, capsys):
