@@ -16,13 +16,12 @@ import struct
 import sys
 import threading
 import time
-import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
 from ctx_storable import cell_record, error_record
 from ctx_storable import max_variable_bytes as resolve_limit
-from ctxrunner import ContextFile, error_info, mock_run
+from ctxrunner import ContextFile, error_info, mock_run, variable_traceback
 from damnit_ctx import RunData
 
 log = logging.getLogger("ctxrunner")
@@ -142,8 +141,7 @@ class Worker:
             if exc is None:
                 record = cell_record(name, cell, elapsed, self.limit)  # may raise: becomes an error
             else:
-                tb = "" if name in prefailed else "".join(
-                    traceback.format_exception(type(exc), exc, exc.__traceback__))
+                tb = "" if name in prefailed else variable_traceback(exc)
                 record = error_record(name, exc, elapsed, tb)
             self.out.send(("var_done", record))
 

@@ -321,7 +321,7 @@ class ContextFile:
                 elif name in prefailed:
                     log.error("%sNot running %s: %s: %s", label, name, type(exc).__name__, exc)
                 else:
-                    log.error("%sCould not get data for %s", label, name, exc_info=True)
+                    log.error("%sCould not get data for %s\n%s", label, name, variable_traceback(exc).rstrip())
                 if on_done is not None and not var.transient:
                     on_done(name, None, exc, elapsed)
                 continue
@@ -469,6 +469,19 @@ def error_info(exc: BaseException, context_path: str | None = None) -> dict:
         "lineno": lineno,
         "offset": offset,
     }
+
+
+_OWN_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def variable_traceback(exc: BaseException) -> str:
+    """A variable's traceback without the runner's own frames (they come first)."""
+    tb = exc.__traceback__
+    while tb is not None and os.path.dirname(os.path.abspath(tb.tb_frame.f_code.co_filename)) == _OWN_DIR:
+        tb = tb.tb_next
+    if tb is None:  # raised by our own checks (e.g. a value that cannot be stored): the message says it
+        return "".join(traceback.format_exception_only(type(exc), exc))
+    return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
 def _user_traceback(exc: BaseException, context_path: str | None) -> str:
