@@ -397,3 +397,40 @@ def test_results_match_the_original(tmp_path, make_mock_runs, damnit_oracle):
     read_ours = damnit_oracle.run_json(ORACLE_READ_ALL.format(db=str(ours)))
     read_ref = damnit_oracle.run_json(ORACLE_READ_ALL.format(db=str(theirs)))
     assert read_ours == read_ref
+
+
+@pytest.mark.kafka
+def test_update_messages_reach_the_broker(tmp_path, make_mock_runs, amore_broker):
+    """Processing announces itself on test.damnit.db-<db_id> through a real broker, in order."""
+    import asyncio
+
+    from backend.messages import UpdateProducer, iter_messages
+
+    make_mock_runs(PROPOSAL, 1)
+    db_dir = make_db(tmp_path / "db", SIMPLE_CONTEXT)
+    topic = DamnitDB.from_dir(db_dir).kafka_topic
+    with UpdateProducer.from_env() as producer:
+        assert producer.online
+        outcomes = list(RunProcessor(db_dir, producer=producer).process([RunRequest(proposal=PROPOSAL, run=1)]))
+    assert outcomes[0].run_error is None
+
+    async def collect():
+        got = []
+        async for kind, data in iter_messages(topic, [amore_broker.address], from_beginning=True):
+            got.append((kind, data))
+            if kind == "processing_finished":
+                return got
+
+    messages = asyncio.run(asyncio.wait_for(collect(), 30))
+    kinds = [k for k, _ in messages]
+    assert kinds[:4] == ["variable_set"] * 4
+    assert kinds[4] == "processing_state_set" and kinds[-2:] == ["run_values_updated", "processing_finished"]
+    var = {d["name"]: d for _, d in messages[:4]}
+    assert var["n_trains"] == {"name": "n_trains", "title": "Trains", "description": None,
+                               "tags": ["run", "basic"], "attributes": None, "type": None}
+    state = messages[4][1]
+    assert state["status"] == "RUNNING" and (state["proposal"], state["run"], state["data"]) == (PROPOSAL, 1, "all")
+    assert messages[-1][1] == {"processing_id": state["processing_id"]}
+    updated = messages[-2][1]
+    assert (updated["proposal"], updated["run"]) == (PROPOSAL, 1)
+    assert updated["values"] == {"n_trains": None, "sample_x": None, "broken": None, "double_trains": None}
