@@ -12,9 +12,11 @@ matplotlib (lines/markers/bars, heatmaps as images), which needs no browser.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import json
 import logging
+import threading
 
 import numpy as np
 
@@ -122,13 +124,32 @@ def array_thumbnail(image) -> np.ndarray:
     return png_bytes(np.asarray(img))
 
 
-def plotly_thumbnail(fig_json: str) -> np.ndarray:
-    try:
-        import plotly.io as pio
+KALEIDO_TIMEOUT = 20.0  # s; kaleido drives a browser, which must not stall processing
 
-        png = pio.from_json(fig_json).to_image(format="png")
-    except Exception as exc:  # kaleido missing or no browser for it: draw the data ourselves
-        log.debug("kaleido unavailable for plotly thumbnail (%s); drawing with matplotlib", exc)
+
+def _kaleido_png(fig_json: str) -> bytes | None:
+    """PNG from kaleido, or None if it is not installed, fails or takes too long."""
+    if importlib.util.find_spec("kaleido") is None:
+        return None
+    result: list = []
+
+    def render():
+        try:
+            import plotly.io as pio
+
+            result.append(pio.from_json(fig_json).to_image(format="png"))
+        except Exception as exc:
+            log.warning("kaleido could not render a plotly thumbnail (%s); drawing it with matplotlib", exc)
+
+    thread = threading.Thread(target=render, name="kaleido", daemon=True)
+    thread.start()
+    thread.join(KALEIDO_TIMEOUT)
+    return result[0] if result else None
+
+
+def plotly_thumbnail(fig_json: str) -> np.ndarray:
+    png = _kaleido_png(fig_json)
+    if png is None:
         return _plotly_fallback_thumbnail(json.loads(fig_json))
     from PIL import Image
 

@@ -147,6 +147,8 @@ class Worker:
 
         results = selection.execute(data, run, proposal, request.get("param_values") or {},
                                     prefailed=prefailed, on_start=on_start, on_done=on_done)
+        log.info("Run %s done in %.2f s: %d values, %d errors or skips", run, time.perf_counter() - t0,
+                 len(results.cells), len(results.errors))
         self.out.send(("run_done", run, {"start_time": float(results.start_time),
                                          "elapsed": time.perf_counter() - t0}))
 
