@@ -421,3 +421,21 @@ def test_large_values_and_many_runs_on_few_workers(db_dir):
         assert is_png(big.summary)
     assert sorted(o.request.run for o in many) == list(range(1, 21))
     assert all(_by_name(o)["small"].data == o.request.run for o in many)
+
+
+def test_user_code_reading_stdin_does_not_disturb_the_protocol(db_dir):
+    write_context(db_dir, '''
+        import subprocess, sys
+        @Variable
+        def reads_stdin(run):
+            return sys.stdin.read()  # EOF at once: /dev/null
+        @Variable
+        def child_reads_stdin(run):
+            return subprocess.run(["cat"], capture_output=True, text=True, timeout=10).stdout
+    ''')
+    with WorkerPool(db_dir) as pool:
+        outcomes = list(pool.process([RunRequest(PROPOSAL, r, mock=True) for r in (1, 2, 3)]))
+    assert sorted(o.request.run for o in outcomes) == [1, 2, 3]
+    for outcome in outcomes:
+        res = _by_name(outcome)
+        assert res["reads_stdin"].data == "" and res["child_reads_stdin"].data == ""

@@ -187,7 +187,18 @@ def _exit_with_parent(interval: float = 1.0) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def _private_requests():
+    """Requests come on stdin; move them to a private fd and give fd 0 /dev/null, so that user code
+    (``input()``, or a tool it starts) cannot swallow them."""
+    requests = os.fdopen(os.dup(0), "r")
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    return requests
+
+
 def serve(context_path: Path, result_fd: int, *, max_variable_bytes: int | None = None) -> int:
+    os.set_inheritable(result_fd, False)  # processes started by user code must not write frames
     _exit_with_parent()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -204,7 +215,7 @@ def serve(context_path: Path, result_fd: int, *, max_variable_bytes: int | None 
     out.send(("ready", {"variables": ctx.vars_to_dict(inc_transient=True), "pid": os.getpid()}))
 
     worker = Worker(ctx, out, resolve_limit(max_variable_bytes))
-    for line in sys.stdin:
+    for line in _private_requests():
         if not line.strip():
             continue
         request = json.loads(line)
