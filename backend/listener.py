@@ -404,10 +404,20 @@ class Listener:
                 enable_auto_commit=False, auto_offset_reset="earliest", metadata_max_age_ms=10_000,
                 **self.consumer_options)
             try:
-                await consumer.start()
-                log.info("Listening for run events on %s (group %s)", ",".join(self.brokers), self.group_id)
+                # Stopping must not wait for a slow group join or fetch: race the work against `stop`.
+                work = asyncio.ensure_future(self._start_and_consume(consumer, stop))
+                stopped = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                stopped.cancel()
+                if not work.done():
+                    work.cancel()
+                    try:
+                        await work
+                    except asyncio.CancelledError:
+                        pass
+                else:
+                    work.result()
                 delay = 0.5
-                await self._consume(consumer, stop)
             except (KafkaError, OSError) as e:
                 log.warning("Kafka broker %s unavailable (%s); retrying in %.1f s", ",".join(self.brokers),
                             e, delay)
@@ -423,6 +433,11 @@ class Listener:
                 except asyncio.TimeoutError:
                     pass
                 delay = min(delay * 2, MAX_BACKOFF_S)
+
+    async def _start_and_consume(self, consumer, stop: asyncio.Event) -> None:
+        await consumer.start()
+        log.info("Listening for run events on %s (group %s)", ",".join(self.brokers), self.group_id)
+        await self._consume(consumer, stop)
 
     async def _consume(self, consumer, stop: asyncio.Event) -> None:
         from aiokafka.errors import KafkaError
