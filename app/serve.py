@@ -72,6 +72,9 @@ def startup_notes(cfg: ServerConfig, port: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     unknown = [a for a in extra if a.startswith("--") and not a.startswith(AUTH_FLAGS)]

@@ -39,6 +39,9 @@ STATIC_COLUMNS = ("proposal", "run", "start_time", "added_at", "comment")
 SPECIAL_TITLES = {"run": "Run", "proposal": "Proposal", "start_time": "Timestamp", "comment": "Comment",
                   "added_at": "Added at"}
 
+RUNNING_EXPIRY = 300.0  # s without a refreshed RUNNING state before a job is presumed gone
+PENDING_EXPIRY = 3600.0
+
 # Connection states shown in the UI.
 LIVE, POLLING, STARTING = "live", "polling", "starting"
 
@@ -618,6 +621,13 @@ class ProposalSource:
             elif kind == "processing_finished":
                 with self.lock:
                     d = self.processing.pop(str(data.get("processing_id")), None)
+                    if d is not None:
+                        # Requests merged into the finished one never get their own 'finished':
+                        # drop queued states of the same run announced before it.
+                        for pid, other in list(self.processing.items()):
+                            if other.get("run") == d.get("run") and other.get("proposal") == d.get("proposal") \
+                                    and other.get("status") == "PENDING" and other["_received"] <= d["_received"]:
+                                del self.processing[pid]
                 if d is not None:
                     self._emit(Change(processing=[self.key_for(d.get("proposal"), int(d["run"]))],
                                       message_time=t))
@@ -649,7 +659,7 @@ class ProposalSource:
             self._subscriber = None
 
     def _loop(self) -> None:
-        last_poll = 0.0
+        last_poll = last_expiry = 0.0
         while not self._stop.is_set():
             live = self._subscriber is not None and self._subscriber.ready.is_set()
             state = LIVE if live else POLLING
@@ -667,7 +677,23 @@ class ProposalSource:
                 except Exception:
                     log.exception("Polling %s failed", self.db_path)
                 self._wake.clear()
+            if now - last_expiry > 10:
+                last_expiry = now
+                self.expire_processing()
             self._stop.wait(0.1)
+
+    def expire_processing(self, now: float | None = None) -> None:
+        """Forget processing states nobody refreshed: a job that died sends no 'finished' (RUNNING is
+        re-sent every few seconds by live jobs; PENDING can legitimately wait longer)."""
+        now = time.time() if now is None else now
+        with self.lock:
+            stale = [pid for pid, d in self.processing.items()
+                     if now - d["_received"] > (RUNNING_EXPIRY if d.get("status") == "RUNNING" else PENDING_EXPIRY)]
+            keys = [self.key_for(self.processing[p].get("proposal"), int(self.processing[p]["run"])) for p in stale]
+            for pid in stale:
+                del self.processing[pid]
+        if keys:
+            self._emit(Change(processing=keys))
 
     def wake(self) -> None:
         """Poll now (after a write made by this process)."""

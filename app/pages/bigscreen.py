@@ -158,7 +158,10 @@ def view(session: Any) -> pn.viewable.Viewable:
 
         def work() -> Any:
             loaded = load_for_display(source.db_dir, run, name)
-            return plot_value(loaded.value, title=source.variable(name).display_title, units=loaded.units,
+            value = loaded.value
+            if type(value).__name__ == "Dataset" and value.data_vars:  # no picker on a wall screen
+                value = value[next(iter(value.data_vars))]
+            return plot_value(value, title=source.variable(name).display_title, units=loaded.units,
                               objtype=loaded.objtype)
 
         def apply(plot: Any, error: BaseException | None) -> None:

@@ -62,13 +62,15 @@ def reprocess_form(session: Any, board: Any) -> pn.viewable.Viewable:
     status = plain_text("")
     state = {"runs": []}
 
-    def validate(_=None) -> None:
+    def validate(event: Any = None) -> None:
+        text = event.new if event is not None and isinstance(getattr(event, "new", None), str) else (
+            runs_input.value_input or runs_input.value)
         if not session.can_write:
             submit.disabled = True
             check.object = session.write_denied_reason or "This dashboard is read-only"
             return
         try:
-            runs = parse_run_spec(runs_input.value_input or runs_input.value, source.run_keys())
+            runs = parse_run_spec(text, source.run_keys())
         except RunSpecError as e:
             state["runs"], submit.disabled, check.object = [], True, str(e)
             return
@@ -82,7 +84,6 @@ def reprocess_form(session: Any, board: Any) -> pn.viewable.Viewable:
 
     def do_submit(_=None) -> None:
         session.check_write()
-        validate()
         if not state["runs"]:
             return
         try:
@@ -93,8 +94,6 @@ def reprocess_form(session: Any, board: Any) -> pn.viewable.Viewable:
             return
         status.styles = {"color": "#2e7d32"}
         status.object = f"Launched processing for {len(job.runs)} runs ({job.message})"
-        if pn.state.notifications is not None:
-            pn.state.notifications.info(status.object, duration=4000)
 
     def on_variables(change: Any) -> None:
         if change.variables or change.reset:

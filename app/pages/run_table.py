@@ -307,7 +307,7 @@ class RunTablePage:
             else:
                 formatters[c] = {"type": "html"} if c != "comment" and not s.editable_type else {"type": "plaintext"}
                 editors[c] = None
-        self.table.param.update(titles=titles, header_tooltips=tooltips, formatters=formatters, editors=editors,
+        self.table.param.update(widths={"start_time": 150, "run": 70}, titles=titles, header_tooltips=tooltips, formatters=formatters, editors=editors,
                                 groups=groups, editable_columns=sorted(editable))
 
     def _rebuild_columns(self) -> None:
