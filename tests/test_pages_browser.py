@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from app.run_contents import run_file, scan_run_file
 from backend import mockruns
@@ -256,9 +257,17 @@ def test_reprocess_from_the_page_puts_new_values_in_the_table(dashboard, page):
     ctx_path = dashboard.db_dir / "context.py"
     ctx_path.write_text(ctx_path.read_text().replace('VERSION = "v1"', 'VERSION = "v2-from-page"'))
     page.goto(dashboard.page_url("processing"))
+    page.get_by_text("no runs given").wait_for()
     runs = page.get_by_placeholder("e.g. 1-10, 15  or  all")
-    runs.fill("1")
-    runs.press("Enter")
+    for _ in range(10):  # typing before the page's websocket is up is lost: type again until heard
+        runs.fill("")
+        runs.fill("1")
+        runs.press("Enter")
+        try:
+            page.get_by_text("1 runs selected").wait_for(timeout=2000)
+            break
+        except PlaywrightTimeout:
+            continue
     page.get_by_text("1 runs selected").wait_for()
     page.get_by_role("button", name="This machine").click()
     page.get_by_role("button", name="Reprocess").click()
