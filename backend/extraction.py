@@ -42,7 +42,7 @@ class ContextLoadError(RuntimeError):
 
 
 def format_context_error(context_path: Path, info: dict) -> str:
-    """One located line (``file:line:col: Cls: message``) followed by the traceback, if any."""
+    """``Error in context file FILE:LINE:COL: Cls: message``, then the traceback if there is one."""
     filename = info.get("filename") or str(context_path)
     where = filename
     if info.get("lineno"):
@@ -56,10 +56,6 @@ def format_context_error(context_path: Path, info: dict) -> str:
     if tb:
         text += "\n" + tb
     return text
-
-
-def run_file_path(db_dir: Path, proposal: int, run: int) -> Path:
-    return Path(db_dir) / "extracted_data" / f"p{proposal}_r{run}.h5"
 
 
 def run_log_path(db_dir: Path, proposal: int, run: int) -> Path:
@@ -114,6 +110,8 @@ class RunProcessor:
                  variable_timeout: float | None = None):
         self.db_dir = Path(db_dir).resolve()
         self.db = DamnitDB.from_dir(self.db_dir)
+        # Update messages go to the DB's topic; resolved once, as the heartbeat thread may not use the DB.
+        self.topic = self.db.kafka_topic
         self.n_workers = n_workers
         self.variable_timeout = variable_timeout
         if producer is None:
@@ -185,7 +183,7 @@ class RunProcessor:
         if changed is None:  # an implementation that does not report changes: announce all
             changed = db_vars
         for name, var in dict(changed).items():
-            self._send(self.producer.variable_set, self.db, {"name": name, **var})
+            self._send(self.producer.variable_set, self.topic, {"name": name, **var})
         return list(changed)
 
     # -- processing ----------------------------------------------------------------------------------
@@ -255,7 +253,7 @@ class RunProcessor:
                     raise item
                 self._store(item)
                 in_flight.pop(id(item.request), None)
-                self._send(self.producer.processing_finished, self.db, processing_ids.get(id(item.request)))
+                self._send(self.producer.processing_finished, self.topic, processing_ids.get(id(item.request)))
                 if progress is not None:
                     progress(item)
                 yield item
@@ -299,7 +297,7 @@ class RunProcessor:
         if not results:
             return
         names = [r.name for r in results]
-        path = run_file_path(self.db_dir, req.proposal, req.run)
+        path = h5format.run_file_path(self.db_dir, req.proposal, req.run)
         try:
             h5format.write_results(path, results)
             reduced = h5format.read_reduced(path, names)
@@ -312,8 +310,8 @@ class RunProcessor:
             _append_log(log_path, f"Storing results of r{req.run} failed:\n{traceback.format_exc()}")
             log.error("Could not store results for p%s r%s: %s", req.proposal, req.run, e)
             return
-        announced = [n for n in names if n != "start_time"]
-        self._send(self.producer.run_values_updated, self.db, req.proposal, req.run, announced)
+        # Like the original's combiner, every stored name is announced (start_time included).
+        self._send(self.producer.run_values_updated, self.topic, req.proposal, req.run, names)
 
     # -- messages ------------------------------------------------------------------------------------
 
@@ -332,7 +330,7 @@ class RunProcessor:
         }
 
     def _send_state(self, req: RunRequest, processing_id: str) -> None:
-        self._send(self.producer.processing_state_set, self.db, **self._state_info(req, processing_id))
+        self._send(self.producer.processing_state_set, self.topic, **self._state_info(req, processing_id))
 
     def _heartbeat(self, stop: threading.Event, in_flight: dict, processing_ids: dict) -> None:
         while not stop.wait(HEARTBEAT_INTERVAL):

@@ -132,7 +132,7 @@ def test_process_writes_h5_db_logs_and_messages(tmp_path, make_mock_runs):
     assert kinds.count("run_values_updated") == 2
     assert kinds.count("processing_finished") == 2
     updated = [c for c in producer.calls if c[0] == "run_values_updated"]
-    assert set(updated[0][1][2]) == {"n_trains", "sample_x", "broken", "double_trains"}
+    assert set(updated[0][1][2]) == {"n_trains", "sample_x", "broken", "double_trains", "start_time"}
     states = [c[2] for c in producer.calls if c[0] == "processing_state_set"]
     finished = {c[1][0] for c in producer.calls if c[0] == "processing_finished"}
     assert {s["processing_id"] for s in states} == finished
@@ -433,4 +433,5 @@ def test_update_messages_reach_the_broker(tmp_path, make_mock_runs, amore_broker
     assert messages[-1][1] == {"processing_id": state["processing_id"]}
     updated = messages[-2][1]
     assert (updated["proposal"], updated["run"]) == (PROPOSAL, 1)
-    assert updated["values"] == {"n_trains": None, "sample_x": None, "broken": None, "double_trains": None}
+    assert updated["values"] == {"n_trains": None, "sample_x": None, "broken": None, "double_trains": None,
+                                 "start_time": None}
