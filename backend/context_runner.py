@@ -168,8 +168,9 @@ class _Worker:
         self.proc.stdin.write((json.dumps(message) + "\n").encode())
         self.proc.stdin.flush()
 
-    def read_frames(self) -> tuple[list, bool]:
-        """Frames now available, and whether the worker closed its end (exited)."""
+    def read_frames(self) -> tuple[list, bool, Exception | None]:
+        """Frames now available, whether the worker closed its end (exited), and the error if a
+        frame could not be decoded (the frames before it are returned)."""
         eof = False
         while True:
             try:
@@ -187,9 +188,12 @@ class _Worker:
             (size,) = HEADER.unpack_from(self.buf)
             if len(self.buf) < HEADER.size + size:
                 break
-            frames.append(pickle.loads(memoryview(self.buf)[HEADER.size:HEADER.size + size]))
+            try:
+                frames.append(pickle.loads(memoryview(self.buf)[HEADER.size:HEADER.size + size]))
+            except Exception as exc:
+                return frames, eof, exc
             del self.buf[:HEADER.size + size]
-        return frames, eof
+        return frames, eof, None
 
     def output_tail(self, limit: int = 4000) -> str:
         try:
@@ -364,12 +368,14 @@ class WorkerPool:
             worker: _Worker = key.data
             if worker.fd < 0:
                 continue
-            frames, eof = worker.read_frames()
+            frames, eof, bad = worker.read_frames()
             for frame in frames:
                 outcome = self._handle(worker, frame)
                 if outcome is not None:
                     done.append((outcome, 1))
-            if eof:
+            if bad is not None:  # an undecodable frame: the worker's state is unknown, replace it
+                done.extend(self._broken_result(worker, bad))
+            elif eof:
                 done.extend(self._handle_exit(worker))
         done.extend(self._check_deadlines())
         return done
@@ -450,6 +456,17 @@ class WorkerPool:
                 f"outside any variable ({how})", worker.output_tail())), 1)]
         message = f"the worker process died while computing {var!r} ({how})"
         return self._retry(job, var, "WorkerCrashError", message)
+
+    def _broken_result(self, worker: _Worker, exc: Exception) -> list[tuple[RunOutcome | None, int]]:
+        job, var = worker.job, worker.current_var
+        log.error("could not decode a result from the context worker: %s", exc)
+        self._replace(worker)
+        if job is None:
+            return []
+        if var is None:
+            return [(RunOutcome(request=job.request, run_error=_plain_error(
+                type(exc).__name__, f"could not decode a result of run {job.request.run}: {exc}")), 1)]
+        return self._retry(job, var, type(exc).__name__, f"could not decode the result of {var!r}: {exc}")
 
     def _check_deadlines(self) -> list[tuple[RunOutcome | None, int]]:
         if self.variable_timeout is None:

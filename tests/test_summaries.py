@@ -172,3 +172,13 @@ def test_error_records():
 def test_size_limit():
     with pytest.raises(ctx_storable.ValueTooLarge, match="'big' returned 7.8 KiB, more than the limit"):
         ctx_storable.cell_record("big", damnit_ctx.Cell(np.zeros(1000)), 0.0, 4000)
+
+
+def test_only_plain_objects_cross_to_the_parent():
+    class Custom:
+        pass
+
+    da = xr.DataArray([1, 2], dims=["x"], attrs={"things": [Custom()]})
+    with pytest.raises(TypeError, match=r"cannot store the xarray object returned by variable 'v': "
+                       r"attrs.things holds a tests.test_summaries.Custom object"):
+        result(da)

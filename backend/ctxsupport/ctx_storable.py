@@ -112,9 +112,38 @@ def _check_size(name: str, size: int, limit: int) -> None:
             "transient=True if it only feeds other variables")
 
 
+_PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes, np.generic)
+
+
+def _check_plain(obj, name: str, what: str, path: str = "") -> None:
+    """The parent may run other library versions: only builtins and numpy may cross over."""
+    if isinstance(obj, _PLAIN_SCALARS):
+        return
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.hasobject:
+            for item in obj.flat:
+                _check_plain(item, name, what, path)
+        return
+    if isinstance(obj, (list, tuple)):
+        for item in obj:
+            _check_plain(item, name, what, path)
+        return
+    if isinstance(obj, dict):
+        for key, item in obj.items():
+            _check_plain(key, name, what, path)
+            _check_plain(item, name, what, f"{path}.{key}" if path else str(key))
+        return
+    raise TypeError(f"cannot store {what} returned by variable {name!r}: {path or 'it'} holds a "
+                    f"{type(obj).__module__}.{type(obj).__name__} object")
+
+
 def cell_record(name: str, cell: Cell, elapsed: float, limit: int) -> dict:
     data = to_storable(cell.data, name, limit)
     preview = to_storable(cell.preview, name, limit)
+    if isinstance(data, dict) and "dict" in data:
+        _check_plain(data["dict"], name, "the xarray object")
+    if isinstance(preview, dict) and "dict" in preview:
+        _check_plain(preview["dict"], name, "the xarray preview")
     summary_value = cell.summary_value
     if summary_value is not None and not isinstance(summary_value, str):
         summary_value = np.asarray(summary_value)
