@@ -28,7 +28,7 @@ from pathlib import Path
 
 from backend.listener_db import ListenerDB
 from backend.messages import UpdateProducer, brokers_from_env, update_topic
-from backend.slurm import ExtractionRequest, SlurmSubmitter, SubmissionError, append_run_log
+from backend.slurm import ExtractionRequest, JobWatcher, SlurmSubmitter, SubmissionError, append_run_log
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ EVENT_RUN_DATA = {
 }
 CONSUMER_GROUP = "xfel-da-damnit-{}"
 READONLY_RETRY_WAIT_S = 2.0
+JOB_CHECK_INTERVAL_S = 15.0  # how often submitted jobs are checked for having been killed/failed
 MAX_BACKOFF_S = 30.0
 
 
@@ -236,6 +237,7 @@ class EventHandler:
                  job_python: str | None = None):
         self.listener_dir = Path(listener_dir).absolute()
         self.job_python = job_python or sys.executable
+        self.watcher = JobWatcher(producer)
         self.db = ListenerDB(self.listener_dir)
         self.producer = producer
         self.local = local or LocalProcessing(producer)
@@ -243,6 +245,13 @@ class EventHandler:
 
     def close(self) -> None:
         self.db.close()
+
+    def check_jobs(self) -> None:
+        """Mark runs whose Slurm job was killed or failed (see ``JobWatcher``)."""
+        try:
+            self.watcher.poll()
+        except Exception:
+            log.exception("Checking Slurm jobs failed")
 
     def handle(self, ev: RunEvent, on_done: Callable[[], None] = lambda: None) -> None:
         """Submit (or queue) jobs for ``ev``; ``on_done`` runs once they are all submitted/finished."""
@@ -313,8 +322,9 @@ class EventHandler:
 
         req = ExtractionRequest(ev.proposal, ev.run, ev.run_data, update_vars=True)
         try:
-            SlurmSubmitter(db_dir, settings, python=self.job_python, producer=self.producer, db_topic=topic,
-                           sandbox_args=sandbox).submit(req)
+            job = SlurmSubmitter(db_dir, settings, python=self.job_python, producer=self.producer,
+                                 db_topic=topic, sandbox_args=sandbox).submit(req)
+            self.watcher.watch(job, db_dir, topic)
         except SubmissionError as e:
             if allow_local:
                 log.warning("Slurm job submission failed (%s); processing p%d r%d locally", e, ev.proposal,
@@ -445,7 +455,12 @@ class Listener:
         loop = asyncio.get_running_loop()
         offsets = OffsetTracker()
         failed_commits = 0
+        job_check: asyncio.Future | None = None
+        next_job_check = loop.time() + JOB_CHECK_INTERVAL_S
         while not stop.is_set():
+            if loop.time() >= next_job_check and (job_check is None or job_check.done()):
+                job_check = loop.run_in_executor(None, self.handler.check_jobs)
+                next_job_check = loop.time() + JOB_CHECK_INTERVAL_S
             batches = await consumer.getmany(timeout_ms=200, max_records=50)
             if consumer.assignment():
                 self.connected.set()

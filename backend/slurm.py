@@ -21,6 +21,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -205,8 +206,8 @@ class SlurmSubmitter:
 
     def _job_command(self, req: ExtractionRequest) -> list[str]:
         cmd = req.command(self.db_dir, self.python)
-        if self.sandbox_args:  # a wrapper command (e.g. a sandbox) around the whole job
-            cmd = [*shlex.split(self.sandbox_args), *cmd]
+        if self.sandbox_args:  # as the original: the job wraps the context runner with it
+            cmd += ["--sandbox-args", self.sandbox_args]
         return cmd
 
     def sbatch_command(self, req: ExtractionRequest) -> list[str]:
@@ -508,3 +509,70 @@ class JobTracker:
                 results.append(cancel_job(j.slurm_job_id, j.slurm_cluster, db_dir=db_dir,
                                           proposal=j.proposal, run=j.run))
         return results
+
+
+def final_state(job_id: str, cluster: str | None = None) -> str | None:
+    """How a job that left the queue ended (COMPLETED, FAILED, CANCELLED, TIMEOUT, ...), if Slurm knows."""
+    try:
+        res = _run_slurm(_with_cluster(["scontrol", "show", "job", job_id], cluster), check=False)
+    except SubmissionError:
+        res = None
+    if res is not None and res.returncode == 0:
+        for word in res.stdout.split():
+            if word.startswith("JobState="):
+                return word.split("=", 1)[1]
+    return _sacct_state(job_id, cluster)
+
+
+class JobWatcher:
+    """Notices submitted jobs that end badly (killed, failed, timed out) and marks their runs.
+
+    The job itself cannot report a SIGKILL, so whoever submitted it (the listener) checks: the run's
+    log gets a line saying how the job ended, and ``processing_finished`` clears the dashboards'
+    processing indicator. The run file is untouched (writes are atomic), so earlier results stay.
+    """
+
+    def __init__(self, producer=None):
+        self.producer = producer
+        self.jobs: dict[str, tuple[SubmittedJob, Path, str | None]] = {}
+        self._lock = threading.Lock()
+
+    def watch(self, job: SubmittedJob, db_dir: Path, db_topic: str | None) -> None:
+        with self._lock:
+            self.jobs[job.job_id] = (job, Path(db_dir), db_topic)
+
+    def poll(self) -> list[tuple[SubmittedJob, str]]:
+        """Check the watched jobs once; returns ``(job, state)`` for those that ended badly."""
+        with self._lock:
+            watched = dict(self.jobs)
+        by_cluster: dict[str | None, list[str]] = {}
+        for job_id, (job, _, _) in watched.items():
+            by_cluster.setdefault(job.cluster, []).append(job_id)
+        failed = []
+        for cluster, ids in by_cluster.items():
+            try:
+                states = squeue_states(ids, cluster)
+            except SubmissionError as e:
+                log.warning("Cannot check Slurm jobs: %s", e)
+                continue
+            for job_id in ids:
+                if states.get(job_id) in ACTIVE_STATES:
+                    continue
+                job, db_dir, topic = watched[job_id]
+                with self._lock:
+                    self.jobs.pop(job_id, None)
+                state = final_state(job_id, cluster) or "UNKNOWN"
+                if state.startswith("COMPLETED"):
+                    continue
+                req = job.request
+                msg = (f"Slurm job {job_id} for r{req.run} (p{req.proposal}, {req.run_data} data) ended as {state}; "
+                       "results from this job were not stored (earlier results are unchanged)")
+                log.error("%s [%s]", msg, db_dir)
+                try:
+                    append_run_log(db_dir, req.proposal, req.run, msg)
+                except OSError as e:
+                    log.warning("Could not write to the run log: %s", e)
+                if self.producer is not None and topic:
+                    self.producer.processing_finished(topic, req.processing_id)
+                failed.append((job, state))
+        return failed

@@ -434,3 +434,22 @@ def test_listen_test_mode_fakes_events(tmp_path, slurm_cluster, monkeypatch):
     assert lm.listen_test(ldir) == 0
     assert wait_for(lambda: calls(tmp_path), 30)
     assert calls(tmp_path)[0][2:5] == ["1234", "8", "proc"]
+
+
+def test_failed_job_is_marked_in_the_run_log(listener_setup, kafka_broker, slurm_cluster, tmp_path):
+    """A job that dies (here: exits 1 at once) is noticed by the listener's job check."""
+    start, ldir, db_dir = listener_setup
+    bg = start()
+    failing = tmp_path / "failing-python"
+    failing.write_text("#!/bin/bash\nexit 1\n")
+    failing.chmod(0o755)
+    bg.listener.handler.job_python = str(failing)
+    send_events(kafka_broker.address, migration(1234, 61))
+    handler = bg.listener.handler
+    assert wait_for(lambda: handler.watcher.jobs, 30)
+    job_id = next(iter(handler.watcher.jobs))
+    assert slurm_cluster.wait_job(int(job_id)) == "FAILED"
+    handler.check_jobs()
+    assert not handler.watcher.jobs
+    text = (db_dir / "process_logs" / "r61-p1234.out").read_text()
+    assert f"Slurm job {job_id} for r61 (p1234, raw data) ended as FAILED" in text

@@ -249,6 +249,8 @@ def test_job_killed_mid_write_leaves_previous_file_intact(setup, slurm_cluster):
     db_dir = s["db_dir"]
     with sqlite3.connect(db_dir / "runs.sqlite") as conn:
         conn.execute("INSERT OR REPLACE INTO metameta VALUES ('noncluster_mem', '900M')")
+    from backend.messages import UpdateProducer
+
     sub = slurm.SlurmSubmitter(db_dir)
     first = sub.submit(slurm.ExtractionRequest(PROPOSAL, 1, "raw"))
     assert slurm_cluster.wait_job(int(first.job_id), 120) == "COMPLETED"
@@ -257,6 +259,10 @@ def test_job_killed_mid_write_leaves_previous_file_intact(setup, slurm_cluster):
 
     (db_dir / "big_size.txt").write_text(str(15_000_000))  # ~120 MB: the merge takes a while
     job = sub.submit(slurm.ExtractionRequest(PROPOSAL, 1, "raw"))
+    producer = UpdateProducer.from_env()
+    watcher = slurm.JobWatcher(producer)  # what the listener runs for the jobs it submits
+    watcher.watch(job, db_dir, slurm._db_topic(db_dir))
+    assert watcher.poll() == []  # still running
     tmp_files = lambda: list(run_file.parent.glob(f".{run_file.name}.*.tmp"))  # noqa: E731
     assert _wait(lambda: tmp_files(), 120, 0.01), "the job never started writing"
     slurm_cluster.run("scancel", "--signal=KILL", "--full", job.job_id)
@@ -267,12 +273,18 @@ def test_job_killed_mid_write_leaves_previous_file_intact(setup, slurm_cluster):
         assert f["big/data"].shape == (10,)
         assert f["n_trains/data"][()] == 20
     assert db_values(db_dir, 1)["n_trains"] == 20
-    # The job was known as RUNNING and the tracker now reports it gone (the dashboard's "failed")
+    # The run is marked failed: a line in its log and processing_finished for the dashboards
+    assert [(j.job_id, st) for j, st in watcher.poll()] == [(job.job_id, state)]
+    producer.close()
+    log = db_dir / "process_logs" / f"r1-p{PROPOSAL}.out"
+    assert f"Slurm job {job.job_id} for r1 (p{PROPOSAL}, raw data) ended as {state}" in log.read_text()
+    s["msgs"].wait(lambda k, d: k == "processing_finished" and d["processing_id"] == job.request.processing_id,
+                   timeout=20)
+    # A dashboard's tracker fed from the topic no longer shows the killed job as processing
     tracker = slurm.JobTracker()
     for kind, data in list(s["msgs"].msgs):
         tracker.on_message(kind, data)
-    dropped = tracker.check_slurm_jobs()
-    assert job.job_id in {j.slurm_job_id for j in dropped}
+    assert tracker.jobs == {} and tracker.check_slurm_jobs() == []
 
 
 def test_cluster_variables_get_a_second_job(setup, slurm_cluster):
