@@ -53,14 +53,19 @@ def damnit_dir_for(proposal_or_dir: str | None) -> Path | None:
 
 def open_db(db_dir: Path):
     """Open an existing database, with a clear error if `db_dir` is not a DAMNIT directory."""
-    from backend.db import DamnitDB
+    import sqlite3
+
+    from backend.db import DamnitDB, DatabaseVersionError, LegacyDatabaseError
 
     db_dir = Path(db_dir)
     if not db_dir.is_dir():
         raise CLIError(f"{db_dir} does not exist or is not a directory")
     if not (db_dir / "runs.sqlite").is_file():
         raise CLIError(f"{db_dir} is not a DAMNIT directory (no runs.sqlite); create one with `damnit init`")
-    return DamnitDB.from_dir(db_dir)
+    try:
+        return DamnitDB.from_dir(db_dir)
+    except (LegacyDatabaseError, DatabaseVersionError, sqlite3.DatabaseError) as e:
+        raise CLIError(f"cannot open {db_dir / 'runs.sqlite'}: {e}") from None
 
 
 def runs_on_disk(proposal: int) -> set[int]:

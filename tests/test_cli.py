@@ -404,3 +404,10 @@ def test_reprocess_watch_runs_jobs_one_by_one_with_live_output(tmp_path, make_mo
     assert "2 succeeded, 0 failed" in out
     assert set(values(d)) == {(1, "sample_x"), (2, "sample_x")}
     assert {r[0] for r in rows(d, "SELECT name FROM variables")} == {"n_trains", "sample_x", "xgm_energy"}
+
+
+def test_unreadable_database_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    (tmp_path / "runs.sqlite").write_text("this is not SQLite")
+    monkeypatch.chdir(tmp_path)
+    assert main(["db-config"]) == 1
+    assert f"cannot open {tmp_path / 'runs.sqlite'}: file is not a database" in capsys.readouterr().err
