@@ -411,3 +411,15 @@ def test_unreadable_database_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["db-config"]) == 1
     assert f"cannot open {tmp_path / 'runs.sqlite'}: file is not a database" in capsys.readouterr().err
+
+
+def test_reprocess_without_slurm_says_so(tmp_path, make_mock_runs, monkeypatch, capsys):
+    make_mock_runs(PROPOSAL, [1])
+    d = init_db(tmp_path / "db")
+    monkeypatch.chdir(d)
+    (tmp_path / "empty-bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    assert main(["reprocess", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "Slurm submission failed" in err and "sbatch" in err and "use --direct" in err
+    assert values(d) == {}
