@@ -480,7 +480,8 @@ class Damnit:
             grid[codes[order], pos[order]] = cells[order]
             columns = {name: grid[j] for j, name in enumerate(uniques)}
 
-        for name in self._db.variable_names():
+        # Defined variables without any value yet still get a column (names with values are all above).
+        for (name,) in conn.execute("SELECT name FROM variables"):
             if name not in columns:
                 columns[name] = np.full(n, None, dtype=object)
 
