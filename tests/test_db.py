@@ -448,3 +448,40 @@ def test_concurrent_writers_lose_nothing(db):
     assert all(f"w{w}_v{i}" in cols for w in range(n_writers) for i in range(5))
     assert db.conn.execute("SELECT count(*) FROM runs").fetchone()[0] == n_runs
     assert db.conn.execute("SELECT count(*) FROM run_info").fetchone()[0] == n_runs
+
+
+# -- user variable types -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,expected", [("true", True), ("YES", True), (" 1 ", True), ("False", False),
+                                           ("no", False), ("0", False)])
+def test_boolean_parsing(text, expected):
+    assert UserEditableVariable("ok", "OK", "boolean").parse(text) is expected
+
+
+@pytest.mark.parametrize("vtype,text,message", [
+    ("boolean", "T", "'T' is not a boolean: use one of true/false, yes/no, 1/0"),
+    ("boolean", "maybe", "not a boolean"),
+    ("integer", "1.5", "'1.5' is not a whole number"),
+    ("integer", "ten", "is not a whole number"),
+    ("number", "1,5", "'1,5' is not a number"),
+])
+def test_bad_user_input_is_explained(vtype, text, message):
+    var = UserEditableVariable("v", "My var", vtype)
+    with pytest.raises(ValueError, match=re.escape(f"Invalid value for 'My var' ({vtype}): ") + ".*" + re.escape(message)):
+        var.parse(text)
+
+
+def test_value_types_parse_and_describe():
+    from backend.user_variables import value_types_by_name
+    assert UserEditableVariable("n", "N", "integer").parse("-7") == -7
+    assert UserEditableVariable("x", "X", "number").parse("85.4E7") == 85.4e7
+    assert UserEditableVariable("s", "S", "string").parse("  Dark frame ") == "  Dark frame "
+    for vtype in ("boolean", "integer", "number", "string"):
+        var = UserEditableVariable("v", "V", vtype)
+        assert var.parse("") is None and var.parse("   ") is None and var.parse(None) is None
+        t = value_types_by_name[vtype]
+        assert t.description and t.examples and str(t) == vtype
+        for example in t.examples:  # every advertised example is accepted
+            var.parse(example)
+    assert value_types_by_name["boolean"].from_db_value(1) is True
+    assert value_types_by_name["boolean"].from_db_value(None) is None
