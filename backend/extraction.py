@@ -58,6 +58,27 @@ def format_context_error(context_path: Path, info: dict) -> str:
     return text
 
 
+class VariableSelectionError(ValueError):
+    """--var names a variable the context does not have, or no title matches --match."""
+
+
+def check_selection(info: dict, requests: Iterable[RunRequest], context_path: Path) -> None:
+    """Reject a selection that would silently process nothing (a typo in --var or --match)."""
+    variables = info.get("variables", {})
+    for selection in {(tuple(r.variables), tuple(r.match)) for r in requests}:
+        names, match = selection
+        unknown = [v for v in names if v not in variables]
+        if unknown:
+            raise VariableSelectionError(
+                f"{context_path} has no variable named {', '.join(map(repr, unknown))}; it defines: "
+                f"{', '.join(sorted(variables)) or 'no variables'}")
+        if match and not names:
+            titles = [(v.get("title") or n).lower() for n, v in variables.items()]
+            if not any(m.lower() in t for m in match for t in titles):
+                raise VariableSelectionError(
+                    f"no variable title in {context_path} contains {' or '.join(map(repr, match))}")
+
+
 def run_log_path(db_dir: Path, proposal: int, run: int) -> Path:
     return Path(db_dir) / "process_logs" / f"r{run}-p{proposal}.out"
 
@@ -231,7 +252,8 @@ class RunProcessor:
             feeder.start()
             try:
                 info = self.read_context()
-            except ContextLoadError as e:
+                check_selection(info, requests, self.context_path)
+            except (ContextLoadError, VariableSelectionError) as e:
                 for req in requests:
                     _append_log(req.log_path, f"{e}\nNothing was processed for this run.")
                 raise
@@ -260,9 +282,12 @@ class RunProcessor:
             completed = True
         finally:
             stop.set()
-            if not completed:  # interrupted, or the context failed: stop the workers, start afresh next time
+            if completed:
+                feeder.join()  # it has already passed on "done"
+            else:
+                # Interrupted, or the context failed: stop the workers (the feeder then ends on its own,
+                # nothing waits for it) and start afresh next time.
                 self.close()
-            feeder.join(timeout=10)
             if heartbeat is not None:
                 heartbeat.join(timeout=1)
             flush = getattr(self.producer, "flush", None)
@@ -368,7 +393,7 @@ def run_process_command(args: argparse.Namespace) -> int:
     try:
         with processor:
             outcomes = list(processor.process([req], update_vars=args.update_vars, processing_ids=ids))
-    except ContextLoadError as e:
+    except (ContextLoadError, VariableSelectionError) as e:
         print(e, file=sys.stderr)
         return 3
     failed = [o for o in outcomes if o.run_error]

@@ -423,3 +423,17 @@ def test_reprocess_without_slurm_says_so(tmp_path, make_mock_runs, monkeypatch, 
     err = capsys.readouterr().err
     assert "Slurm submission failed" in err and "sbatch" in err and "use --direct" in err
     assert values(d) == {}
+
+
+def test_reprocess_selection_typos_are_errors(tmp_path, make_mock_runs, monkeypatch, capsys):
+    make_mock_runs(PROPOSAL, [1])
+    d = init_db(tmp_path / "db")
+    monkeypatch.chdir(d)
+    assert main(["reprocess", "1", "--direct", "--var", "sample_y"]) == 1
+    err = capsys.readouterr().err
+    assert "has no variable named 'sample_y'; it defines: n_trains, sample_x, xgm_energy" in err
+    assert main(["reprocess", "1", "--direct", "--match", "nothing like this"]) == 1
+    assert "no variable title in" in capsys.readouterr().err
+    assert values(d) == {}
+    log = (d / "process_logs" / f"r1-p{PROPOSAL}.out").read_text()
+    assert "no variable named 'sample_y'" in log
