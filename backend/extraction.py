@@ -9,6 +9,8 @@ in one run (or in one variable) never costs the others their data.
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import getpass
 import logging
 import os
@@ -261,10 +263,22 @@ class RunProcessor:
             if update_vars:
                 self.update_variables(info)
 
-            in_flight = {id(r): r for r in requests}
-            for req in requests:
-                self._send_state(req, processing_ids[id(req)])
-            heartbeat = threading.Thread(target=self._heartbeat, args=(stop, in_flight, processing_ids),
+            # The pool takes requests in order as workers come free, so the first n_workers are running
+            # and the rest wait; each finished run lets the next one start.
+            waiting = collections.deque(requests)
+            running: dict[int, RunRequest] = {}
+
+            def start_next() -> None:
+                if waiting:
+                    req = waiting.popleft()
+                    running[id(req)] = req
+                    self._send_state(req, processing_ids[id(req)], "RUNNING")
+
+            for _ in range(min(pool.n_workers, len(requests))):
+                start_next()
+            for req in waiting:
+                self._send_state(req, processing_ids[id(req)], "PENDING")
+            heartbeat = threading.Thread(target=self._heartbeat, args=(stop, running, processing_ids),
                                          daemon=True, name="damnit-heartbeat")
             heartbeat.start()
             while True:
@@ -274,7 +288,11 @@ class RunProcessor:
                 if kind == "error":
                     raise item
                 self._store(item)
-                in_flight.pop(id(item.request), None)
+                if running.pop(id(item.request), None) is None:  # finished before we marked it running
+                    with contextlib.suppress(ValueError):
+                        waiting.remove(item.request)
+                else:
+                    start_next()
                 self._send(self.producer.processing_finished, self.topic, processing_ids.get(id(item.request)))
                 if progress is not None:
                     progress(item)
@@ -340,27 +358,29 @@ class RunProcessor:
 
     # -- messages ------------------------------------------------------------------------------------
 
-    def _state_info(self, req: RunRequest, processing_id: str) -> dict:
+    def _state_info(self, req: RunRequest, processing_id: str, status: str) -> dict:
         cluster = os.environ.get("SLURM_CLUSTER_NAME", "") if os.environ.get("SLURM_JOB_ID") else None
         return {
             "processing_id": processing_id,
             "proposal": req.proposal,
             "run": req.run,
             "data": req.run_data,
-            "status": "RUNNING",
+            "status": status,
             "hostname": socket.gethostname(),
             "username": getpass.getuser(),
             "slurm_cluster": cluster,
             "slurm_job_id": _slurm_job_id() or None,
         }
 
-    def _send_state(self, req: RunRequest, processing_id: str) -> None:
-        self._send(self.producer.processing_state_set, self.topic, **self._state_info(req, processing_id))
+    def _send_state(self, req: RunRequest, processing_id: str, status: str) -> None:
+        self._send(self.producer.processing_state_set, self.topic,
+                   **self._state_info(req, processing_id, status))
 
-    def _heartbeat(self, stop: threading.Event, in_flight: dict, processing_ids: dict) -> None:
+    def _heartbeat(self, stop: threading.Event, running: dict, processing_ids: dict) -> None:
+        """Repeat RUNNING for the runs in progress, as the original's jobs do."""
         while not stop.wait(HEARTBEAT_INTERVAL):
-            for key, req in list(in_flight.items()):
-                self._send_state(req, processing_ids[key])
+            for key, req in list(running.items()):
+                self._send_state(req, processing_ids[key], "RUNNING")
 
     def _send(self, method, *args, **kwargs) -> None:
         """Send an update message; a broker problem is logged, never fatal to processing."""

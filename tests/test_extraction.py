@@ -94,8 +94,8 @@ def offline(monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
 
 
-def process(db_dir, runs, producer=None, **req_kw):
-    processor = RunProcessor(db_dir, producer=producer or RecordingProducer())
+def process(db_dir, runs, producer=None, n_workers=None, **req_kw):
+    processor = RunProcessor(db_dir, producer=producer or RecordingProducer(), n_workers=n_workers)
     reqs = [RunRequest(proposal=PROPOSAL, run=r, **req_kw) for r in runs]
     return list(processor.process(reqs))
 
@@ -105,7 +105,7 @@ def test_process_writes_h5_db_logs_and_messages(tmp_path, make_mock_runs):
     db_dir = make_db(tmp_path / "db", SIMPLE_CONTEXT)
     producer = RecordingProducer()
 
-    outcomes = process(db_dir, [1, 2], producer=producer)
+    outcomes = process(db_dir, [1, 2], producer=producer, n_workers=1)
 
     assert sorted(o.request.run for o in outcomes) == [1, 2]
     assert all(o.run_error is None for o in outcomes)
@@ -128,7 +128,9 @@ def test_process_writes_h5_db_logs_and_messages(tmp_path, make_mock_runs):
 
     kinds = producer.kinds()
     assert kinds.count("variable_set") == 4
-    assert kinds.count("processing_state_set") >= 2
+    # one worker: run 1 runs, run 2 waits, then runs (heartbeats may repeat RUNNING)
+    states = [(c[2]["run"], c[2]["status"]) for c in producer.calls if c[0] == "processing_state_set"]
+    assert list(dict.fromkeys(states)) == [(1, "RUNNING"), (2, "PENDING"), (2, "RUNNING")]
     assert kinds.count("run_values_updated") == 2
     assert kinds.count("processing_finished") == 2
     updated = [c for c in producer.calls if c[0] == "run_values_updated"]
@@ -136,7 +138,7 @@ def test_process_writes_h5_db_logs_and_messages(tmp_path, make_mock_runs):
     states = [c[2] for c in producer.calls if c[0] == "processing_state_set"]
     finished = {c[1][0] for c in producer.calls if c[0] == "processing_finished"}
     assert {s["processing_id"] for s in states} == finished
-    assert all(s["status"] == "RUNNING" and s["data"] == "all" for s in states)
+    assert all(s["data"] == "all" and s["slurm_job_id"] is None for s in states)
     # the variables table got the context's variables with tags
     db = DamnitDB.from_dir(db_dir)
     assert sorted(db.get_variable_tags("n_trains")) == ["basic", "run"]
