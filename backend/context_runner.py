@@ -250,6 +250,7 @@ class WorkerPool:
         self.max_variable_bytes = max_variable_bytes
         self._workers: list[_Worker] = []
         self._requeued: list[_Job] = []  # jobs to re-run after a variable hung or crashed
+        self._active = False  # a process() iteration is under way
         self._closed = False
         self._selector = selectors.DefaultSelector()
         for i in range(self.n_workers):
@@ -313,9 +314,25 @@ class WorkerPool:
         return path
 
     def process(self, requests: Iterable[RunRequest]) -> Iterator[RunOutcome]:
+        """Yield a RunOutcome per request, in the order runs finish. One iteration at a time per pool;
+        closing the iterator early stops the runs still in progress."""
         if self._closed:
             raise RuntimeError("this WorkerPool is closed")
-        queue = deque(_Job(r, self._log_path(r)) for r in requests)
+        if self._active:
+            raise RuntimeError("WorkerPool.process() is already running; finish or close the "
+                               "previous iterator first")
+        self._active = True
+        try:
+            yield from self._process(deque(_Job(r, self._log_path(r)) for r in requests))
+        finally:
+            self._active = False
+            self._requeued.clear()
+            for worker in list(self._workers):
+                if worker.job is not None and not self._closed:  # abandoned mid-run
+                    worker.job.note("Processing was stopped before this run finished.")
+                    self._replace(worker)
+
+    def _process(self, queue: deque) -> Iterator[RunOutcome]:
         busy = 0
         while queue or busy:
             for worker in list(self._workers):

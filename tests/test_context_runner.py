@@ -439,3 +439,23 @@ def test_user_code_reading_stdin_does_not_disturb_the_protocol(db_dir):
     for outcome in outcomes:
         res = _by_name(outcome)
         assert res["reads_stdin"].data == "" and res["child_reads_stdin"].data == ""
+
+
+def test_abandoned_iteration_stops_its_runs_and_the_pool_stays_usable(db_dir):
+    write_context(db_dir, '''
+        import time
+        @Variable
+        def slow(run, n: "meta#run_number"):
+            if n > 1:
+                time.sleep(60)
+            return n
+    ''')
+    with WorkerPool(db_dir, n_workers=2) as pool:
+        it = pool.process([RunRequest(PROPOSAL, r, mock=True) for r in (2, 1, 3)])
+        first = next(it)
+        with pytest.raises(RuntimeError, match="already running"):
+            next(pool.process([RunRequest(PROPOSAL, 1, mock=True)]))
+        it.close()
+        (again,) = pool.process([RunRequest(PROPOSAL, 1, mock=True)])
+    assert first.request.run == 1 and _by_name(again)["slow"].data == 1
+    assert "Processing was stopped" in (db_dir / "process_logs" / f"r2-p{PROPOSAL}.out").read_text()
