@@ -459,3 +459,32 @@ def test_abandoned_iteration_stops_its_runs_and_the_pool_stays_usable(db_dir):
         (again,) = pool.process([RunRequest(PROPOSAL, 1, mock=True)])
     assert first.request.run == 1 and _by_name(again)["slow"].data == 1
     assert "Processing was stopped" in (db_dir / "process_logs" / f"r2-p{PROPOSAL}.out").read_text()
+
+
+def test_mymdc_client_and_helper_modules_next_to_the_context(db_dir, monkeypatch):
+    (db_dir / "site_mymdc.py").write_text(
+        "class Client:\n"
+        "    def __init__(self, proposal):\n        self.proposal = proposal\n"
+        "    def sample_name(self, run):\n        return f'sample {self.proposal}-{run}'\n"
+        "    def run_type(self, run):\n        raise ConnectionError('MyMdC is unreachable')\n"
+        "    def techniques(self, run):\n        return []\n")
+    (db_dir / "helpers.py").write_text("def double(x):\n    return 2 * x\n")
+    write_context(db_dir, '''
+        from helpers import double
+        @Variable
+        def sample(run, s: "mymdc#sample_name"):
+            return s
+        @Variable
+        def run_type(run, t: "mymdc#run_type"):
+            return t
+        @Variable
+        def doubled(run, n: "meta#run_number"):
+            return double(n)
+    ''')
+    monkeypatch.setenv("DAMNIT_MYMDC_CLIENT", "site_mymdc:Client")
+    with WorkerPool(db_dir) as pool:
+        (outcome,) = pool.process([RunRequest(PROPOSAL, 4, mock=True)])
+    res = _by_name(outcome)
+    assert res["sample"].data == f"sample {PROPOSAL}-4"
+    assert (res["run_type"].error_cls, res["run_type"].error) == ("ConnectionError", "MyMdC is unreachable")
+    assert res["doubled"].data == 8
