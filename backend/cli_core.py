@@ -13,6 +13,10 @@ import secrets
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from backend.db import DamnitDB
 
 DEFAULT_DATA_ROOT = "/gpfs/exfel/exp"
 
@@ -51,7 +55,7 @@ def damnit_dir_for(proposal_or_dir: str | None) -> Path | None:
     raise CLIError(f"{proposal_or_dir} is not a proposal number or DAMNIT database directory")
 
 
-def open_db(db_dir: Path):
+def open_db(db_dir: Path) -> DamnitDB:
     """Open an existing database, with a clear error if `db_dir` is not a DAMNIT directory."""
     import sqlite3
 
@@ -70,12 +74,13 @@ def open_db(db_dir: Path):
 
 def runs_on_disk(proposal: int) -> set[int]:
     """Run numbers with a raw/r<NNNN> folder, found the way extra-data finds runs."""
-    from extra_data.read_machinery import find_proposal
+    from extra_data.read_machinery import data_root_dir, find_proposal
 
-    prop_dir = find_proposal(f"p{int(proposal):06d}")
-    if prop_dir is None:
-        root = os.environ.get("EXTRA_DATA_DATA_ROOT", DEFAULT_DATA_ROOT)
-        raise CLIError(f"proposal {proposal} has no data directory under {root}")
+    try:
+        prop_dir = find_proposal(f"p{int(proposal):06d}")
+    except Exception:  # extra-data raises a bare Exception when the folder is missing
+        raise CLIError(f"proposal {proposal} has no data folder under {data_root_dir()} "
+                       "(set EXTRA_DATA_DATA_ROOT to where the runs are)") from None
     runs = set()
     for p in (Path(prop_dir) / "raw").glob("r*"):
         if p.is_dir() and p.name[1:].isdigit():

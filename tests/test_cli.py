@@ -297,6 +297,7 @@ def test_reprocess_bad_input(tmp_path, make_mock_runs, monkeypatch, capsys):
         (["reprocess", "all", "3", "--direct"], "'all' cannot be combined"),
         (["reprocess", "8", "--direct"], "none of the given runs exist"),
         (["reprocess", "1", "--direct", "--in", "/no/such/dir"], "not a proposal number or DAMNIT"),
+        (["reprocess", "1", "--direct", "--proposal", "4444"], "proposal 4444 has no data folder under"),
     ]:
         assert main(argv) == 1, argv
         assert message in capsys.readouterr().err, argv
