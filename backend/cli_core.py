@@ -7,6 +7,7 @@ message that says what went wrong and where.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import secrets
@@ -224,6 +225,9 @@ def cmd_process(args: argparse.Namespace) -> int:
 def cmd_reprocess(args: argparse.Namespace) -> int:
     from backend.context_runner import RunRequest
 
+    if not getattr(args, "debug", False):  # keep the terminal to the progress bar and the summary
+        for noisy in ("extra_data", "aiokafka", "kafka"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     db_dir = damnit_dir_for(args.proposal_or_dir) or Path.cwd().resolve()
     db = open_db(db_dir)
     proposal = args.proposal if args.proposal is not None else db.metameta.get("proposal")
