@@ -258,6 +258,8 @@ class RunProcessor:
             except (ContextLoadError, VariableSelectionError) as e:
                 for req in requests:
                     _append_log(req.log_path, f"{e}\nNothing was processed for this run.")
+                    # clears a PENDING state announced by whoever submitted the run
+                    self._send(self.producer.processing_finished, self.topic, processing_ids[id(req)])
                 raise
             self.context_info = info
             if update_vars:
