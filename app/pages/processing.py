@@ -62,9 +62,9 @@ def reprocess_form(session: Any, board: Any) -> pn.viewable.Viewable:
     status = plain_text("")
     state = {"runs": []}
 
-    def validate(event: Any = None) -> None:
-        text = event.new if event is not None and isinstance(getattr(event, "new", None), str) else (
-            runs_input.value_input or runs_input.value)
+    def validate(*events: Any) -> None:
+        typed = [e.new for e in events if isinstance(getattr(e, "new", None), str)]
+        text = typed[-1] if typed else (runs_input.value_input or runs_input.value)
         if not session.can_write:
             submit.disabled = True
             check.object = session.write_denied_reason or "This dashboard is read-only"
