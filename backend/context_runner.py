@@ -164,6 +164,18 @@ class _Worker:
         self.fd = read_fd
         os.set_blocking(read_fd, False)
 
+    def is_stale(self, context_stamp) -> bool:
+        """Whether context.py or a module it imported from outside the installation changed."""
+        if self.stamp != context_stamp:
+            return True
+        for path, mtime in ((self.info or {}).get("watch") or {}).items():
+            try:
+                if os.stat(path).st_mtime_ns != mtime:
+                    return True
+            except OSError:
+                return True
+        return False
+
     def send(self, message: dict) -> None:
         self.proc.stdin.write((json.dumps(message) + "\n").encode())
         self.proc.stdin.flush()
@@ -337,7 +349,7 @@ class WorkerPool:
         while queue or busy:
             for worker in list(self._workers):
                 if worker.job is None and worker.ready and queue:
-                    if worker.stamp != self._context_stamp():  # context.py edited: reload it
+                    if worker.is_stale(self._context_stamp()):  # context.py or a helper edited
                         self._replace(worker, kill=False)
                         continue
                     job = queue.popleft()

@@ -284,6 +284,16 @@ def test_context_reloaded_when_file_changes(make_mock_runs, db_dir):
     assert _by_name(second)["a"].data == 2 and _by_name(second)["b"].data == 3
 
 
+def test_context_reloaded_when_an_imported_helper_changes(db_dir):
+    (db_dir / "helper_mod.py").write_text("VALUE = 1\n")
+    write_context(db_dir, "import helper_mod\n@Variable\ndef a(run):\n    return helper_mod.VALUE\n")
+    with WorkerPool(db_dir, n_workers=1) as pool:
+        (first,) = pool.process([RunRequest(PROPOSAL, 1, mock=True)])
+        (db_dir / "helper_mod.py").write_text("VALUE = 22\n")
+        (second,) = pool.process([RunRequest(PROPOSAL, 1, mock=True)])
+    assert _by_name(first)["a"].data == 1 and _by_name(second)["a"].data == 22
+
+
 def test_missing_run_selection_and_proc_fallback(make_mock_runs, db_dir):
     make_mock_runs(PROPOSAL, [1])
     write_context(db_dir, '''

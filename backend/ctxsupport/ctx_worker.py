@@ -187,6 +187,27 @@ def _exit_with_parent(interval: float = 1.0) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def _user_module_files() -> dict[str, int]:
+    """Modules the context imported from outside the Python installation (e.g. helpers next to
+    context.py), with their mtimes: the parent restarts us when one changes, as it does for
+    context.py itself."""
+    installed = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    own = os.path.dirname(os.path.realpath(__file__))
+    files = {}
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if not path or not path.endswith(".py"):
+            continue
+        real = os.path.realpath(path)
+        if os.path.dirname(real) == own or any(real.startswith(p + os.sep) for p in installed):
+            continue
+        try:
+            files[real] = os.stat(real).st_mtime_ns
+        except OSError:
+            pass
+    return files
+
+
 def _private_requests():
     """Requests come on stdin; move them to a private fd and give fd 0 /dev/null, so that user code
     (``input()``, or a tool it starts) cannot swallow them."""
@@ -212,7 +233,8 @@ def serve(context_path: Path, result_fd: int, *, max_variable_bytes: int | None 
         out.send(("context_error", error_info(exc, str(context_path))))
         return 1
     _warm_figure_imports(ctx.code)
-    out.send(("ready", {"variables": ctx.vars_to_dict(inc_transient=True), "pid": os.getpid()}))
+    out.send(("ready", {"variables": ctx.vars_to_dict(inc_transient=True), "pid": os.getpid(),
+                        "watch": _user_module_files()}))
 
     worker = Worker(ctx, out, resolve_limit(max_variable_bytes))
     for line in _private_requests():
