@@ -88,16 +88,22 @@ def _ensure_dir(directory: Path) -> None:
 
 
 def _atomic_update(path: Path, fill: Callable[[h5py.File], None], provenance: str | None,
-                   start_from: Path | None = None) -> None:
-    """Copy `path` (or `start_from`) to a temp file, let `fill` change it, then replace `path` with it."""
+                   replaced: Iterable[str] = (), start_from: Path | None = None) -> None:
+    """Build the new version of `path` in a temp file, then swap it in with os.replace.
+
+    The temp file starts as a copy of `start_from` (a fragment becoming the run file) or a repacked
+    copy of `path` without the variables in `replaced` (so replacing large data never leaves dead space
+    behind); then `fill` writes the new content.
+    """
     _ensure_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        base = start_from if start_from is not None else (path if path.exists() else None)
-        if base is not None:
-            shutil.copyfile(base, tmp)
-        with h5py.File(tmp, "r+" if base is not None else "w") as f:
+        if start_from is not None:
+            shutil.copyfile(start_from, tmp)
+        with h5py.File(tmp, "r+" if start_from is not None else "w") as f:
+            if start_from is None and path.exists():
+                _copy_file_except(path, f, set(replaced))
             if "provenance" not in f.attrs and provenance is not None:
                 f.attrs["provenance"] = provenance
             for group in SPECIAL_GROUPS:
@@ -111,6 +117,27 @@ def _atomic_update(path: Path, fill: Callable[[h5py.File], None], provenance: st
         except FileNotFoundError:
             pass
         raise
+
+
+def _copy_file_except(path: Path, fdst: h5py.File, skip: set[str]) -> None:
+    """Copy root attributes and every object of the run file at `path` except variables in `skip`."""
+    try:
+        fsrc = h5py.File(path, "r")
+    except OSError as e:
+        raise OSError(f"Cannot update {path}: it is not a readable HDF5 file ({e}). Move it away; "
+                      "reprocessing the run recreates it.") from e
+    with fsrc:
+        for key, value in fsrc.attrs.items():
+            fdst.attrs[key] = value
+        dimids = _DimIds(fdst)
+        for key, obj in fsrc.items():
+            if key in SPECIAL_GROUPS:
+                fdst.require_group(key)
+                for sub in obj:
+                    if sub not in skip:
+                        _copy_object(fsrc, fdst, f"{key}/{sub}", dimids)
+            elif key not in skip:
+                _copy_object(fsrc, fdst, key, dimids)
 
 
 # -- writing VariableResults -------------------------------------------------------------------------
@@ -128,11 +155,11 @@ def write_results(path: str | os.PathLike, results: Iterable[VariableResult],
 
     def fill(f: h5py.File) -> None:
         for r in results:
-            delete_variable_objects(f, r.name)
+            delete_variable_objects(f, r.name)  # a name given twice: the last result wins
             _write_result(f, r)
 
     with run_file_lock(path):
-        _atomic_update(path, fill, provenance)
+        _atomic_update(path, fill, provenance, replaced=[r.name for r in results])
     return [r.name for r in results]
 
 
@@ -300,13 +327,13 @@ def merge_fragment(fragment: str | os.PathLike, dst: str | os.PathLike, *,
 
     def fill(fd: h5py.File) -> None:
         with h5py.File(fragment, "r") as fs:
+            dimids = _DimIds(fd)
             for name in sorted(names):
-                delete_variable_objects(fd, name)
-                copy_variable(fs, fd, name)
+                copy_variable(fs, fd, name, dimids)
 
     with run_file_lock(dst):
         if dst.exists():
-            _atomic_update(dst, fill, provenance)
+            _atomic_update(dst, fill, provenance, replaced=names)
         else:
             _atomic_update(dst, lambda f: None, provenance, start_from=fragment)
     if remove_source:
@@ -314,16 +341,42 @@ def merge_fragment(fragment: str | os.PathLike, dst: str | os.PathLike, *,
     return names, str(provenance)
 
 
-def copy_variable(fsrc: h5py.File, fdst: h5py.File, name: str) -> None:
+class _DimIds:
+    """Next free netCDF dimension id of a file being filled (ids are file-wide in netCDF4)."""
+
+    def __init__(self, f: h5py.File):
+        self._file = f
+        self._next: int | None = None
+
+    def reserve(self, ids: list[int]) -> int:
+        """Offset to add to `ids` (from another file) so they don't clash; marks them used."""
+        if self._next is None:
+            used = [-1]
+            self._file.visititems(lambda _, o: used.append(int(o.attrs["_Netcdf4Dimid"]))
+                                  if isinstance(o, h5py.Dataset) and "_Netcdf4Dimid" in o.attrs else None)
+            self._next = max(used) + 1
+        if not ids:
+            return 0
+        offset = self._next - min(ids)
+        self._next = max(ids) + offset + 1
+        return offset
+
+
+def _copy_object(fsrc: h5py.File, fdst: h5py.File, path: str, dimids: _DimIds) -> None:
+    obj = fsrc[path]
+    if isinstance(obj, h5py.Group) and obj.attrs.get(OBJTYPE_ATTR, "") in (OBJTYPE_DATAARRAY, OBJTYPE_DATASET):
+        copy_netcdf_group(fsrc, fdst, path, dimids)
+    else:
+        fdst.require_group(posixpath.dirname(path) or "/")
+        fsrc.copy(obj, fdst, name=path)
+
+
+def copy_variable(fsrc: h5py.File, fdst: h5py.File, name: str, dimids: _DimIds | None = None) -> None:
+    """Copy everything stored under `name` (data, summary, preview, error) from one file to another."""
+    dimids = dimids or _DimIds(fdst)
     for path in (name, *(f"{g}/{name}" for g in SPECIAL_GROUPS)):
         if path in fsrc:
-            obj = fsrc[path]
-            if isinstance(obj, h5py.Group) and obj.attrs.get(OBJTYPE_ATTR, "") in (
-                    OBJTYPE_DATAARRAY, OBJTYPE_DATASET):
-                copy_netcdf_group(fsrc, fdst, path)
-            else:
-                fdst.require_group(posixpath.dirname(path) or "/")
-                fsrc.copy(obj, fdst, name=path)
+            _copy_object(fsrc, fdst, path, dimids)
 
 
 def _scale_name(ds: h5py.Dataset) -> str:
@@ -331,7 +384,7 @@ def _scale_name(ds: h5py.Dataset) -> str:
     return name.decode("utf-8", "surrogateescape") if isinstance(name, bytes) else str(name)
 
 
-def copy_netcdf_group(fsrc: h5py.File, fdst: h5py.File, path: str) -> None:
+def copy_netcdf_group(fsrc: h5py.File, fdst: h5py.File, path: str, dimids: _DimIds | None = None) -> None:
     """Copy a NetCDF4 group between files, recreating its dimension scales in the destination.
 
     H5Ocopy leaves dimension-scale references pointing into the source file, and netCDF dimension ids
@@ -348,11 +401,9 @@ def copy_netcdf_group(fsrc: h5py.File, fdst: h5py.File, path: str) -> None:
             attached = [s.name for s in dim.values()]
             if attached or dim.label:
                 attachments.append((d.name, i, dim.label, attached))
-
-    used_ids = [-1]
-    fdst.visititems(lambda _, o: used_ids.append(int(o.attrs["_Netcdf4Dimid"]))
-                    if isinstance(o, h5py.Dataset) and "_Netcdf4Dimid" in o.attrs else None)
-    offset = max(used_ids) + 1
+    src_ids = sorted({int(np.ravel(d.attrs[k])[j]) for d in datasets for k in ("_Netcdf4Dimid", "_Netcdf4Coordinates")
+                      if k in d.attrs for j in range(np.size(d.attrs[k]))})
+    offset = (dimids or _DimIds(fdst)).reserve(src_ids)
 
     fdst.require_group(posixpath.dirname(src.name) or "/")
     fsrc.copy(src, fdst, name=src.name, without_attrs=True)
@@ -397,10 +448,7 @@ def delete_variables(path: str | os.PathLike, names: Iterable[str]) -> bool:
         if not present:
             return False
 
-        def fill(f: h5py.File) -> None:
-            for n in present:
-                delete_variable_objects(f, n)
-        _atomic_update(path, fill, None)
+        _atomic_update(path, lambda f: None, None, replaced=present)
     return True
 
 

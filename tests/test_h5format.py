@@ -265,3 +265,36 @@ def test_concurrent_writers_of_one_run_lose_nothing(tmp_path):
     assert {n: r.value for n, r in red.items()} == {f"w{w}_{i}": float(w * 100 + i)
                                                     for w in range(4) for i in range(8)}
     assert [p.name for p in path.parent.iterdir() if p.suffix == ".tmp"] == []
+
+
+def test_rewrites_repack_the_file_and_keep_netcdf_intact(tmp_path):
+    path = tmp_path / "p1_r1.h5"
+    write_results(path, [VR("da", data=dataarray(), objtype="dataarray", summary=1.0),
+                         VR("ds", data=dataset(), objtype="dataset", summary="x"),
+                         VR("big", data=np.random.default_rng(0).random(200_000), summary=0.5)])
+    size = path.stat().st_size
+    for i in range(5):  # replacing data must not leave dead space behind
+        write_results(path, [VR("big", data=np.random.default_rng(i).random(200_000), summary=float(i))])
+    assert path.stat().st_size < size * 1.2
+    assert read_reduced(path)["big"].value == 4.0
+    xr.testing.assert_equal(xr.load_dataarray(path, group="da", engine="h5netcdf"), dataarray())
+    xr.testing.assert_equal(xr.load_dataset(path, group="ds", engine="h5netcdf"),
+                            dataset().rename_vars({"a/b": "a_b"}))
+    write_results(path, [VR("da2", data=dataarray() * 3, objtype="dataarray")])
+    import netCDF4
+    with netCDF4.Dataset(path) as nc:
+        assert nc["da"]["foo"].dimensions == ("x", "y") and nc["da2"]["foo"][:].max() == 33
+        assert nc["ds"]["c"].dimensions == ("t",)
+    with h5py.File(path) as f:
+        assert f["da2/foo"].dims[0][0].name == "/da2/x" and f["da/foo"].dims[0][0].name == "/da/x"
+        dimids = [int(o.attrs["_Netcdf4Dimid"]) for g in ("da", "ds", "da2") for o in f[g].values() if o.is_scale]
+        assert len(dimids) == len(set(dimids))
+        assert f.attrs["provenance"] == "context.py"
+
+
+def test_unreadable_run_file_is_reported(tmp_path):
+    path = tmp_path / "p1_r1.h5"
+    path.write_bytes(b"not hdf5 at all")
+    with pytest.raises(OSError, match=r"Cannot update .*p1_r1.h5: it is not a readable HDF5 file.*Move it away"):
+        write_results(path, [VR("a", data=np.asarray(1.0))])
+    assert path.read_bytes() == b"not hdf5 at all"
