@@ -161,6 +161,10 @@ def build_app() -> pn.viewable.Viewable:
     if source is None:
         return proposal_list(cfg, message)
     session = make_session(source, cfg)
+    if (pn.state.session_args or {}).get("mode", [b""])[0] == b"bigscreen":
+        from app.pages import bigscreen  # a wall display: that page alone, without tabs or edit pages
+
+        return bigscreen.view(session)
 
     badge = ConnectionBadge(state=source.connection, height=24, width=110)
     session.on_change(lambda ch: setattr(badge, "state", source.connection) if ch.connection else None)

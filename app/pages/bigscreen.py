@@ -1,6 +1,7 @@
 """Big-screen mode for a control-room display: the newest run in large type, its plots rotating.
 
-Open ``/<app>?page=bigscreen`` (or ``?mode=bigscreen``). Optional URL parameters:
+Open ``/<app>?mode=bigscreen`` for the wall display: this page alone, without the tabs and their edit
+controls (``?page=bigscreen`` shows it as a tab of the normal dashboard). Optional URL parameters:
 ``vars=name1,name2`` key variables to show (default: the first numbers of the newest run),
 ``plots=name1,name2`` plots to rotate through (default: every plottable variable of the newest run),
 ``interval=15`` seconds per plot. It follows new runs by itself, has no edit controls, and reloads

@@ -113,6 +113,8 @@ def array_variables(db_dir: Any, proposal: int | None, runs: list[int]) -> list[
         if proposal is None:
             break
         for var in scan_run_file(run_file(db_dir, proposal, run)).values():
+            if var.objtype in ("PlotlyFigure", "image", "dataset"):
+                continue
             if var.error is None and (len(var.shape) == 1 and var.shape[0] > 1 or
                                       var.objtype == "dataarray" and any(len(s) == 1 for s in
                                                                          var.netcdf_vars.values())):
@@ -271,6 +273,8 @@ class RunOverlay:
         self.x.options = {INDEX_X: INDEX_X, **options}
         if current_y in options.values():
             self.y.value = current_y
+        elif options:
+            self.y.value = next(iter(options.values()))
         if current_x in self.x.options.values():
             self.x.value = current_x
         shown = ", ".join(map(str, runs))
