@@ -17,6 +17,7 @@ import shutil
 import sqlite3
 import struct
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
@@ -148,6 +149,9 @@ class DamnitDB:
         if read_only and not existed:
             raise PermissionError(f"Cannot create a DAMNIT database at {path}: read-only requested")
         self.read_only = read_only
+        # One connection may be shared by threads (e.g. dashboard callbacks); writes take this lock so
+        # that a transaction never picks up another thread's statements.
+        self._write_lock = threading.RLock()
         self.conn = self._connect()
         self.conn.row_factory = sqlite3.Row
         self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
@@ -198,9 +202,11 @@ class DamnitDB:
 
     def _connect(self) -> sqlite3.Connection:
         if not self.read_only:
-            return sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            return sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                   check_same_thread=False)
         uri = "file:" + quote(str(self._path))
-        conn = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        conn = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                               check_same_thread=False)
         try:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
             return conn
@@ -208,14 +214,22 @@ class DamnitDB:
             # A WAL database in a directory we can't write to (no -shm file to create): read it as an
             # immutable snapshot instead.
             conn.close()
-            return sqlite3.connect(uri + "?immutable=1", uri=True, isolation_level=None)
+            return sqlite3.connect(uri + "?immutable=1", uri=True, isolation_level=None,
+                                   check_same_thread=False)
 
     def _enable_wal(self) -> None:
+        if self.conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+            return
+        # Switching needs a moment of exclusive access; if another process is reading right now, don't
+        # stall opening for the whole busy timeout: stay in the current mode and switch another time.
+        self.conn.execute("PRAGMA busy_timeout = 1000")
         try:
             mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         except sqlite3.OperationalError as e:
             log.warning("Could not switch %s to WAL mode (%s); continuing", self._path, e)
             return
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
         if mode.lower() != "wal":
             log.warning("%s stays in %s journal mode (filesystem without WAL support?)", self._path, mode)
 
@@ -268,6 +282,10 @@ class DamnitDB:
         """
         if self.read_only:
             raise PermissionError(f"{self._path} is open read-only; cannot {label}")
+        with self._write_lock:
+            return self._write_locked(fn, label)
+
+    def _write_locked(self, fn: Callable[[], Any], label: str) -> Any:
         if self.conn.in_transaction:
             return fn()
 

@@ -485,3 +485,46 @@ def test_value_types_parse_and_describe():
             var.parse(example)
     assert value_types_by_name["boolean"].from_db_value(1) is True
     assert value_types_by_name["boolean"].from_db_value(None) is None
+
+
+def test_threads_sharing_one_connection(db):
+    import threading
+    errors = []
+
+    def work(tid):
+        try:
+            for run in range(20):
+                db.set_variables(1234, run, {f"t{tid}": ReducedData(float(tid * 100 + run))})
+                db.change_run_comment(1234, run, f"t{tid}")
+                db.conn.execute("SELECT count(*) FROM run_variables").fetchone()
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    values = {(r[0], r[1]): r[2] for r in db.conn.execute("SELECT run, name, value FROM run_variables")}
+    assert all(values[(run, f"t{t}")] == t * 100 + run for t in range(4) for run in range(20))
+
+
+def test_wal_switch_does_not_stall_when_another_process_reads(tmp_path):
+    """An original-created (rollback-journal) DB held open by a reader: opening ours must not hang."""
+    import time
+    path = make_db(tmp_path / "runs.sqlite", V1_SCHEMA + V2_EXTRA + V3_EXTRA)
+    with DamnitDB(path) as db:  # upgrade to v4, switches to WAL
+        pass
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=DELETE")
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT * FROM run_info").fetchall()  # holds a SHARED lock
+    t0 = time.monotonic()
+    with DamnitDB(path) as db:
+        assert db.conn.execute("SELECT count(*) FROM run_info").fetchone()[0] == 1
+    assert time.monotonic() - t0 < 10
+    reader.execute("COMMIT")
+    with DamnitDB(path) as db:
+        assert db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
