@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 CTXSUPPORT_DIR = Path(__file__).resolve().parent / "ctxsupport"
 HEADER = struct.Struct("<Q")
 READ_CHUNK = 1 << 20
+DEFAULT_LOAD_TIMEOUT = 300.0  # s for a worker to start and load the context (imports can be slow)
 
 
 @dataclass
@@ -149,6 +150,7 @@ class _Worker:
         self.info: dict | None = None
         self.context_error: dict | None = None
         self.stamp = pool._context_stamp()
+        self.started = time.monotonic()
         self.output = tempfile.TemporaryFile()
         read_fd, write_fd = os.pipe()
         cmd = [pool.context_python, "-u", "-m", "ctxrunner", "worker", "--context",
@@ -163,6 +165,10 @@ class _Worker:
             os.close(write_fd)
         self.fd = read_fd
         os.set_blocking(read_fd, False)
+
+    @property
+    def loading(self) -> bool:
+        return not self.ready and self.context_error is None and self.fd >= 0
 
     def is_stale(self, context_stamp) -> bool:
         """Whether context.py or a module it imported from outside the installation changed."""
@@ -253,7 +259,9 @@ class WorkerPool:
     """
 
     def __init__(self, db_dir, *, context_python: str | None = None, n_workers: int = 1,
-                 variable_timeout: float | None = None, max_variable_bytes: int | None = None):
+                 variable_timeout: float | None = None, max_variable_bytes: int | None = None,
+                 load_timeout: float = DEFAULT_LOAD_TIMEOUT):
+        self.load_timeout = load_timeout
         self.db_dir = Path(db_dir).resolve()
         self.context_path = self.db_dir / "context.py"
         self.context_python = context_python or sys.executable
@@ -410,10 +418,10 @@ class WorkerPool:
         return done
 
     def _next_deadline(self) -> float | None:
-        if self.variable_timeout is None:
-            return None
-        deadlines = [w.var_started + self.variable_timeout for w in self._workers
-                     if w.job is not None and w.current_var is not None]
+        deadlines = [w.started + self.load_timeout for w in self._workers if w.loading]
+        if self.variable_timeout is not None:
+            deadlines += [w.var_started + self.variable_timeout for w in self._workers
+                          if w.job is not None and w.current_var is not None]
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
@@ -498,10 +506,18 @@ class WorkerPool:
         return self._retry(job, var, type(exc).__name__, f"could not decode the result of {var!r}: {exc}")
 
     def _check_deadlines(self) -> list[tuple[RunOutcome | None, int]]:
+        now = time.monotonic()
+        for worker in self._workers:
+            if worker.loading and now - worker.started >= self.load_timeout:
+                output = worker.output_tail()
+                self._selector.unregister(worker.fd)
+                worker.kill()
+                worker.context_error = _plain_error(
+                    "TimeoutError", f"loading the context file took longer than {self.load_timeout:g} s",
+                    output, str(self.context_path))
         if self.variable_timeout is None:
             return []
         out = []
-        now = time.monotonic()
         for worker in list(self._workers):
             if worker.job is None or worker.current_var is None:
                 continue

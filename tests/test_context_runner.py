@@ -498,3 +498,11 @@ def test_mymdc_client_and_helper_modules_next_to_the_context(db_dir, monkeypatch
     assert res["sample"].data == f"sample {PROPOSAL}-4"
     assert (res["run_type"].error_cls, res["run_type"].error) == ("ConnectionError", "MyMdC is unreachable")
     assert res["doubled"].data == 8
+
+
+def test_context_that_hangs_while_loading(db_dir):
+    write_context(db_dir, "import time\nprint('loading...', flush=True)\ntime.sleep(600)\n")
+    with WorkerPool(db_dir, load_timeout=3) as pool:
+        (outcome,) = pool.process([RunRequest(PROPOSAL, 1, mock=True)])
+    assert outcome.run_error["cls"] == "TimeoutError"
+    assert outcome.run_error["message"] == "loading the context file took longer than 3 s"
