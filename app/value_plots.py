@@ -256,9 +256,9 @@ class PlainText(pn.pane.HTML):
         return super()._transform_object(html.escape("" if obj is None else str(obj)))
 
 
-def plain_text(text: str, **styles: str) -> PlainText:
+def plain_text(text: str, css_classes: list[str] | None = None, **styles: str) -> PlainText:
     """User-provided text in the page's font, with the given CSS styles; ``.object`` stays escaped."""
-    return PlainText(text, styles={"white-space": "pre-wrap", **styles})
+    return PlainText(text, styles={"white-space": "pre-wrap", **styles}, css_classes=css_classes or [])
 
 
 def scalar_view(value: Any, *, units: str | None = None, font_size: str = "1.6em") -> pn.viewable.Viewable:

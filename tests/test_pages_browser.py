@@ -233,6 +233,19 @@ def test_summary_plot_gains_a_point_when_a_run_is_processed(dashboard, page):
     while points_in_plot() != before + 1 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert points_in_plot() == before + 1
+
+    # Selecting points (box select is the active drag tool) selects those runs in the session ...
+    box = page.locator(".damnit-summary-plot").bounding_box()
+    page.mouse.move(box["x"] + 70, box["y"] + 45)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=5)
+    page.mouse.move(box["x"] + box["width"] - 45, box["y"] + box["height"] - 50, steps=5)
+    page.mouse.up()
+    all_runs = ", ".join(str(r) for r in range(1, before + 2))
+    page.locator(".damnit-overlay-runs").get_by_text(f"Runs: {all_runs}").wait_for(timeout=10_000)
+    # ... which the per-run overlay then draws, one line per run.
+    page.get_by_role("button", name="Plot selected runs").click()
+    page.locator(".damnit-overlay-plot canvas").first.wait_for(timeout=20_000)
     _screenshot(page, "plots")
 
 

@@ -154,7 +154,8 @@ class SummaryPlot:
         self.bins = pn.widgets.IntInput(label="Bins", value=30, start=5, end=100_000, step=25, width=90)
         self.count = plain_text("", color="grey")
         self.pipe = hv.streams.Pipe(data=self._data())
-        self.plot_pane = pn.pane.HoloViews(sizing_mode="stretch_width", min_height=PLOT_HEIGHT + 80)
+        self.plot_pane = pn.pane.HoloViews(sizing_mode="stretch_width", min_height=PLOT_HEIGHT + 80,
+                                           css_classes=["damnit-summary-plot"])
         self.swap.on_click(self._swap)
         for w in (self.x, self.y, self.kind):
             w.param.watch(self._rebuild, "value")
@@ -247,9 +248,10 @@ class RunOverlay:
         self.y = pn.widgets.Select(label="Array (Y)", options=[], width=220)
         self.x = pn.widgets.Select(label="Against (X)", options=[INDEX_X], value=INDEX_X, width=220)
         self.go = pn.widgets.Button(label="Plot selected runs", button_type="primary", align="end")
-        self.runs_text = plain_text("", color="grey")
+        self.runs_text = plain_text("", color="grey", css_classes=["damnit-overlay-runs"])
         self.messages = plain_text("", color="#a60")
-        self.plot_pane = pn.pane.HoloViews(sizing_mode="stretch_width", min_height=PLOT_HEIGHT)
+        self.plot_pane = pn.pane.HoloViews(sizing_mode="stretch_width", min_height=PLOT_HEIGHT,
+                                           css_classes=["damnit-overlay-plot"])
         self.go.on_click(self._plot)
         session.param.watch(lambda e: self._refresh_choices(), "selected_runs")
         self._refresh_choices()
