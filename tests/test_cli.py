@@ -438,3 +438,12 @@ def test_reprocess_selection_typos_are_errors(tmp_path, make_mock_runs, monkeypa
     assert values(d) == {}
     log = (d / "process_logs" / f"r1-p{PROPOSAL}.out").read_text()
     assert "no variable named 'sample_y'" in log
+
+
+def test_reprocess_concurrent_jobs_sets_the_worker_count(tmp_path, make_mock_runs, monkeypatch):
+    make_mock_runs(PROPOSAL, [1, 2, 3])
+    d = init_db(tmp_path / "db", "import os\nfrom damnit_ctx import Variable\n\n@Variable(title='pid')\n"
+                                 "def pid(run):\n    return os.getpid()\n")
+    monkeypatch.chdir(d)
+    assert main(["reprocess", "1-3", "--direct", "--concurrent-jobs", "1"]) == 0
+    assert len({v for (_, n), v in values(d).items() if n == "pid"}) == 1  # one worker took all runs
