@@ -416,6 +416,8 @@ def add_process_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--update-vars", action="store_true",
                         help="Update the variables table from the context file first")
     parser.add_argument("--mock", action="store_true", help="Use a fake run object instead of reading data")
+    parser.add_argument("--sandbox-args", type=str, default=None,
+                        help="Command prefix wrapping the context processes: `<args> <proposal> -- <python ...>`")
 
 
 # -- registration --------------------------------------------------------------------------------

@@ -15,12 +15,17 @@ import getpass
 import logging
 import os
 import queue
+import shlex
+import shutil
 import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -130,8 +135,13 @@ class RunProcessor:
     """Process runs of one DAMNIT database with a pool of long-lived context workers."""
 
     def __init__(self, db_dir, *, n_workers: int | None = None, producer=None,
-                 variable_timeout: float | None = None):
+                 variable_timeout: float | None = None, sandbox_args: str | None = None):
         self.db_dir = Path(db_dir).resolve()
+        # A command prefix run as `<sandbox_args...> <proposal> -- <python ...>` around every context
+        # process (the listener's `sandbox_args` setting, as in the original).
+        self.sandbox_args = sandbox_args or None
+        self._sandbox_proposal: int | None = None
+        self._wrapper_dir: Path | None = None
         self.db = DamnitDB.from_dir(self.db_dir)
         # Update messages go to the DB's topic; resolved once, as the heartbeat thread may not use the DB.
         self.topic = self.db.kafka_topic
@@ -159,10 +169,10 @@ class RunProcessor:
 
     def _workers_for(self, n_workers: int) -> WorkerPool:
         pool = self._pool
-        if pool is None or pool.n_workers < n_workers or pool.context_python != (
-                self.context_python or sys.executable):
+        python = self._python()
+        if pool is None or pool.n_workers < n_workers or pool.context_python != python:
             self.close()
-            pool = self._pool = WorkerPool(self.db_dir, context_python=self.context_python,
+            pool = self._pool = WorkerPool(self.db_dir, context_python=python,
                                            n_workers=n_workers, variable_timeout=self.variable_timeout)
         return pool
 
@@ -176,12 +186,28 @@ class RunProcessor:
     def context_python(self) -> str | None:
         return self.db.metameta.get("context_python") or None
 
+    def _python(self) -> str:
+        """The interpreter for context processes; with sandbox_args, a script that wraps it."""
+        python = self.context_python or sys.executable
+        if not self.sandbox_args:
+            return python
+        if self._wrapper_dir is None:
+            self._wrapper_dir = Path(tempfile.mkdtemp(prefix="damnit-sandbox-"))
+            weakref.finalize(self, shutil.rmtree, self._wrapper_dir, True)
+        proposal = self._sandbox_proposal or self.db.metameta.get("proposal") or 0
+        wrapper = self._wrapper_dir / f"python-p{proposal}"
+        if not wrapper.exists():
+            cmd = [*shlex.split(self.sandbox_args), str(proposal), "--", python]
+            wrapper.write_text(f'#!/bin/sh\nexec {shlex.join(cmd)} "$@"\n')
+            wrapper.chmod(0o755)
+        return str(wrapper)
+
     def read_context(self) -> dict:
         """Evaluate the context file in `context_python`; raise ContextLoadError with file:line on failure."""
         if not self.context_path.is_file():
             raise ContextLoadError(self.context_path, {
                 "message": f"No context file at {self.context_path}", "cls": "FileNotFoundError"})
-        info = load_context_info(self.db_dir, context_python=self.context_python)
+        info = load_context_info(self.db_dir, context_python=self._python())
         if info.get("error"):
             raise ContextLoadError(self.context_path, info["error"])
         return info
@@ -231,12 +257,13 @@ class RunProcessor:
                 req.log_path = run_log_path(self.db_dir, req.proposal, req.run)
             processing_ids.setdefault(id(req), str(uuid.uuid4()))
 
+        self._sandbox_proposal = requests[0].proposal
         n_workers = self.n_workers or os.cpu_count() or 1
         n_workers = max(1, min(n_workers, len(requests)))
 
         _make_shared_dir(self.db_dir / "extracted_data")
         _make_shared_dir(self.db_dir / "process_logs")
-        user, node = getpass.getuser(), _node_info()
+        user, node = self._username(requests[0].proposal), _node_info()
         for req in requests:
             _append_log(req.log_path, f"\n----- Processing r{req.run} (p{req.proposal}) as {user} on {node} -----")
 
@@ -360,6 +387,18 @@ class RunProcessor:
 
     # -- messages ------------------------------------------------------------------------------------
 
+    def _username(self, proposal: int) -> str:
+        """Who the context runs as: the sandbox's `whoami` when sandboxed, else this user."""
+        if self.sandbox_args:
+            try:
+                res = subprocess.run([*shlex.split(self.sandbox_args), str(proposal), "--", "whoami"],
+                                     capture_output=True, text=True, timeout=60)
+                if res.returncode == 0 and res.stdout.strip():
+                    return res.stdout.strip()
+            except (OSError, subprocess.SubprocessError) as e:
+                log.warning("Could not ask the sandbox who runs the context: %s", e)
+        return getpass.getuser()
+
     def _state_info(self, req: RunRequest, processing_id: str, status: str) -> dict:
         cluster = os.environ.get("SLURM_CLUSTER_NAME", "") if os.environ.get("SLURM_JOB_ID") else None
         return {
@@ -400,7 +439,7 @@ def run_process_command(args: argparse.Namespace) -> int:
     """Process one run as a Slurm job (or from the command line); exit code 0 only if it was stored."""
     db_dir = (args.db_dir or Path.cwd()).resolve()
     try:
-        processor = RunProcessor(db_dir)
+        processor = RunProcessor(db_dir, sandbox_args=args.sandbox_args)
     except Exception as e:
         print(f"Error: cannot open DAMNIT database in {db_dir}: {e}", file=sys.stderr)
         return 2

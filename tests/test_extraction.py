@@ -437,3 +437,26 @@ def test_update_messages_reach_the_broker(tmp_path, make_mock_runs, amore_broker
     assert (updated["proposal"], updated["run"]) == (PROPOSAL, 1)
     assert updated["values"] == {"n_trains": None, "sample_x": None, "broken": None, "double_trains": None,
                                  "start_time": None}
+
+
+def test_sandbox_args_wrap_every_context_process(tmp_path, make_mock_runs):
+    """`--sandbox-args` (the listener's sandbox_args): context processes run as `<args> <proposal> -- ...`."""
+    make_mock_runs(PROPOSAL, 1)
+    db_dir = make_db(tmp_path / "db", SIMPLE_CONTEXT)
+    calls = tmp_path / "sandbox-calls.txt"
+    sandbox = tmp_path / "fake-sandbox"
+    sandbox.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n'
+                       'while [ "$1" != "--" ]; do shift; done\nshift\n'
+                       'if [ "$1" = whoami ]; then echo sandboxed-user; exit 0; fi\nexec "$@"\n')
+    sandbox.chmod(0o755)
+    res = subprocess.run(_module_cmd(PROPOSAL, 1, "all", "--db-dir", db_dir, "--var", "n_trains",
+                                     "--sandbox-args", f"{sandbox} --flag"),
+                         capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert db_rows(db_dir)[(1, "n_trains")][0] == 50
+    lines = calls.read_text().splitlines()
+    assert f"--flag {PROPOSAL} -- whoami" in lines
+    assert any(line.startswith(f"--flag {PROPOSAL} -- {sys.executable} -m ctxrunner ctx") for line in lines)
+    assert any(line.startswith(f"--flag {PROPOSAL} -- {sys.executable} -u -m ctxrunner worker") for line in lines)
+    log = (db_dir / "process_logs" / f"r1-p{PROPOSAL}.out").read_text()
+    assert f"----- Processing r1 (p{PROPOSAL}) as sandboxed-user on " in log
