@@ -266,6 +266,41 @@ def test_saving_a_context_with_a_syntax_error_is_refused_with_its_line(dashboard
     assert ctx_path.read_text() == original  # nothing written
 
 
+def _replace_editor_text(page, text: str) -> None:
+    page.locator(".damnit-context-editor .ace_text-input").focus()
+    page.keyboard.press("Control+A")
+    page.keyboard.press("Delete")
+    page.keyboard.insert_text(text)
+
+
+def test_saving_a_valid_context_updates_the_variable_list_and_edits_on_disk_are_not_overwritten(
+        dashboard, page):
+    from backend.db import DamnitDB
+
+    ctx_path = dashboard.db_dir / "context.py"
+    original = ctx_path.read_text()
+    added = original + '\n\n@Variable(title="Added in the browser")\ndef added_here(run):\n    return 42\n'
+    page.goto(dashboard.page_url("context_editor"))
+    page.locator(".damnit-context-editor .ace_content").wait_for()
+    _replace_editor_text(page, added)
+    page.get_by_role("button", name="Save").click()
+    status = page.locator(".damnit-context-status")
+    status.get_by_text("Saved. Variable list updated.").wait_for(timeout=60_000)
+    assert ctx_path.read_text() == added
+    with DamnitDB.from_dir(dashboard.db_dir) as db:
+        assert db.variable_titles().get("added_here") == "Added in the browser"
+
+    # Someone edits the file elsewhere while this editor has unsaved changes: saving must not clobber it.
+    ctx_path.write_text(added + "# edited on disk\n")
+    _replace_editor_text(page, added + "# edited in the browser\n")
+    page.get_by_role("button", name="Save").click()
+    status.get_by_text(re.compile("changed on disk")).wait_for(timeout=30_000)
+    assert ctx_path.read_text().endswith("# edited on disk\n")
+    page.get_by_role("button", name="Reload from disk").click()
+    page.locator(".damnit-context-editor").get_by_text("# edited on disk").wait_for()
+    ctx_path.write_text(original)  # leave the context as the other tests expect it
+
+
 def test_reprocess_from_the_page_puts_new_values_in_the_table(dashboard, page):
     ctx_path = dashboard.db_dir / "context.py"
     ctx_path.write_text(ctx_path.read_text().replace('VERSION = "v1"', 'VERSION = "v2-from-page"'))
