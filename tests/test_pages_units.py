@@ -241,3 +241,29 @@ def test_overlay_alignment_on_train_ids():
         aligned_arrays(np.arange(3.0), np.arange(4.0))
     with pytest.raises(ValueError, match="common"):
         aligned_arrays(y, xr.DataArray([1.0], dims=["trainId"], coords={"trainId": [99]}))
+
+
+# -- standalone comments --------------------------------------------------------------------------------
+
+
+def test_standalone_comments_add_edit_list(tmp_path):
+    import datetime as dt
+
+    from app.pages.comments import TZ, add_comment, edit_comment, list_comments
+    from backend.db import DamnitDB
+
+    DamnitDB.from_dir(tmp_path, create=True).close()
+    first = add_comment(tmp_path, dt.datetime(2026, 3, 1, 10, 0, 0), "  beam lost  ")
+    second = add_comment(tmp_path, dt.datetime(2026, 3, 1, 11, 30, 0, tzinfo=TZ), "back")
+    with pytest.raises(ValueError, match="empty"):
+        add_comment(tmp_path, dt.datetime(2026, 3, 1), "   ")
+    edit_comment(tmp_path, first, "beam lost (vacuum)")
+    with pytest.raises(KeyError):
+        edit_comment(tmp_path, 999, "nope")
+    df = list_comments(tmp_path)
+    assert list(df["#"]) == [second, first]  # newest first
+    assert list(df["Comment"]) == ["back", "beam lost (vacuum)"]
+    assert df["Timestamp"].iloc[1] == "2026-03-01 10:00:00"  # naive input = facility local time
+    with DamnitDB.from_dir(tmp_path) as db:
+        ts = {c["id"]: c["timestamp"] for c in db.standalone_comments()}
+    assert ts[first] == dt.datetime(2026, 3, 1, 9, 0, tzinfo=dt.timezone.utc).timestamp()

@@ -116,7 +116,7 @@ def variable_card(source: Any, run: int, var: StoredVariable) -> pn.viewable.Vie
     def load(prefer_preview: bool = True) -> None:
         def work() -> tuple[Any, bool]:
             loaded = load_for_display(source.db_dir, run, var.name, prefer_preview=prefer_preview)
-            plot = plot_value(loaded.value, title=f"{title} (run {run})", units=loaded.units,
+            plot = plot_value(loaded.value, title=title, units=loaded.units,
                               objtype=loaded.objtype)
             return plot, loaded.is_preview
 
