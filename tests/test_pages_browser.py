@@ -209,6 +209,12 @@ def test_row_click_shows_a_plot_for_each_array_variable(dashboard, page):
         assert drawn.count() > 0, f"no plot drawn for {name}"
     assert not page.locator("text=Could not load").count()
     _screenshot(page, "inspect")
+    # camera_profile stored a preview (the image): shown first, the full data (a 1-D profile) on request
+    profile = page.locator(".damnit-var-camera_profile")
+    assert profile.get_by_text("Preview", exact=True).count() == 1
+    profile.get_by_role("button", name="Show full data").click()
+    profile.get_by_text("Preview", exact=True).wait_for(state="detached", timeout=20_000)
+    profile.locator(".damnit-plot-ready canvas").first.wait_for()
 
 
 def test_summary_plot_gains_a_point_when_a_run_is_processed(dashboard, page):
