@@ -440,45 +440,52 @@ class Damnit:
         runs = conn.execute("SELECT proposal, run, start_time FROM run_info WHERE start_time IS NOT NULL"
                             " ORDER BY proposal, run").fetchall()
         n = len(runs)
-        columns: dict[str, np.ndarray] = {}
         value_sql = ("CASE WHEN typeof(value) != 'blob' OR summary_type = 'complex' THEN value"
                      " WHEN summary_type = 'trendline' THEN '<sparkline>'"
                      " WHEN summary_type = 'numpy' THEN '<ndarray>'"
                      " WHEN summary_type IS NULL OR summary_type = '' THEN '<thumbnail>'"
                      " ELSE '<blob>' END")
         proposals = {p for p, _, _ in runs}
-        several_versions = conn.execute(
-            "SELECT EXISTS(SELECT 1 FROM run_variables WHERE version IS NOT 1)").fetchone()[0]
-        if len(proposals) == 1 and not several_versions:
-            # Common case, kept lean: fetching fewer columns is most of the cost.
-            rows = conn.execute(f"SELECT run, name, {value_sql} FROM run_variables WHERE proposal=?",
-                                (next(iter(proposals)),)).fetchall()
-            run_nos, names, values = zip(*rows) if rows else ((), (), ())
-            keys = np.asarray(run_nos, dtype=np.int64)
-            run_keys = np.array([r for _, r, _ in runs], dtype=np.int64)
-            versions = None
-        else:
+
+        def fetch(lean: bool):
+            """(row keys, table run keys, names, values, versions) of all run_variables rows."""
+            if lean:  # one proposal, one version per value: fetching fewer columns is most of the cost
+                rows = conn.execute(f"SELECT run, name, {value_sql} FROM run_variables WHERE proposal=?",
+                                    (next(iter(proposals)),)).fetchall()
+                run_nos, names, values = zip(*rows) if rows else ((), (), ())
+                return (np.asarray(run_nos, dtype=np.int64), np.array([r for _, r, _ in runs], dtype=np.int64),
+                        names, values, None)
             rows = conn.execute(f"SELECT proposal, run, name, {value_sql}, version FROM run_variables"
                                 " WHERE proposal IS NOT NULL AND run IS NOT NULL").fetchall()
             props, run_nos, names, values, versions = zip(*rows) if rows else ((),) * 5
             keys = (np.asarray(props, dtype=np.int64) << 32) | np.asarray(run_nos, dtype=np.int64)
             run_keys = np.array([(int(p) << 32) | int(r) for p, r, _ in runs], dtype=np.int64)
-            versions = np.asarray([1 if v is None else v for v in versions], dtype=np.int64)
-        if rows and n:
-            # Vectorised pivot: locate each row's run and variable, then scatter the values into a grid.
+            return keys, run_keys, names, values, np.asarray([v or 0 for v in versions], dtype=np.int64)
+
+        def pivot(lean: bool):
+            """Vectorised pivot: locate each row's run and variable, then scatter values into a grid."""
+            keys, run_keys, names, values, versions = fetch(lean)
+            if not len(keys) or not n:
+                return {}
             sorter = np.argsort(run_keys, kind="stable")
             pos = sorter[np.minimum(np.searchsorted(run_keys, keys, sorter=sorter), n - 1)]
             order = np.flatnonzero(run_keys[pos] == keys)  # rows of runs in the table
+            codes, uniques = pd.factorize(np.asarray(names, dtype=object))
             if versions is not None:  # several versions of a value: let the newest be written last
                 order = order[np.argsort(versions[order], kind="stable")]
-            codes, uniques = pd.factorize(np.asarray(names, dtype=object))
+            elif np.bincount(codes[order] * n + pos[order]).max(initial=0) > 1:
+                return None  # the same cell twice: several versions are stored
             cells = np.empty(len(values), dtype=object)
             cells[:] = values
             for i in [i for i, v in enumerate(values) if type(v) is bytes]:
                 cells[i] = blob2complex(cells[i])  # the only blobs left are complex numbers
             grid = np.full((len(uniques), n), pd.NA, dtype=object)
             grid[codes[order], pos[order]] = cells[order]
-            columns = {name: grid[j] for j, name in enumerate(uniques)}
+            return {name: grid[j] for j, name in enumerate(uniques)}
+
+        columns = pivot(lean=len(proposals) == 1)
+        if columns is None:
+            columns = pivot(lean=False)
 
         # Defined variables without any value yet still get a column (names with values are all above).
         for (name,) in conn.execute("SELECT name FROM variables"):

@@ -235,3 +235,13 @@ def test_table_multiple_versions_and_proposals(tmp_path):
     db.conn.execute("INSERT INTO run_variables (proposal, run, name, version, value) VALUES (1, 1, 'x', 2, 5.0)")
     df = Damnit(tmp_path).table()
     assert df[["proposal", "run", "x"]].values.tolist() == [[1, 1, 5.0], [2, 1, 2.0]]
+
+
+def test_table_newest_version_wins_in_one_proposal(tmp_path):
+    db = initialize_proposal(tmp_path, 1)
+    db.set_variables(1, 1, {"x": ReducedData(1.0), "y": ReducedData("a")}, start_time=START)
+    db.set_variables(1, 2, {"x": ReducedData(3.0)}, start_time=START + 1)
+    db.conn.execute("INSERT INTO run_variables (proposal, run, name, version, value) VALUES (1, 1, 'x', 3, 5.0)")
+    db.conn.execute("INSERT INTO run_variables (proposal, run, name, version, value) VALUES (1, 1, 'x', 2, 4.0)")
+    df = Damnit(tmp_path).table()
+    assert df["x"].tolist() == [5.0, 3.0] and df["y"][0] == "a"
