@@ -289,7 +289,7 @@ def _reprocess_direct(db_dir: Path, requests: list, n_workers: int | None) -> in
     """Process locally with a pool of workers, a progress bar and a final summary line."""
     from tqdm import tqdm
 
-    from backend.extraction import ContextLoadError, RunProcessor, VariableSelectionError
+    from backend.extraction import NothingProcessed, RunProcessor
 
     processor = RunProcessor(db_dir, n_workers=n_workers)
     failed: list = []
@@ -305,7 +305,7 @@ def _reprocess_direct(db_dir: Path, requests: list, n_workers: int | None) -> in
                 skipped += sum(1 for r in outcome.results if r.error_cls == "Skip")
             bar.set_postfix(failed=len(failed), refresh=False)
             bar.update(1)
-    except (ContextLoadError, VariableSelectionError) as e:
+    except NothingProcessed as e:
         bar.close()
         print(e, file=sys.stderr)
         print("Nothing was processed; the database is unchanged.", file=sys.stderr)

@@ -39,7 +39,11 @@ PROVENANCE = "context.py"
 HEARTBEAT_INTERVAL = 10.0  # seconds between repeated RUNNING messages (as the original)
 
 
-class ContextLoadError(RuntimeError):
+class NothingProcessed(RuntimeError):
+    """Processing was refused before anything was written (the message says why and where)."""
+
+
+class ContextLoadError(NothingProcessed):
     """The context file could not be loaded; nothing was processed or written."""
 
     def __init__(self, context_path: Path, info: dict):
@@ -65,7 +69,7 @@ def format_context_error(context_path: Path, info: dict) -> str:
     return text
 
 
-class VariableSelectionError(ValueError):
+class VariableSelectionError(NothingProcessed, ValueError):
     """--var names a variable the context does not have, or no title matches --match."""
 
 
@@ -270,7 +274,12 @@ class RunProcessor:
         # The workers start on the runs at once, in a feeder thread, while this thread checks the context
         # and then stores results as they come: neither waits for the other. Nothing is written to the
         # database or the run files before the context has been checked.
-        pool = self._workers_for(n_workers)
+        try:
+            pool = self._workers_for(n_workers)
+        except OSError as e:
+            raise NothingProcessed(
+                f"cannot start the context interpreter {self.context_python or sys.executable!r} "
+                f"(the `context_python` setting, see `damnit db-config`): {e}") from None
         outcomes: queue.Queue = queue.Queue()
         feeder = threading.Thread(target=self._feed, args=(pool, requests, outcomes), daemon=True,
                                   name="damnit-workers")
@@ -454,7 +463,7 @@ def run_process_command(args: argparse.Namespace) -> int:
     try:
         with processor:
             outcomes = list(processor.process([req], update_vars=args.update_vars, processing_ids=ids))
-    except (ContextLoadError, VariableSelectionError) as e:
+    except NothingProcessed as e:
         print(e, file=sys.stderr)
         return 3
     failed = [o for o in outcomes if o.run_error]

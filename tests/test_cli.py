@@ -447,3 +447,17 @@ def test_reprocess_concurrent_jobs_sets_the_worker_count(tmp_path, make_mock_run
     monkeypatch.chdir(d)
     assert main(["reprocess", "1-3", "--direct", "--concurrent-jobs", "1"]) == 0
     assert len({v for (_, n), v in values(d).items() if n == "pid"}) == 1  # one worker took all runs
+
+
+def test_missing_context_python_is_a_clear_error(tmp_path, make_mock_runs, monkeypatch, capsys):
+    make_mock_runs(PROPOSAL, [1])
+    d = init_db(tmp_path / "db")
+    monkeypatch.chdir(d)
+    assert main(["db-config", "context_python", "/no/such/python"]) == 0
+    capsys.readouterr()
+    assert main(["reprocess", "1", "--direct"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot start the context interpreter '/no/such/python' (the `context_python` setting" in err
+    assert main(["read-context"]) == 1
+    assert "/no/such/python" in capsys.readouterr().err
+    assert values(d) == {}
