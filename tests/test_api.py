@@ -245,3 +245,20 @@ def test_table_newest_version_wins_in_one_proposal(tmp_path):
     db.conn.execute("INSERT INTO run_variables (proposal, run, name, version, value) VALUES (1, 1, 'x', 2, 4.0)")
     df = Damnit(tmp_path).table()
     assert df["x"].tolist() == [5.0, 3.0] and df["y"][0] == "a"
+
+
+def test_preview_plots(db_dir):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rv = Damnit(db_dir)[1]
+    lines = rv["line"].preview()  # 1-D: markers against the index
+    assert lines[0].get_marker() == "o" and len(lines[0].get_xdata()) == 10
+    image = rv["image2d"].preview()
+    assert image.get_array().shape == (4, 5)
+    assert rv["rgba"].preview().get_array().shape == (3, 4, 4)
+    assert rv["darr"].preview() is not None  # xarray draws it
+    with pytest.raises(ValueError, match="No preview available for 'dset'"):
+        rv["dset"].preview()
+    plt.close("all")
