@@ -12,6 +12,7 @@ replaces *everything* stored under that name (an error replaces data and vice ve
 from __future__ import annotations
 
 import fcntl
+import glob
 import io
 import os
 import posixpath
@@ -96,6 +97,9 @@ def _atomic_update(path: Path, fill: Callable[[h5py.File], None], provenance: st
     behind); then `fill` writes the new content.
     """
     _ensure_dir(path.parent)
+    # We hold the run's lock, so temp files of this run left behind are from a writer that died.
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:

@@ -298,3 +298,13 @@ def test_unreadable_run_file_is_reported(tmp_path):
     with pytest.raises(OSError, match=r"Cannot update .*p1_r1.h5: it is not a readable HDF5 file.*Move it away"):
         write_results(path, [VR("a", data=np.asarray(1.0))])
     assert path.read_bytes() == b"not hdf5 at all"
+
+
+def test_stale_temp_files_of_a_dead_writer_are_removed(tmp_path):
+    path = tmp_path / "p1_r1.h5"
+    stale = tmp_path / ".p1_r1.h5.abc123.tmp"
+    stale.write_bytes(b"half-written")
+    other_run = tmp_path / ".p1_r10.h5.abc123.tmp"
+    other_run.write_bytes(b"someone else's")
+    write_results(path, [VR("a", data=np.asarray(1.0), summary=1.0)])
+    assert not stale.exists() and other_run.exists()
