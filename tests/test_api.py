@@ -262,3 +262,12 @@ def test_preview_plots(db_dir):
     with pytest.raises(ValueError, match="No preview available for 'dset'"):
         rv["dset"].preview()
     plt.close("all")
+
+
+def test_run_without_hdf5_file_reads_from_database(db_dir):
+    run_file_path(db_dir, 1234, 2).unlink()
+    rv = Damnit(db_dir)[2]
+    assert {"scalar", "string", "good"} <= set(rv.keys()) and "failing" not in rv.keys()
+    assert rv["scalar"].read() == 3.0 and rv["Pulse energy"].units == "mJ"
+    assert rv["scalar"].preview_data() is None and rv["scalar"].type_hint() is None
+    assert Damnit(db_dir).table()["scalar"].tolist() == [1.5, 3.0, 4.5]
