@@ -157,6 +157,7 @@ class RunProcessor:
         self.producer = producer
         self._send_lock = threading.Lock()
         self.context_info: dict | None = None  # from the last read of the context file
+        self._context_cache: tuple | None = None
         self._pool: WorkerPool | None = None  # kept between process() calls; reloads on context edits
 
     def close(self) -> None:
@@ -207,13 +208,24 @@ class RunProcessor:
         return str(wrapper)
 
     def read_context(self) -> dict:
-        """Evaluate the context file in `context_python`; raise ContextLoadError with file:line on failure."""
-        if not self.context_path.is_file():
+        """Evaluate the context file in `context_python`; raise ContextLoadError with file:line on failure.
+
+        A successful result is reused until context.py or the interpreter changes, so a processor
+        kept for many calls (the listener's) does not start an extra interpreter for every run.
+        """
+        try:
+            st = self.context_path.stat()
+        except FileNotFoundError:
             raise ContextLoadError(self.context_path, {
-                "message": f"No context file at {self.context_path}", "cls": "FileNotFoundError"})
-        info = load_context_info(self.db_dir, context_python=self._python())
+                "message": f"No context file at {self.context_path}", "cls": "FileNotFoundError"}) from None
+        python = self._python()
+        key = (st.st_mtime_ns, st.st_size, st.st_ino, python)
+        if self._context_cache is not None and self._context_cache[0] == key:
+            return self._context_cache[1]
+        info = load_context_info(self.db_dir, context_python=python)
         if info.get("error"):
             raise ContextLoadError(self.context_path, info["error"])
+        self._context_cache = (key, info)
         return info
 
     def update_variables(self, info: dict | None = None) -> list[str]:

@@ -330,7 +330,13 @@ def test_python_m_extraction_bad_context_fails_with_location(tmp_path, make_mock
     assert "ZeroDivisionError" in log
 
 
-def test_processor_keeps_workers_and_follows_context_edits(tmp_path, make_mock_runs):
+def test_processor_keeps_workers_and_follows_context_edits(tmp_path, make_mock_runs, monkeypatch):
+    import backend.extraction
+
+    evaluations = []
+    real_load = backend.extraction.load_context_info
+    monkeypatch.setattr(backend.extraction, "load_context_info",
+                        lambda *a, **kw: evaluations.append(1) or real_load(*a, **kw))
     make_mock_runs(PROPOSAL, [1, 2, 3])
     ctx = "import os\nfrom damnit_ctx import Variable\n\n@Variable(title='Worker pid')\ndef pid(run):\n" \
           "    return os.getpid()\n"
@@ -344,6 +350,7 @@ def test_processor_keeps_workers_and_follows_context_edits(tmp_path, make_mock_r
         (db_dir / "context.py").write_text(ctx + "\n@Variable(title='Ten')\ndef ten(run):\n    return 10\n")
         list(processor.process([RunRequest(proposal=PROPOSAL, run=3)]))
     rows = db_rows(db_dir)
+    assert len(evaluations) == 2  # once, and again after the edit
     assert rows[(3, "ten")][0] == 10
     assert rows[(3, "pid")][0] != pids[1]  # reloaded in a fresh worker
 
