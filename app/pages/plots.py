@@ -215,6 +215,10 @@ class SummaryPlot:
                     title=f"{ylabel}: distribution over runs")
         else:
             def element(data: pd.DataFrame) -> hv.Element:
+                times = {c for c in ("x", "y") if {"x": x, "y": y}[c] == "start_time"}
+                if times:  # run start times on a date axis, not as epoch seconds
+                    data = data.assign(**{c: pd.to_datetime(data[c], unit="s", utc=True)
+                                          .dt.tz_convert("Europe/Berlin").dt.tz_localize(None) for c in times})
                 points = hv.Points(data, kdims=[xdim, ydim], vdims=["run"]).opts(
                     size=8, tools=["hover", "tap", "box_select", "lasso_select"], responsive=True,
                     height=PLOT_HEIGHT + 80, framewise=True, show_grid=True, nonselection_alpha=0.3,
