@@ -346,15 +346,17 @@ def test_reprocess_mock_needs_no_data(tmp_path, monkeypatch):
 
 
 def test_installed_damnit_command(tmp_path, make_mock_runs):
+    """The `damnit` console script of this environment (pip install -e) runs the same verbs."""
+    damnit = Path(sys.executable).parent / "damnit"
+    assert damnit.is_file(), f"no damnit console script next to {sys.executable}: pip install -e the project"
     make_mock_runs(PROPOSAL, [1])
     d = init_db(tmp_path / "db")
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run([sys.executable, "-m", "backend.cli", "reprocess", "1", "--direct"], cwd=d, env=env,
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run([str(damnit), "reprocess", "1", "--direct"], cwd=d, capture_output=True, text=True,
+                         timeout=120)
     assert res.returncode == 0, res.stderr
     assert "1 succeeded" in res.stdout
-    res = subprocess.run([sys.executable, "-m", "backend.cli", "process", str(PROPOSAL), "1", "all",
-                          "--var", "sample_x"], cwd=d, env=env, capture_output=True, text=True, timeout=120)
+    res = subprocess.run([str(damnit), "process", str(PROPOSAL), "1", "all", "--var", "sample_x"], cwd=d,
+                         capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     attrs = rows(d, "SELECT attributes FROM run_variables WHERE name='sample_x'")[0][0]
     assert json.loads(attrs)["units"] == "mm"
