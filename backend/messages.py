@@ -323,7 +323,9 @@ async def iter_messages(topics: str | Iterable[str], brokers: list[str], *, from
     delay = 0.5
     positions: dict = {}
     while stop is None or not stop.is_set():
-        consumer = AIOKafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False,
+        # fetch_max_wait_ms: a broker that does not wake a waiting fetch early (Tansu) would
+        # otherwise hold each message up to the 500 ms default; dashboards want it at once.
+        consumer = AIOKafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False, fetch_max_wait_ms=100,
                                     auto_offset_reset="earliest" if from_beginning else "latest")
         try:
             await consumer.start()
