@@ -2,6 +2,7 @@
 first page is quick even for a 5000-run proposal, and connect the update producer."""
 
 import logging
+import os
 
 from app.config import get_config
 from app.edits import warm_producer
@@ -9,6 +10,11 @@ from app.state import get_source
 from app.table_model import get_table_model
 
 log = logging.getLogger("app.setup")
+if os.environ.get("DAMNIT_LOG_LATENCY"):  # benchmarks: per-session message → patch timings on stderr
+    _h = logging.StreamHandler()
+    _h.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    logging.getLogger("app.latency").addHandler(_h)
+    logging.getLogger("app.latency").setLevel(logging.DEBUG)
 
 for db_dir in get_config().databases:
     try:

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -754,12 +755,20 @@ class SessionState(param.Parameterized):
         doc = pn.state.curdoc
         source = self.source
 
+        def run_in_session(change: Change) -> None:
+            # With the session's document as Panel's current doc, widget and model updates made by
+            # the callback go out in this tick instead of being re-scheduled for a later one.
+            from panel.io.state import set_curdoc
+
+            with set_curdoc(doc):
+                callback(change)
+
         def marshal(change: Change) -> None:
             if doc is None or doc.session_context is None:
                 callback(change)
                 return
             try:
-                doc.add_next_tick_callback(lambda: callback(change))
+                doc.add_next_tick_callback(partial(run_in_session, change))
             except Exception:  # session already gone
                 source.unsubscribe(marshal)
 
