@@ -38,8 +38,6 @@ DB_NAME = "runs.sqlite"
 UPDATE_TOPIC = "test.damnit.db-{}"
 BUSY_TIMEOUT_S = 30  # how long SQLite itself waits for a lock before reporting "database is locked"
 LOCK_RETRY_S = 600  # how long we keep retrying a write after that
-# Columns of the `runs` view that are not variables.
-FIXED_RUN_COLUMNS = ("proposal", "run", "start_time", "added_at")
 
 
 class LegacyDatabaseError(RuntimeError):
