@@ -205,8 +205,11 @@ def _summary_array(summary: Any) -> Any:
     if isinstance(summary, (bytes, bytearray, memoryview)):
         return np.frombuffer(bytes(summary), dtype=np.uint8)  # PNG thumbnail
     if isinstance(summary, str):
-        return summary
-    return np.asarray(summary)
+        return str(summary)
+    value = np.asarray(summary)
+    if value.dtype.kind == "U":  # HDF5 has no fixed-width unicode: store UTF-8 strings like str values
+        return value.item() if value.ndim == 0 else value.astype(h5py.string_dtype())
+    return value
 
 
 def _coerce_attr(key: str, value: Any) -> Any:
