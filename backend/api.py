@@ -450,7 +450,8 @@ class Damnit:
         def fetch(lean: bool):
             """(row keys, table run keys, names, values, versions) of all run_variables rows."""
             if lean:  # one proposal, one version per value: fetching fewer columns is most of the cost
-                rows = conn.execute(f"SELECT run, name, {value_sql} FROM run_variables WHERE proposal=?",
+                rows = conn.execute(f"SELECT run, name, {value_sql} FROM run_variables"
+                                    " WHERE proposal=? AND run IS NOT NULL",
                                     (next(iter(proposals)),)).fetchall()
                 run_nos, names, values = zip(*rows) if rows else ((), (), ())
                 return (np.asarray(run_nos, dtype=np.int64), np.array([r for _, r, _ in runs], dtype=np.int64),
