@@ -528,3 +528,24 @@ def test_wal_switch_does_not_stall_when_another_process_reads(tmp_path):
     reader.execute("COMMIT")
     with DamnitDB(path) as db:
         assert db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_initialize_proposal_copies_context_and_user_variables(tmp_path):
+    src = initialize_proposal(tmp_path / "old", 1000)
+    src.add_user_variable(UserEditableVariable("sample", "Sample", "string", "what was measured"))
+    src.add_user_variable(UserEditableVariable("good", "Good", "boolean"))
+    src.close()
+    ctx = tmp_path / "ctx.py"
+    ctx.write_text("# my context\n")
+    db = initialize_proposal(tmp_path / "new", 2000, context_file_src=ctx, user_vars_src=tmp_path / "old")
+    assert (tmp_path / "new" / "context.py").read_text() == "# my context\n"
+    assert {n: v.description for n, v in db.get_user_variables().items()} == {
+        "sample": "what was measured", "good": ""}
+    assert db.metameta["proposal"] == 2000
+    # Re-initialising an existing directory keeps its database and context
+    (tmp_path / "new" / "context.py").write_text("# edited\n")
+    again = initialize_proposal(tmp_path / "new", None)
+    assert again.metameta["db_id"] == db.metameta["db_id"]
+    assert (tmp_path / "new" / "context.py").read_text() == "# edited\n"
+    with pytest.raises(ValueError, match="proposal number is needed"):
+        initialize_proposal(tmp_path / "third")
