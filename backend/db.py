@@ -159,7 +159,7 @@ class DamnitDB:
         if not read_only:
             if path.stat().st_uid == os.getuid():
                 os.chmod(path, 0o666)  # shared by all members of the proposal
-            self._enable_wal()
+            self._set_journal_mode()
 
         version = detect_version(self.conn)
         if version == -1 and existed and not create:
@@ -215,20 +215,25 @@ class DamnitDB:
             return sqlite3.connect(uri + "?immutable=1", uri=True, isolation_level=None,
                                    check_same_thread=False)
 
-    def _enable_wal(self) -> None:
-        if self.conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+    def _set_journal_mode(self) -> None:
+        # WAL needs shared memory between all processes using the file, i.e. one host. Sites that write
+        # one database from several hosts over a network filesystem can keep the rollback journal.
+        wanted = os.environ.get("DAMNIT_SQLITE_JOURNAL_MODE", "wal").lower()
+        if wanted not in ("wal", "delete"):
+            raise ValueError(f"DAMNIT_SQLITE_JOURNAL_MODE must be 'wal' or 'delete', not {wanted!r}")
+        if self.conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == wanted:
             return
         # Switching needs a moment of exclusive access; if another process is reading right now, don't
         # stall opening for the whole busy timeout: stay in the current mode and switch another time.
         self.conn.execute("PRAGMA busy_timeout = 1000")
         try:
-            mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = self.conn.execute(f"PRAGMA journal_mode={wanted.upper()}").fetchone()[0]
         except sqlite3.OperationalError as e:
-            log.warning("Could not switch %s to WAL mode (%s); continuing", self._path, e)
+            log.warning("Could not switch %s to %s mode (%s); continuing", self._path, wanted, e)
             return
         finally:
             self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
-        if mode.lower() != "wal":
+        if mode.lower() != wanted:
             log.warning("%s stays in %s journal mode (filesystem without WAL support?)", self._path, mode)
 
     def close(self) -> None:

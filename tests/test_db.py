@@ -549,3 +549,15 @@ def test_initialize_proposal_copies_context_and_user_variables(tmp_path):
     assert (tmp_path / "new" / "context.py").read_text() == "# edited\n"
     with pytest.raises(ValueError, match="proposal number is needed"):
         initialize_proposal(tmp_path / "third")
+
+
+def test_journal_mode_can_stay_rollback_for_multi_host_sites(tmp_path, monkeypatch):
+    db = initialize_proposal(tmp_path, 1)
+    db.close()
+    monkeypatch.setenv("DAMNIT_SQLITE_JOURNAL_MODE", "delete")
+    with DamnitDB.from_dir(tmp_path) as db:
+        assert db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        db.change_run_comment(1, 1, "still works")
+    monkeypatch.setenv("DAMNIT_SQLITE_JOURNAL_MODE", "memory")
+    with pytest.raises(ValueError, match="DAMNIT_SQLITE_JOURNAL_MODE"):
+        DamnitDB.from_dir(tmp_path)
