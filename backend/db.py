@@ -237,6 +237,18 @@ class DamnitDB:
             log.warning("%s stays in %s journal mode (filesystem without WAL support?)", self._path, mode)
 
     def close(self) -> None:
+        """Close; the last connection also turns WAL back into a rollback journal.
+
+        A WAL database can only be read where its -shm file can be created, so leaving it in WAL
+        would stop the original DAMNIT (and plain sqlite3) from reading it in a read-only location.
+        While other connections are open the switch fails harmlessly and WAL stays on.
+        """
+        if not self.read_only and os.environ.get("DAMNIT_SQLITE_JOURNAL_MODE", "wal").lower() == "wal":
+            try:
+                self.conn.execute("PRAGMA busy_timeout = 0")
+                self.conn.execute("PRAGMA journal_mode=DELETE")
+            except sqlite3.Error:
+                pass
         self.conn.close()
 
     def __enter__(self) -> DamnitDB:

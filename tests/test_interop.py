@@ -197,9 +197,10 @@ def build_our_db(d: Path) -> Path:
 
 def test_original_reads_our_database(tmp_path, damnit_oracle):
     d = build_our_db(tmp_path / "amore")
-    assert sqlite3.connect(d / "runs.sqlite").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    theirs = oracle_probe(damnit_oracle, d)
-    compare_probes(ours_probe(d), theirs)
+    with DamnitDB.from_dir(d) as live:  # while one of ours has it open, the database is in WAL mode
+        assert live.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        theirs = oracle_probe(damnit_oracle, d)
+        compare_probes(ours_probe(d), theirs)
 
     # Spot checks on what the original itself answered, so a shared mistake can't pass.
     r1 = theirs["per_run"]["1"]["vars"]
@@ -228,6 +229,36 @@ def test_original_reads_our_database(tmp_path, damnit_oracle):
     assert table["count"] == [{"na": True}, {"na": True}, 12] and table["note"][1] == "a note"
     assert table["start_time"][0] == {"ts": "2023-11-14T23:13:21+01:00"}
     assert "Pulse energy" in theirs["table_titles"]["frame"]
+
+
+def test_original_reads_our_database_in_a_read_only_location(tmp_path, damnit_oracle):
+    """Once our last connection closes the file is back in rollback-journal mode, which the original
+    (like plain sqlite3) can read where it can't create files; a WAL file it could not open."""
+    import os
+    import subprocess
+    import sys
+
+    d = build_our_db(tmp_path / "amore")
+    assert sqlite3.connect(d / "runs.sqlite").execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    os.chmod(d / "runs.sqlite", 0o444)
+    os.chmod(d, 0o555)
+    try:
+        code = f"from damnit import Damnit\nprint(Damnit({str(d)!r}).table()['scalar'].tolist())"
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        # root without its permission-override capabilities: file modes apply as for any user
+        proc = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner",
+                               str(damnit_oracle.python), "-c", code], capture_output=True, text=True,
+                              env=env, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "[1.5, 3.0, 4.5]"
+        ours = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner",
+                               sys.executable, "-c", code.replace("from damnit import", "from backend.api import")],
+                              capture_output=True, text=True, timeout=120,
+                              env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+        assert ours.returncode == 0, ours.stderr
+        assert ours.stdout.strip() == "[1.5, 3.0, 4.5]"
+    finally:
+        os.chmod(d, 0o755)
 
 
 def test_original_writes_into_our_wal_database(tmp_path, damnit_oracle):
