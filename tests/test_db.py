@@ -561,3 +561,27 @@ def test_journal_mode_can_stay_rollback_for_multi_host_sites(tmp_path, monkeypat
     monkeypatch.setenv("DAMNIT_SQLITE_JOURNAL_MODE", "memory")
     with pytest.raises(ValueError, match="DAMNIT_SQLITE_JOURNAL_MODE"):
         DamnitDB.from_dir(tmp_path)
+
+
+OPEN_CLOSE_WRITER = """
+import sys
+from backend.db import DamnitDB, ReducedData
+d, wid = sys.argv[1], int(sys.argv[2])
+for run in range(30):
+    with DamnitDB.from_dir(d) as db:  # open/close each time: the journal mode flips under contention
+        db.set_variables(1234, run, {f"w{wid}": ReducedData(float(run))})
+        db.change_run_comment(1234, run, str(wid))
+"""
+
+
+def test_concurrent_short_lived_connections(tmp_path):
+    initialize_proposal(tmp_path, 1234).close()
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_CLOSE_WRITER, str(tmp_path), str(w)], cwd=REPO,
+                              stderr=subprocess.PIPE, text=True) for w in range(5)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    with DamnitDB.from_dir(tmp_path) as db:
+        values = {(r[0], r[1]): r[2] for r in db.conn.execute("SELECT run, name, value FROM run_variables")}
+    assert all(values[(run, f"w{w}")] == run for w in range(5) for run in range(30))
+    assert sqlite3.connect(tmp_path / "runs.sqlite").execute("PRAGMA journal_mode").fetchone()[0] == "delete"
