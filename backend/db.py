@@ -1,6 +1,7 @@
 """runs.sqlite: DAMNIT's v4 database (spec §4), safe for many concurrent writers.
 
-Compared with the original we run in WAL mode (readers never block the writer), take the write lock
+Compared with the original we run in WAL mode on local filesystems (readers never block the writer;
+on network filesystems such as GPFS/NFS, written from several hosts, we keep the rollback journal), take the write lock
 up front for every write (BEGIN IMMEDIATE, so no read→write upgrade deadlocks) and retry with back-off
 when SQLite still reports the database as busy. The file format stays exactly v4, so the original
 `damnit` reads and writes it too.
@@ -132,6 +133,40 @@ def _sql_ident(s: str) -> str:
     return '"' + s.replace('"', '""') + '"'
 
 
+# Filesystems where several hosts (e.g. Slurm nodes) may write one database: WAL's shared-memory index
+# only works between processes of one host, so these keep SQLite's rollback journal.
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "gpfs", "lustre", "cifs", "smb3", "smbfs", "beegfs", "ceph",
+                       "glusterfs", "fuse.sshfs", "fuse.glusterfs", "9p")
+
+
+def filesystem_type(path: str | os.PathLike) -> str | None:
+    """The type of the filesystem holding `path`, from /proc/mounts (None where that isn't available)."""
+    try:
+        with open("/proc/mounts") as f:
+            mounts = [line.split()[1:3] for line in f if len(line.split()) >= 3]
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    best, best_type = "", None
+    for mount_point, fstype in mounts:
+        mount_point = mount_point.replace("\\040", " ")
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best):
+            best, best_type = mount_point, fstype
+    return best_type
+
+
+def journal_mode_for(path: str | os.PathLike) -> str:
+    """'wal' or 'delete': DAMNIT_SQLITE_JOURNAL_MODE if set, else WAL on local filesystems only."""
+    wanted = os.environ.get("DAMNIT_SQLITE_JOURNAL_MODE", "auto").lower()
+    if wanted not in ("auto", "wal", "delete"):
+        raise ValueError(f"DAMNIT_SQLITE_JOURNAL_MODE must be 'auto', 'wal' or 'delete', not {wanted!r}")
+    if wanted == "auto":
+        fstype = filesystem_type(path) or ""
+        return "delete" if fstype in NETWORK_FILESYSTEMS else "wal"
+    return wanted
+
+
 class DamnitDB:
     """One connection to a DAMNIT database (runs.sqlite)."""
 
@@ -216,11 +251,7 @@ class DamnitDB:
                                    check_same_thread=False)
 
     def _set_journal_mode(self) -> None:
-        # WAL needs shared memory between all processes using the file, i.e. one host. Sites that write
-        # one database from several hosts over a network filesystem can keep the rollback journal.
-        wanted = os.environ.get("DAMNIT_SQLITE_JOURNAL_MODE", "wal").lower()
-        if wanted not in ("wal", "delete"):
-            raise ValueError(f"DAMNIT_SQLITE_JOURNAL_MODE must be 'wal' or 'delete', not {wanted!r}")
+        wanted = journal_mode_for(self._path)
         if self.conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == wanted:
             return
         # Switching needs a moment of exclusive access; if another process is reading right now, don't
@@ -243,7 +274,7 @@ class DamnitDB:
         would stop the original DAMNIT (and plain sqlite3) from reading it in a read-only location.
         While other connections are open the switch fails harmlessly and WAL stays on.
         """
-        if not self.read_only and os.environ.get("DAMNIT_SQLITE_JOURNAL_MODE", "wal").lower() == "wal":
+        if not self.read_only and journal_mode_for(self._path) == "wal":
             try:
                 self.conn.execute("PRAGMA busy_timeout = 0")
                 self.conn.execute("PRAGMA journal_mode=DELETE")

@@ -563,6 +563,25 @@ def test_journal_mode_can_stay_rollback_for_multi_host_sites(tmp_path, monkeypat
         DamnitDB.from_dir(tmp_path)
 
 
+def test_network_filesystems_keep_the_rollback_journal(tmp_path, monkeypatch):
+    import backend.db as dbmod
+
+    monkeypatch.delenv("DAMNIT_SQLITE_JOURNAL_MODE", raising=False)
+    monkeypatch.setattr(dbmod, "filesystem_type", lambda path: "gpfs")
+    with initialize_proposal(tmp_path, 1) as db:
+        assert db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        db.change_run_comment(1, 1, "on GPFS")
+    monkeypatch.setattr(dbmod, "filesystem_type", lambda path: "ext4")
+    assert dbmod.journal_mode_for(tmp_path / "runs.sqlite") == "wal"
+
+
+def test_filesystem_type_reads_proc_mounts(tmp_path):
+    from backend.db import filesystem_type
+
+    fstype = filesystem_type(tmp_path)
+    assert fstype is None or fstype in open("/proc/mounts").read()
+
+
 OPEN_CLOSE_WRITER = """
 import sys
 from backend.db import DamnitDB, ReducedData
