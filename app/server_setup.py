@@ -19,8 +19,13 @@ if os.environ.get("DAMNIT_LOG_LATENCY"):  # benchmarks: per-session message → 
 for db_dir in get_config().databases:
     try:
         src = get_source(db_dir)
-        get_table_model(src).specs()
+        model = get_table_model(src)
+        model.specs()
         src.frame()
+        # Render the page a first visitor sees (the newest runs) so it is served from the cache.
+        for key in src.run_keys()[-50:]:
+            for name in ("run", "start_time", "comment", *model.specs()):
+                model.cell_text(key, name)
         log.info("Loaded %s: %d runs", db_dir, len(src.runs))
     except Exception as e:  # the landing page shows the error; keep serving the others
         log.error("Cannot open %s: %s", db_dir, e)

@@ -97,11 +97,10 @@ def pick_source(cfg: ServerConfig) -> tuple[ProposalSource | None, str]:
     if prop:
         if not prop.isdigit():
             return None, f"Not a proposal number: {prop!r}"
-        for i, d in enumerate(cfg.databases):
+        for d in cfg.databases:
             src = get_source(d)
             if src.proposal == int(prop):
                 return src, ""
-            del i
         if cfg.allow_lookup:
             found = find_proposal_dir(int(prop))
             if found is not None:

@@ -86,14 +86,14 @@ def sparkline_svg(arr: np.ndarray, width: int = 100, height: int = 30) -> str:
     x, y = x[ok], y[ok]
     if len(y) < 2:
         return "<span class='dmn-num'>-</span>"
-    if len(y) > 200:  # enough points for 100 px
-        idx = np.linspace(0, len(y) - 1, 200).astype(int)
+    if len(y) > 60:  # plenty for 100 px, and small: a page can hold thousands of sparklines
+        idx = np.linspace(0, len(y) - 1, 60).astype(int)
         x, y = x[idx], y[idx]
     xr = (x.max() - x.min()) or 1.0
     yr = (y.max() - y.min()) or 1.0
     px = (x - x.min()) / xr * (width - 2) + 1
     py = height - 1 - (y - y.min()) / yr * (height - 2)
-    pts = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(px, py))
+    pts = " ".join(f"{a:.0f},{b:.1f}" for a, b in zip(px, py))
     tip = f"min {prettify(float(y.min()))}, max {prettify(float(y.max()))}, {len(y)} points"
     return (f"<svg class='dmn-spark' width='{width}' height='{height}' viewBox='0 0 {width} {height}'>"
             f"<title>{html.escape(tip)}</title><polyline fill='none' stroke='#1976d2' stroke-width='1' "

@@ -291,3 +291,43 @@ def test_prefix_behind_nginx(serve, small_db, page, tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_sort_jump_and_export(serve, small_db, page, tmp_path):
+    srv = serve([small_db])
+    open_table(page, srv.url)
+    with sqlite3.connect(small_db / "runs.sqlite") as conn:
+        values = [v for (v,) in conn.execute("SELECT value FROM run_variables WHERE name='v001' AND value IS NOT NULL")]
+    # Sorting happens on the server, on numbers (not on the cells' markup).
+    page.locator(".tabulator-col[tabulator-field='v001'] .tabulator-col-title").click()
+    first = page.locator(".tabulator-row").first.locator(".tabulator-cell[tabulator-field='v001']")
+    expect_text = fmt.prettify(min(values))
+    assert wait_for(lambda: first.inner_text().strip() == expect_text), (first.inner_text(), expect_text)
+    page.locator(".tabulator-col[tabulator-field='v001'] .tabulator-col-title").click()
+    assert wait_for(lambda: first.inner_text().strip() == fmt.prettify(max(values)))
+    # Jump to a run.
+    page.get_by_placeholder("run number").fill("17")
+    page.get_by_role("button", name="Go").click()
+    page.locator(".dmn-status [data-level='info']", has_text="Run 17").wait_for()
+    assert "tabulator-selected" in page.locator(".tabulator-row").filter(
+        has=page.locator(".tabulator-cell[tabulator-field='run']", has_text=re.compile(r"^\s*17\s*$"))
+    ).get_attribute("class")
+    # Export: every run, titled columns, images as placeholders.
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="CSV").click()
+    path = tmp_path / "export.csv"
+    dl.value.save_as(path)
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    assert len(df) == 30 and list(df.columns[:3]) == ["Run", "Timestamp", "Comment"]
+    assert set(df["Spectrometer/png 3"].dropna()) == {"<image>"}
+
+
+def test_connection_state_shows_disconnected(serve, small_db, page):
+    srv = serve([small_db])
+    open_table(page, srv.url)
+    state = page.get_by_test_id("connection-state")
+    assert state.inner_text() == "polling"
+    srv.stop()
+    state.get_by_text("disconnected").wait_for(timeout=15000)

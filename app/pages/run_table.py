@@ -33,6 +33,7 @@ TITLE = "Run table"
 SLUG = "table"
 
 PAGE_SIZE = 50
+CELLS_PER_PAGE = 6000  # wide tables get shorter pages, so a page stays quick to send and draw
 EXPORT_PLACEHOLDERS = {"<thumbnail>": "<image>", "<sparkline>": "<trendline>"}
 
 TABLE_CSS = fmt.CSS + """
@@ -66,10 +67,23 @@ class RunTabulator(pn.widgets.Tabulator):
         start = (self.page - 1) * nrows
         return processed.index[start:start + nrows]
 
+    filter_version = 0  # bumped by the page when its row filters change
+
     def _get_data(self):
         tm: TableModel | None = self.table_model
         if tm is None or self.value is None or self.pagination != "remote":
             return super()._get_data()
+        # Panel asks for the same page several times while building a view: compute it once.
+        token = (id(self.value), self.page, self.page_size, repr(self.sorters), self.filter_version,
+                 tuple(self.value.columns))
+        cached = getattr(self, "_data_cache", None)
+        if cached is not None and cached[0] == token:
+            return cached[1]
+        result = self._compute_data(tm)
+        self._data_cache = (token, result)
+        return result
+
+    def _compute_data(self, tm: TableModel):
         df = self._sort_df(self._filter_dataframe(self.value))
         nrows = self.page_size or self.initial_page_size
         start = (self.page - 1) * nrows
@@ -283,13 +297,14 @@ class RunTablePage:
         self.status = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["dmn-status"])
 
         frame = self._frame_for_session()
+        self.page_size = max(20, min(PAGE_SIZE, CELLS_PER_PAGE // max(1, len(frame.columns))))
         self.patcher = CellPatcher(width=0, height=0, margin=0)
         self.table = RunTabulator(
             patcher=self.patcher,
-            value=frame, page=max(1, math.ceil(len(frame) / PAGE_SIZE)), table_model=self.model, row_filter=self._row_mask,
-            editable_columns=self._editable(), pagination="remote", page_size=PAGE_SIZE,
+            value=frame, page=max(1, math.ceil(len(frame) / self.page_size)), table_model=self.model, row_filter=self._row_mask,
+            editable_columns=self._editable(), pagination="remote", page_size=self.page_size,
             frozen_columns=["run"], show_index=False, selectable=True, sortable=True,
-            movable_columns=True, layout="fit_data_fill", height=650, sizing_mode="stretch_width",
+            movable_columns=True, layout="fit_data", height=650, sizing_mode="stretch_width",
             configuration={"renderHorizontal": "virtual", "columnDefaults": {"maxWidth": 320}},
             stylesheets=[TABLE_CSS],
         )
@@ -301,7 +316,6 @@ class RunTablePage:
         self.columns_choice.param.watch(lambda e: self._rebuild_columns(), "value")
         self.tag_choice.param.watch(lambda e: self._rebuild_columns(), "value")
         self.jump_btn.on_click(self._jump)
-        self.jump.param.watch(self._jump, "enter_pressed") if "enter_pressed" in self.jump.param else None
         session.on_change(self._on_change)
 
     # -- columns ----------------------------------------------------------------------------------
@@ -338,11 +352,16 @@ class RunTablePage:
         cols = list(self.table.value.columns)
         editable = set(self._editable())
         titles, tooltips, formatters, editors, groups = {}, {}, {}, {}, {}
+        # Fixed widths: with hundreds of columns, letting the browser measure every cell is what
+        # makes a wide table slow to open (5 s vs 1 s for 300 columns); columns can be resized.
+        widths = {"run": 80, "start_time": 150, "comment": 220}
         for c in cols:
             s = specs.get(c)
             if s is None:
                 continue
             grouped = s.group is not None
+            if c not in widths:
+                widths[c] = max(95, min(220, 8 * len(s.short_title if grouped else s.title) + 30))
             titles[c] = html.escape(s.short_title if grouped else s.title)
             tooltips[c] = s.tooltip
             if grouped:
@@ -356,7 +375,7 @@ class RunTablePage:
             else:
                 formatters[c] = {"type": "html"} if c != "comment" and not s.editable_type else {"type": "plaintext"}
                 editors[c] = None
-        self.table.param.update(widths={"start_time": 150, "run": 70}, titles=titles, header_tooltips=tooltips, formatters=formatters, editors=editors,
+        self.table.param.update(widths=widths, titles=titles, header_tooltips=tooltips, formatters=formatters, editors=editors,
                                 groups=groups, editable_columns=sorted(editable))
 
     def _rebuild_columns(self) -> None:
@@ -377,16 +396,17 @@ class RunTablePage:
 
     def add_filter(self, flt: RowFilter) -> None:
         self.filters = [f for f in self.filters if f.column != flt.column] + [flt]
+        self._filters_changed()
         self.table.page = 1
         self.table.refresh_page()
-        self._filters_changed()
 
     def clear_filters(self, column: str | None = None) -> None:
         self.filters = [f for f in self.filters if column is not None and f.column != column]
-        self.table.refresh_page()
         self._filters_changed()
+        self.table.refresh_page()
 
     def _filters_changed(self) -> None:
+        self.table.filter_version += 1
         self.filter_list.objects = [self._filter_chip(f) for f in self.filters]
 
     def _filter_chip(self, f: RowFilter):
@@ -445,7 +465,7 @@ class RunTablePage:
     # -- navigation -------------------------------------------------------------------------------
     def _n_pages(self) -> int:
         n = len(self.table._processed) if self.table._processed is not None else len(self.table.value)
-        return max(1, math.ceil(n / (self.table.page_size or PAGE_SIZE)))
+        return max(1, math.ceil(n / (self.table.page_size or self.page_size)))
 
     def _jump(self, _=None) -> None:
         run = self.jump.value
@@ -458,7 +478,7 @@ class RunTablePage:
                                                               else ""), "warning")
             return
         pos = processed.index.get_loc(key)
-        self.table.page = pos // (self.table.page_size or PAGE_SIZE) + 1
+        self.table.page = pos // (self.table.page_size or self.page_size) + 1
         self.table.selection = [self.table.value.index.get_loc(key)]
         self.say(f"Run {int(run)}", "info")
 
@@ -638,8 +658,14 @@ class RunTablePage:
 
     # -- layout -----------------------------------------------------------------------------------
     def view(self) -> pn.viewable.Viewable:
-        columns_card = pn.Card(pn.Row(self.tag_choice), self.columns_choice, title="Columns",
-                               collapsed=True, sizing_mode="stretch_width")
+        # Filled when first opened: a chooser with hundreds of options is slow to draw.
+        columns_card = pn.Card(title="Columns", collapsed=True, sizing_mode="stretch_width")
+
+        def fill_columns(event):
+            if not event.new and not columns_card.objects:
+                columns_card.objects = [pn.Row(self.tag_choice), self.columns_choice]
+
+        columns_card.param.watch(fill_columns, "collapsed")
         filters_card = pn.Card(self.filter_controls(), title="Row filters", collapsed=True,
                                sizing_mode="stretch_width")
         cards = [columns_card, filters_card]
