@@ -182,3 +182,42 @@ def test_settings_read_from_runs_sqlite(tmp_path):
     conn.close()
     s = SlurmSubmitter(tmp_path).settings
     assert s.mem == "3G" and s.concurrent_jobs == 4 and s.cpus == 4
+
+
+def _small_db(path: Path) -> None:
+    conn = sqlite3.connect(path / "runs.sqlite")
+    conn.execute("CREATE TABLE metameta(key PRIMARY KEY NOT NULL, value)")
+    conn.executemany("INSERT INTO metameta VALUES (?, ?)", list(SMALL.items()))
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.timeout(120)
+def test_reprocess_watch_runs_jobs_one_by_one(slurm_cluster, tmp_path, capsys):
+    from backend.context_runner import RunRequest
+
+    _small_db(tmp_path)  # not a full DAMNIT database: the real job reports that and fails
+    jobs = slurm.submit_reprocess(tmp_path, [RunRequest(proposal=1234, run=3), RunRequest(proposal=1234, run=4)],
+                                  watch=True)
+    assert jobs == []  # srun waited for each job
+    out = capsys.readouterr().out
+    assert out.count("cannot open DAMNIT database") == 2
+    assert "cannot open DAMNIT database" in (tmp_path / "process_logs" / "r3-p1234.out").read_text()
+
+
+@pytest.mark.timeout(120)
+def test_watched_job_output_is_shown_and_logged(slurm_cluster, tmp_path, capsys):
+    sub = SlurmSubmitter(tmp_path, SMALL, python=fake_python(tmp_path))
+    assert sub.run_watched(ExtractionRequest(1234, 4, "all", processing_id="w")) == 0
+    out = capsys.readouterr().out
+    assert "job-output-" in out
+    assert "job-output-" in (tmp_path / "process_logs" / "r4-p1234.out").read_text()
+    assert calls(tmp_path)[0].endswith("--processing-id w")
+
+
+@pytest.mark.timeout(120)
+def test_sandbox_args_are_passed_to_the_job(slurm_cluster, tmp_path):
+    sub = SlurmSubmitter(tmp_path, SMALL, python=fake_python(tmp_path), sandbox_args="sandbox --user x")
+    job = sub.submit(ExtractionRequest(1234, 5, "raw", processing_id="s"))
+    assert slurm_cluster.wait_job(int(job.job_id)) == "COMPLETED"
+    assert calls(tmp_path)[0].endswith("--processing-id s --sandbox-args sandbox --user x")
