@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ KNOWN_KINDS = frozenset({RUN_VALUES_UPDATED, VARIABLE_SET, PROCESSING_STATE_SET,
 
 # How long a producer may take to reach the broker before it gives up and runs offline.
 CONNECT_TIMEOUT_S = 5.0
+RECONNECT_INTERVAL_S = 10.0  # how often a producer whose broker was down tries again
 
 
 class MessageError(ValueError):
@@ -187,18 +189,49 @@ class UpdateProducer:
 
     def __init__(self, brokers: list[str] | None, *, connect_timeout: float = CONNECT_TIMEOUT_S):
         self.brokers = brokers
+        self.connect_timeout = connect_timeout
         self._producer = None
         self._pending: set[Future] = set()
         self._pending_lock = threading.Lock()
+        self._reconnecting: Future | None = None
+        self._last_attempt = 0.0
         if brokers is None:
             return
         self._loop = _LoopThread.get()
+        self._last_attempt = time.monotonic()
         try:
             self._producer = self._loop.submit(self._start(brokers, connect_timeout)).result(
                 connect_timeout + 5)
         except Exception as e:
-            log.warning("Kafka broker %s unreachable (%s); sending no update messages", ",".join(brokers), e)
+            log.warning("Kafka broker %s unreachable (%s); update messages are dropped until it is back",
+                        ",".join(brokers), e)
             self._producer = None
+
+    def _maybe_reconnect(self) -> None:
+        """A long-lived producer (the listener) that started while the broker was down retries, in the
+        background, at most every RECONNECT_INTERVAL_S; messages until then are dropped."""
+        if self.brokers is None or self._closed:
+            return
+        if self._reconnecting is not None and not self._reconnecting.done():
+            return
+        if time.monotonic() - self._last_attempt < RECONNECT_INTERVAL_S:
+            return
+        self._last_attempt = time.monotonic()
+        fut = self._loop.submit(self._start(self.brokers, self.connect_timeout))
+
+        def connected(f: Future) -> None:
+            if f.cancelled() or f.exception() is not None:
+                return
+            if self._closed:
+                self._loop.submit(f.result().stop())
+                return
+            self._producer = f.result()
+            log.info("Connected to Kafka broker %s", ",".join(self.brokers))
+
+        fut.add_done_callback(connected)
+        self._reconnecting = fut
+
+    _closed = False
 
     @classmethod
     def from_env(cls, broker: str | None = None, **kwargs) -> UpdateProducer:
@@ -231,7 +264,10 @@ class UpdateProducer:
 
     def send(self, topic: str, message: dict) -> None:
         if self._producer is None:
-            return
+            self._maybe_reconnect()
+            if self._producer is None:
+                log.debug("Kafka broker unavailable; dropping a %s message", message.get("msg_kind"))
+                return
         # One key per topic puts all of a database's messages in one partition, so they stay in order
         # (PENDING before RUNNING before finished).
         fut = self._loop.submit(self._producer.send_and_wait(topic, message, key=topic.encode()))
@@ -255,6 +291,7 @@ class UpdateProducer:
                 pass  # already logged by _sent
 
     def close(self) -> None:
+        self._closed = True
         if self._producer is None:
             return
         self.flush()

@@ -141,3 +141,21 @@ def test_subscriber_skips_garbage_and_survives_broker_restart(kafka_broker):
                 p.processing_finished("rt2", "b")
             time.sleep(1)
         assert got[-1] == "processing_finished" and len(got) >= 2
+
+
+def test_producer_started_while_broker_down_connects_later(kafka_broker, monkeypatch):
+    """The listener's producer outlives broker outages: it retries and later messages get through."""
+    monkeypatch.setattr(messages, "RECONNECT_INTERVAL_S", 0.2)
+    got: list = []
+    kafka_broker.stop()
+    p = UpdateProducer.from_env(kafka_broker.address, connect_timeout=1)
+    assert not p.online
+    p.processing_finished("rt3", "lost")  # dropped: nobody to send it to
+    kafka_broker.start()
+    with UpdateSubscriber("rt3", lambda k, d: got.append(d["processing_id"]), broker=kafka_broker.address):
+        deadline = time.monotonic() + 30
+        while not got and time.monotonic() < deadline:
+            p.processing_finished("rt3", "later")
+            time.sleep(0.3)
+        p.close()
+    assert "later" in got and "lost" not in got
