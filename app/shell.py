@@ -129,12 +129,13 @@ def proposal_list(cfg: ServerConfig, message: str = "") -> pn.viewable.Viewable:
             rows.append(f"<li>{html.escape(d)}: <b>cannot open</b>: {html.escape(str(e))}</li>")
     number = pn.widgets.TextInput(name="Open proposal number", placeholder="e.g. 1234", width=200)
     go = pn.widgets.Button(name="Open", button_type="primary", width=80)
-    feedback = pn.pane.Alert(message, alert_type="warning", visible=bool(message))
+    # Alert renders Markdown (and so HTML): messages can quote the URL, so they are escaped.
+    feedback = pn.pane.Alert(html.escape(message), alert_type="warning", visible=bool(message))
 
     def open_proposal(_=None):
         text = number.value.strip()
         if not text.isdigit():
-            feedback.object, feedback.visible = f"Not a proposal number: {text!r}", True
+            feedback.object, feedback.visible = html.escape(f"Not a proposal number: {text!r}"), True
             return
         served = any(get_source(d).proposal == int(text) for d in cfg.databases)
         if not served and not (cfg.allow_lookup and find_proposal_dir(int(text))):

@@ -331,3 +331,41 @@ def test_connection_state_shows_disconnected(serve, small_db, page):
     assert state.inner_text() == "polling"
     srv.stop()
     state.get_by_text("disconnected").wait_for(timeout=15000)
+
+
+def test_landing_page_lists_only_served_proposals(serve, tmp_path, page):
+    a = make_database(tmp_path / "a", proposal=1111, n_runs=3, n_vars=2)
+    b = make_database(tmp_path / "b", proposal=2222, n_runs=4, n_vars=2)
+    srv = serve([a, b])
+    page.goto(srv.url)
+    page.get_by_role("link", name="p2222").click()
+    page.wait_for_selector(".tabulator-row")
+    assert page.get_by_text("DAMNIT: p2222").count() == 1
+    assert page.locator(".tabulator-row").count() == 4
+    base = srv.url
+    page.goto(base + "?proposal=3333")
+    page.get_by_text("Proposal 3333 is not served here").wait_for()
+    page.goto(base + "?db=../../etc")
+    page.get_by_text("No database #../../etc is served here").wait_for()
+    assert page.locator(".tabulator-row").count() == 0
+    page.goto(base + "?proposal=<img src=x onerror=window.__xss=1>")
+    page.get_by_text("Not a proposal number").wait_for()
+    assert page.evaluate("() => window.__xss") is None
+
+
+def test_trusted_user_header_gates_writes(serve, small_db, chromium_browser):
+    srv = serve([small_db], "--user-header", "X-Remote-User")
+    anonymous = chromium_browser.new_context().new_page()
+    open_table(anonymous, srv.url)
+    anonymous.get_by_text("view only").wait_for()
+    target = cell(anonymous, 3, "comment")
+    target.click()
+    assert target.locator("input").count() == 0
+    alice = chromium_browser.new_context(extra_http_headers={"X-Remote-User": "alice"}).new_page()
+    open_table(alice, srv.url)
+    alice.get_by_text("alice").first.wait_for()
+    target = cell(alice, 3, "comment")
+    target.click()
+    target.locator("input").fill("signed")
+    target.locator("input").press("Enter")
+    assert wait_for(lambda: db_comment(small_db, 3) == "signed")
