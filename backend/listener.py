@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aiokafka import ConsumerRebalanceListener
+
 from backend.listener_db import ListenerDB
 from backend.messages import UpdateProducer, brokers_from_env, update_topic
 from backend.slurm import ExtractionRequest, JobWatcher, SlurmSubmitter, SubmissionError, append_run_log
@@ -378,6 +380,18 @@ class OffsetTracker:
 
 # ---------------------------------------------------------------- the Kafka loop
 
+class _FreshOffsetsOnRebalance(ConsumerRebalanceListener):
+    """New partitions → a new offset tracker (events in flight from before are re-delivered)."""
+
+    def __init__(self, listener: Listener):
+        self.listener = listener
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        pass
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        self.listener.offsets = OffsetTracker()
+
 class Listener:
     """Consumes run events and hands them to an ``EventHandler``, reconnecting with back-off."""
 
@@ -400,6 +414,7 @@ class Listener:
         self.consumer_options = consumer_options or {}
         self.connected = threading.Event()  # set while consuming (tests and status)
         self.events_handled = 0
+        self.offsets = OffsetTracker()  # replaced on each partition assignment
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         from aiokafka import AIOKafkaConsumer
@@ -409,10 +424,11 @@ class Listener:
         delay = 0.5
         while not stop.is_set():
             consumer = AIOKafkaConsumer(
-                *EVENT_TOPICS, bootstrap_servers=self.brokers, group_id=self.group_id,
+                bootstrap_servers=self.brokers, group_id=self.group_id,
                 client_id=CONSUMER_GROUP.format(f"{os.uname().nodename}-{os.getpid()}"),
                 enable_auto_commit=False, auto_offset_reset="earliest", metadata_max_age_ms=10_000,
                 **self.consumer_options)
+            consumer.subscribe(EVENT_TOPICS, listener=_FreshOffsetsOnRebalance(self))
             try:
                 # Stopping must not wait for a slow group join or fetch: race the work against `stop`.
                 work = asyncio.ensure_future(self._start_and_consume(consumer, stop))
@@ -453,7 +469,7 @@ class Listener:
         from aiokafka.errors import KafkaError
 
         loop = asyncio.get_running_loop()
-        offsets = OffsetTracker()
+        self.offsets = OffsetTracker()
         failed_commits = 0
         job_check: asyncio.Future | None = None
         next_job_check = loop.time() + JOB_CHECK_INTERVAL_S
@@ -466,9 +482,13 @@ class Listener:
                 self.connected.set()
             for tp, records in batches.items():
                 for rec in records:
+                    # The callback keeps the tracker of its own generation: after a rebalance (or a
+                    # broker that restarted empty, reusing offsets) a late finish cannot mark a new event.
+                    offsets = self.offsets
                     offsets.add(tp, rec.offset)
-                    await self._dispatch(rec, lambda tp=tp, off=rec.offset: loop.call_soon_threadsafe(
-                        offsets.done, tp, off))
+                    await self._dispatch(rec, lambda tp=tp, off=rec.offset, t=offsets: loop.call_soon_threadsafe(
+                        t.done, tp, off))
+            offsets = self.offsets
             commit = offsets.to_commit()
             if commit:
                 try:
