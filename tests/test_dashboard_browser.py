@@ -369,3 +369,15 @@ def test_trusted_user_header_gates_writes(serve, small_db, chromium_browser):
     target.locator("input").fill("signed")
     target.locator("input").press("Enter")
     assert wait_for(lambda: db_comment(small_db, 3) == "signed")
+
+
+def test_follow_newest_run(serve, small_db, page):
+    srv = serve([small_db])
+    open_table(page, srv.url)
+    page.locator(".bk-Checkbox", has_text="Follow newest run").locator("input").check()
+    time.sleep(0.5)
+    for run in range(31, 56):  # 55 runs: more than one page of 50
+        set_value(small_db, run, "v001", float(run))
+    cell(page, 55, "v001").get_by_text("55", exact=True).wait_for(timeout=10000)
+    assert page.locator("button.tabulator-page.active").inner_text() == "2"
+    assert cell(page, 55, "run").locator(".dmn-flash").count() == 1  # new runs are highlighted

@@ -560,6 +560,8 @@ class RunTablePage:
                 before = list(t.page_keys())
                 t._processed = None
                 t._processed, _ = t._get_data()
+                if change.new_runs:
+                    t._update_max_page()  # the pager learns about new pages (and page bounds grow)
                 if self.follow.value and change.new_runs:
                     last = self._n_pages()
                     if t.page != last:
