@@ -4,6 +4,7 @@ import panel as pn
 
 from app.shell import build_app
 
-pn.extension("tabulator", "codeeditor", "plotly", notifications=True, reconnect=True)  # page widgets need their JS up front
+# plotly and the ace editor (CodeEditor) are loaded after the table is drawn: app.shell.ScriptLoader.
+pn.extension("tabulator", notifications=True, reconnect=True)
 
 build_app().servable(title="DAMNIT")

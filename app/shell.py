@@ -54,6 +54,45 @@ class ConnectionBadge(pn.custom.JSComponent):
     """
 
 
+class ScriptLoader(pn.custom.JSComponent):
+    """Loads the big scripts only other pages need (plotly, the ace editor: 5 MB) after the run table
+    is on screen, instead of before anything is drawn; ``loaded`` turns True when they are in."""
+
+    urls = param.List(default=[])
+    loaded = param.Boolean(default=False)
+
+    _esm = """
+    function load(src) {
+      return new Promise((resolve) => {
+        const s = document.createElement('script')
+        s.src = src
+        s.onload = resolve
+        s.onerror = () => { console.error('could not load ' + src); resolve() }
+        document.head.appendChild(s)
+      })
+    }
+    export function render({ model, el }) {
+      el.style.display = 'none'
+      setTimeout(async () => {
+        for (const url of model.urls) {  // in order: ace's extensions need ace
+          const name = url.split('/').pop()
+          if (!Array.from(document.scripts).some(s => s.src.endsWith(name))) await load(url)
+        }
+        model.loaded = true
+      }, 50)
+    }
+    """
+
+
+def deferred_script_urls() -> list[str]:
+    """Scripts of the extensions that are left out of the first page load (see app/main.py)."""
+    from panel.io.resources import bundled_files
+    from panel.models.ace import AcePlot
+    from panel.models.plotly import PlotlyPlot
+
+    return [*bundled_files(AcePlot), *bundled_files(PlotlyPlot)]
+
+
 def session_user(cfg: ServerConfig) -> str:
     if cfg.auth == "oauth":
         return pn.state.user or ""
@@ -196,8 +235,17 @@ def build_app() -> pn.viewable.Viewable:
     slots = [pn.Column(sizing_mode="stretch_both", name=p.title) for p in pages]
     tabs = pn.Tabs(*slots, sizing_mode="stretch_both", dynamic=False)
 
+    loader = ScriptLoader(urls=deferred_script_urls(), width=0, height=0, margin=0)
+
     def fill(index: int) -> None:
-        if 0 <= index < len(pages) and not slots[index].objects:
+        if 0 <= index < len(pages) and pages[index].slug != "table" and not loader.loaded:
+            # The page may need plotly/ace: build it once they are in the browser.
+            if not slots[index].objects:
+                slots[index].objects = [pn.indicators.LoadingSpinner(value=True, width=40, height=40)]
+                loader.param.watch(lambda ev: fill(index), "loaded", onlychanged=True)
+            return
+        if 0 <= index < len(pages) and (not slots[index].objects or isinstance(
+                slots[index].objects[0], pn.indicators.LoadingSpinner)):
             try:
                 slots[index].objects = [pages[index].view(session)]
             except Exception as e:
@@ -209,4 +257,4 @@ def build_app() -> pn.viewable.Viewable:
     start = next((i for i, p in enumerate(pages) if p.slug == want), 0)
     tabs.active = start
     fill(start)
-    return pn.Column(header, tabs, sizing_mode="stretch_both")
+    return pn.Column(header, tabs, loader, sizing_mode="stretch_both")
