@@ -228,3 +228,23 @@ def test_server_config_and_startup_notes(tmp_path, db):
     assert any("VIEW-ONLY" in n for n in startup_notes(open_cfg, 5006))
     assert not ServerConfig().writes_need_user
     assert any("read-only" in n for n in startup_notes(ServerConfig(read_only=True), 5006))
+
+
+def test_export_widgets_produce_csv_excel_markdown(source):
+    import openpyxl
+
+    from app.pages.run_table import RunTablePage
+
+    session = SessionState(source=source, can_write=True)
+    page = RunTablePage(session)
+    csv_w, excel_w, md_w = page.export_widgets()
+    assert csv_w.filename == "p1234_run_table.csv"
+    csv = csv_w.callback().read().decode()
+    assert csv.splitlines()[0].startswith("Run,Timestamp,Comment,")
+    assert len(csv.splitlines()) == 13
+    book = openpyxl.load_workbook(excel_w.callback())
+    sheet = book["p1234 DAMNIT run table"]
+    assert [c.value for c in sheet[1]][:3] == ["Run", "Timestamp", "Comment"]
+    assert sheet.max_row == 13
+    md = md_w.callback().read().decode()
+    assert md.startswith("| Run") and "<image>" in md
