@@ -248,3 +248,23 @@ def test_export_widgets_produce_csv_excel_markdown(source):
     assert sheet.max_row == 13
     md = md_w.callback().read().decode()
     assert md.startswith("| Run") and "<image>" in md
+
+
+def test_page_filters_sorting_and_columns(source):
+    from app.pages.run_table import RowFilter, RunTablePage
+
+    page = RunTablePage(SessionState(source=source, can_write=False))
+    page.filter_controls()
+    values = source.frame()["v001"]
+    lo, hi = sorted(v for v in values if v is not None)[3], sorted(v for v in values if v is not None)[8]
+    page.add_filter(RowFilter(column="v001", title="v001", kind="range", low=lo, high=hi))
+    kept = page.table._processed.index
+    assert len(kept) == 6 and all(lo <= values[k] <= hi for k in kept)
+    assert len(page.filter_list.objects) == 1
+    page.clear_filters()
+    assert len(page.table._processed) == 12
+    # Tags choose columns; editable columns are kept; nothing is editable without permission.
+    page.tag_choice.value = ["images"]
+    cols = list(page.table.value.columns)
+    assert cols[:3] == ["run", "start_time", "comment"] and "v003" in cols and "v000" not in cols
+    assert page.table.editable_columns == [] and all(e is None for e in page.table.editors.values())
