@@ -216,7 +216,9 @@ class DamnitDB:
                     f"{path} is at data format v{version} and needs upgrading to v{LATEST_VERSION}, "
                     "but it is read-only; ask someone with write access to open it once")
             applied = apply_migrations(self.conn, version, begin=self._begin_immediate)
-            if applied:
+            if applied and version == -1:
+                log.info("Created %s (data format v%d)", path, LATEST_VERSION)
+            elif applied:
                 log.info("Upgraded %s from v%d to v%d", path, version, LATEST_VERSION)
             if version == -1:
                 self.metameta.setdefault("damnit_python", sys.executable)
