@@ -18,6 +18,8 @@ import holoviews.plotting.bokeh  # noqa: F401  (registers the Bokeh backend for 
 import numpy as np
 import panel as pn
 
+from backend.summaries import quiet_nan_warnings
+
 hv.Store.set_current_backend("bokeh")
 
 MAX_POINTS = 10_000
@@ -67,25 +69,13 @@ def downsample_2d(image: np.ndarray, max_pixels: int = MAX_PIXELS) -> tuple[np.n
     if image.dtype.kind in "iub" or not np.isnan(blocks).any():
         reduced = blocks.mean(axis=(1, 3), dtype=np.float64)  # integers can't be NaN: skip nanmean's cost
     else:
-        with _ignore_nan_warnings():
+        with quiet_nan_warnings():
             reduced = np.nanmean(blocks, axis=(1, 3), dtype=np.float64)
     if image.dtype.kind in "iub":
         reduced = reduced.round().astype(image.dtype)
     else:
         reduced = reduced.astype(np.float32)  # half the bytes on the wire; plenty for a colour map
     return reduced, f
-
-
-class _ignore_nan_warnings:
-    def __enter__(self):
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
 
 
 def robust_clim(image: np.ndarray) -> tuple[float, float] | None:

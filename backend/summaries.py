@@ -12,11 +12,13 @@ matplotlib (lines/markers/bars, heatmaps as images), which needs no browser.
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib.util
 import io
 import json
 import logging
 import threading
+import warnings
 
 import numpy as np
 
@@ -302,20 +304,16 @@ def max_diff(data) -> np.float64 | None:
         return None
     if not np.issubdtype(data.dtype, np.number):
         return None
-    with np.errstate(invalid="ignore"), _quiet_nan_warnings():
+    with np.errstate(invalid="ignore"), quiet_nan_warnings():
         return np.abs(np.subtract(np.nanmax(data), np.nanmin(data)), dtype=np.float64)
 
 
-class _quiet_nan_warnings:
-    def __enter__(self):
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
+@contextlib.contextmanager
+def quiet_nan_warnings():
+    """Silence numpy's RuntimeWarnings for all-NaN slices: NaN is a normal value in run data."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
+        yield
 
 
 def summarise(record: dict, variable_units: str | None = None) -> VariableResult:

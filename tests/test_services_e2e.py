@@ -22,6 +22,7 @@ from backend.listener_db import ListenerDB
 from backend.messages import UpdateSubscriber
 from tests.infra.aio import run_async
 from tests.infra.kafka import FAST_GROUP_CONSUMER_SETTINGS
+from tests.infra.wait import wait_for
 
 PROPOSAL = 1234
 SMALL = {"noncluster_cpus": 1, "noncluster_mem": "300M", "slurm_time": "00:05:00"}
@@ -215,7 +216,7 @@ def test_cancel_queued_job(setup, slurm_cluster, tmp_path):
     s = setup
     blockers = [slurm_cluster.sbatch("--cpus-per-task=1", "--mem=10M", wrap="sleep 120") for _ in range(2)]
     try:
-        assert all(_wait(lambda b=b: slurm_cluster.job_state(b) == "RUNNING", 30) for b in blockers)
+        assert all(wait_for(lambda b=b: slurm_cluster.job_state(b) == "RUNNING", 30) for b in blockers)
         s["start_listener"]()
         send_events(s["broker"].address, migration(3))
         pending = s["msgs"].wait(lambda k, d: k == "processing_state_set" and d["run"] == 3)[1]
@@ -234,14 +235,6 @@ def test_cancel_queued_job(setup, slurm_cluster, tmp_path):
         for b in blockers:
             slurm_cluster.run("scancel", str(b), check=False)
 
-
-def _wait(cond, timeout, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(interval)
-    return cond()
 
 
 def test_job_killed_mid_write_leaves_previous_file_intact(setup, slurm_cluster):
@@ -264,7 +257,7 @@ def test_job_killed_mid_write_leaves_previous_file_intact(setup, slurm_cluster):
     watcher.watch(job, db_dir, slurm._db_topic(db_dir))
     assert watcher.poll() == []  # still running
     tmp_files = lambda: list(run_file.parent.glob(f".{run_file.name}.*.tmp"))  # noqa: E731
-    assert _wait(lambda: tmp_files(), 120, 0.01), "the job never started writing"
+    assert wait_for(lambda: tmp_files(), 120, 0.01), "the job never started writing"
     slurm_cluster.run("scancel", "--signal=KILL", "--full", job.job_id)
     state = slurm_cluster.wait_job(int(job.job_id), 60)
     assert state in ("CANCELLED", "FAILED"), state

@@ -6,13 +6,13 @@ submission, arrays, tracking and cancelling on their own; tests/test_services_e2
 from __future__ import annotations
 
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
 
 from backend import slurm
 from backend.slurm import ExtractionRequest, SlurmSettings, SlurmSubmitter, SubmissionError
+from tests.infra.wait import wait_for
 
 SMALL = {"noncluster_cpus": 1, "noncluster_mem": "50M", "slurm_time": "00:05:00"}
 
@@ -25,14 +25,6 @@ def fake_python(tmp_path: Path, sleep: float = 0.0) -> str:
     script.chmod(0o755)
     return str(script)
 
-
-def wait_for(cond, timeout=60, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(interval)
-    return cond()
 
 
 def calls(tmp_path: Path) -> list[str]:

@@ -18,6 +18,7 @@ from backend.db import initialize_proposal
 from backend.listener_db import ListenerDB
 from tests.infra.aio import run_async
 from tests.infra.supervisor import supervisorctl
+from tests.infra.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,14 +41,6 @@ def daemon_dir(tmp_path):
         while pid_file.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
 
-
-def wait_for(cond, timeout=60, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(interval)
-    return cond()
 
 
 def test_daemonize_status_restart_reuse(daemon_dir, amore_broker):
