@@ -254,6 +254,13 @@ def build_app() -> pn.viewable.Viewable:
                                                       alert_type="danger")]
 
     tabs.param.watch(lambda ev: fill(ev.new), "active")
+
+    def bring_to_front(event) -> None:
+        index = next((i for i, p in enumerate(pages) if p.slug == event.new), None)
+        if index is not None:
+            tabs.active = index
+
+    session.param.watch(bring_to_front, "open_page", onlychanged=False)
     start = next((i for i, p in enumerate(pages) if p.slug == want), 0)
     tabs.active = start
     fill(start)

@@ -742,6 +742,8 @@ class SessionState(param.Parameterized):
     user = param.String(default="", doc="Authenticated user name ('' when none)")
     can_write = param.Boolean(default=False, doc="May this session change the DB (comments, user vars, ...)")
     write_denied_reason = param.String(default="", doc="Why can_write is False, for a tooltip/notice")
+    open_page = param.String(default="", doc="Slug of a page a page asks the shell to bring to the front "
+                             "(e.g. the run table's double click opens 'inspect'); set it again to repeat")
 
     def __init__(self, **params):
         super().__init__(**params)

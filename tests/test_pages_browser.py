@@ -191,6 +191,70 @@ def _tab(page, title: str):
 # ------------------------------------------------------------------------------------------------------
 
 
+def _box_select_all_points(page) -> None:
+    """Drag the summary plot's box selection (its active drag tool) over the whole plot area."""
+    box = page.locator(".damnit-summary-plot").bounding_box()
+    page.mouse.move(box["x"] + 70, box["y"] + 45)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=5)
+    page.mouse.move(box["x"] + box["width"] - 45, box["y"] + box["height"] - 50, steps=5)
+    page.mouse.up()
+
+
+def _run_row(page, run: int):
+    cell = page.locator('.tabulator-cell[tabulator-field="run"]').filter(has_text=re.compile(rf"^\s*{run}\s*$"))
+    return page.locator(".tabulator-row").filter(has=cell)
+
+
+def _selected_table_runs(page) -> set[int]:
+    cells = page.locator('.tabulator-row.tabulator-selected .tabulator-cell[tabulator-field="run"]')
+    return {int(t.split()[0]) for t in cells.all_inner_texts()}
+
+
+def test_selection_is_shared_both_ways_and_double_click_inspects_a_run(dashboard, page):
+    page.goto(dashboard.page_url("run_table"))
+    _run_row(page, 1).locator('.tabulator-cell[tabulator-field="run"]').click()
+    page.wait_for_function("() => true")  # let the click reach the server
+    page.get_by_role("button", name="Inspect run 1").wait_for()
+    assert _selected_table_runs(page) == {1}
+
+    # Runs selected by box selection in the Plots page become the table's selected rows.
+    _tab(page, "Plots").click()
+    count = page.get_by_text(re.compile(r"\d+ runs plotted"))
+    count.wait_for(timeout=30_000)
+    plotted = int(re.match(r"(\d+)", count.inner_text()).group(1))
+    assert plotted >= 2
+    page.locator(".damnit-summary-plot canvas").first.wait_for()
+    _box_select_all_points(page)
+    many = rf"(\d+, ){{{plotted - 1}}}\d+"  # the overlay said "Runs: 1" before: wait for all of them
+    runs_text = page.locator(".damnit-overlay-runs").get_by_text(re.compile(rf"^Runs: {many}$"))
+    runs_text.wait_for(timeout=10_000)
+    selected = {int(r) for r in runs_text.inner_text().removeprefix("Runs: ").split(", ")}
+    assert len(selected) == plotted
+    _tab(page, "Run table").click()
+    page.wait_for_function("() => true")
+    deadline = time.monotonic() + 10
+    while _selected_table_runs(page) != selected and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _selected_table_runs(page) == selected
+    page.get_by_role("button", name=f"Inspect run {max(selected)}").wait_for()
+
+    # A double click on a row opens that run's inspection, with its plots.
+    _run_row(page, 1).locator('.tabulator-cell[tabulator-field="run"]').dblclick()
+    page.locator(".damnit-inspect-title").get_by_text("Run 1", exact=True).wait_for(timeout=30_000)
+    page.locator(".damnit-var-xgm_energy .damnit-plot-ready canvas").first.wait_for(timeout=30_000)
+    _tab(page, "Run table").click()
+    deadline = time.monotonic() + 10
+    while _selected_table_runs(page) != {1} and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _selected_table_runs(page) == {1}
+
+    # The Inspect button does the same for the selected run.
+    _run_row(page, 2).locator('.tabulator-cell[tabulator-field="run"]').click()
+    page.get_by_role("button", name="Inspect run 2").click()
+    page.locator(".damnit-inspect-title").get_by_text("Run 2", exact=True).wait_for(timeout=30_000)
+
+
 def test_row_click_shows_a_plot_for_each_array_variable(dashboard, page):
     stored = scan_run_file(run_file(dashboard.db_dir, PROPOSAL, 2))
     plottable = sorted(v.name for v in stored.values() if v.is_plottable)
@@ -241,12 +305,7 @@ def test_summary_plot_gains_a_point_when_a_run_is_processed(dashboard, page):
     assert points_in_plot() == before + 1
 
     # Selecting points (box select is the active drag tool) selects those runs in the session ...
-    box = page.locator(".damnit-summary-plot").bounding_box()
-    page.mouse.move(box["x"] + 70, box["y"] + 45)
-    page.mouse.down()
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=5)
-    page.mouse.move(box["x"] + box["width"] - 45, box["y"] + box["height"] - 50, steps=5)
-    page.mouse.up()
+    _box_select_all_points(page)
     all_runs = ", ".join(str(r) for r in range(1, before + 2))
     page.locator(".damnit-overlay-runs").get_by_text(f"Runs: {all_runs}").wait_for(timeout=10_000)
     # ... which the per-run overlay then draws, one line per run.

@@ -201,6 +201,55 @@ class CellPatcher(pn.custom.JSComponent):
     """
 
 
+class RowOpener(pn.custom.JSComponent):
+    """Reports a double click on a row of the page's run table, so the page can open that run
+    (DAMNIT's double-click-to-inspect). Tabulator cells live in shadow roots: the event's composed
+    path says which table, row and cell were hit."""
+
+    def __init__(self, on_open, **params):
+        super().__init__(**params)
+        self._on_open = on_open  # called with {table, index, field}
+
+    _esm = """
+    function tableViews() {
+      const out = [], seen = new Set()
+      const stack = Object.values(window.Bokeh.index)
+      while (stack.length) {
+        const v = stack.pop()
+        if (v == null || seen.has(v)) continue
+        seen.add(v)
+        if (v.tabulator) out.push(v)
+        for (const c of (v.child_views || [])) stack.push(c)
+      }
+      return out
+    }
+    export function render({ model, el }) {
+      el.style.display = 'none'
+      const has = (n, cls) => n.classList != null && n.classList.contains(cls)
+      const onDblClick = (e) => {
+        const path = e.composedPath()
+        const rowEl = path.find(n => has(n, 'tabulator-row'))
+        if (rowEl == null) return
+        const cellEl = path.find(n => has(n, 'tabulator-cell'))
+        for (const view of tableViews()) {
+          if (!path.includes(view.tabulator.element)) continue
+          const row = view.tabulator.getRows().find(r => r.getElement() === rowEl)
+          if (row != null)
+            model.send_msg({table: view.model.id, index: row.getData()._index,
+                            field: cellEl ? cellEl.getAttribute('tabulator-field') : null})
+          return
+        }
+      }
+      document.addEventListener('dblclick', onDblClick)
+      model.on('remove', () => document.removeEventListener('dblclick', onDblClick))
+    }
+    """
+
+    def _handle_msg(self, msg) -> None:
+        if isinstance(msg, dict):
+            self._on_open(msg)
+
+
 # ---------------------------------------------------------------- filters
 
 class RowFilter(param.Parameterized):
@@ -295,6 +344,10 @@ class RunTablePage:
         self.jump = pn.widgets.IntInput(name="Jump to run", value=None, width=120, placeholder="run number")
         self.jump_btn = pn.widgets.Button(name="Go", width=50, align="end")
         self.status = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["dmn-status"])
+        self.inspect_btn = pn.widgets.Button(name="Inspect run", disabled=True, width=150, align="end",
+                                             description="Show every variable of the selected run, plotted "
+                                                         "(or double-click a row)")
+        self._syncing = False  # True while the table follows session.selected_runs (no echo back)
 
         frame = self._frame_for_session()
         self.page_size = max(20, min(PAGE_SIZE, CELLS_PER_PAGE // max(1, len(frame.columns))))
@@ -312,7 +365,12 @@ class RunTablePage:
         # The browser's pager ignores the initial page of a remote-paginated table: re-send it once shown.
         pn.state.onload(lambda: self.table.param.trigger("page"))
         self.table.on_edit(self._on_edit)
+        self.table.selection = self._selection_for(session.selected_runs)
+        self._update_inspect_button()
         self.table.param.watch(self._on_selection, "selection")
+        session.param.watch(self._show_selected, "selected_runs")
+        self.opener = RowOpener(on_open=self._open_row, width=0, height=0, margin=0)
+        self.inspect_btn.on_click(lambda e: self._inspect(self.session.selected_runs[-1:]))
         self.columns_choice.param.watch(lambda e: self._rebuild_columns(), "value")
         self.tag_choice.param.watch(lambda e: self._rebuild_columns(), "value")
         self.jump_btn.on_click(self._jump)
@@ -379,9 +437,15 @@ class RunTablePage:
                                 groups=groups, editable_columns=sorted(editable))
 
     def _rebuild_columns(self) -> None:
-        with pn.io.hold():
-            self.table.value = self._frame_for_session()
-            self._apply_column_config()
+        # A new frame clears Tabulator's selection: put the session's back instead of clearing it.
+        self._syncing = True
+        try:
+            with pn.io.hold():
+                self.table.value = self._frame_for_session()
+                self._apply_column_config()
+                self.table.selection = self._selection_for(self.session.selected_runs)
+        finally:
+            self._syncing = False
 
     # -- filters ----------------------------------------------------------------------------------
     def _row_mask(self, df: pd.DataFrame):
@@ -483,9 +547,62 @@ class RunTablePage:
         self.say(f"Run {int(run)}", "info")
 
     def _on_selection(self, event) -> None:
+        if self._syncing:
+            return
         idx = [i for i in (event.new or []) if 0 <= i < len(self.table.value)]
         runs = [int(self.table.value["run"].iloc[i]) for i in idx]
         self.session.selected_runs = runs
+
+    def _selection_for(self, runs: list[int]) -> list[int]:
+        """Table positions (``Tabulator.selection``) of the given runs that are in the table."""
+        index = self.table.value.index
+        keys = (self.source.key_for(None, r) for r in runs)
+        return [index.get_loc(k) for k in keys if k in index]
+
+    def _show_selected(self, event) -> None:
+        """Runs selected elsewhere (e.g. box selection in Plots) become the selected rows; when none of
+        them is on the page shown, the table turns to the page of the last one."""
+        self._update_inspect_button()
+        wanted = self._selection_for(event.new or [])
+        if sorted(wanted) == sorted(self.table.selection):
+            return  # this table's own selection coming back
+        self._syncing = True
+        try:
+            with pn.io.hold():
+                processed = self.table._processed
+                keys = [self.table.value.index[i] for i in wanted]
+                if keys and processed is not None and not set(keys) & set(self.table.page_keys()):
+                    shown = [k for k in keys if k in processed.index]
+                    if shown:
+                        pos = processed.index.get_loc(shown[-1])
+                        self.table.page = pos // (self.table.page_size or self.page_size) + 1
+                self.table.selection = wanted
+        finally:
+            self._syncing = False
+
+    def _update_inspect_button(self) -> None:
+        runs = self.session.selected_runs
+        self.inspect_btn.disabled = not runs
+        self.inspect_btn.name = f"Inspect run {runs[-1]}" if runs else "Inspect run"
+
+    def _open_row(self, msg: dict) -> None:
+        """A double click on a row (not on a cell being edited): select that run and inspect it."""
+        ours = {model.ref["id"] for model, _ in self.table._models.values()}
+        if msg.get("table") not in ours or msg.get("field") in self.table.editable_columns:
+            return
+        keys = self.table.page_keys()
+        try:
+            key = keys[int(msg.get("index"))]
+        except (TypeError, ValueError, IndexError):
+            return
+        self._inspect([int(self.table.value.at[key, "run"])])
+
+    def _inspect(self, runs: list[int]) -> None:
+        if not runs:
+            return
+        if list(self.session.selected_runs) != runs:
+            self.session.selected_runs = runs
+        self.session.open_page = "inspect"
 
     def say(self, message: str, level: str = "info") -> None:
         colour = {"error": "#b71c1c", "warning": "#e65100", "info": "#1b5e20"}.get(level, "#333")
@@ -674,10 +791,12 @@ class RunTablePage:
         if self.session.can_write:
             cards.append(pn.Card(self.add_variable_form(), title="Add user variable", collapsed=True,
                                  sizing_mode="stretch_width"))
-        toolbar = pn.Row(self.jump, self.jump_btn, pn.Spacer(width=20), self.follow, pn.HSpacer(),
+        toolbar = pn.Row(self.jump, self.jump_btn, pn.Spacer(width=20), self.inspect_btn, pn.Spacer(width=20),
+                         self.follow, pn.HSpacer(),
                          pn.pane.HTML("<span style='line-height:40px'>Export:</span>"), *self.export_widgets(),
                          sizing_mode="stretch_width")
-        return pn.Column(toolbar, *cards, self.status, self.table, self.patcher, sizing_mode="stretch_both")
+        return pn.Column(toolbar, *cards, self.status, self.table, self.patcher, self.opener,
+                         sizing_mode="stretch_both")
 
 
 def view(session: SessionState) -> pn.viewable.Viewable:
