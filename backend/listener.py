@@ -101,8 +101,13 @@ def official_db_dir(proposal: int) -> Path | None:
 
 @dataclass
 class _Pending:
+    """One queued run. Its first request's id goes to the processor (RUNNING, finished); the ids of
+    requests merged into it are finished here once the merged work ends, as each was announced PENDING."""
+
+    topic: str
     run_data: str
     processing_id: str
+    merged_ids: list[str] = field(default_factory=list)
     callbacks: list[Callable[[], None]] = field(default_factory=list)
 
 
@@ -115,7 +120,9 @@ class _DatabaseQueue:
 
     One thread per database keeps one ``RunProcessor`` (its SQLite connection stays in its thread).
     Requests for a run already waiting are merged (raw + proc → all), so a run is never processed
-    twice at once.
+    twice at once. Every request's processing_id, announced PENDING on submission, gets its
+    ``processing_finished`` when the work serving it ends, however it ends, or when it is abandoned at
+    shutdown: otherwise dashboards would show the run as queued forever.
     """
 
     def __init__(self, db_dir: Path, owner: LocalProcessing):
@@ -128,15 +135,19 @@ class _DatabaseQueue:
         self.thread = threading.Thread(target=self._loop, name=f"local-{db_dir.name}", daemon=True)
         self.thread.start()
 
-    def add(self, req: ExtractionRequest, on_done: Callable[[], None]) -> None:
+    def add(self, req: ExtractionRequest, topic: str, on_done: Callable[[], None]) -> None:
         with self.cond:
+            if self.stopping:  # too late: the event stays uncommitted and comes back to the next listener
+                self._announce_finished(_Pending(topic, req.run_data, req.processing_id), [req.processing_id])
+                return
             key = (req.proposal, req.run)
             if key in self.pending:
                 p = self.pending[key]
                 p.run_data = _merge_run_data(p.run_data, req.run_data)
+                p.merged_ids.append(req.processing_id)
                 p.callbacks.append(on_done)
             else:
-                self.pending[key] = _Pending(req.run_data, req.processing_id, [on_done])
+                self.pending[key] = _Pending(topic, req.run_data, req.processing_id, callbacks=[on_done])
             self.cond.notify()
 
     def _loop(self) -> None:
@@ -148,6 +159,8 @@ class _DatabaseQueue:
                     break
             with self.owner.slots:
                 with self.cond:
+                    if self.stopping:  # stop() was called while this thread waited for a slot
+                        break
                     batch, self.pending = self.pending, {}
                 self._process(batch)
         if self.processor is not None:
@@ -157,11 +170,16 @@ class _DatabaseQueue:
                 log.debug("Closing the local processor of %s: %s", self.db_dir, e)
 
     def stop(self, timeout: float = 10) -> None:
-        """Stop after the batch in progress; queued runs are left (their events were not committed)."""
+        """Stop after the batch in progress; queued runs are left (their events were not committed, so
+        the next listener gets them again, under new processing ids)."""
         with self.cond:
             self.stopping = True
             self.cond.notify()
         self.thread.join(timeout)
+        with self.cond:
+            abandoned, self.pending = self.pending, {}
+        for p in abandoned.values():
+            self._announce_finished(p, [p.processing_id, *p.merged_ids])
 
     def _process(self, batch: dict[tuple[int, int], _Pending]) -> None:
         from backend.context_runner import RunRequest
@@ -182,7 +200,10 @@ class _DatabaseQueue:
                 else:
                     log.info("Processed p%d r%d (%s) locally in %s", key[0], key[1], batch[key].run_data,
                              self.db_dir)
-                self._finish(batch.pop(key, None))
+                p = batch.pop(key, None)
+                if p is not None:  # the processor has finished p.processing_id itself
+                    self._announce_finished(p, p.merged_ids)
+                self._finish(p)
         except Exception as e:
             log.error("Local processing in %s failed: %s", self.db_dir, e, exc_info=True)
             for (proposal, run) in batch:
@@ -192,8 +213,18 @@ class _DatabaseQueue:
                     pass
             self.processor = None  # start afresh next time (e.g. after a DB or context fix)
         finally:
+            # No outcome for these: the processor may or may not have finished their first id (it does
+            # on a context error). A repeated processing_finished is harmless; receivers drop the id.
             for p in batch.values():
+                self._announce_finished(p, [p.processing_id, *p.merged_ids])
                 self._finish(p)
+
+    def _announce_finished(self, p: _Pending, processing_ids: list[str]) -> None:
+        for processing_id in processing_ids:
+            try:
+                self.owner.producer.processing_finished(p.topic, processing_id)
+            except Exception as e:  # messages are notifications; never fatal to processing
+                log.warning("Could not announce the end of processing %s: %s", processing_id, e)
 
     @staticmethod
     def _finish(p: _Pending | None) -> None:
@@ -215,12 +246,16 @@ class LocalProcessing:
         self._queues: dict[Path, _DatabaseQueue] = {}
         self._lock = threading.Lock()
 
-    def submit(self, db_dir: Path, req: ExtractionRequest, on_done: Callable[[], None]) -> None:
+    def submit(self, db_dir: Path, req: ExtractionRequest, on_done: Callable[[], None], *, topic: str) -> None:
+        """Queue ``req``, announcing it PENDING on ``topic`` (the DB's update topic); ``on_done`` runs
+        when it has been processed (or failed), and its processing_id is then announced finished."""
+        self.producer.processing_state_set(topic, req.processing_id, req.proposal, req.run, req.run_data,
+                                           "PENDING", slurm_cluster=None, slurm_job_id=None)
         with self._lock:
             queue = self._queues.get(db_dir)
             if queue is None:
                 queue = self._queues[db_dir] = _DatabaseQueue(db_dir, self)
-        queue.add(req, on_done)
+        queue.add(req, topic, on_done)
 
     def close(self, timeout: float = 10) -> None:
         with self._lock:
@@ -332,9 +367,7 @@ class EventHandler:
                 log.warning("Slurm job submission failed (%s); processing p%d r%d locally", e, ev.proposal,
                             ev.run)
                 append_run_log(db_dir, ev.proposal, ev.run, f"Slurm submission failed ({e}); processing locally")
-                self.producer.processing_state_set(topic, req.processing_id, ev.proposal, ev.run, ev.run_data,
-                                                   "PENDING", slurm_cluster=None, slurm_job_id=None)
-                self.local.submit(db_dir, req, done)
+                self.local.submit(db_dir, req, done, topic=topic)
                 return
             msg = (f"Could not submit a Slurm job for r{ev.run} (p{ev.proposal}, {ev.run_data} data): {e}. "
                    "Local processing is off (damnit listener config allow_local_processing 1).")

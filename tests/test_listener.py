@@ -286,7 +286,8 @@ def test_event_topics_include_online_variants():
 # ---------------------------------------------------------------- local processing
 
 class FakeProcessor:
-    """Stands in for extraction.RunProcessor: records batches and overlapping work per run."""
+    """Stands in for extraction.RunProcessor: records batches and overlapping work per run, and like it
+    announces each run's processing_id finished when its outcome is ready."""
 
     active: set = set()
     overlaps: list = []
@@ -294,8 +295,11 @@ class FakeProcessor:
     block_first = None  # a threading.Event the first batch waits on (max 3 s)
     delay = 0.3
 
-    def __init__(self, db_dir, **kw):
+    fail = False  # raise instead of processing (a worker pool that cannot start)
+
+    def __init__(self, db_dir, producer=None, **kw):
         self.db_dir = db_dir
+        self.producer = producer
 
     def process(self, requests, processing_ids=None, **kw):
         import threading
@@ -312,9 +316,15 @@ class FakeProcessor:
         if isinstance(first, threading.Event):
             first.wait(3)
         time.sleep(cls.delay)
+        if cls.fail:
+            with _fake_lock:
+                cls.active -= set(keys)
+            raise RuntimeError("no workers")
         for r in requests:
             with _fake_lock:
                 cls.active.discard((self.db_dir, r.run))
+            if self.producer is not None:
+                self.producer.processing_finished("test.damnit.db-fake", (processing_ids or {})[id(r)])
             yield RunOutcome(request=r)
 
     def close(self):
@@ -331,9 +341,12 @@ def fake_processor(monkeypatch):
     import backend.extraction
 
     FakeProcessor.active, FakeProcessor.overlaps, FakeProcessor.batches = set(), [], []
-    FakeProcessor.block_first = None
+    FakeProcessor.block_first, FakeProcessor.fail, FakeProcessor.delay = None, False, 0.3
     monkeypatch.setattr(backend.extraction, "RunProcessor", FakeProcessor)
     return FakeProcessor
+
+
+TOPIC = "test.damnit.db-fake"
 
 
 def test_local_requests_for_a_run_are_merged_never_concurrent(fake_processor, tmp_path):
@@ -344,12 +357,12 @@ def test_local_requests_for_a_run_are_merged_never_concurrent(fake_processor, tm
     local = LocalProcessing(UpdateProducer.offline(), max_concurrent=1)
     done = []
     a, b = tmp_path / "a", tmp_path / "b"
-    local.submit(a, ExtractionRequest(1, 1, "raw"), lambda: done.append("a1"))
+    local.submit(a, ExtractionRequest(1, 1, "raw"), lambda: done.append("a1"), topic=TOPIC)
     time.sleep(0.1)  # the first batch is running now
-    local.submit(a, ExtractionRequest(1, 1, "raw"), lambda: done.append("a1 again"))
-    local.submit(a, ExtractionRequest(1, 1, "proc"), lambda: done.append("a1 proc"))
-    local.submit(a, ExtractionRequest(1, 2, "raw"), lambda: done.append("a2"))
-    local.submit(b, ExtractionRequest(1, 1, "raw"), lambda: done.append("b1"))
+    local.submit(a, ExtractionRequest(1, 1, "raw"), lambda: done.append("a1 again"), topic=TOPIC)
+    local.submit(a, ExtractionRequest(1, 1, "proc"), lambda: done.append("a1 proc"), topic=TOPIC)
+    local.submit(a, ExtractionRequest(1, 2, "raw"), lambda: done.append("a2"), topic=TOPIC)
+    local.submit(b, ExtractionRequest(1, 1, "raw"), lambda: done.append("b1"), topic=TOPIC)
     assert wait_for(lambda: len(done) == 5, 20), done
     local.close()
     assert fake_processor.overlaps == []
@@ -368,11 +381,103 @@ def test_local_processing_is_bounded_across_databases(fake_processor, tmp_path):
     local = LocalProcessing(UpdateProducer.offline(), max_concurrent=1)
     done, t0 = [], time.monotonic()
     for name in "abc":
-        local.submit(tmp_path / name, ExtractionRequest(1, 1, "raw"), lambda: done.append(time.monotonic()))
+        local.submit(tmp_path / name, ExtractionRequest(1, 1, "raw"), lambda: done.append(time.monotonic()),
+                     topic=TOPIC)
     assert wait_for(lambda: len(done) == 3, 20)
     local.close()
     fake_processor.delay = 0.3
     assert done[-1] - t0 >= 1.4  # one database at a time: 3 × 0.5 s
+
+
+class RecordingProducer:
+    """Records the processing messages a listener sends, in order."""
+
+    def __init__(self):
+        self.sent = []
+
+    def processing_state_set(self, db, processing_id, proposal, run, data, status, **kw):
+        self.sent.append((status, processing_id, run, data))
+
+    def processing_finished(self, db, processing_id):
+        self.sent.append(("finished", processing_id))
+
+    def ids(self, status):
+        return [m[1] for m in self.sent if m[0] == status]
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def local_handler(fake_processor, tmp_path, monkeypatch):
+    """An EventHandler for p1234 that processes locally (no sbatch on PATH); yields (handler, producer)."""
+    from backend.listener import EventHandler, LocalProcessing
+
+    ldir, db_dir = tmp_path / "listener", tmp_path / "db"
+    ldir.mkdir()
+    make_db(db_dir, 1234)
+    with ListenerDB(ldir) as ldb:
+        ldb.add_proposal_db(1234, db_dir, False)
+        ldb.settings["allow_local_processing"] = True
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))
+    producer = RecordingProducer()
+    handler = EventHandler(ldir, producer, LocalProcessing(producer, max_concurrent=1))
+    yield handler, producer
+    handler.local.close()
+    handler.close()
+
+
+def test_merged_local_requests_each_get_processing_finished(local_handler, fake_processor):
+    """Each event's processing_id is announced PENDING; one merged away into another request's job must
+    still be finished, when that job is (not before: its work is still to be done), or the run shows
+    as queued forever."""
+    import threading
+
+    from backend.listener import RunEvent
+
+    handler, producer = local_handler
+    release = fake_processor.block_first = threading.Event()
+    done = []
+    handler.handle(RunEvent("migration_complete", 1234, 7, "raw", time.time()), lambda: done.append("raw"))
+    assert wait_for(lambda: fake_processor.batches, 10)  # run 7 is being processed
+    for ev, run_data in (("run_corrections_complete", "proc"), ("migration_complete", "raw")):
+        handler.handle(RunEvent(ev, 1234, 7, run_data, time.time()), lambda d=run_data: done.append(d))
+    pending = producer.ids("PENDING")
+    assert len(set(pending)) == 3
+    time.sleep(0.2)
+    assert not set(producer.ids("finished")) & set(pending[1:])  # both still waiting
+    release.set()
+    assert wait_for(lambda: len(done) == 3, 10), done
+    assert fake_processor.batches == [[("db", 7, "raw")], [("db", 7, "all")]]  # merged into one job
+    finished = producer.ids("finished")
+    assert sorted(finished) == sorted(pending)
+    # The merged-away id (third event) ends after the id of the job that did its work (second event)
+    assert finished.index(pending[2]) > finished.index(pending[1])
+
+
+def test_failed_or_abandoned_local_requests_get_processing_finished(local_handler, fake_processor):
+    """Processing that fails without outcomes, and queued requests left at shutdown, end their ids too."""
+    from backend.listener import RunEvent
+
+    handler, producer = local_handler
+    fake_processor.fail = True
+    done = []
+    for run_data in ("raw", "proc"):
+        handler.handle(RunEvent("x", 1234, 8, run_data, time.time()), lambda: done.append(1))
+    assert wait_for(lambda: len(done) == 2, 10)
+    assert sorted(set(producer.ids("finished"))) == sorted(producer.ids("PENDING"))
+
+    fake_processor.fail, fake_processor.delay = False, 1.0
+    producer.sent.clear()
+    handler.handle(RunEvent("x", 1234, 9, "raw", time.time()), lambda: done.append(1))
+    assert wait_for(lambda: fake_processor.active, 10)
+    handler.handle(RunEvent("x", 1234, 10, "raw", time.time()), lambda: done.append(1))  # queued
+    handler.local.close(timeout=0.1)  # the listener stops: run 10 is left for the next one
+    assert wait_for(lambda: sorted(producer.ids("finished")) == sorted(producer.ids("PENDING")), 10)
+    assert len(done) == 3  # run 10's event was not marked done (not committed)
 
 
 def test_unfinished_local_event_is_redelivered_after_listener_restart(
