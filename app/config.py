@@ -29,6 +29,7 @@ class ServerConfig:
     user_header: str = ""  # trusted proxy header carrying the user name (auth == "header")
     allow_lookup: bool = False  # may users open other proposals by number (none given on the CLI)
     demo: bool = False
+    context_editors: list[str] = field(default_factory=list)  # --context-editors: user names, or ["*"]
 
     @property
     def loopback(self) -> bool:
@@ -39,6 +40,23 @@ class ServerConfig:
         """Writes need an authenticated user when auth is configured or the server is reachable from
         other machines (then unauthenticated writes are refused)."""
         return self.auth != "none" or not self.loopback
+
+    def context_edit_refusal(self, user: str) -> str:
+        """Why ``user`` may not save the context file ('' = allowed). The context file is code the backend
+        runs as the listener's user, so beyond loopback-without-auth only users named in
+        --context-editors may change it, and nobody without that option."""
+        if self.read_only:
+            return "The dashboard was started with --read-only"
+        if not self.writes_need_user:
+            return ""
+        if not self.context_editors:
+            return ("Editing the context file is disabled on this server; start it with "
+                    "--context-editors USER,... (or '*' for every signed-in user) to allow it")
+        if not user:
+            return "Editing the context file needs a signed-in user named in --context-editors"
+        if user in self.context_editors or "*" in self.context_editors:
+            return ""
+        return f"{user} may not edit the context file (not in --context-editors)"
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))

@@ -742,6 +742,9 @@ class SessionState(param.Parameterized):
     user = param.String(default="", doc="Authenticated user name ('' when none)")
     can_write = param.Boolean(default=False, doc="May this session change the DB (comments, user vars, ...)")
     write_denied_reason = param.String(default="", doc="Why can_write is False, for a tooltip/notice")
+    can_edit_context = param.Boolean(default=False, doc="May this session save the context file (code the "
+                                     "backend runs: a stronger right than can_write, see --context-editors)")
+    context_edit_denied_reason = param.String(default="", doc="Why can_edit_context is False, one line")
     open_page = param.String(default="", doc="Slug of a page a page asks the shell to bring to the front "
                              "(e.g. the run table's double click opens 'inspect'); set it again to repeat")
 
@@ -784,3 +787,9 @@ class SessionState(param.Parameterized):
         """Raise PermissionError unless this session may write (the server-side guard for every edit)."""
         if not self.can_write:
             raise PermissionError(self.write_denied_reason or "This dashboard is read-only")
+
+    def check_context_edit(self) -> None:
+        """Raise PermissionError unless this session may save the context file (server-side guard)."""
+        if not (self.can_write and self.can_edit_context):
+            raise PermissionError(self.context_edit_denied_reason or self.write_denied_reason
+                                  or "Editing the context file is not allowed")
