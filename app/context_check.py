@@ -3,7 +3,8 @@
 Validation runs in three steps, stopping at the first error: Python's own compile (syntax errors with a
 line number), the engine's checks (``ctxrunner ctx`` in the database's ``context_python``, so imports and
 ``@Variable`` rules are checked exactly as processing will), then pyflakes for likely mistakes, which
-only warn. Saving refuses errors and detects that the file changed on disk since it was loaded.
+only warn. Saving refuses errors, detects that the file changed on disk since it was loaded, and keeps
+the version it replaces in ``.context_history/`` so a bad edit can be undone.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from itertools import count
 from pathlib import Path
 
 from pyflakes.api import check as pyflakes_check
@@ -25,6 +28,7 @@ from pyflakes.reporter import Reporter
 OK, WARNING, ERROR = "ok", "warning", "error"
 CTXSUPPORT_DIR = Path(__file__).resolve().parent.parent / "backend" / "ctxsupport"
 ENGINE_TIMEOUT = 120
+HISTORY_DIR = ".context_history"  # next to context.py: earlier versions replaced from the browser
 # Context files may use these names in string annotations ("var#x", "meta#...", "mymdc#..."): pyflakes
 # would call them undefined.
 _ANNOTATION_NAMES = re.compile(r"undefined name '(var|self|meta|mymdc)'$")
@@ -131,8 +135,33 @@ class ContextChangedOnDisk(Exception):
     """The file was modified by someone else after it was loaded into the editor."""
 
 
-def save_context(path: Path, code: str, loaded_fingerprint: str | None, *, force: bool = False) -> str:
-    """Write the code atomically; refuse if the file changed since it was loaded (unless force).
+def keep_previous_version(path: Path, user: str) -> Path | None:
+    """Copy the file about to be replaced to ``.context_history/context-<UTC time>-<user>.py`` (folder
+    0o700, file 0o600: for whoever runs the dashboard to recover from a bad edit). None if no file."""
+    path = Path(path)
+    try:
+        old = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    folder = path.parent / HISTORY_DIR
+    folder.mkdir(mode=0o700, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    who = re.sub(r"[^\w.@-]", "_", user)[:64] or "local"
+    for n in count(1):
+        dest = folder / f"context-{stamp}{f'-{n}' if n > 1 else ''}-{who}.py"
+        try:
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "wb") as f:
+            f.write(old)
+        return dest
+
+
+def save_context(path: Path, code: str, loaded_fingerprint: str | None, *, force: bool = False,
+                 user: str | None = None) -> str:
+    """Write the code atomically; refuse if the file changed since it was loaded (unless force). With
+    ``user`` (who saves), the replaced version is kept first (``keep_previous_version``).
 
     Returns the new fingerprint. Keeps the file's permission bits (context files are often 0666).
     """
@@ -140,6 +169,8 @@ def save_context(path: Path, code: str, loaded_fingerprint: str | None, *, force
     current = file_fingerprint(path)
     if not force and current != loaded_fingerprint:
         raise ContextChangedOnDisk(f"{path} was changed on disk after it was loaded")
+    if user is not None:
+        keep_previous_version(path, user)
     mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666
     fd, tmp = tempfile.mkstemp(prefix=".tmp_ctx_save", dir=path.parent)
     try:

@@ -1,7 +1,8 @@
 """``panel_serve.sh``: start the dashboard with safe defaults.
 
 Parses the command line, resolves the databases (only those can be opened from a browser), builds the
-demo proposal when asked, says at start-up who may write, then runs ``panel serve`` on ``app/main.py``.
+demo proposal when asked, says at start-up who may write and who may edit the context file, then runs
+``panel serve`` on ``app/main.py``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--read-only", action="store_true", help="no edit controls; the server refuses all writes")
     p.add_argument("--user-header", default="",
                    help="trusted reverse-proxy header holding the authenticated user name")
+    p.add_argument("--context-editors", default="", metavar="USERS",
+                   help="comma-separated signed-in users who may save the context file (code the backend runs), "
+                        "or '*' for every signed-in user; needed whenever auth is configured or the address is "
+                        "not loopback (default: nobody then)")
     p.add_argument("--demo", action="store_true",
                    help="build a demo proposal from mock runs and keep adding runs (first-time tour)")
     p.add_argument("--demo-dir", default=None, help="where the demo lives (default ~/.cache/damnit-demo)")
@@ -68,7 +73,25 @@ def startup_notes(cfg: ServerConfig, port: int) -> list[str]:
                      "--oauth-provider ... or --user-header to allow edits, or pass --read-only to silence this.")
     else:
         notes.append("  edits allowed for anyone on this machine (loopback only)")
+    notes.append("  context file: " + context_editors_note(cfg))
     return notes
+
+
+def context_editors_note(cfg: ServerConfig) -> str:
+    """Who may save the context file, for the start-up notes."""
+    if cfg.read_only:
+        return "read-only"
+    if not cfg.writes_need_user:
+        return "editable by anyone on this machine (loopback, no authentication)"
+    if cfg.auth == "none":
+        return ("nobody may edit it: that needs authentication (--oauth-*/--basic-auth or --user-header) "
+                "and --context-editors")
+    if not cfg.context_editors:
+        return ("nobody may edit it in the browser (it is code the backend runs); "
+                "allow users with --context-editors USER,... or '*'")
+    if "*" in cfg.context_editors:
+        return "editable by every signed-in user (--context-editors '*')"
+    return "editable by " + ", ".join(cfg.context_editors) + " (when signed in)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         auth = "header"
     cfg = ServerConfig(databases=list(dict.fromkeys(databases)), read_only=args.read_only, address=args.address,
                        prefix=args.prefix.rstrip("/"), auth=auth, user_header=args.user_header,
-                       allow_lookup=not databases, demo=args.demo)
+                       allow_lookup=not databases, demo=args.demo,
+                       context_editors=[u.strip() for u in args.context_editors.split(",") if u.strip()])
 
     cmd = [sys.executable, "-m", "panel", "serve", str(APP_DIR / "main.py"),
            "--port", str(args.port), "--address", args.address,

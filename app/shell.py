@@ -114,8 +114,10 @@ def make_session(source: ProposalSource | None, cfg: ServerConfig) -> SessionSta
                   "(configure OAuth or a trusted proxy header)")
     else:
         can_write, reason = True, ""
+    context_reason = cfg.context_edit_refusal(user) if can_write else reason
     return SessionState(source=source, read_only=cfg.read_only, user=user, can_write=can_write,
-                        write_denied_reason=reason)
+                        write_denied_reason=reason, can_edit_context=not context_reason,
+                        context_edit_denied_reason=context_reason)
 
 
 def _served_sources(cfg: ServerConfig) -> list[ProposalSource]:

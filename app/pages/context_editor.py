@@ -4,11 +4,16 @@ Validation and saving run in a worker thread (the engine check starts the contex
 is refused when validation finds an error (the message names the line), allowed with pyflakes warnings,
 and stopped with a choice (reload / overwrite) when the file changed on disk since it was loaded.
 After a save the variable list is updated (``damnit read-context``).
+
+The context file is code the backend runs, so saving (and validating, which runs the code) needs
+``session.can_edit_context`` (see ``--context-editors``), checked here on the server. Every save is
+logged with the user and the replaced version is kept in ``.context_history/``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +21,7 @@ import panel as pn
 
 from app.context_check import (
     ERROR,
+    HISTORY_DIR,
     OK,
     WARNING,
     CheckResult,
@@ -25,6 +31,10 @@ from app.context_check import (
     save_context,
     update_variable_list,
 )
+
+log = logging.getLogger(__name__)
+if log.level == logging.NOTSET:
+    log.setLevel(logging.INFO)  # context saves and refusals are an audit trail: always in the server log
 
 TITLE = "Context file"
 SLUG = "context_editor"
@@ -42,10 +52,11 @@ class ContextEditor:
         self.loaded_text = ""
         self.editor = pn.widgets.CodeEditor(language="python", sizing_mode="stretch_width", height=520,
                                             theme="chrome", css_classes=["damnit-context-editor"],
-                                            readonly=not session.can_write)
-        self.validate_btn = pn.widgets.Button(label="Validate", button_type="default", width=100)
+                                            readonly=not session.can_edit_context)
+        self.validate_btn = pn.widgets.Button(label="Validate", button_type="default", width=100,
+                                              disabled=not session.can_edit_context)
         self.save_btn = pn.widgets.Button(label="Save", button_type="primary", width=100,
-                                          disabled=not session.can_write, css_classes=["damnit-save"])
+                                          disabled=not session.can_edit_context, css_classes=["damnit-save"])
         self.reload_btn = pn.widgets.Button(label="Reload from disk", width=140)
         self.overwrite_btn = pn.widgets.Button(label="Overwrite the file on disk", button_type="danger",
                                                visible=False)
@@ -60,9 +71,10 @@ class ContextEditor:
         self.overwrite_btn.on_click(self.on_overwrite)
         self.editor.param.watch(self._mark_dirty, "value")
         self.load()
-        note = [] if session.can_write else [pn.pane.Alert(
-            f"Read-only: {session.write_denied_reason or 'this dashboard cannot save changes'}",
-            alert_type="warning")]
+        note = [] if session.can_edit_context else [pn.pane.Alert(
+            "Read-only: " + (session.context_edit_denied_reason or session.write_denied_reason
+                             or "this dashboard cannot save changes"),
+            alert_type="warning", css_classes=["damnit-context-readonly"])]
         self.layout = pn.Column(
             *note,
             pn.Row(self.validate_btn, self.save_btn, self.reload_btn, self.overwrite_btn, self.dirty),
@@ -115,11 +127,24 @@ class ContextEditor:
         self._set_status("busy", "Validating…", "")
         return await asyncio.to_thread(check_context, code, self.session.source.db_dir)
 
+    def _refused(self, action: str) -> bool:
+        """Server-side guard (a forged click from the browser lands here too): refuse and log."""
+        try:
+            self.session.check_context_edit()
+        except PermissionError as e:
+            log.warning("Refused to %s %s for %s: %s", action, self.path, self.session.user or "local user", e)
+            self._set_status(ERROR, f"Not allowed: {e}", "")
+            return True
+        return False
+
     async def on_validate(self, _=None) -> None:
+        if self._refused("validate"):  # validation runs the code (the engine loads it)
+            return
         self._show_result(await self._check(self.editor.value))
 
     async def on_save(self, _=None, force: bool = False) -> None:
-        self.session.check_write()
+        if self._refused("save"):
+            return
         code = self.editor.value
         self.save_btn.disabled = True
         try:
@@ -128,13 +153,16 @@ class ContextEditor:
                 self._set_status(ERROR, f"Not saved. {result.summary}", result.message)
                 return
             try:
-                self.loaded_fingerprint = save_context(self.path, code, self.loaded_fingerprint, force=force)
+                self.loaded_fingerprint = save_context(self.path, code, self.loaded_fingerprint, force=force,
+                                                       user=self.session.user)
             except ContextChangedOnDisk:
                 self._conflict()
                 return
             except OSError as e:
                 self._set_status(ERROR, f"Not saved: cannot write {self.path}: {e}", "")
                 return
+            log.info("Context file %s saved by %s (previous version kept in %s/)", self.path,
+                     self.session.user or "local user", HISTORY_DIR)
             self.loaded_text = code
             self.overwrite_btn.visible = False
             self._mark_dirty()
@@ -147,7 +175,7 @@ class ContextEditor:
             else:
                 self._set_status(WARNING, f"{saved}, but updating the variable list failed", output)
         finally:
-            self.save_btn.disabled = not self.session.can_write
+            self.save_btn.disabled = not self.session.can_edit_context
 
     async def on_overwrite(self, _=None) -> None:
         await self.on_save(force=True)
