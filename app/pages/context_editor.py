@@ -161,7 +161,7 @@ class ContextEditor:
             except OSError as e:
                 self._set_status(ERROR, f"Not saved: cannot write {self.path}: {e}", "")
                 return
-            log.info("Context file %s saved by %s (previous version kept in %s/)", self.path,
+            log.info("Context file %s saved by %s (earlier versions in %s/)", self.path,
                      self.session.user or "local user", HISTORY_DIR)
             self.loaded_text = code
             self.overwrite_btn.visible = False
