@@ -393,7 +393,13 @@ def test_results_match_the_original(tmp_path, make_mock_runs, damnit_oracle):
     for key, (value, stype, smethod, attrs, max_diff) in ref.items():
         m_value, m_stype, m_smethod, m_attrs, m_max_diff = mine[key]
         assert (m_stype, m_smethod) == (stype, smethod), key
-        assert json.loads(m_attrs or "{}") == pytest.approx(json.loads(attrs or "{}")), key
+        m_attrs, attrs = json.loads(m_attrs or "{}"), json.loads(attrs or "{}")
+        assert m_attrs.keys() == attrs.keys(), key
+        for attr, expected in attrs.items():  # e.g. bold, units, background ([r, g, b]), error
+            if isinstance(expected, float):
+                assert m_attrs[attr] == pytest.approx(expected), (key, attr)
+            else:
+                assert m_attrs[attr] == expected, (key, attr)
         if isinstance(value, (int, float)):
             assert m_value == pytest.approx(value, rel=1e-6), key
         elif isinstance(value, bytes):
