@@ -22,8 +22,10 @@ for db_dir in get_config().databases:
         model = get_table_model(src)
         model.specs()
         src.frame()
-        # Render the page a first visitor sees (the newest runs) so it is served from the cache.
-        for key in src.run_keys()[-50:]:
+        # Render the pages a first visitor sees or asks for first (the newest runs, the page before,
+        # "First": the oldest runs) so they are served from the cache.
+        keys = src.run_keys()
+        for key in dict.fromkeys([*keys[-100:], *keys[:50]]):
             for name in ("run", "start_time", "comment", *model.specs()):
                 model.cell_text(key, name)
         log.info("Loaded %s: %d runs", db_dir, len(src.runs))

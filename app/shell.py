@@ -59,6 +59,9 @@ class ScriptLoader(pn.custom.JSComponent):
     is on screen, instead of before anything is drawn; ``loaded`` turns True when they are in."""
 
     urls = param.List(default=[])
+    delay_ms = param.Integer(default=50, doc="Wait this long after the page is drawn (the table's first "
+                             "clicks should not queue behind parsing 5 MB of scripts)")
+    hurry = param.Boolean(default=False, doc="Another page wants them now: do not wait for delay_ms")
     loaded = param.Boolean(default=False)
 
     _esm = """
@@ -73,13 +76,19 @@ class ScriptLoader(pn.custom.JSComponent):
     }
     export function render({ model, el }) {
       el.style.display = 'none'
-      setTimeout(async () => {
+      let started = false
+      const go = async () => {
+        if (started) return
+        started = true
         for (const url of model.urls) {  // in order: ace's extensions need ace
           const name = url.split('/').pop()
           if (!Array.from(document.scripts).some(s => s.src.endsWith(name))) await load(url)
         }
         model.loaded = true
-      }, 50)
+      }
+      setTimeout(go, model.delay_ms)
+      model.on('hurry', go)
+      if (model.hurry) go()
     }
     """
 
@@ -237,7 +246,9 @@ def build_app() -> pn.viewable.Viewable:
     slots = [pn.Column(sizing_mode="stretch_both", name=p.title) for p in pages]
     tabs = pn.Tabs(*slots, sizing_mode="stretch_both", dynamic=False)
 
-    loader = ScriptLoader(urls=deferred_script_urls(), width=0, height=0, margin=0)
+    start = next((i for i, p in enumerate(pages) if p.slug == want), 0)
+    loader = ScriptLoader(urls=deferred_script_urls(), width=0, height=0, margin=0,
+                          delay_ms=2000 if pages and pages[start].slug == "table" else 50)
 
     def fill(index: int) -> None:
         if 0 <= index < len(pages) and pages[index].slug != "table" and not loader.loaded:
@@ -245,6 +256,7 @@ def build_app() -> pn.viewable.Viewable:
             if not slots[index].objects:
                 slots[index].objects = [pn.indicators.LoadingSpinner(value=True, width=40, height=40)]
                 loader.param.watch(lambda ev: fill(index), "loaded", onlychanged=True)
+                loader.hurry = True
             return
         if 0 <= index < len(pages) and (not slots[index].objects or isinstance(
                 slots[index].objects[0], pn.indicators.LoadingSpinner)):
@@ -263,7 +275,6 @@ def build_app() -> pn.viewable.Viewable:
             tabs.active = index
 
     session.param.watch(bring_to_front, "open_page", onlychanged=False)
-    start = next((i for i, p in enumerate(pages) if p.slug == want), 0)
     tabs.active = start
     fill(start)
     return pn.Column(header, tabs, loader, sizing_mode="stretch_both")

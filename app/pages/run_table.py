@@ -170,7 +170,8 @@ class RunTabulator(pn.widgets.Tabulator):
 
 
 class CellPatcher(pn.custom.JSComponent):
-    """Applies cell updates to the browser's Tabulator row by row (see RunTabulator.send_patch)."""
+    """Applies cell updates to the browser's Tabulator row by row (see RunTabulator.send_patch), and
+    shows the right page number in its pager."""
 
     _esm = """
     function findTable(id) {
@@ -185,8 +186,37 @@ class CellPatcher(pn.custom.JSComponent):
       }
       return null
     }
+    function tableViews() {
+      const out = [], seen = new Set()
+      const stack = Object.values(window.Bokeh.index)
+      while (stack.length) {
+        const v = stack.pop()
+        if (v == null || seen.has(v)) continue
+        seen.add(v)
+        if (v.tabulator) out.push(v)
+        for (const c of (v.child_views || [])) stack.push(c)
+      }
+      return out
+    }
+    function fixPagers(done) {
+      // Tabulator starts a remote-paginated table on the server's page but leaves its pager
+      // buttons on page 1: redraw them once the table is built.
+      for (const v of tableViews()) {
+        const pager = v.tabulator.modules && v.tabulator.modules.page
+        if (done.has(v) || v.model.pagination !== 'remote' || !v.tabulator.initialized || pager == null
+            || pager.page !== v.model.page) continue
+        pager._setPageButtons()
+        done.add(v)
+        return true
+      }
+      return false
+    }
     export function render({ model, el }) {
       el.style.display = 'none'
+      const done = new WeakSet()
+      let tries = 0
+      const timer = setInterval(() => { if (fixPagers(done) || ++tries > 150) clearInterval(timer) }, 200)
+      model.on('remove', () => clearInterval(timer))
       model.on('msg:custom', (msg) => {
         const view = findTable(msg.table)
         if (view == null) return
@@ -344,7 +374,7 @@ class RunTablePage:
         self.jump = pn.widgets.IntInput(name="Jump to run", value=None, width=120, placeholder="run number")
         self.jump_btn = pn.widgets.Button(name="Go", width=50, align="end")
         self.status = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["dmn-status"])
-        self.inspect_btn = pn.widgets.Button(name="Inspect run", disabled=True, width=150, align="end",
+        self.inspect_btn = pn.widgets.Button(label="Inspect run", disabled=True, width=150, align="end",
                                              description="Show every variable of the selected run, plotted "
                                                          "(or double-click a row)")
         self._syncing = False  # True while the table follows session.selected_runs (no echo back)
@@ -362,8 +392,8 @@ class RunTablePage:
             stylesheets=[TABLE_CSS],
         )
         self._apply_column_config()
-        # The browser's pager ignores the initial page of a remote-paginated table: re-send it once shown.
-        pn.state.onload(lambda: self.table.param.trigger("page"))
+        # The browser's pager shows page 1 for the initial page of a remote-paginated table: CellPatcher
+        # redraws its buttons (re-sending the page did that too, but sent and drew 2 MB of cells again).
         self.table.on_edit(self._on_edit)
         self.table.selection = self._selection_for(session.selected_runs)
         self._update_inspect_button()
@@ -583,7 +613,7 @@ class RunTablePage:
     def _update_inspect_button(self) -> None:
         runs = self.session.selected_runs
         self.inspect_btn.disabled = not runs
-        self.inspect_btn.name = f"Inspect run {runs[-1]}" if runs else "Inspect run"
+        self.inspect_btn.label = f"Inspect run {runs[-1]}" if runs else "Inspect run"
 
     def _open_row(self, msg: dict) -> None:
         """A double click on a row (not on a cell being edited): select that run and inspect it."""
