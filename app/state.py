@@ -14,12 +14,10 @@ would make the processing side fail with "database is locked".
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
 import sqlite3
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -28,9 +26,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import param
+
+from backend.db import decode_summary
 
 log = logging.getLogger(__name__)
 
@@ -182,17 +181,12 @@ NPY_MAGIC = b"\x93NUMPY"
 
 
 def decode_value(value: Any, summary_type: str | None) -> Any:
-    """Turn a stored run_variables value into a Python value (spec §4.1 blob kinds)."""
-    if not isinstance(value, bytes):
+    """A stored run_variables value as a Python value; a damaged blob stays bytes (the table must still
+    draw the rest of the run)."""
+    try:
+        return decode_summary(value, summary_type)
+    except Exception:
         return value
-    if summary_type == "complex" and len(value) == 16:
-        return complex(*struct.unpack("<dd", value))
-    if value.startswith(NPY_MAGIC):
-        try:
-            return np.load(io.BytesIO(value), allow_pickle=False)
-        except Exception:
-            return value
-    return value  # PNG thumbnails and unknown blobs stay bytes
 
 
 def _loads(text: str | None) -> dict:
