@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import panel as pn
 import param
-from bokeh.models import ColumnDataSource
+from bokeh.models import CellEditor, ColumnDataSource, StringEditor, StringFormatter, TableColumn
 from panel.reactive import ReactiveData
 
 from app import edits
@@ -68,6 +68,31 @@ class RunTabulator(pn.widgets.Tabulator):
         return processed.index[start:start + nrows]
 
     filter_version = 0  # bumped by the page when its row filters change
+
+    def _get_column_definitions(self, col_names, df):
+        """One shared formatter model and one editor model per kind instead of one each per column.
+
+        Every column's look and editor come from ``formatters``/``editors`` in the Tabulator
+        configuration; the browser only reads these models' type (and whether the editor can edit),
+        so 300 columns cost 300 models to build and send instead of 900 (~0.3 s of opening).
+        """
+        if any(not isinstance(self.formatters.get(c), dict) for c in col_names if c not in self.indexes) or any(
+                c in self.editors and self.editors[c] is not None and not isinstance(self.editors[c], dict)
+                for c in col_names):
+            return super()._get_column_definitions(col_names, df)
+        formatter, index_formatter = StringFormatter(null_format=""), StringFormatter(null_format="", text_align="left")
+        read_only, editor = CellEditor(), StringEditor()
+        widths = self.widths if isinstance(self.widths, dict) else {}
+        default_width = self.widths if isinstance(self.widths, int) else 0
+        columns = []
+        for col in col_names:
+            fixed = col in self.indexes or (col in self.editors and self.editors[col] is None)
+            columns.append(TableColumn(
+                field=str(col), title=self.titles.get(col, str(col)),
+                width=w if isinstance(w := widths.get(str(col), default_width), int) else 0,
+                formatter=index_formatter if col in self.indexes else formatter,
+                editor=read_only if fixed else editor))
+        return columns
 
     def _get_data(self):
         tm: TableModel | None = self.table_model
