@@ -147,6 +147,34 @@ def test_cell_html_bold_background_images_sparklines():
     assert "Slurm job 12" in fmt.run_html(5, [{"status": "RUNNING", "slurm_job_id": "12"}])
 
 
+def test_thumbnails_scaled_to_the_cell():
+    import base64
+    import io
+
+    from PIL import Image
+
+    def png(w, h, mode="RGBA"):
+        buf = io.BytesIO()
+        rng = np.random.default_rng(1)
+        Image.fromarray(rng.integers(0, 255, (h, w, len(mode)), dtype=np.uint8), mode).save(buf, format="PNG")
+        return buf.getvalue()
+
+    big = png(300, 300)  # DAMNIT's thumbnail size
+    out = fmt.cell_png(big)
+    with Image.open(io.BytesIO(out)) as img:
+        assert img.size == (70, 70) and img.mode == "RGBA"
+    assert len(out) < len(big) / 10
+    wide = fmt.cell_png(png(600, 200, "RGB"))
+    with Image.open(io.BytesIO(wide)) as img:
+        assert img.size == (200, 67)
+    small = png(32, 16)
+    assert fmt.cell_png(small) is small  # already fits: not decoded
+    html_ = fmt.cell_html(Cell(big))
+    assert base64.b64encode(out).decode() in html_
+    broken = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x10\x00\x00\x00\x10\x00garbage"
+    assert fmt.cell_png(broken) == broken  # shown as stored
+
+
 # ---------------------------------------------------------------- sorting, filters, export
 
 def _table(values):

@@ -1,0 +1,66 @@
+"""Run-table thumbnails: what a page of DAMNIT-sized (300 px) thumbnails costs to send, stored vs
+scaled to the cell (``app.table_format.cell_png``).
+
+    python benchmarks/bench_thumbnails.py [--cells 600]
+
+Thumbnails are made as the original makes them (matplotlib ``imshow`` of a noisy detector-like image,
+1 inch at 300 dpi; trendline thumbnails 2 x 2/3 inch). Prints the page's thumbnail bytes (base64, as
+sent in the cell HTML) and the server time to render them once (the table caches rendered cells).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app import table_format as fmt  # noqa: E402
+from app.state import Cell  # noqa: E402
+
+
+def damnit_thumbnails(n: int) -> list[bytes]:
+    from matplotlib.figure import Figure
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:256, :256]
+    out = []
+    for i in range(n):
+        image = i % 2 == 0
+        fig = Figure(figsize=(1, 1) if image else (2, 2 / 3))
+        ax = fig.add_subplot()
+        fig.subplots_adjust(left=0, right=1, bottom=0, top=1)
+        if image:
+            ax.imshow(np.exp(-((x - 128 - i) ** 2 + (y - 128) ** 2) / 2000) * 100 + rng.normal(0, 5, x.shape))
+        else:
+            ax.plot(np.cumsum(rng.normal(size=1000)))
+        ax.axis("off")
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=300 if image else None)
+        out.append(buf.getvalue())
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cells", type=int, default=600, help="thumbnails on one page (20 rows x 30 columns)")
+    args = ap.parse_args()
+    distinct = damnit_thumbnails(20)
+    pngs = [distinct[i % len(distinct)] for i in range(args.cells)]
+    stored = sum(len(fmt.base64.b64encode(p)) for p in pngs)
+    t = time.perf_counter()
+    cells = [fmt.cell_html(Cell(p)) for p in pngs]
+    render = time.perf_counter() - t
+    sent = sum(len(c) for c in cells)
+    print(f"{args.cells} thumbnails: stored {stored / 1e6:.2f} MB, sent {sent / 1e6:.2f} MB "
+          f"({stored / sent:.1f}x smaller), rendered in {render:.2f} s")
+    print(f"RESULT thumbnails page {stored / 1e6:.2f} MB -> {sent / 1e6:.2f} MB, render {render:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
