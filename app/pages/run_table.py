@@ -194,23 +194,9 @@ class RunTabulator(pn.widgets.Tabulator):
         self._update_cds()
 
 
-class CellPatcher(pn.custom.JSComponent):
-    """Applies cell updates to the browser's Tabulator row by row (see RunTabulator.send_patch), and
-    shows the right page number in its pager."""
-
-    _esm = """
-    function findTable(id) {
-      const seen = new Set()
-      const stack = Object.values(window.Bokeh.index)
-      while (stack.length) {
-        const v = stack.pop()
-        if (v == null || seen.has(v)) continue
-        seen.add(v)
-        if (v.model && v.model.id === id && v.tabulator) return v
-        for (const c of (v.child_views || [])) stack.push(c)
-      }
-      return null
-    }
+# Every Tabulator view on the page (Bokeh views nest; Tabulator cells live in shadow roots), shared by the
+# components below that reach into the table from the browser.
+_TABLE_VIEWS_JS = """
     function tableViews() {
       const out = [], seen = new Set()
       const stack = Object.values(window.Bokeh.index)
@@ -222,6 +208,17 @@ class CellPatcher(pn.custom.JSComponent):
         for (const c of (v.child_views || [])) stack.push(c)
       }
       return out
+    }
+"""
+
+
+class CellPatcher(pn.custom.JSComponent):
+    """Applies cell updates to the browser's Tabulator row by row (see RunTabulator.send_patch), and
+    shows the right page number in its pager."""
+
+    _esm = _TABLE_VIEWS_JS + """
+    function findTable(id) {
+      return tableViews().find((v) => v.model && v.model.id === id) || null
     }
     function fixPagers(done) {
       // Tabulator starts a remote-paginated table on the server's page but leaves its pager
@@ -265,19 +262,7 @@ class RowOpener(pn.custom.JSComponent):
         super().__init__(**params)
         self._on_open = on_open  # called with {table, index, field}
 
-    _esm = """
-    function tableViews() {
-      const out = [], seen = new Set()
-      const stack = Object.values(window.Bokeh.index)
-      while (stack.length) {
-        const v = stack.pop()
-        if (v == null || seen.has(v)) continue
-        seen.add(v)
-        if (v.tabulator) out.push(v)
-        for (const c of (v.child_views || [])) stack.push(c)
-      }
-      return out
-    }
+    _esm = _TABLE_VIEWS_JS + """
     export function render({ model, el }) {
       el.style.display = 'none'
       const has = (n, cls) => n.classList != null && n.classList.contains(cls)
