@@ -180,13 +180,13 @@ class Demo:
         from backend.listener import Listener
         from backend.listener_db import ListenerDB
 
-        # No Slurm on a laptop: the listener falls back to local processing; don't repeat why per run.
-        logging.getLogger("backend.listener").setLevel(logging.ERROR)
+        # No Slurm on a laptop: never try it (an unreachable slurmctld can take a minute to fail).
+        logging.getLogger("backend.listener").setLevel(logging.WARNING)
         print("Demo: runs are processed locally by the listener (no Slurm needed)", flush=True)
         self.listener_dir.mkdir(exist_ok=True)
         with ListenerDB(self.listener_dir) as ldb:
             ldb.add_proposal_db(DEMO_PROPOSAL, self.db_dir, False)
-            ldb.settings["allow_local_processing"] = True
+            ldb.settings["use_slurm"] = False
             ldb.settings["listening_since"] = time.time() - 5
         self._listener = Listener(self.listener_dir, broker=self.broker.address,
                                   consumer_options={"session_timeout_ms": 2000, "heartbeat_interval_ms": 300,

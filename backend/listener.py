@@ -267,6 +267,14 @@ class LocalProcessing:
 
 # ---------------------------------------------------------------- handling one event
 
+@dataclass(frozen=True)
+class ProcessingPolicy:
+    """How the listener runs jobs, from its settings (re-read for every event)."""
+    use_slurm: bool = True     # submit Slurm jobs; off: always process in the listener
+    allow_local: bool = False  # process in the listener when a submission fails
+    sandbox: str = ""          # command prefix for the context-file runner in jobs
+
+
 class EventHandler:
     """Turns one run event into jobs for every database registered for its proposal."""
 
@@ -293,7 +301,7 @@ class EventHandler:
     def handle(self, ev: RunEvent, on_done: Callable[[], None] = lambda: None) -> None:
         """Submit (or queue) jobs for ``ev``; ``on_done`` runs once they are all submitted/finished."""
         with self._lock:
-            dirs, allow_local, sandbox = self._target_dirs(ev)
+            dirs, policy = self._target_dirs(ev)
         remaining = [len(dirs) + 1]  # +1 released below, so on_done runs once, after the loop
         lock = threading.Lock()
 
@@ -306,13 +314,13 @@ class EventHandler:
 
         for db_dir in dirs:
             try:
-                self._handle_db(ev, db_dir, allow_local, sandbox, one_done)
+                self._handle_db(ev, db_dir, policy, one_done)
             except Exception as e:
                 log.error("Processing p%d r%d for %s failed: %s", ev.proposal, ev.run, db_dir, e, exc_info=True)
                 one_done()
         one_done()
 
-    def _target_dirs(self, ev: RunEvent) -> tuple[list[Path], bool, str]:
+    def _target_dirs(self, ev: RunEvent) -> tuple[list[Path], ProcessingPolicy]:
         try:
             return self._read_listener_db(ev)
         except sqlite3.OperationalError as e:
@@ -324,7 +332,7 @@ class EventHandler:
             self.db = ListenerDB(self.listener_dir)
             return self._read_listener_db(ev)
 
-    def _read_listener_db(self, ev: RunEvent) -> tuple[list[Path], bool, str]:
+    def _read_listener_db(self, ev: RunEvent) -> tuple[list[Path], ProcessingPolicy]:
         if not self.db.setting("static_mode", True):
             official = official_db_dir(ev.proposal)
             if official and (official / "runs.sqlite").is_file():
@@ -333,9 +341,11 @@ class EventHandler:
         dirs = self.db.proposal_db_dirs(ev.proposal)
         if not dirs:
             log.debug("No database registered for p%d; ignoring r%d", ev.proposal, ev.run)
-        return dirs, bool(self.db.setting("allow_local_processing", False)), self.db.setting("sandbox_args") or ""
+        return dirs, ProcessingPolicy(use_slurm=bool(self.db.setting("use_slurm", True)),
+                                      allow_local=bool(self.db.setting("allow_local_processing", False)),
+                                      sandbox=self.db.setting("sandbox_args") or "")
 
-    def _handle_db(self, ev: RunEvent, db_dir: Path, allow_local: bool, sandbox: str,
+    def _handle_db(self, ev: RunEvent, db_dir: Path, policy: ProcessingPolicy,
                    done: Callable[[], None]) -> None:
         from backend.db import DamnitDB
 
@@ -358,12 +368,15 @@ class EventHandler:
         log.info("Added p%d r%d (%s data) to %s", ev.proposal, ev.run, ev.run_data, db_dir)
 
         req = ExtractionRequest(ev.proposal, ev.run, ev.run_data, update_vars=True)
+        if not policy.use_slurm:
+            self.local.submit(db_dir, req, done, topic=topic)
+            return
         try:
             job = SlurmSubmitter(db_dir, settings, python=self.job_python, producer=self.producer,
-                                 db_topic=topic, sandbox_args=sandbox).submit(req)
+                                 db_topic=topic, sandbox_args=policy.sandbox).submit(req)
             self.watcher.watch(job, db_dir, topic)
         except SubmissionError as e:
-            if allow_local:
+            if policy.allow_local:
                 log.warning("Slurm job submission failed (%s); processing p%d r%d locally", e, ev.proposal,
                             ev.run)
                 append_run_log(db_dir, ev.proposal, ev.run, f"Slurm submission failed ({e}); processing locally")

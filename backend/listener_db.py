@@ -28,11 +28,13 @@ KNOWN_SETTINGS = {
     "static_mode": "only process databases registered with `damnit listener add` (1) or also register "
                    "official proposal databases found on disk (0)",
     "allow_local_processing": "process runs in the listener when a Slurm job cannot be submitted",
+    "use_slurm": "submit Slurm jobs (1, default) or always process runs in the listener (0, e.g. on a "
+                 "machine without Slurm)",
     "sandbox_args": "command prefix wrapping the context-file runner in jobs",
     "broker": "Kafka bootstrap servers (host:port,...), used when AMORE_BROKER is unset",
     "local_processing_concurrency": "how many databases the listener may process locally at once",
 }
-BOOL_SETTINGS = {"static_mode", "allow_local_processing"}
+BOOL_SETTINGS = {"static_mode", "allow_local_processing", "use_slurm"}
 
 
 @dataclass(frozen=True)

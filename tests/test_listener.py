@@ -6,6 +6,7 @@ arguments, so these tests pin down event handling, registration, delivery and fa
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -558,3 +559,33 @@ def test_failed_job_is_marked_in_the_run_log(listener_setup, kafka_broker, slurm
     assert not handler.watcher.jobs
     text = (db_dir / "process_logs" / "r61-p1234.out").read_text()
     assert f"Slurm job {job_id} for r61 (p1234, raw data) ended as FAILED" in text
+
+
+def test_use_slurm_off_processes_locally_without_calling_sbatch(fake_processor, tmp_path, monkeypatch):
+    """`use_slurm 0` (a machine without Slurm): sbatch is never run, even when one is on PATH (an
+    unreachable slurmctld can take a minute to refuse), and the run is processed in the listener."""
+    from backend.listener import EventHandler, LocalProcessing, RunEvent
+
+    ldir, db_dir, bin_dir = tmp_path / "listener", tmp_path / "db", tmp_path / "bin"
+    ldir.mkdir()
+    bin_dir.mkdir()
+    make_db(db_dir, 1234)
+    marker = tmp_path / "sbatch-was-called"
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    with ListenerDB(ldir) as ldb:
+        ldb.add_proposal_db(1234, db_dir, False)
+        ldb.settings["use_slurm"] = False
+        assert ldb.setting("use_slurm") is False and ldb.setting("allow_local_processing") is False
+    producer = RecordingProducer()
+    handler = EventHandler(ldir, producer, LocalProcessing(producer, max_concurrent=1))
+    try:
+        done = []
+        handler.handle(RunEvent("migration_complete", 1234, 12, "raw", time.time()), lambda: done.append(1))
+        assert wait_for(lambda: done, 10)
+        assert fake_processor.batches == [[("db", 12, "raw")]]
+        assert not marker.exists()
+    finally:
+        handler.local.close()
+        handler.close()
