@@ -8,6 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
+from backend.listener_db import BOOL_SETTINGS
+
 
 def cmd_listen(args: argparse.Namespace) -> int:
     listener_dir = Path(args.listener_dir or ".").absolute()
@@ -30,7 +32,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
 
 def _parse_value(key: str, value: str, numeric: bool):
-    if key in ("static_mode", "allow_local_processing"):
+    if key in BOOL_SETTINGS:
         low = value.strip().lower()
         if low in ("1", "true", "yes", "on"):
             return True

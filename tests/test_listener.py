@@ -155,10 +155,12 @@ def test_listener_cli(tmp_path, monkeypatch, capsys):
     assert main(["listener", "databases"]) == 0
     assert f"p1234: {tmp_path / 'db'} (unofficial)" in capsys.readouterr().out
     assert main(["listener", "config", "allow-local-processing", "1"]) == 0
+    assert main(["listener", "config", "use_slurm", "off"]) == 0
     assert main(["listener", "config", "static_mode", "maybe"]) == 1
     assert main(["listener", "config"]) == 0
     out = capsys.readouterr()
     assert "allow_local_processing=1" in out.out and "static_mode must be 0/1" in out.err
+    assert "use_slurm=0" in out.out
     assert main(["listener", "rm", str(tmp_path / "db")]) == 0
     assert main(["listener", "rm", str(tmp_path / "db")]) == 1
 
