@@ -123,7 +123,7 @@ class Demo:
         return self.db_dir
 
     def env(self) -> dict[str, str]:
-        return {"EXTRA_DATA_DATA_ROOT": str(self.data_root),
+        return {"EXTRA_DATA_DATA_ROOT": str(self.data_root), "DAMNIT_SLURM": "off",
                 "AMORE_BROKER": self.broker.address if self.broker else "none"}
 
     # -- taking runs ------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 One ``JobBoard`` per database per server process, so every session sees the same jobs and Slurm is
 asked about them at most once per ``SQUEUE_CACHE_S`` however many browsers watch. Jobs go to Slurm
-(``backend.slurm.submit_reprocess``) when ``sbatch`` exists, else to a local ``damnit reprocess
---direct`` subprocess.
+(``backend.slurm.submit_reprocess``) when ``sbatch`` exists and ``DAMNIT_SLURM`` is not ``off``, else to
+a local ``damnit reprocess --direct`` subprocess.
 """
 
 from __future__ import annotations
@@ -101,6 +101,9 @@ def format_runs(runs: Sequence[int]) -> str:
 
 
 def slurm_available() -> bool:
+    """sbatch is installed and not switched off (``DAMNIT_SLURM=off``: a Slurm client without a cluster)."""
+    if os.environ.get("DAMNIT_SLURM", "").strip().lower() == "off":
+        return False
     return shutil.which("sbatch") is not None
 
 

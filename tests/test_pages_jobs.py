@@ -133,3 +133,16 @@ def test_slurm_job_processes_runs_and_can_be_cancelled(db_dir, slurm_cluster, mo
     assert _wait(board, job, 60) == "CANCELLED"
     log = (db_dir / "process_logs" / f"r3-p{PROPOSAL}.out").read_text()
     assert f"Slurm job {sid}" in log and "Cancelled" in log
+
+
+def test_damnit_slurm_off_keeps_jobs_on_this_machine(tmp_path, monkeypatch):
+    """An installed sbatch is used unless DAMNIT_SLURM=off (a Slurm client with no cluster behind it)."""
+    from app.processing_jobs import slurm_available
+
+    (tmp_path / "sbatch").write_text("#!/bin/sh\nexit 1\n")
+    (tmp_path / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("DAMNIT_SLURM", raising=False)
+    assert slurm_available()
+    monkeypatch.setenv("DAMNIT_SLURM", "off")
+    assert not slurm_available()
