@@ -19,6 +19,33 @@ from app.config import ENV_VAR, LOOPBACK, ServerConfig, resolve_database
 APP_DIR = Path(__file__).resolve().parent
 AUTH_FLAGS = ("--oauth-", "--basic-auth", "--cookie-secret", "--basic-login-template", "--logout-template",
               "--login-endpoint", "--logout-endpoint")
+AUTH_SWITCHES = ("--oauth-optional", "--oauth-refresh-tokens")  # `panel serve` flags without a value
+AUTH_LISTS = ("--oauth-guest-endpoints",)                       # ... and with any number of values
+
+
+def split_auth_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(ours, auth): the `panel serve` authentication options, with their values, passed on unchanged.
+
+    Separated before parsing ours, so ``--basic-auth PASSWORD`` is not taken for a database folder."""
+    ours: list[str] = []
+    auth: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        flag = arg.split("=", 1)[0]
+        if not flag.startswith(AUTH_FLAGS):
+            ours.append(arg)
+            continue
+        auth.append(arg)
+        if "=" in arg or flag in AUTH_SWITCHES:
+            continue
+        while i < len(argv) and not argv[i].startswith("--"):
+            auth.append(argv[i])
+            i += 1
+            if flag not in AUTH_LISTS:
+                break
+    return ours, auth
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    unknown = [a for a in extra if a.startswith("--") and not a.startswith(AUTH_FLAGS)]
+    ours, extra = split_auth_args(list(sys.argv[1:] if argv is None else argv))
+    args, unknown = parser.parse_known_args(ours)
     if unknown:
         parser.error(f"unrecognised arguments: {' '.join(unknown)}")
     if args.prefix and not args.prefix.startswith("/"):
@@ -131,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cmd = [sys.executable, "-m", "panel", "serve", str(APP_DIR / "main.py"),
            "--port", str(args.port), "--address", args.address,
-           "--setup", str(APP_DIR / "server_setup.py"),
+           "--setup", str(APP_DIR / "server_setup.py"), "--plugins", "app.routes",
            "--check-unused-sessions", "5000", "--unused-session-lifetime", "15000"]
     if cfg.prefix:
         cmd += ["--prefix", cfg.prefix]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import secrets
 import sqlite3
 import threading
 import time
@@ -226,6 +227,8 @@ class ProposalSource:
     def __init__(self, db_dir: str | Path, *, broker: str | None = None, start: bool = True):
         self.db_dir = Path(db_dir).resolve()
         self.db_path = self.db_dir / "runs.sqlite"
+        # Names this source in URLs (thumbnails): random, so a URL never says or picks a path.
+        self.token = secrets.token_urlsafe(9)
         if not self.db_path.is_file():
             raise FileNotFoundError(f"No DAMNIT database (runs.sqlite) in {self.db_dir}")
         self.lock = threading.RLock()
@@ -723,6 +726,12 @@ def get_source(db_dir: str | Path) -> ProposalSource:
 def all_sources() -> list[ProposalSource]:
     with _SOURCES_LOCK:
         return list(_SOURCES.values())
+
+
+def source_by_token(token: str) -> ProposalSource | None:
+    """An already open source by its URL token (never opens one)."""
+    with _SOURCES_LOCK:
+        return next((s for s in _SOURCES.values() if secrets.compare_digest(s.token, token)), None)
 
 
 # ---------------------------------------------------------------- per-session state

@@ -15,6 +15,7 @@ import logging
 import math
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,7 @@ CSS = """
 
 EMPTY = ""
 THUMB_BOX = (200, 70)  # twice .dmn-thumb's max size: as sharp as now on screens up to 2 device px per CSS px
+THUMB_SHOWN = (100, 35)  # .dmn-thumb's max size in CSS px
 
 log = logging.getLogger(__name__)
 
@@ -106,17 +108,26 @@ def sparkline_svg(arr: np.ndarray, width: int = 100, height: int = 30) -> str:
             f"points='{pts}'/></svg>")
 
 
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's header, without decoding it."""
+    try:
+        width, height = struct.unpack(">II", data[16:24])
+    except struct.error:
+        return None
+    return (width, height) if width > 0 and height > 0 else None
+
+
 def cell_png(data: bytes) -> bytes:
     """A PNG thumbnail no bigger than the cell shows it (``THUMB_BOX``).
 
     DAMNIT stores 300 px thumbnails (~150 KB for a detector image); a page holds hundreds of them
-    but draws each at most 100x35 px, so larger ones are scaled down once (the table caches cells).
+    but draws each at most 100x35 px, so larger ones are scaled down (once: callers cache).
     Small ones are passed on without decoding (the size is read from the PNG header).
     """
-    try:
-        width, height = struct.unpack(">II", data[16:24])
-    except struct.error:
+    size = png_size(data)
+    if size is None:
         return data
+    width, height = size
     if width <= THUMB_BOX[0] and height <= THUMB_BOX[1]:
         return data
     try:
@@ -137,8 +148,25 @@ def _esc(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
-def cell_html(cell: Cell | None) -> str:
-    """The safe HTML of one computed-variable cell."""
+def thumbnail_img(data: bytes, src: str | None = None) -> str:
+    """An ``<img>`` for a PNG thumbnail: fetched from ``src`` (lazily, once in view) or inlined.
+
+    Width and height are given, so rows keep their height while images load.
+    """
+    if src is None:
+        src = "data:image/png;base64," + base64.b64encode(cell_png(data)).decode()
+    size = png_size(data) or THUMB_SHOWN
+    scale = min(1.0, THUMB_SHOWN[0] / size[0], THUMB_SHOWN[1] / size[1])
+    w, h = max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+    return (f"<img class='dmn-thumb' src='{_esc(src)}' width='{w}' height='{h}' loading='lazy' "
+            f"decoding='async' alt='thumbnail'>")
+
+
+def cell_html(cell: Cell | None, image_src: Callable[[bytes], str] | None = None) -> str:
+    """The safe HTML of one computed-variable cell.
+
+    ``image_src(png)`` gives the URL a thumbnail is fetched from; without it thumbnails are inlined.
+    """
     if cell is None:
         return EMPTY
     attrs = cell.attributes or {}
@@ -156,7 +184,7 @@ def cell_html(cell: Cell | None) -> str:
     numeric = False
     if isinstance(v, bytes):
         if v.startswith(b"\x89PNG"):
-            inner = f"<img class='dmn-thumb' src='data:image/png;base64,{base64.b64encode(cell_png(v)).decode()}'>"
+            inner = thumbnail_img(v, image_src(v) if image_src is not None else None)
         else:
             inner = "&lt;blob&gt;"
     elif isinstance(v, np.ndarray):

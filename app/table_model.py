@@ -8,13 +8,17 @@ invalidated cell by cell from the source's changes.
 from __future__ import annotations
 
 import threading
+import zlib
+from collections import OrderedDict
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from app import table_format as fmt
 from app.state import STATIC_COLUMNS, Change, ProposalSource
 
 FIXED_COLUMNS = ("run", "start_time", "comment")  # always first, in this order
 HIDDEN_ALWAYS = ("proposal", "added_at")
+THUMBNAIL_CACHE_SIZE = 4096  # scaled thumbnails kept per proposal (browsers cache them too)
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class TableModel:
         self.source = source
         self.lock = threading.RLock()
         self._html: dict[tuple[int, str], str] = {}
+        self._png: OrderedDict[tuple[int, str], tuple[str, bytes]] = OrderedDict()  # -> (version, png)
         self._specs: dict[str, ColumnSpec] | None = None
         # Subscribed first, so the cache is already invalidated when sessions hear about a change.
         source.subscribe(self._on_change)
@@ -63,11 +68,13 @@ class TableModel:
         with self.lock:
             if change.reset:
                 self._html.clear()
+                self._png.clear()
             if change.variables or change.reset:
                 self._specs = None
             for key, names in change.changed.items():
                 for n in names:
                     self._html.pop((key, n), None)
+                    self._png.pop((key, n), None)
             for key in change.processing:
                 self._html.pop((key, "run"), None)
             if change.changed and self._specs is not None:
@@ -137,10 +144,35 @@ class TableModel:
                 if name == "comment" or (spec is not None and spec.editable_type is not None):
                     text = fmt.plain_text(cell.value if cell is not None else None)
                 else:
-                    text = fmt.cell_html(cell)
+                    text = fmt.cell_html(cell, lambda png: self.thumbnail_url(key, name, png))
         with self.lock:
             self._html[ck] = text
         return text
+
+    def thumbnail_url(self, key: int, name: str, png: bytes) -> str:
+        """Where the browser fetches a cell's thumbnail (``app/thumbnails.py``), relative to the page
+        so it works under any prefix or proxy path; ``v`` changes with the image, so it can be cached."""
+        return (f"thumbnail/{self.source.token}/{key}/{quote(name, safe='')}.png"
+                f"?v={zlib.crc32(png):08x}")
+
+    def thumbnail(self, key: int, name: str) -> tuple[bytes, str] | None:
+        """A cell's thumbnail scaled for the table, and its version (as in ``thumbnail_url``)."""
+        value = self.raw_value(key, name)
+        if not isinstance(value, bytes) or not value.startswith(b"\x89PNG"):
+            return None
+        version = f"{zlib.crc32(value):08x}"
+        ck = (key, name)
+        with self.lock:
+            got = self._png.get(ck)
+            if got is not None and got[0] == version:
+                self._png.move_to_end(ck)
+                return got[1], version
+        png = fmt.cell_png(value)
+        with self.lock:
+            self._png[ck] = (version, png)
+            while len(self._png) > THUMBNAIL_CACHE_SIZE:
+                self._png.popitem(last=False)
+        return png, version
 
     def raw_value(self, key: int, name: str):
         src = self.source

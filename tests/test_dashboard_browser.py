@@ -74,6 +74,11 @@ def db_comment(db_dir: Path, run: int):
     return row[0] if row else None
 
 
+def image_loaded(img) -> bool:
+    """The thumbnail ``img`` (a locator) was fetched and decoded."""
+    return wait_for(lambda: img.evaluate("i => i.complete && i.naturalWidth > 0"))
+
+
 def wait_for(pred, timeout=10.0, interval=0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -111,7 +116,10 @@ def test_table_values_match_db(serve, small_db, page):
     assert "Synthetic float variable number 0" in page.locator(".tabulator-tooltip").inner_text()
     assert page.locator(".tabulator-col-group .tabulator-col-title", has_text="XGM").count() >= 1
     # Thumbnails are images, trendlines sparklines, errors marked with the message as tooltip.
-    assert cell(page, 12, "v003").locator("img.dmn-thumb").count() == 1
+    thumb = cell(page, 12, "v003").locator("img.dmn-thumb")
+    assert thumb.count() == 1
+    assert thumb.get_attribute("src").startswith("thumbnail/")  # by URL, not inlined in the page
+    assert image_loaded(thumb)
     assert cell(page, 12, "v006").locator("svg.dmn-spark").count() == 1
     errs = page.locator(".tabulator-cell .dmn-err, .tabulator-cell .dmn-skip")
     assert errs.count() >= 1
@@ -284,8 +292,10 @@ def test_prefix_behind_nginx(serve, small_db, page, tmp_path):
             assert wait_for(lambda: db_comment(small_db, 2) == "via proxy")
             set_value(small_db, 2, "v001", 77.0)
             cell(page, 2, "v001").get_by_text("77", exact=True).wait_for(timeout=5000)
-            # Everything went through nginx: the page and its websocket share the proxy's origin.
-            assert "/damnit/main" in (ndir / "access.log").read_text()
+            assert image_loaded(cell(page, 2, "v003").locator("img.dmn-thumb"))
+            # Everything went through nginx: the page, its websocket and the thumbnails.
+            access = (ndir / "access.log").read_text()
+            assert "/damnit/main" in access and "GET /damnit/thumbnail/" in access
         finally:
             srv.stop()
     finally:
@@ -381,3 +391,26 @@ def test_follow_newest_run(serve, small_db, page):
     cell(page, 55, "v001").get_by_text("55", exact=True).wait_for(timeout=10000)
     assert page.locator("button.tabulator-page.active").inner_text() == "2"
     assert cell(page, 55, "run").locator(".dmn-flash").count() == 1  # new runs are highlighted
+
+
+def test_batched_header_layout_matches_tabulators_own(serve, small_db, page):
+    """app/assets/tabulator_speedups.js replaces Tabulator's header sizing on every table; the header
+    cells must come out exactly as Tabulator's own method sizes them."""
+    srv = serve([small_db])
+    open_table(page, srv.url)
+    result = page.evaluate("""(find) => {
+      const table = eval(find)().tabulator;
+      const cm = table.columnManager;
+      const styles = () => [...cm.headersElement.querySelectorAll('.tabulator-col, .tabulator-col-group-cols')]
+          .map(el => el.style.height + '|' + el.style.minHeight).join(',') + '#' + cm.headersElement.style.height;
+      const batched = cm.hasOwnProperty('verticalAlignHeaders') && window.Tabulator.prototype.__damnitSpeedups;
+      cm.verticalAlignHeaders();
+      const ours = styles();
+      Object.getPrototypeOf(cm).verticalAlignHeaders.call(cm);
+      const theirs = styles();
+      return {batched, ours, theirs, groups: cm.headersElement.querySelectorAll('.tabulator-col-group').length};
+    }""", f"({FIND_TABULATOR_VIEW})")
+    assert result["batched"], "the batched header layout was not installed"
+    assert result["groups"] >= 1
+    assert result["ours"] == result["theirs"]
+    assert "px" in result["ours"]

@@ -258,6 +258,17 @@ def test_server_config_and_startup_notes(tmp_path, db):
     assert any("read-only" in n for n in startup_notes(ServerConfig(read_only=True), 5006))
 
 
+def test_panel_auth_options_pass_through_with_their_values():
+    from app.serve import split_auth_args
+
+    ours, auth = split_auth_args(["--port", "1", "--basic-auth", "pw", "--cookie-secret=s", "/db",
+                                  "--oauth-optional", "/db2", "--oauth-guest-endpoints", "/a", "/b",
+                                  "--read-only"])
+    assert ours == ["--port", "1", "/db", "/db2", "--read-only"]
+    assert auth == ["--basic-auth", "pw", "--cookie-secret=s", "--oauth-optional",
+                    "--oauth-guest-endpoints", "/a", "/b"]
+
+
 def test_export_widgets_produce_csv_excel_markdown(source):
     import openpyxl
 
