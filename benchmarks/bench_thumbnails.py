@@ -1,11 +1,11 @@
-"""Run-table thumbnails: what a page of DAMNIT-sized (300 px) thumbnails costs to send, stored vs
-scaled to the cell (``app.table_format.cell_png``).
+"""Run-table thumbnails: what a page of DAMNIT-sized (300 px) thumbnails costs to send: inlined as
+stored, inlined scaled to the cell (``app.table_format.cell_png``), or by URL (``app/thumbnails.py``).
 
     python benchmarks/bench_thumbnails.py [--cells 600]
 
 Thumbnails are made as the original makes them (matplotlib ``imshow`` of a noisy detector-like image,
-1 inch at 300 dpi; trendline thumbnails 2 x 2/3 inch). Prints the page's thumbnail bytes (base64, as
-sent in the cell HTML) and the server time to render them once (the table caches rendered cells).
+1 inch at 300 dpi; trendline thumbnails 2 x 2/3 inch). Prints the page's cell HTML bytes and
+the server time to render them once (the table caches rendered cells).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import argparse
 import io
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -53,13 +54,25 @@ def main() -> None:
     distinct = damnit_thumbnails(20)
     pngs = [distinct[i % len(distinct)] for i in range(args.cells)]
     stored = sum(len(fmt.base64.b64encode(p)) for p in pngs)
+
     t = time.perf_counter()
-    cells = [fmt.cell_html(Cell(p)) for p in pngs]
-    render = time.perf_counter() - t
-    sent = sum(len(c) for c in cells)
-    print(f"{args.cells} thumbnails: stored {stored / 1e6:.2f} MB, sent {sent / 1e6:.2f} MB "
-          f"({stored / sent:.1f}x smaller), rendered in {render:.2f} s")
-    print(f"RESULT thumbnails page {stored / 1e6:.2f} MB -> {sent / 1e6:.2f} MB, render {render:.2f} s")
+    inlined = [fmt.cell_html(Cell(p)) for p in pngs]
+    inline_s = time.perf_counter() - t
+    t = time.perf_counter()
+    by_url = [fmt.cell_html(Cell(p), lambda png, i=i: f"thumbnail/tok/{i}/v{i}.png?v={zlib.crc32(png):08x}")
+              for i, p in enumerate(pngs)]
+    url_s = time.perf_counter() - t
+    t = time.perf_counter()
+    scaled = [fmt.cell_png(p) for p in distinct]
+    per_image_ms = (time.perf_counter() - t) / len(distinct) * 1e3
+    inline_b, url_b = sum(map(len, inlined)), sum(map(len, by_url))
+    print(f"{args.cells} thumbnails in one page's cell HTML:")
+    print(f"  inlined as stored      {stored / 1e6:7.2f} MB")
+    print(f"  inlined, scaled        {inline_b / 1e6:7.2f} MB, rendered in {inline_s:.2f} s")
+    print(f"  by URL (app/thumbnails) {url_b / 1e6:6.3f} MB, rendered in {url_s:.3f} s; each image then "
+          f"{sum(map(len, scaled)) / len(scaled) / 1e3:.1f} kB, scaled in {per_image_ms:.1f} ms when first fetched")
+    print(f"RESULT thumbnails page {stored / 1e6:.2f} MB inlined -> {inline_b / 1e6:.2f} MB scaled -> "
+          f"{url_b / 1e6:.3f} MB by URL (render {inline_s:.2f} s -> {url_s:.3f} s)")
 
 
 if __name__ == "__main__":
