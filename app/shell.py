@@ -177,8 +177,8 @@ def proposal_list(cfg: ServerConfig, message: str = "") -> pn.viewable.Viewable:
                         f"<span style='color:#666'>({len(src.runs)} runs, {html.escape(str(src.db_dir))})</span></li>")
         except Exception as e:
             rows.append(f"<li>{html.escape(d)}: <b>cannot open</b>: {html.escape(str(e))}</li>")
-    number = pn.widgets.TextInput(name="Open proposal number", placeholder="e.g. 1234", width=200)
-    go = pn.widgets.Button(name="Open", button_type="primary", width=80)
+    number = pn.widgets.TextInput(label="Open proposal number", placeholder="e.g. 1234", width=200)
+    go = pn.widgets.Button(label="Open", color="primary", width=80)
     # Alert renders Markdown (and so HTML): messages can quote the URL, so they are escaped.
     feedback = pn.pane.Alert(html.escape(message), alert_type="warning", visible=bool(message))
 

@@ -68,7 +68,7 @@ def view(session: Any) -> pn.viewable.Viewable:
                                      width=200)
     text = pn.widgets.TextAreaInput(label="Comment", placeholder="What happened?", sizing_mode="stretch_width",
                                     height=80, css_classes=["damnit-new-comment"])
-    publish = pn.widgets.Button(label="Publish", button_type="primary", align="end", disabled=not can_write,
+    publish = pn.widgets.Button(label="Publish", color="primary", align="end", disabled=not can_write,
                                 css_classes=["damnit-publish"])
     now_btn = pn.widgets.Button(label="Now", align="end", width=60)
     message = plain_text("")

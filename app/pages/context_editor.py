@@ -53,12 +53,12 @@ class ContextEditor:
         self.editor = pn.widgets.CodeEditor(language="python", sizing_mode="stretch_width", height=520,
                                             theme="chrome", css_classes=["damnit-context-editor"],
                                             readonly=not session.can_edit_context)
-        self.validate_btn = pn.widgets.Button(label="Validate", button_type="default", width=100,
+        self.validate_btn = pn.widgets.Button(label="Validate", color="default", width=100,
                                               disabled=not session.can_edit_context)
-        self.save_btn = pn.widgets.Button(label="Save", button_type="primary", width=100,
+        self.save_btn = pn.widgets.Button(label="Save", color="primary", width=100,
                                           disabled=not session.can_edit_context, css_classes=["damnit-save"])
         self.reload_btn = pn.widgets.Button(label="Reload from disk", width=140)
-        self.overwrite_btn = pn.widgets.Button(label="Overwrite the file on disk", button_type="danger",
+        self.overwrite_btn = pn.widgets.Button(label="Overwrite the file on disk", color="danger",
                                                visible=False)
         self.status = pn.pane.Str("", css_classes=["damnit-context-status"],
                                   styles={"font-weight": "bold"})

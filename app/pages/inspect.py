@@ -28,7 +28,7 @@ def view(session: Any) -> pn.viewable.Viewable:
         run_select.value = session.selected_runs[-1]
     elif run_select.options:
         run_select.value = list(run_select.options.values())[-1]
-    refresh = pn.widgets.Button(label="Reload", button_type="default", width=90, align="end")
+    refresh = pn.widgets.Button(label="Reload", color="default", width=90, align="end")
     body = pn.Column(sizing_mode="stretch_width")
 
     def show(_=None) -> None:
@@ -128,7 +128,7 @@ def variable_card(source: Any, run: int, var: StoredVariable) -> pn.viewable.Vie
             plot, is_preview = result
             objects = [plot]
             if is_preview:
-                full = pn.widgets.Button(label="Show full data", button_type="light", width=140)
+                full = pn.widgets.Button(label="Show full data", color="light", width=140)
 
                 def show_full(_):
                     content.objects = [pn.indicators.LoadingSpinner(value=True, size=30)]

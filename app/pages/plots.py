@@ -251,7 +251,7 @@ class RunOverlay:
         self.source = session.source
         self.y = pn.widgets.Select(label="Array (Y)", options=[], width=220)
         self.x = pn.widgets.Select(label="Against (X)", options=[INDEX_X], value=INDEX_X, width=220)
-        self.go = pn.widgets.Button(label="Plot selected runs", button_type="primary", align="end")
+        self.go = pn.widgets.Button(label="Plot selected runs", color="primary", align="end")
         self.runs_text = plain_text("", color="grey", css_classes=["damnit-overlay-runs"])
         self.messages = plain_text("", color="#a60")
         self.plot_pane = pn.pane.HoloViews(sizing_mode="stretch_width", min_height=PLOT_HEIGHT,

@@ -57,7 +57,7 @@ def reprocess_form(session: Any, board: Any) -> pn.viewable.Viewable:
     if not slurm_available():
         backend.disabled = True
     check = plain_text("")
-    submit = pn.widgets.Button(label="Reprocess", button_type="primary", disabled=True, align="end",
+    submit = pn.widgets.Button(label="Reprocess", color="primary", disabled=True, align="end",
                                css_classes=["damnit-reprocess"])
     status = plain_text("")
     state = {"runs": []}
@@ -116,7 +116,7 @@ def job_list(session: Any, board: Any) -> pn.viewable.Viewable:
     table = pn.widgets.Tabulator(pd.DataFrame(), show_index=False, disabled=True, selectable=1,
                                  sizing_mode="stretch_width", layout="fit_data_stretch", max_height=300,
                                  css_classes=["damnit-jobs"])
-    cancel = pn.widgets.Button(label="Cancel selected job", button_type="danger", disabled=True)
+    cancel = pn.widgets.Button(label="Cancel selected job", color="danger", disabled=True)
     message = plain_text("")
 
     def rows() -> pd.DataFrame:

@@ -376,13 +376,13 @@ class RunTablePage:
         specs = self.model.specs()
         var_names = [n for n in specs if n not in FIXED_COLUMNS]
         self.columns_choice = pn.widgets.MultiChoice(
-            name="Visible columns (in this order)", options=self._column_options(specs), value=var_names,
+            label="Visible columns (in this order)", options=self._column_options(specs), value=var_names,
             sizing_mode="stretch_width")
-        self.tag_choice = pn.widgets.MultiChoice(name="Only variables tagged", options=self._tag_options(),
+        self.tag_choice = pn.widgets.MultiChoice(label="Only variables tagged", options=self._tag_options(),
                                                  value=[], width=260)
-        self.follow = pn.widgets.Checkbox(name="Follow newest run", value=False)
-        self.jump = pn.widgets.IntInput(name="Jump to run", value=None, width=120, placeholder="run number")
-        self.jump_btn = pn.widgets.Button(name="Go", width=50, align="end")
+        self.follow = pn.widgets.Checkbox(label="Follow newest run", value=False)
+        self.jump = pn.widgets.IntInput(label="Jump to run", value=None, width=120, placeholder="run number")
+        self.jump_btn = pn.widgets.Button(label="Go", width=50, align="end")
         self.status = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["dmn-status"])
         self.inspect_btn = pn.widgets.Button(label="Inspect run", disabled=True, width=150, align="end",
                                              description="Show every variable of the selected run, plotted "
@@ -514,20 +514,20 @@ class RunTablePage:
         self.filter_list.objects = [self._filter_chip(f) for f in self.filters]
 
     def _filter_chip(self, f: RowFilter):
-        b = pn.widgets.Button(name=f"✕ {f.label()}", button_type="light", height=30)
+        b = pn.widgets.Button(label=f"✕ {f.label()}", color="light", height=30)
         b.on_click(lambda e: self.clear_filters(f.column))
         return b
 
     def filter_controls(self) -> pn.viewable.Viewable:
         specs = self.model.specs()
         options = {html.escape(s.title): n for n, s in specs.items()}
-        col = pn.widgets.Select(name="Filter column", options=options, width=220)
-        low = pn.widgets.FloatInput(name="min", value=None, width=110)
-        high = pn.widgets.FloatInput(name="max", value=None, width=110)
-        cats = pn.widgets.MultiChoice(name="values", options=[], width=300)
-        empty = pn.widgets.Checkbox(name="include empty", value=False, align="end")
-        apply = pn.widgets.Button(name="Apply filter", button_type="primary", align="end")
-        clear = pn.widgets.Button(name="Clear all filters", align="end")
+        col = pn.widgets.Select(label="Filter column", options=options, width=220)
+        low = pn.widgets.FloatInput(label="min", value=None, width=110)
+        high = pn.widgets.FloatInput(label="max", value=None, width=110)
+        cats = pn.widgets.MultiChoice(label="values", options=[], width=300)
+        empty = pn.widgets.Checkbox(label="include empty", value=False, align="end")
+        apply = pn.widgets.Button(label="Apply filter", color="primary", align="end")
+        clear = pn.widgets.Button(label="Clear all filters", align="end")
         range_box = pn.Row(low, high)
         cat_box = pn.Row(cats)
 
@@ -778,19 +778,19 @@ class RunTablePage:
             return io.BytesIO(to_markdown(self._export_df()).encode())
 
         return [pn.widgets.FileDownload(callback=cb, filename=self._export_name(ext), label=label,
-                                        button_type="light", width=110, embed=False)
+                                        color="light", width=110, embed=False)
                 for cb, ext, label in [(csv, "csv", "CSV"), (excel, "xlsx", "Excel"), (markdown, "md", "Markdown")]]
 
     # -- user variables ---------------------------------------------------------------------------
     def add_variable_form(self) -> pn.viewable.Viewable:
         from backend.user_variables import value_types_by_name
 
-        title = pn.widgets.TextInput(name="Title *", width=200)
-        name = pn.widgets.TextInput(name="Name (auto from title)", width=200)
-        vtype = pn.widgets.Select(name="Type *", options=list(value_types_by_name), width=120)
-        desc = pn.widgets.TextInput(name="Description", width=260)
+        title = pn.widgets.TextInput(label="Title *", width=200)
+        name = pn.widgets.TextInput(label="Name (auto from title)", width=200)
+        vtype = pn.widgets.Select(label="Type *", options=list(value_types_by_name), width=120)
+        desc = pn.widgets.TextInput(label="Description", width=260)
         help_ = pn.pane.HTML("", width=320)
-        create = pn.widgets.Button(name="Create variable", button_type="primary", align="end")
+        create = pn.widgets.Button(label="Create variable", color="primary", align="end")
 
         def on_type(_=None):
             t = value_types_by_name[vtype.value]
