@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 # Values of `_damnit_objtype` (spec §2.3).
-PLOTTABLE_OBJTYPES = {"dataarray", "dataset", "image", "PlotlyFigure"}
+PLOTTABLE_OBJTYPES = {"dataarray", "dataset", "image", "PlotlyFigure", "dataframe", "series"}
 
 
 @dataclass
@@ -51,6 +51,8 @@ class StoredVariable:
             return "Plotly figure"
         if self.objtype == "image":
             return f"image {self.shape}"
+        if self.objtype in ("dataframe", "series"):  # stored as Parquet bytes: the shape says nothing
+            return "DataFrame" if self.objtype == "dataframe" else "Series"
         return f"{self.dtype}: {self.shape}" if self.shape else self.dtype
 
 

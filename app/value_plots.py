@@ -231,6 +231,10 @@ def plot_value(value: Any, *, title: str = "", units: str | None = None,
     if _is_xarray(value, "DataArray"):
         return pn.pane.HoloViews(dataarray_element(value, title=title, units=units),
                                  sizing_mode="stretch_width", linked_axes=False)
+    if _is_pandas(value, "DataFrame"):
+        return dataframe_view(value)
+    if _is_pandas(value, "Series"):
+        return series_view(value, title=title, units=units)
     if isinstance(value, (bytes, bytearray)) and bytes(value[:8]) == b"\x89PNG\r\n\x1a\n":
         return pn.pane.PNG(bytes(value), sizing_mode="scale_width", max_width=800)
     if isinstance(value, np.ndarray) and value.ndim > 0:
@@ -355,6 +359,31 @@ def dataset_view(ds: Any, *, title: str = "") -> pn.viewable.Viewable:
 
     info = pn.pane.Str(describe_value(ds), styles={"color": "grey"})
     return pn.Column(pn.Row(choice, info), pn.bind(show, choice), sizing_mode="stretch_width")
+
+
+def _is_pandas(value: Any, kind: str) -> bool:
+    return type(value).__name__ == kind and type(value).__module__.startswith("pandas")
+
+
+def dataframe_view(df: Any) -> pn.viewable.Viewable:
+    """A DataFrame as a read-only table, paged on the server (a frame may have millions of rows)."""
+    info = pn.pane.Str(f"DataFrame: {len(df)} rows x {len(df.columns)} columns", styles={"color": "grey"})
+    table = pn.widgets.Tabulator(df, disabled=True, pagination="remote", page_size=20, show_index=True,
+                                 sizing_mode="stretch_width", max_height=600)
+    return pn.Column(info, table, sizing_mode="stretch_width")
+
+
+def series_view(series: Any, *, title: str = "", units: str | None = None) -> pn.viewable.Viewable:
+    """A Series: numbers plotted against its index (when numeric), anything else listed."""
+    values = series.to_numpy()
+    if values.dtype.kind not in "fiucb":
+        return dataframe_view(series.to_frame())
+    index = series.index.to_numpy()
+    x = index if index.dtype.kind in "fiu" else np.arange(len(values))
+    xname = str(series.index.name) if series.index.name is not None and x is index else "index"
+    yname = str(series.name) if series.name is not None else "value"
+    return pn.pane.HoloViews(line_element(x, values, xdim=_dim(xname), ydim=_dim(yname, units, title or yname),
+                                          title=title), sizing_mode="stretch_width", linked_axes=False)
 
 
 def plotly_pane(fig: Any) -> pn.viewable.Viewable:

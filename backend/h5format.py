@@ -31,9 +31,11 @@ import numpy as np
 from .db import BlobTypes, ReducedData
 from .records import (
     OBJTYPE_DATAARRAY,
+    OBJTYPE_DATAFRAME,
     OBJTYPE_DATASET,
     OBJTYPE_IMAGE,
     OBJTYPE_PLOTLY,
+    OBJTYPE_SERIES,
     VariableResult,
 )
 
@@ -278,7 +280,7 @@ def _write_object(f: h5py.File, path: str, obj: Any, objtype: str | None, as_gro
         target = grp
     else:
         target = f.create_dataset(path, data=obj)
-    if objtype in (OBJTYPE_IMAGE, OBJTYPE_PLOTLY):
+    if objtype in (OBJTYPE_IMAGE, OBJTYPE_PLOTLY, OBJTYPE_DATAFRAME, OBJTYPE_SERIES):
         target.attrs[OBJTYPE_ATTR] = objtype
 
 

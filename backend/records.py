@@ -14,6 +14,8 @@ OBJTYPE_DATAARRAY = "dataarray"
 OBJTYPE_DATASET = "dataset"
 OBJTYPE_IMAGE = "image"
 OBJTYPE_PLOTLY = "PlotlyFigure"
+OBJTYPE_DATAFRAME = "dataframe"  # Parquet bytes (uint8) of a pandas DataFrame
+OBJTYPE_SERIES = "series"        # Parquet bytes of a one-column DataFrame
 
 
 @dataclass

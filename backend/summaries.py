@@ -24,9 +24,11 @@ import numpy as np
 
 from backend.records import (
     OBJTYPE_DATAARRAY,
+    OBJTYPE_DATAFRAME,
     OBJTYPE_DATASET,
     OBJTYPE_IMAGE,
     OBJTYPE_PLOTLY,
+    OBJTYPE_SERIES,
     VariableResult,
 )
 
@@ -49,6 +51,9 @@ def decode(storable):
             return np.frombuffer(raw, dtype=np.uint8).copy(), OBJTYPE_PLOTLY
         if "__xarray__" in storable:
             return _decode_xarray(storable)
+        if "__pandas__" in storable:  # stored as the Parquet bytes
+            objtype = OBJTYPE_SERIES if storable["__pandas__"] == "series" else OBJTYPE_DATAFRAME
+            return np.asarray(storable["parquet"], dtype=np.uint8), objtype
         raise ValueError(f"unknown transport form with keys {sorted(storable)}")
     return storable, None
 
@@ -327,6 +332,10 @@ def summarise(record: dict, variable_units: str | None = None) -> VariableResult
     preview, preview_objtype = decode(record.get("preview"))
     if isinstance(data, (int, float, bool, complex)) and not isinstance(data, np.generic):
         data = np.asarray(data)
+    # What the summary is computed from: the data, but a Series' values rather than its Parquet bytes.
+    basis, described = data, None
+    if objtype in (OBJTYPE_SERIES, OBJTYPE_DATAFRAME):
+        basis, described = record["data"].get("values"), record["data"].get("described")
 
     summary = None
     method = cell.get("summary")
@@ -336,14 +345,18 @@ def summarise(record: dict, variable_units: str | None = None) -> VariableResult
         try:
             if objtype in (OBJTYPE_IMAGE, OBJTYPE_PLOTLY):  # as DAMNIT: reductions apply to arrays
                 raise TypeError(f"cannot apply numpy.{method} to a figure")
-            summary = np.asarray(getattr(np, method)(data))
+            if basis is None:
+                raise TypeError(f"cannot apply numpy.{method} to a {objtype}")
+            summary = np.asarray(getattr(np, method)(basis))
         except Exception:
             log.error("Failed to produce summary data for %s", name, exc_info=True)
     if summary is None:
         if preview is not None:
-            summary = default_summary(preview, preview_objtype, full_data=data)
+            summary = default_summary(preview, preview_objtype, full_data=basis)
+        elif basis is None or objtype == OBJTYPE_DATAFRAME:
+            summary = described
         else:
-            summary = default_summary(data, objtype)
+            summary = default_summary(basis, objtype)
 
     attrs = {}
     if method:
@@ -355,7 +368,7 @@ def summarise(record: dict, variable_units: str | None = None) -> VariableResult
     units = cell.get("units") or variable_units
     if units:
         attrs["units"] = units
-    if objtype not in (OBJTYPE_IMAGE, OBJTYPE_PLOTLY) and (diff := max_diff(data)) is not None:
+    if objtype not in (OBJTYPE_IMAGE, OBJTYPE_PLOTLY) and (diff := max_diff(basis)) is not None:
         attrs["max_diff"] = diff
     if isinstance(summary, np.ndarray) and summary.ndim == 2 and summary.shape[0] == 2:
         attrs["summary_type"] = "trendline"

@@ -372,14 +372,12 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.oracle
-def test_results_match_the_original(tmp_path, make_mock_runs, damnit_oracle):
-    """Same context, same runs: our runs.sqlite rows match the original's, and its API reads ours."""
-    make_mock_runs(PROPOSAL, [1, 2], with_proc=True)
-    context = CONTEXTS / "demo_context.py"
+def _assert_same_as_original(tmp_path, context: Path, runs: list[int], damnit_oracle) -> tuple[Path, Path]:
+    """Process ``runs`` with ``context`` here and with the original: same runs.sqlite rows, and the
+    original's API reads both databases alike. Returns (ours, theirs)."""
     ours = make_db(tmp_path / "ours", context.read_text())
-    process(ours, [1, 2])
-    theirs = damnit_oracle.make_reference_db(tmp_path / "theirs", PROPOSAL, [1, 2], context)
+    process(ours, runs)
+    theirs = damnit_oracle.make_reference_db(tmp_path / "theirs", PROPOSAL, runs, context)
 
     def table(db_dir):
         conn = sqlite3.connect(db_dir / "runs.sqlite")
@@ -412,6 +410,76 @@ def test_results_match_the_original(tmp_path, make_mock_runs, damnit_oracle):
     read_ours = damnit_oracle.run_json(ORACLE_READ_ALL.format(db=str(ours)))
     read_ref = damnit_oracle.run_json(ORACLE_READ_ALL.format(db=str(theirs)))
     assert read_ours == read_ref
+    return ours, theirs
+
+
+@pytest.mark.oracle
+def test_results_match_the_original(tmp_path, make_mock_runs, damnit_oracle):
+    """Same context, same runs: our runs.sqlite rows match the original's, and its API reads ours."""
+    make_mock_runs(PROPOSAL, [1, 2], with_proc=True)
+    _assert_same_as_original(tmp_path, CONTEXTS / "demo_context.py", [1, 2], damnit_oracle)
+
+
+PANDAS_CONTEXT = """\
+import numpy as np
+import pandas as pd
+from damnit_ctx import Cell, Variable
+
+@Variable(title="Train table")
+def train_table(run):
+    tids = np.asarray(run.train_ids, dtype=np.int64)
+    return pd.DataFrame({"train_id": tids, "x": np.arange(len(tids)) * 0.5,
+                         "label": [f"t{i}" for i in range(len(tids))]})
+
+@Variable(title="X per train")
+def x_series(run):
+    return pd.Series(np.linspace(0, 1, len(run.train_ids)) ** 2, name="x")
+
+@Variable(title="Mean of a series", summary="mean")
+def mean_series(run):
+    return pd.Series(np.arange(10.0) * run.train_ids[0] % 7)
+
+@Variable(title="Frame in a cell")
+def frame_cell(run):
+    return Cell(pd.DataFrame({"a": [1, 2, 3]}), bold=True)
+"""
+
+ORACLE_READ_PANDAS = """
+import json, sys
+from damnit import Damnit
+db = Damnit({db!r})
+out = {{}}
+for run in db.runs():
+    for name in ("train_table", "x_series", "mean_series", "frame_cell"):
+        value = db[run, name].read()
+        out[f"{{run}}/{{name}}"] = [type(value).__name__, value.to_json(), db[run, name].summary()
+                                    if name not in ("x_series",) else None]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.oracle
+def test_pandas_values_stored_as_the_original_stores_them(tmp_path, make_mock_runs, damnit_oracle):
+    """A context returning pandas Series/DataFrames: the same rows as the original's, Parquet payloads
+    the original reads back as the same objects, and our API reads them too."""
+    from backend.api import Damnit
+
+    make_mock_runs(PROPOSAL, [1, 2])
+    context = tmp_path / "pandas_context.py"
+    context.write_text(PANDAS_CONTEXT)
+    ours, theirs = _assert_same_as_original(tmp_path, context, [1, 2], damnit_oracle)
+    read_ours = damnit_oracle.run_json(ORACLE_READ_PANDAS.format(db=str(ours)))
+    read_ref = damnit_oracle.run_json(ORACLE_READ_PANDAS.format(db=str(theirs)))
+    assert read_ours == read_ref
+    assert read_ours["1/train_table"][0] == "DataFrame" and read_ours["1/x_series"][0] == "Series"
+    assert read_ours["1/train_table"][2].startswith("DataFrame (")
+
+    for db_dir in (ours, theirs):  # and we read both alike
+        frame = Damnit(db_dir)[1, "train_table"].read()
+        assert list(frame.columns) == ["train_id", "x", "label"] and frame["x"].iloc[2] == 1.0
+        series = Damnit(db_dir)[1, "x_series"]
+        assert series.read().name == "x" and series.preview_data().iloc[-1] == 1.0
+        assert series.summary().shape[0] == 2  # a trendline, like an array's
 
 
 @pytest.mark.kafka

@@ -115,6 +115,41 @@ def test_plot_value_plotly_json_and_text_is_escaped():
     assert "<b>" not in text.get_root().text
 
 
+def test_pandas_values_in_the_inspector(tmp_path):
+    """DataFrames are stored as Parquet bytes (uint8): the inspector must show a table or a line, never
+    plot those bytes."""
+    import pandas as pd
+
+    from app.run_contents import load_for_display, scan_run_file
+    from backend.db import initialize_proposal
+    from backend.h5format import run_file_path, write_results
+    from backend.records import VariableResult
+
+    frame = pd.DataFrame({"train": [10, 11, 12], "label": ["<b>a</b>", "b", "c"]})
+    series = pd.Series([1.0, 4.0, 9.0], index=[10, 11, 12], name="sq")
+    db_dir = tmp_path / "db"
+    initialize_proposal(db_dir, 1234)
+    path = run_file_path(db_dir, 1234, 1)
+    parquet = {k: np.frombuffer(v.to_parquet(path=None, engine="pyarrow", index=None), dtype=np.uint8)
+               for k, v in (("frame", frame), ("series", series.to_frame(name="sq")))}
+    write_results(path, [
+        VariableResult("frame", data=parquet["frame"], objtype="dataframe", summary="DataFrame (0.00MB)"),
+        VariableResult("series", data=parquet["series"], objtype="series", summary=2.0)])
+    stored = scan_run_file(path)
+    assert stored["frame"].is_plottable and stored["frame"].size_text == "DataFrame"
+    assert stored["series"].size_text == "Series"
+
+    loaded = load_for_display(db_dir, 1, "frame")
+    assert isinstance(loaded.value, pd.DataFrame) and loaded.objtype == "dataframe"
+    view = vp.plot_value(loaded.value, objtype=loaded.objtype)
+    table = view.objects[1]
+    assert table.value["label"].tolist() == ["<b>a</b>", "b", "c"] and table.disabled
+    kinds, _ = _bokeh_models(vp.plot_value(load_for_display(db_dir, 1, "series").value, title="Squares"))
+    assert "GlyphRenderer" in kinds  # a line, against the index
+    kinds, _ = _bokeh_models(vp.plot_value(pd.Series(["x", "y"])))
+    assert "DataTabulator" in kinds  # text values listed, not plotted
+
+
 def test_large_image_is_reduced_before_it_reaches_the_browser():
     img = np.random.default_rng(3).random((4000, 4000)).astype(np.float32)
     _, root = _bokeh_models(vp.plot_value(img))

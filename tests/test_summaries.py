@@ -182,3 +182,26 @@ def test_only_plain_objects_cross_to_the_parent():
     with pytest.raises(TypeError, match=r"cannot store the xarray object returned by variable 'v': "
                        r"attrs.things holds a tests.test_summaries.Custom object"):
         result(da)
+
+
+def test_pandas_values_become_parquet_with_damnit_summaries(monkeypatch):
+    import pandas as pd
+
+    frame = pd.DataFrame({"a": np.arange(1000.0), "b": ["x"] * 1000})
+    r = result(frame)
+    assert r.objtype == "dataframe" and r.data.dtype == np.uint8
+    assert pd.read_parquet(io.BytesIO(r.data.tobytes())).equals(frame)
+    assert r.summary.startswith("DataFrame (") and r.summary.endswith("MB)")
+    assert "max_diff" not in r.summary_attrs
+
+    s = result(pd.Series(np.arange(20.0) ** 2, name="sq"))
+    assert s.objtype == "series" and s.summary.shape == (2, 20)  # a trendline of the values
+    assert s.summary_attrs["max_diff"] == 361.0
+    assert result(pd.Series(np.arange(4.0)), summary="sum").summary == 6.0
+    assert result(pd.Series(["a", "b"])).summary in ("object: (2,)", "str: (2,)")
+
+    # Without pyarrow in the context environment: that variable's error says what to install.
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", lambda *a, **k: (_ for _ in ()).throw(
+        ImportError("Unable to find a usable engine")))
+    with pytest.raises(TypeError, match="needs pyarrow in the context environment"):
+        result(frame, name="table")

@@ -7,9 +7,10 @@ matplotlib/plotly and may run other library versions than the context environmen
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
-from damnit_ctx import Cell, is_mpl_figure, is_plotly_figure, unstorable_dtype_reason
+from damnit_ctx import Cell, is_mpl_figure, is_plotly_figure, pandas_kind, unstorable_dtype_reason
 
 MAX_BYTES_ENV = "DAMNIT_MAX_VARIABLE_BYTES"
 DEFAULT_MAX_VARIABLE_BYTES = 4 * 1024**3
@@ -75,10 +76,33 @@ def _xarray_payload(obj, name: str) -> dict:
     return {"__xarray__": kind, "dict": obj.to_dict(data="array")}
 
 
+def _pandas_payload(obj, kind: str, name: str, limit: int) -> dict:
+    """pandas objects travel (and are stored) as Parquet bytes, as DAMNIT stores them, plus what the
+    parent needs for the table: a Series' values (summarised like an array), a DataFrame's size."""
+    frame = obj.to_frame(name=obj.name) if kind == "series" else obj
+    try:
+        parquet = frame.to_parquet(path=None, engine="pyarrow", index=None)
+    except ImportError as e:
+        raise TypeError(f"cannot store the pandas {kind} returned by variable {name!r}: it is stored as "
+                        f"Parquet (as DAMNIT does), which needs pyarrow in the context environment "
+                        f"({sys.executable}): {e}") from None
+    _check_size(name, len(parquet), limit)
+    out = {"__pandas__": kind, "parquet": np.frombuffer(parquet, dtype=np.uint8)}
+    if kind == "series":
+        values = obj.to_numpy()
+        out["values"] = None if unstorable_dtype_reason(values.dtype) else values
+        out["described"] = f"{values.dtype}: {values.shape}"
+    else:
+        out["described"] = f"DataFrame ({obj.memory_usage(index=True, deep=True).sum() / 1e6:.2f}MB)"
+    return out
+
+
 def to_storable(obj, name: str, limit: int):
     """A transportable form of ``obj`` (Cell data or preview); raises for what cannot be stored."""
     if obj is None or isinstance(obj, str):
         return obj
+    if kind := pandas_kind(obj):
+        return _pandas_payload(obj, kind, name, limit)
     if is_mpl_figure(obj):
         out = {"__image__": figure_to_rgba(obj)}
         size = out["__image__"].nbytes

@@ -119,6 +119,15 @@ def is_figure(obj) -> bool:
     return is_mpl_figure(obj) or is_plotly_figure(obj)
 
 
+def pandas_kind(obj) -> str | None:
+    """'series' or 'dataframe' for pandas objects (stored as Parquet, like DAMNIT), else None."""
+    if is_instance_of(obj, "pandas", "Series"):
+        return "series"
+    if is_instance_of(obj, "pandas", "DataFrame"):
+        return "dataframe"
+    return None
+
+
 def unstorable_dtype_reason(dtype: np.dtype) -> str | None:
     """Why HDF5 can't hold arrays of this dtype, or None if it can."""
     if dtype.hasobject:
@@ -263,7 +272,8 @@ class _PlainResult:
 class Cell:
     """A return value with table display options.
 
-    ``data``: array-like, str, None, xarray object, matplotlib Figure/Axes or plotly Figure.
+    ``data``: array-like, str, None, xarray object, pandas Series/DataFrame, matplotlib Figure/Axes or plotly
+    Figure.
     ``summary``: numpy function name reducing ``data`` for the table; ``summary_value``: the table value
     itself; ``bold``; ``background``: ``'#rrggbb'`` or an (R, G, B) sequence 0-255; ``preview``: a 1-D/2-D
     array or a figure shown when the cell is opened; ``units``: physical units.
@@ -274,9 +284,7 @@ class Cell:
         owner = f" returned by variable {_owner!r}" if _owner else ""
         if is_mpl_axes(data):
             data = data.get_figure()
-        if is_instance_of(data, "pandas", "Series"):
-            data = data.to_numpy()
-        if not (data is None or isinstance(data, str) or is_xarray(data) or is_figure(data)):
+        if not (data is None or isinstance(data, str) or is_xarray(data) or is_figure(data) or pandas_kind(data)):
             original_type = type(data).__name__
             arr = np.asarray(data)
             reason = unstorable_dtype_reason(arr.dtype)
@@ -292,6 +300,8 @@ class Cell:
             summary_value = arr
 
         if preview is not None:
+            if is_instance_of(preview, "pandas", "Series"):
+                preview = preview.to_numpy()
             if is_mpl_axes(preview):
                 preview = preview.get_figure()
             elif isinstance(preview, np.ndarray) or is_instance_of(preview, "xarray", "DataArray"):
