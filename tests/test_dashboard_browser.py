@@ -414,3 +414,39 @@ def test_batched_header_layout_matches_tabulators_own(serve, small_db, page):
     assert result["groups"] >= 1
     assert result["ours"] == result["theirs"]
     assert "px" in result["ours"]
+
+
+def test_row_filter_and_column_chooser_by_clicking(serve, small_db, page):
+    """The filter and column controls as a user drives them: choose a column, type a minimum, apply,
+    see only matching rows; remove the filter with its chip; hide a column in the chooser."""
+    srv = serve([small_db])
+    open_table(page, srv.url)
+    with sqlite3.connect(small_db / "runs.sqlite") as conn:
+        values = {r: v for r, v in conn.execute(
+            "SELECT run, value FROM run_variables WHERE name='v001' AND value IS NOT NULL")}
+        title = conn.execute("SELECT title FROM variables WHERE name='v001'").fetchone()[0]
+    threshold = sorted(values.values())[len(values) // 2]
+    expected = sorted(r for r, v in values.items() if v >= threshold)
+    rows = page.locator(".tabulator-row")
+    assert rows.count() == 30
+
+    page.get_by_text("Row filters", exact=True).click()
+    page.locator("select").filter(has=page.locator(f"option:text-is('{title}')")).select_option(label=title)
+    low = page.get_by_label("min", exact=True)
+    low.fill(repr(threshold))
+    low.press("Enter")
+    page.get_by_role("button", name="Apply filter").click()
+    assert wait_for(lambda: rows.count() == len(expected)), (rows.count(), len(expected))
+    shown = sorted(int(t.split()[0]) for t in rows.locator(".tabulator-cell[tabulator-field='run']").all_inner_texts())
+    assert shown == expected
+    chip = page.get_by_role("button", name=re.compile(r"^✕ "))
+    assert title in chip.inner_text()
+    chip.click()
+    assert wait_for(lambda: rows.count() == 30)
+
+    # Column chooser: remove a variable from "Visible columns" and its column goes.
+    assert page.locator(".tabulator-col[tabulator-field='v002']").count() == 1
+    page.get_by_text("Columns", exact=True).click()
+    chooser = page.locator(".choices").filter(has=page.locator(".choices__item", has_text="v002"))
+    chooser.locator(".choices__item", has_text="v002").locator("button").click()
+    assert wait_for(lambda: page.locator(".tabulator-col[tabulator-field='v002']").count() == 0)
