@@ -302,3 +302,16 @@ def test_standalone_comments_add_edit_list(tmp_path):
     with DamnitDB.from_dir(tmp_path) as db:
         ts = {c["id"]: c["timestamp"] for c in db.standalone_comments()}
     assert ts[first] == dt.datetime(2026, 3, 1, 9, 0, tzinfo=dt.timezone.utc).timestamp()
+
+
+def test_variable_titles_in_choice_widgets_are_text():
+    """MultiChoice (Choices.js) renders option labels as HTML, a native <select> as text: titles from a
+    context file are escaped for the first and passed as they are to the second."""
+    from types import SimpleNamespace
+
+    from app.pages.processing import _computed_variables
+
+    evil = "<img src=x onerror=alert(1)> & co"
+    var = SimpleNamespace(name="x", title=evil, display_title=evil, user_editable=False)
+    options = _computed_variables(SimpleNamespace(variables={"x": var}))
+    assert list(options) == ["&lt;img src=x onerror=alert(1)&gt; &amp; co (x)"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import html
 from typing import Any
 
 import pandas as pd
@@ -39,7 +40,8 @@ def view(session: Any) -> pn.viewable.Viewable:
 
 
 def _computed_variables(source: Any) -> dict[str, str]:
-    return {f"{v.display_title} ({v.name})" if v.title and v.title != v.name else v.name: v.name
+    # MultiChoice (Choices.js) renders labels as HTML: titles are escaped.
+    return {html.escape(f"{v.display_title} ({v.name})" if v.title and v.title != v.name else v.name): v.name
             for v in sorted(source.variables.values(), key=lambda v: v.display_title.casefold())
             if not v.user_editable}
 

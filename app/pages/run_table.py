@@ -520,7 +520,7 @@ class RunTablePage:
 
     def filter_controls(self) -> pn.viewable.Viewable:
         specs = self.model.specs()
-        options = {html.escape(s.title): n for n, s in specs.items()}
+        options = {s.title: n for n, s in specs.items()}  # a native <select> shows labels as text
         col = pn.widgets.Select(label="Filter column", options=options, width=220)
         low = pn.widgets.FloatInput(label="min", value=None, width=110)
         high = pn.widgets.FloatInput(label="max", value=None, width=110)
