@@ -166,6 +166,15 @@ class RunProcessor:
             self._pool.close()
             self._pool = None
 
+    def warm_up(self) -> None:
+        """Start a context worker and read the context now, so that the first run does not wait for
+        them (the listener does this when every run will be processed locally)."""
+        self._workers_for(1)
+        try:
+            self.read_context()
+        except ContextLoadError as e:  # said again, in the run's log, when a run comes
+            log.warning("The context file of %s does not load yet: %s", self.db_dir, e)
+
     def __enter__(self) -> RunProcessor:
         return self
 

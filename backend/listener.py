@@ -125,9 +125,10 @@ class _DatabaseQueue:
     shutdown: otherwise dashboards would show the run as queued forever.
     """
 
-    def __init__(self, db_dir: Path, owner: LocalProcessing):
+    def __init__(self, db_dir: Path, owner: LocalProcessing, *, warm: bool = False):
         self.db_dir = db_dir
         self.owner = owner
+        self.warm = warm
         self.pending: dict[tuple[int, int], _Pending] = {}
         self.cond = threading.Condition()
         self.processor = None
@@ -150,7 +151,21 @@ class _DatabaseQueue:
                 self.pending[key] = _Pending(topic, req.run_data, req.processing_id, callbacks=[on_done])
             self.cond.notify()
 
+    def _processor(self):
+        if self.processor is None:
+            from backend.extraction import RunProcessor
+
+            self.processor = RunProcessor(self.db_dir, producer=self.owner.producer, n_workers=self.owner.n_workers)
+        return self.processor
+
     def _loop(self) -> None:
+        if self.warm:
+            try:
+                self._processor().warm_up()
+                log.info("Context workers ready for %s", self.db_dir)
+            except Exception as e:  # the first run will try again, and report it in its log
+                log.warning("Could not start context workers for %s in advance: %s", self.db_dir, e)
+                self.processor = None
         while True:
             with self.cond:
                 while not self.pending and not self.stopping:
@@ -187,12 +202,7 @@ class _DatabaseQueue:
         reqs = {key: RunRequest(proposal=key[0], run=key[1], run_data=p.run_data) for key, p in batch.items()}
         ids = {id(reqs[key]): p.processing_id for key, p in batch.items()}
         try:
-            if self.processor is None:
-                from backend.extraction import RunProcessor
-
-                self.processor = RunProcessor(self.db_dir, producer=self.owner.producer,
-                                              n_workers=self.owner.n_workers)
-            for outcome in self.processor.process(list(reqs.values()), processing_ids=ids):
+            for outcome in self._processor().process(list(reqs.values()), processing_ids=ids):
                 key = (outcome.request.proposal, outcome.request.run)
                 if outcome.run_error:
                     log.error("Local processing of p%d r%d in %s failed: %s", key[0], key[1], self.db_dir,
@@ -245,6 +255,12 @@ class LocalProcessing:
         self.n_workers = n_workers
         self._queues: dict[Path, _DatabaseQueue] = {}
         self._lock = threading.Lock()
+
+    def prewarm(self, db_dir: Path) -> None:
+        """Start ``db_dir``'s processor and a context worker now (runs will only be processed here)."""
+        with self._lock:
+            if db_dir not in self._queues:
+                self._queues[db_dir] = _DatabaseQueue(db_dir, self, warm=True)
 
     def submit(self, db_dir: Path, req: ExtractionRequest, on_done: Callable[[], None], *, topic: str) -> None:
         """Queue ``req``, announcing it PENDING on ``topic`` (the DB's update topic); ``on_done`` runs
@@ -448,6 +464,8 @@ class Listener:
             configured = broker or os.environ.get("AMORE_BROKER") or ldb.setting("broker")
             self.since = float(ldb.settings.setdefault("listening_since", time.time()))
             max_local = ldb.setting("local_processing_concurrency")
+            use_slurm = ldb.setting("use_slurm", True)
+            registered = ldb.all_databases()
         self.brokers = brokers_from_env(configured)
         if self.brokers is None:
             raise RuntimeError("The listener needs a Kafka broker (AMORE_BROKER is 'none'); "
@@ -458,6 +476,9 @@ class Listener:
                                     job_python=job_python)
         self.group_id = CONSUMER_GROUP.format(str(self.listener_dir).replace("/", "_"))
         self.consumer_options = consumer_options or {}
+        if not use_slurm:  # every run will be processed here: have the context workers ready
+            for db in registered:
+                self.handler.local.prewarm(db.db_dir)
         self.connected = threading.Event()  # set while consuming (tests and status)
         self.events_handled = 0
         self.offsets = OffsetTracker()  # replaced on each partition assignment

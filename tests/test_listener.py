@@ -591,3 +591,25 @@ def test_use_slurm_off_processes_locally_without_calling_sbatch(fake_processor, 
     finally:
         handler.local.close()
         handler.close()
+
+
+def test_use_slurm_off_starts_context_workers_before_the_first_event(tmp_path):
+    """With every run processed in the listener, its processor and a context worker start with the
+    listener, so the first event does not pay for them."""
+    ldir, db_dir = tmp_path / "listener", tmp_path / "db"
+    ldir.mkdir()
+    make_db(db_dir, 1234)
+    (db_dir / "context.py").write_text("from damnit_ctx import Variable\n\n@Variable()\ndef one(run):\n"
+                                       "    return 1\n")
+    with ListenerDB(ldir) as ldb:
+        ldb.add_proposal_db(1234, db_dir, False)
+        ldb.settings["use_slurm"] = False
+    listener = Listener(ldir, broker="127.0.0.1:9", producer=RecordingProducer())  # never connects
+    try:
+        queue = listener.handler.local._queues[db_dir]
+        assert wait_for(lambda: queue.processor is not None and queue.processor._context_cache is not None, 60)
+        assert len(queue.processor._pool._workers) == 1
+        assert "one" in queue.processor._context_cache[1]["variables"]
+    finally:
+        listener.handler.local.close()
+        listener.handler.close()
