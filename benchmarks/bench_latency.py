@@ -3,7 +3,8 @@ for that run arrives on the database's topic (values in runs.sqlite by then).
 
 Starts its own Tansu broker and one-node Slurm cluster (the test-suite's helpers), writes small mock
 runs, and times N events through Slurm jobs, then N through the listener's local processing
-(Slurm refusing the job, ``allow_local_processing`` on). Events are sent one at a time.
+(Slurm refusing the job, ``allow_local_processing`` on), then N with a new listener set to
+``use_slurm 0`` (context workers started with the listener). Events are sent one at a time.
 
     python benchmarks/bench_latency.py [--runs 5] [--ntrains 20]
 
@@ -130,7 +131,7 @@ def main() -> int:
         os.environ.update(SLURM_CONF=str(cluster.conf), AMORE_BROKER=broker.address,
                           EXTRA_DATA_DATA_ROOT=str(work / "exp"))
         n = args.runs
-        mockruns.make_proposal(work / "exp", proposal, range(1, 2 * n + 1), ntrains=args.ntrains)
+        mockruns.make_proposal(work / "exp", proposal, range(1, 3 * n + 1), ntrains=args.ntrains)
         ctx = work / "context_src.py"
         ctx.write_text(CONTEXT)
         db_dir = work / "db"
@@ -168,6 +169,17 @@ def main() -> int:
         print(f"Local processing ({n} runs):")
         local_rows = measure("local", range(n + 1, 2 * n + 1), broker, timeline, proposal, db_dir, None)
         bg.stop()
+
+        # A machine without Slurm (`use_slurm 0`): the listener starts the context workers with itself.
+        with ListenerDB(ldir) as ldb:
+            ldb.settings["use_slurm"] = False
+        bg = Listener(ldir, broker=broker.address, consumer_options=FAST_GROUP_CONSUMER_SETTINGS).start_background()
+        if not bg.wait_connected(60):
+            raise RuntimeError("listener did not connect")
+        print(f"Local processing, use_slurm 0 ({n} runs, new listener):")
+        only_local_rows = measure("use_slurm 0", range(2 * n + 1, 3 * n + 1), broker, timeline, proposal,
+                                  db_dir, None)
+        bg.stop()
         sub.stop()
 
         def summary(rows):
@@ -180,7 +192,8 @@ def main() -> int:
         print(f"RESULT slurm median {s_med:.2f} s (min {s_min:.2f}, max {s_max:.2f}; target < 5 s; "
               f"of which Slurm job start-up {slurm_start:.2f} s); "
               f"local median {l_med:.2f} s (min {l_min:.2f}, max {l_max:.2f}, first {local_rows[0][1]:.2f}, "
-              f"warm median {l_warm:.2f}; target < 2 s)")
+              f"warm median {l_warm:.2f}; target < 2 s); use_slurm 0: first {only_local_rows[0][1]:.2f} s, "
+              f"median {summary(only_local_rows)[0]:.2f} s")
         return 0
     finally:
         cluster.stop()
