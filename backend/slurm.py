@@ -13,6 +13,7 @@ two listener jobs working on the same run at once: the second starts when the fi
 
 from __future__ import annotations
 
+import functools
 import getpass
 import logging
 import os
@@ -101,6 +102,7 @@ class SlurmSettings:
     concurrent_jobs: int = 15
     cluster: str | None = None            # for ordinary jobs (the original: solaris)
     cluster_full_node: str | None = None  # for cluster=True jobs (the original: maxwell)
+    damnit_python: str | None = None      # the interpreter jobs should run in (see ``job_python``)
 
     @classmethod
     def from_settings(cls, meta: Mapping[str, Any]) -> SlurmSettings:
@@ -112,7 +114,8 @@ class SlurmSettings:
                    mem=str(get("noncluster_mem", cls.mem)), partition=get("slurm_partition", None),
                    reservation=get("slurm_reservation", None),
                    concurrent_jobs=int(get("concurrent_jobs", cls.concurrent_jobs)),
-                   cluster=get("slurm_cluster", None), cluster_full_node=get("slurm_cluster_full_node", None))
+                   cluster=get("slurm_cluster", None), cluster_full_node=get("slurm_cluster_full_node", None),
+                   damnit_python=get("damnit_python", None))
 
     def resource_options(self, cluster_job: bool) -> list[str]:
         opts = ["--time", self.time]
@@ -182,6 +185,35 @@ def _parse_parsable(stdout: str, default_cluster: str | None) -> tuple[str, str 
     return job_id.strip(), (cluster.strip() or default_cluster)
 
 
+def job_python(configured: str | None, default: str) -> str:
+    """The interpreter jobs run in: the database's ``damnit_python`` setting when that interpreter can run
+    this implementation, else ``default``. A database the original DAMNIT made names the original's
+    environment, which has no ``backend`` package; its jobs then run in ours, with a warning."""
+    if not configured or configured == default:
+        return default
+    if _runs_our_backend(configured):
+        return configured
+    _warn_unusable_python(configured, default)
+    return default
+
+
+@functools.lru_cache(maxsize=64)  # asked once per process and interpreter: restart to see a new install
+def _runs_our_backend(python: str) -> bool:
+    try:
+        res = subprocess.run([python, "-c", "import backend.extraction"], cwd="/", capture_output=True,
+                             timeout=120, env=job_env())
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return res.returncode == 0
+
+
+@functools.lru_cache(maxsize=64)  # once per interpreter
+def _warn_unusable_python(configured: str, default: str) -> None:
+    log.warning("The database's damnit_python %s cannot run this DAMNIT (no `backend.extraction` there; "
+                "it may be the original's environment): jobs use %s. Set it with `damnit db-config "
+                "damnit_python PATH`.", configured, default)
+
+
 class SlurmSubmitter:
     """Submits processing jobs for one database directory."""
 
@@ -192,7 +224,7 @@ class SlurmSubmitter:
         if settings is None:
             settings = _db_settings(self.db_dir)
         self.settings = settings if isinstance(settings, SlurmSettings) else SlurmSettings.from_settings(settings)
-        self.python = python
+        self.python = job_python(self.settings.damnit_python, python)
         self.producer = producer
         self.db_topic = db_topic
         self.sandbox_args = sandbox_args or ""

@@ -86,14 +86,15 @@ def listener_setup(tmp_path, kafka_broker, slurm_cluster):
     """A listener dir with one registered DB for p1234; yields (start(), listener_dir, db_dir)."""
     ldir, db_dir = tmp_path / "listener", tmp_path / "db"
     ldir.mkdir()
-    make_db(db_dir, 1234)
+    python = fake_python(tmp_path)
+    make_db(db_dir, 1234, damnit_python=python)  # jobs run the database's damnit_python
     with ListenerDB(ldir) as ldb:
         ldb.add_proposal_db(1234, db_dir, False)
     started = []
 
     def start(connect=True):
         lst = Listener(ldir, broker=kafka_broker.address, consumer_options=FAST_GROUP_CONSUMER_SETTINGS,
-                       job_python=fake_python(tmp_path))
+                       job_python=python)
         bg = lst.start_background()
         started.append(bg)
         if connect:
@@ -213,7 +214,8 @@ def test_malformed_and_foreign_messages_are_skipped(listener_setup, kafka_broker
 def test_dynamic_mode_registers_official_databases(listener_setup, kafka_broker, tmp_path, monkeypatch):
     start, ldir, db_dir = listener_setup
     root = tmp_path / "exp"
-    official = make_db(root / "SPB" / "202501" / "p005678" / "usr" / "Shared" / "amore", 5678)
+    official = make_db(root / "SPB" / "202501" / "p005678" / "usr" / "Shared" / "amore", 5678,
+                       damnit_python=fake_python(tmp_path))
     monkeypatch.setenv("XFEL_DATA_ROOT", str(root))
     unused = make_db(root / "SPB" / "202501" / "p007777" / "usr" / "Shared" / "amore", 7777)
     with ListenerDB(ldir) as ldb:
@@ -230,7 +232,8 @@ def test_dynamic_mode_registers_official_databases(listener_setup, kafka_broker,
 def test_static_mode_ignores_unregistered_official_databases(listener_setup, kafka_broker, tmp_path, monkeypatch):
     start, ldir, db_dir = listener_setup
     root = tmp_path / "exp"
-    official = make_db(root / "SPB" / "202501" / "p005678" / "usr" / "Shared" / "amore", 5678)
+    official = make_db(root / "SPB" / "202501" / "p005678" / "usr" / "Shared" / "amore", 5678,
+                       damnit_python=fake_python(tmp_path))
     monkeypatch.setenv("XFEL_DATA_ROOT", str(root))
     start()
     send_events(kafka_broker.address, migration(5678, 3), migration(1234, 4))
@@ -529,7 +532,7 @@ def test_listen_test_mode_fakes_events(tmp_path, slurm_cluster, monkeypatch):
     """`damnit listen --test` works offline: typed events submit jobs."""
     ldir, db_dir = tmp_path / "listener", tmp_path / "db"
     ldir.mkdir()
-    make_db(db_dir, 1234)
+    make_db(db_dir, 1234, damnit_python=fake_python(tmp_path))
     with ListenerDB(ldir) as ldb:
         ldb.add_proposal_db(1234, db_dir, False)
     monkeypatch.setenv("AMORE_BROKER", "none")
@@ -549,9 +552,10 @@ def test_failed_job_is_marked_in_the_run_log(listener_setup, kafka_broker, slurm
     start, ldir, db_dir = listener_setup
     bg = start()
     failing = tmp_path / "failing-python"
-    failing.write_text("#!/bin/bash\nexit 1\n")
+    failing.write_text('#!/bin/bash\n[ "$1" = -c ] && exit 0  # passes the damnit_python probe\nexit 1\n')
     failing.chmod(0o755)
-    bg.listener.handler.job_python = str(failing)
+    with sqlite3.connect(db_dir / "runs.sqlite") as conn:  # the database names the jobs' interpreter
+        conn.execute("UPDATE metameta SET value=? WHERE key='damnit_python'", (str(failing),))
     send_events(kafka_broker.address, migration(1234, 61))
     handler = bg.listener.handler
     assert wait_for(lambda: handler.watcher.jobs, 30)

@@ -5,6 +5,7 @@ submission, arrays, tracking and cancelling on their own; tests/test_services_e2
 """
 from __future__ import annotations
 
+import shlex
 import sqlite3
 from pathlib import Path
 
@@ -213,3 +214,23 @@ def test_sandbox_args_are_passed_to_the_job(slurm_cluster, tmp_path):
     job = sub.submit(ExtractionRequest(1234, 5, "raw", processing_id="s"))
     assert slurm_cluster.wait_job(int(job.job_id)) == "COMPLETED"
     assert calls(tmp_path)[0].endswith("--processing-id s --sandbox-args sandbox --user x")
+
+
+def test_jobs_run_the_databases_damnit_python_when_it_can(tmp_path, caplog):
+    """`damnit_python` (set when a database is made) names the jobs' interpreter; one that cannot run
+    this implementation (the original's environment, for a database it made) is replaced, with a warning."""
+    from backend.slurm import job_python
+
+    ours = tmp_path / "ours-python"
+    ours.write_text("#!/bin/sh\nexit 0\n")  # answers the `import backend.extraction` probe
+    theirs = tmp_path / "original-python"
+    theirs.write_text("#!/bin/sh\nexit 1\n")
+    for p in (ours, theirs):
+        p.chmod(0o755)
+    assert job_python(None, "/default/python") == "/default/python"
+    assert job_python(str(ours), "/default/python") == str(ours)
+    with caplog.at_level("WARNING", logger="backend.slurm"):
+        assert job_python(str(theirs), "/default/python") == "/default/python"
+    assert "cannot run this DAMNIT" in caplog.text and str(theirs) in caplog.text
+    sub = SlurmSubmitter(tmp_path, {**SMALL, "damnit_python": str(ours)}, python="/default/python")
+    assert shlex.split(sub.sbatch_command(ExtractionRequest(1234, 5, "raw"))[-1])[0] == str(ours)
