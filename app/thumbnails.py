@@ -12,8 +12,6 @@ a path nor open anything. Reads follow the page's rules: with authentication con
 
 from __future__ import annotations
 
-from urllib.parse import unquote
-
 from tornado.ioloop import IOLoop
 from tornado.web import HTTPError, RequestHandler
 
@@ -37,7 +35,7 @@ class ThumbnailHandler(RequestHandler):
         if provider is not None and provider.get_user_async is not None:
             self.current_user = await provider.get_user_async(self)
 
-    async def get(self, token: str, key: str, name: str) -> None:
+    async def get(self, token: str, key: str, name: str) -> None:  # path arguments arrive URL-decoded
         if not self.current_user:
             raise HTTPError(403, "sign in to see thumbnails")
         source = source_by_token(token)
@@ -45,7 +43,7 @@ class ThumbnailHandler(RequestHandler):
             raise HTTPError(404)
         model = get_table_model(source)
         # Scaling a large thumbnail takes milliseconds: keep it off the server's event loop.
-        found = await IOLoop.current().run_in_executor(None, model.thumbnail, int(key), unquote(name))
+        found = await IOLoop.current().run_in_executor(None, model.thumbnail, int(key), name)
         if found is None:
             raise HTTPError(404)
         png, version = found
@@ -53,4 +51,3 @@ class ThumbnailHandler(RequestHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Cache-Control", IMMUTABLE if self.get_argument("v", "") == version else "no-cache")
         self.finish(png)
-
