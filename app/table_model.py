@@ -155,12 +155,15 @@ class TableModel:
         return (f"thumbnail/{self.source.token}/{key}/{quote(name, safe='')}.png"
                 f"?v={zlib.crc32(png):08x}")
 
-    def thumbnail(self, key: int, name: str) -> tuple[bytes, str] | None:
-        """A cell's thumbnail scaled for the table, and its version (as in ``thumbnail_url``)."""
+    def thumbnail(self, key: int, name: str, *, full: bool = False) -> tuple[bytes, str] | None:
+        """A cell's thumbnail scaled for the table (``full``: as stored), and its version (as in
+        ``thumbnail_url``)."""
         value = self.raw_value(key, name)
         if not isinstance(value, bytes) or not value.startswith(b"\x89PNG"):
             return None
         version = f"{zlib.crc32(value):08x}"
+        if full:
+            return value, version
         ck = (key, name)
         with self.lock:
             got = self._png.get(ck)

@@ -4,9 +4,10 @@ Inlined as data URIs, a page of a big proposal carried hundreds of images in its
 the browser decoded all of them before the table was usable. Served here, each ``<img loading=lazy>``
 is fetched only when it scrolls into view, and cached by the browser (the URL changes with the image).
 
-``GET <prefix>/thumbnail/<source token>/<run key>/<variable>.png?v=<version>``: the token is a random
-name of a database this server already has open (``ProposalSource.token``), so a URL can neither name
-a path nor open anything. Reads follow the page's rules: with authentication configured (OAuth,
+``GET <prefix>/thumbnail/<source token>/<run key>/<variable>.png?v=<version>[&full=1]``: ``full`` gives
+the image as stored, for the preview shown on hover (``app/assets/thumbnail_preview.js``). The token is a
+random name of a database this server already has open (``ProposalSource.token``), so a URL can neither
+name a path nor open anything. Reads follow the page's rules: with authentication configured (OAuth,
 ``--basic-auth``), only a signed-in user gets images.
 """
 
@@ -42,8 +43,9 @@ class ThumbnailHandler(RequestHandler):
         if source is None:
             raise HTTPError(404)
         model = get_table_model(source)
+        full = self.get_argument("full", "") == "1"
         # Scaling a large thumbnail takes milliseconds: keep it off the server's event loop.
-        found = await IOLoop.current().run_in_executor(None, model.thumbnail, int(key), name)
+        found = await IOLoop.current().run_in_executor(None, lambda: model.thumbnail(int(key), name, full=full))
         if found is None:
             raise HTTPError(404)
         png, version = found

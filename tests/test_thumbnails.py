@@ -103,3 +103,25 @@ def test_with_authentication_only_signed_in_users_get_thumbnails(thumb_db, page,
             assert stranger.request.get(base + src).status == 403
         finally:
             stranger.close()
+
+
+@pytest.mark.browser
+def test_hovering_a_thumbnail_shows_the_stored_image(thumb_db, page, tmp_path):
+    big = _png(300, 120)
+    set_value(thumb_db, 3, "v003", big)
+    with DashboardServer([thumb_db], env={"AMORE_BROKER": "none"}, log_path=tmp_path / "srv.log") as srv:
+        page.goto(srv.url)
+        _first_thumbnail(page)
+        run3 = page.locator(".tabulator-row").filter(
+            has=page.locator(".tabulator-cell[tabulator-field='run']", has_text=re.compile(r"^\s*3\s*$")))
+        thumb = run3.locator(".tabulator-cell[tabulator-field='v003'] img.dmn-thumb")
+        assert thumb.evaluate("i => i.naturalWidth") <= fmt.THUMB_BOX[0]  # the table's image is scaled
+        thumb.hover()
+        preview = page.locator("img.dmn-thumb-preview")
+        preview.wait_for(state="visible", timeout=10000)
+        assert "full=1" in preview.get_attribute("src")
+        page.wait_for_function("() => document.querySelector('img.dmn-thumb-preview').naturalWidth === 300")
+        base = srv.url.rsplit("/", 1)[0] + "/"
+        assert page.request.get(base + thumb.get_attribute("src") + "&full=1").body() == big
+        page.locator(".tabulator-cell[tabulator-field='run']").first.hover()
+        preview.wait_for(state="hidden", timeout=5000)
