@@ -16,6 +16,8 @@ from typing import Any
 from app.state import SessionState
 
 log = logging.getLogger(__name__)
+if log.level == logging.NOTSET:
+    log.setLevel(logging.INFO)  # who changed what: an audit trail, always in the server log
 
 _producer = None
 _producer_lock = threading.Lock()

@@ -88,7 +88,11 @@ def test_endpoint_serves_cacheable_pngs_and_nothing_else(thumb_db, page, tmp_pat
 
 
 @pytest.mark.browser
-def test_with_authentication_only_signed_in_users_get_thumbnails(thumb_db, page, chromium_browser, tmp_path):
+def test_with_authentication_signed_in_users_get_thumbnails_and_edits_are_logged(thumb_db, page, chromium_browser, tmp_path):
+    """Panel's --basic-auth (the same path as OAuth: the signed-in user is pn.state.user): a stranger's
+    request for an image is refused; the signed-in user sees images, edits, and the edit is logged."""
+    from tests.test_dashboard_browser import cell, db_comment, wait_for
+
     with DashboardServer([thumb_db], "--basic-auth", "s3cret-pw", "--cookie-secret", "x" * 32,
                          env={"AMORE_BROKER": "none"}, log_path=tmp_path / "srv.log") as srv:
         page.goto(srv.url)
@@ -103,6 +107,12 @@ def test_with_authentication_only_signed_in_users_get_thumbnails(thumb_db, page,
             assert stranger.request.get(base + src).status == 403
         finally:
             stranger.close()
+        target = cell(page, 2, "comment")
+        target.click()
+        target.locator("input").fill("checked by alice")
+        target.locator("input").press("Enter")
+        assert wait_for(lambda: db_comment(thumb_db, 2) == "checked by alice")
+        assert wait_for(lambda: "Edit by alice" in srv.log())
 
 
 @pytest.mark.browser
