@@ -538,9 +538,12 @@ class RunTablePage:
             numeric = is_numeric_column(series)
             range_box.visible, cat_box.visible = numeric, not numeric
             if numeric:
+                # The column's range as placeholders, never as values: a value sent from here could
+                # overwrite what the user is already typing (empty = no bound).
                 num = pd.to_numeric(series, errors="coerce")
-                low.value = float(num.min()) if num.notna().any() else None
-                high.value = float(num.max()) if num.notna().any() else None
+                known = bool(num.notna().any())
+                low.placeholder = f"from {fmt.prettify(float(num.min()))}" if known else "no minimum"
+                high.placeholder = f"to {fmt.prettify(float(num.max()))}" if known else "no maximum"
             else:
                 values = sorted({fmt.plain_text(v) for v in series if v is not None})
                 cats.options = {html.escape(v): v for v in values[:2000]}
