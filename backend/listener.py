@@ -139,7 +139,7 @@ class _DatabaseQueue:
     def add(self, req: ExtractionRequest, topic: str, on_done: Callable[[], None]) -> None:
         with self.cond:
             if self.stopping:  # too late: the event stays uncommitted and comes back to the next listener
-                self._announce_finished(_Pending(topic, req.run_data, req.processing_id), [req.processing_id])
+                self._announce_finished(topic, [req.processing_id])
                 return
             key = (req.proposal, req.run)
             if key in self.pending:
@@ -194,7 +194,7 @@ class _DatabaseQueue:
         with self.cond:
             abandoned, self.pending = self.pending, {}
         for p in abandoned.values():
-            self._announce_finished(p, [p.processing_id, *p.merged_ids])
+            self._announce_finished(p.topic, [p.processing_id, *p.merged_ids])
 
     def _process(self, batch: dict[tuple[int, int], _Pending]) -> None:
         from backend.context_runner import RunRequest
@@ -212,7 +212,7 @@ class _DatabaseQueue:
                              self.db_dir)
                 p = batch.pop(key, None)
                 if p is not None:  # the processor has finished p.processing_id itself
-                    self._announce_finished(p, p.merged_ids)
+                    self._announce_finished(p.topic, p.merged_ids)
                 self._finish(p)
         except Exception as e:
             log.error("Local processing in %s failed: %s", self.db_dir, e, exc_info=True)
@@ -226,13 +226,13 @@ class _DatabaseQueue:
             # No outcome for these: the processor may or may not have finished their first id (it does
             # on a context error). A repeated processing_finished is harmless; receivers drop the id.
             for p in batch.values():
-                self._announce_finished(p, [p.processing_id, *p.merged_ids])
+                self._announce_finished(p.topic, [p.processing_id, *p.merged_ids])
                 self._finish(p)
 
-    def _announce_finished(self, p: _Pending, processing_ids: list[str]) -> None:
+    def _announce_finished(self, topic: str, processing_ids: list[str]) -> None:
         for processing_id in processing_ids:
             try:
-                self.owner.producer.processing_finished(p.topic, processing_id)
+                self.owner.producer.processing_finished(topic, processing_id)
             except Exception as e:  # messages are notifications; never fatal to processing
                 log.warning("Could not announce the end of processing %s: %s", processing_id, e)
 
@@ -453,6 +453,7 @@ class _FreshOffsetsOnRebalance(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned) -> None:
         self.listener.offsets = OffsetTracker()
+
 
 class Listener:
     """Consumes run events and hands them to an ``EventHandler``, reconnecting with back-off."""
