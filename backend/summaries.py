@@ -353,7 +353,7 @@ def summarise(record: dict, variable_units: str | None = None) -> VariableResult
     if summary is None:
         if preview is not None:
             summary = default_summary(preview, preview_objtype, full_data=basis)
-        elif basis is None or objtype == OBJTYPE_DATAFRAME:
+        elif basis is None:  # a DataFrame, or a Series of values numpy can't summarise
             summary = described
         else:
             summary = default_summary(basis, objtype)
