@@ -24,9 +24,9 @@ for db_dir in get_config().databases:
         src.frame()
         # Render the pages a first visitor sees or asks for first (the newest runs, the page before,
         # "First": the oldest runs) so they are served from the cache.
-        keys = src.run_keys()
+        keys, names = src.run_keys(), list(model.specs())  # specs: the fixed columns, then variables
         for key in dict.fromkeys([*keys[-100:], *keys[:50]]):
-            for name in ("run", "start_time", "comment", *model.specs()):
+            for name in names:
                 model.cell_text(key, name)
         log.info("Loaded %s: %d runs", db_dir, len(src.runs))
     except Exception as e:  # the landing page shows the error; keep serving the others
