@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from app.state import Cell
+from app.state import PNG_MAGIC, Cell
 
 CSS = """
 .dmn-num { font-variant-numeric: tabular-nums; }
@@ -183,7 +183,7 @@ def cell_html(cell: Cell | None, image_src: Callable[[bytes], str] | None = None
         return EMPTY
     numeric = False
     if isinstance(v, bytes):
-        if v.startswith(b"\x89PNG"):
+        if v.startswith(PNG_MAGIC):
             inner = thumbnail_img(v, image_src(v) if image_src is not None else None)
         else:
             inner = "&lt;blob&gt;"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from app import table_format as fmt
-from app.state import STATIC_COLUMNS, Change, ProposalSource
+from app.state import PNG_MAGIC, STATIC_COLUMNS, Change, ProposalSource
 
 FIXED_COLUMNS = ("run", "start_time", "comment")  # always first, in this order
 HIDDEN_ALWAYS = ("proposal", "added_at")
@@ -152,16 +152,15 @@ class TableModel:
     def thumbnail_url(self, key: int, name: str, png: bytes) -> str:
         """Where the browser fetches a cell's thumbnail (``app/thumbnails.py``), relative to the page
         so it works under any prefix or proxy path; ``v`` changes with the image, so it can be cached."""
-        return (f"thumbnail/{self.source.token}/{key}/{quote(name, safe='')}.png"
-                f"?v={zlib.crc32(png):08x}")
+        return f"thumbnail/{self.source.token}/{key}/{quote(name, safe='')}.png?v={_version(png)}"
 
     def thumbnail(self, key: int, name: str, *, full: bool = False) -> tuple[bytes, str] | None:
         """A cell's thumbnail scaled for the table (``full``: as stored), and its version (as in
         ``thumbnail_url``)."""
         value = self.raw_value(key, name)
-        if not isinstance(value, bytes) or not value.startswith(b"\x89PNG"):
+        if not isinstance(value, bytes) or not value.startswith(PNG_MAGIC):
             return None
-        version = f"{zlib.crc32(value):08x}"
+        version = _version(value)
         if full:
             return value, version
         ck = (key, name)
@@ -187,6 +186,11 @@ class TableModel:
                 return getattr(run, name)
             cell = run.cells.get(name)
             return cell.value if cell is not None else None
+
+
+def _version(png: bytes) -> str:
+    """Names one image's content in its URL (a new image, a new URL: browsers may cache the old one)."""
+    return f"{zlib.crc32(png):08x}"
 
 
 _MODELS: dict[int, TableModel] = {}
