@@ -574,6 +574,10 @@ class RunTablePage:
         n = len(self.table._processed) if self.table._processed is not None else len(self.table.value)
         return max(1, math.ceil(n / (self.table.page_size or self.page_size)))
 
+    def _page_of(self, pos: int) -> int:
+        """The page (1-based) showing the row at ``pos`` of the sorted, filtered table."""
+        return pos // (self.table.page_size or self.page_size) + 1
+
     def _jump(self, _=None) -> None:
         run = self.jump.value
         if run is None:
@@ -585,7 +589,7 @@ class RunTablePage:
                                                               else ""), "warning")
             return
         pos = processed.index.get_loc(key)
-        self.table.page = pos // (self.table.page_size or self.page_size) + 1
+        self.table.page = self._page_of(pos)
         self.table.selection = [self.table.value.index.get_loc(key)]
         self.say(f"Run {int(run)}", "info")
 
@@ -618,7 +622,7 @@ class RunTablePage:
                     shown = [k for k in keys if k in processed.index]
                     if shown:
                         pos = processed.index.get_loc(shown[-1])
-                        self.table.page = pos // (self.table.page_size or self.page_size) + 1
+                        self.table.page = self._page_of(pos)
                 self.table.selection = wanted
         finally:
             self._syncing = False
