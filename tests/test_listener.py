@@ -39,6 +39,19 @@ def make_db(path: Path, proposal: int, **settings) -> Path:
     return path
 
 
+def registered_db(tmp_path: Path, settings: dict | None = None, **db_settings) -> tuple[Path, Path]:
+    """A listener folder with one database for p1234 registered; ``settings`` go to listener.sqlite,
+    ``db_settings`` to the database's metameta. Returns (listener_dir, db_dir)."""
+    ldir, db_dir = tmp_path / "listener", tmp_path / "db"
+    ldir.mkdir()
+    make_db(db_dir, 1234, **db_settings)
+    with ListenerDB(ldir) as ldb:
+        ldb.add_proposal_db(1234, db_dir, False)
+        for key, value in (settings or {}).items():
+            ldb.settings[key] = value
+    return ldir, db_dir
+
+
 def fake_python(tmp_path: Path) -> str:
     script = tmp_path / "fake-python"
     script.write_text(f"#!/bin/bash\necho \"$@\" >> {tmp_path}/calls.txt\n")
@@ -84,12 +97,8 @@ def migration(proposal: int, run: int) -> dict:
 @pytest.fixture
 def listener_setup(tmp_path, kafka_broker, slurm_cluster):
     """A listener dir with one registered DB for p1234; yields (start(), listener_dir, db_dir)."""
-    ldir, db_dir = tmp_path / "listener", tmp_path / "db"
-    ldir.mkdir()
     python = fake_python(tmp_path)
-    make_db(db_dir, 1234, damnit_python=python)  # jobs run the database's damnit_python
-    with ListenerDB(ldir) as ldb:
-        ldb.add_proposal_db(1234, db_dir, False)
+    ldir, db_dir = registered_db(tmp_path, damnit_python=python)  # jobs run the database's damnit_python
     started = []
 
     def start(connect=True):
@@ -422,12 +431,7 @@ def local_handler(fake_processor, tmp_path, monkeypatch):
     """An EventHandler for p1234 that processes locally (no sbatch on PATH); yields (handler, producer)."""
     from backend.listener import EventHandler, LocalProcessing
 
-    ldir, db_dir = tmp_path / "listener", tmp_path / "db"
-    ldir.mkdir()
-    make_db(db_dir, 1234)
-    with ListenerDB(ldir) as ldb:
-        ldb.add_proposal_db(1234, db_dir, False)
-        ldb.settings["allow_local_processing"] = True
+    ldir, db_dir = registered_db(tmp_path, {"allow_local_processing": True})
     monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))
     producer = RecordingProducer()
     handler = EventHandler(ldir, producer, LocalProcessing(producer, max_concurrent=1))
@@ -492,12 +496,7 @@ def test_unfinished_local_event_is_redelivered_after_listener_restart(
     gets the event again and processes it."""
     import threading
 
-    ldir, db_dir = tmp_path / "listener", tmp_path / "db"
-    ldir.mkdir()
-    make_db(db_dir, 1234)
-    with ListenerDB(ldir) as ldb:
-        ldb.add_proposal_db(1234, db_dir, False)
-        ldb.settings["allow_local_processing"] = True
+    ldir, db_dir = registered_db(tmp_path, {"allow_local_processing": True})
     monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))  # sbatch not found → local
     fake_processor.block_first = threading.Event()
 
@@ -530,11 +529,7 @@ def test_unfinished_local_event_is_redelivered_after_listener_restart(
 
 def test_listen_test_mode_fakes_events(tmp_path, slurm_cluster, monkeypatch):
     """`damnit listen --test` works offline: typed events submit jobs."""
-    ldir, db_dir = tmp_path / "listener", tmp_path / "db"
-    ldir.mkdir()
-    make_db(db_dir, 1234, damnit_python=fake_python(tmp_path))
-    with ListenerDB(ldir) as ldb:
-        ldb.add_proposal_db(1234, db_dir, False)
+    ldir, db_dir = registered_db(tmp_path, damnit_python=fake_python(tmp_path))
     monkeypatch.setenv("AMORE_BROKER", "none")
     import io
 
@@ -572,17 +567,14 @@ def test_use_slurm_off_processes_locally_without_calling_sbatch(fake_processor, 
     unreachable slurmctld can take a minute to refuse), and the run is processed in the listener."""
     from backend.listener import EventHandler, LocalProcessing, RunEvent
 
-    ldir, db_dir, bin_dir = tmp_path / "listener", tmp_path / "db", tmp_path / "bin"
-    ldir.mkdir()
+    ldir, db_dir = registered_db(tmp_path, {"use_slurm": False})
+    bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    make_db(db_dir, 1234)
     marker = tmp_path / "sbatch-was-called"
     (bin_dir / "sbatch").write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
     (bin_dir / "sbatch").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     with ListenerDB(ldir) as ldb:
-        ldb.add_proposal_db(1234, db_dir, False)
-        ldb.settings["use_slurm"] = False
         assert ldb.setting("use_slurm") is False and ldb.setting("allow_local_processing") is False
     producer = RecordingProducer()
     handler = EventHandler(ldir, producer, LocalProcessing(producer, max_concurrent=1))
@@ -600,14 +592,9 @@ def test_use_slurm_off_processes_locally_without_calling_sbatch(fake_processor, 
 def test_use_slurm_off_starts_context_workers_before_the_first_event(tmp_path):
     """With every run processed in the listener, its processor and a context worker start with the
     listener, so the first event does not pay for them."""
-    ldir, db_dir = tmp_path / "listener", tmp_path / "db"
-    ldir.mkdir()
-    make_db(db_dir, 1234)
+    ldir, db_dir = registered_db(tmp_path, {"use_slurm": False})
     (db_dir / "context.py").write_text("from damnit_ctx import Variable\n\n@Variable()\ndef one(run):\n"
                                        "    return 1\n")
-    with ListenerDB(ldir) as ldb:
-        ldb.add_proposal_db(1234, db_dir, False)
-        ldb.settings["use_slurm"] = False
     listener = Listener(ldir, broker="127.0.0.1:9", producer=RecordingProducer())  # never connects
     try:
         queue = listener.handler.local._queues[db_dir]
