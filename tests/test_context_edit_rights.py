@@ -16,6 +16,7 @@ from app.context_check import HISTORY_DIR, file_fingerprint, keep_previous_versi
 from app.serve import startup_notes
 from app.state import ProposalSource, SessionState
 from app.synthetic import make_database
+from tests.infra.browser import ALL_BOKEH_VIEWS_JS
 
 CONTEXT = 'from damnit_ctx import Variable\n\n\n@Variable(title="Answer")\ndef answer(run):\n    return 42\n'
 HEADER = ServerConfig(auth="header", user_header="X-Remote-User")
@@ -137,15 +138,7 @@ def test_every_save_keeps_the_replaced_version(tmp_path):
 
 # ---------------------------------------------------------------- a real browser
 
-FIND_VIEWS = """
-() => {
-  const out = [];
-  const walk = (v) => { if (!v || out.includes(v)) return; out.push(v);
-                        for (const c of (v.child_views || [])) walk(c); };
-  for (const v of Object.values(window.Bokeh.index)) walk(v);
-  return out;
-}
-"""
+FIND_VIEWS = ALL_BOKEH_VIEWS_JS
 # What a hand-made request would do: put code into the editor's model and fire the Save button's click
 # event directly (a disabled button in the page is no guard).
 FORGE_CODE = "(args) => { const views = eval(args[0])(); " \

@@ -16,18 +16,11 @@ import pytest
 from app import table_format as fmt
 from app.launcher import DashboardServer, free_port
 from app.synthetic import make_database, set_value
+from tests.infra.browser import ALL_BOKEH_VIEWS_JS
 
 pytestmark = pytest.mark.browser
 
-FIND_TABULATOR_VIEW = """
-() => {
-  const out = [];
-  const walk = (v) => { if (!v || out.includes(v)) return; out.push(v);
-                        for (const c of (v.child_views || [])) walk(c); };
-  for (const v of Object.values(window.Bokeh.index)) walk(v);
-  return out.find(v => v.tabulator);
-}
-"""
+FIND_TABULATOR_VIEW = f"() => ({ALL_BOKEH_VIEWS_JS})().find(v => v.tabulator)"
 
 
 @pytest.fixture

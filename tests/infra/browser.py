@@ -13,6 +13,19 @@ CHROMIUM_ARGS = [
 ]
 
 
+# A JS function (for page.evaluate / eval) returning every Bokeh view on the page: views nest, and a
+# page's widgets are reached through them (their DOM lives in shadow roots).
+ALL_BOKEH_VIEWS_JS = """
+() => {
+  const out = [];
+  const walk = (v) => { if (!v || out.includes(v)) return; out.push(v);
+                        for (const c of (v.child_views || [])) walk(c); };
+  for (const v of Object.values(window.Bokeh.index)) walk(v);
+  return out;
+}
+"""
+
+
 class BrowserError(RuntimeError):
     """Chromium or Playwright is missing or does not start."""
 
