@@ -28,10 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.demo import EmbeddedBroker, tansu_binary  # noqa: E402
 from app.launcher import DashboardServer  # noqa: E402
 from app.synthetic import make_database, set_value  # noqa: E402
+from tests.infra.browser import launch_chromium  # noqa: E402
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-                 "--disable-dev-shm-usage"]
 CLK_TCK = 100
 
 WATCH_JS = """
@@ -235,7 +233,7 @@ def main() -> int:
             return lambda run, names: producer.run_values_updated(dbid, 1234, run, names)
 
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            browser = launch_chromium(pw)
             t = time.time()
             with DashboardServer([db], env={"AMORE_BROKER": broker.address}, timeout=600) as srv:
                 results["server_start_s"] = time.time() - t
