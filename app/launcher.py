@@ -26,9 +26,10 @@ class DashboardServer:
     """``with DashboardServer([db_dir], "--read-only") as srv: srv.url``"""
 
     def __init__(self, databases=(), *flags: str, port: int | None = None, env: dict | None = None,
-                 log_path: str | os.PathLike | None = None, timeout: float = 90):
+                 log_path: str | os.PathLike | None = None, timeout: float = 90,
+                 script: str | os.PathLike = SCRIPT):
         self.port = port or free_port()
-        self.args = [str(SCRIPT), "--port", str(self.port), *flags, *(str(d) for d in databases)]
+        self.args = [str(script), "--port", str(self.port), *flags, *(str(d) for d in databases)]
         self.env = dict(os.environ, **(env or {}))
         self.log_path = Path(log_path) if log_path else Path(f"/tmp/damnit-dashboard-{self.port}.log")
         self.timeout = timeout
@@ -51,7 +52,7 @@ class DashboardServer:
     def start(self) -> DashboardServer:
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
-                                     cwd=REPO, start_new_session=True)
+                                     cwd=Path(self.args[0]).parent, start_new_session=True)
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -4,7 +4,6 @@ tested end to end on a copy of the project with a Python that has no packages at
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from app.launcher import REPO, free_port
+from app.launcher import REPO, DashboardServer
 from app.synthetic import make_database
 
 pytestmark = pytest.mark.bootstrap
@@ -31,31 +30,22 @@ def test_bootstrap_installs_into_dot_venv_then_reuses_it(tmp_path):
     bare_python = bare / "bin" / "python"
     assert subprocess.run([bare_python, "-c", "import panel"], capture_output=True).returncode != 0
     db = make_database(tmp_path / "db", proposal=1234, n_runs=3, n_vars=4)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(PYTHON=str(bare_python), AMORE_BROKER="none")
+    # Nothing of this environment may leak into the bare one (DashboardServer adds os.environ).
+    env = {"PYTHON": str(bare_python), "AMORE_BROKER": "none", "PYTHONPATH": "", "VIRTUAL_ENV": ""}
 
     def serve(log: Path, timeout: float) -> float:
-        port = free_port()
+        srv = DashboardServer([db], script=project / "panel_serve.sh", env=env, log_path=log, timeout=timeout)
         t0 = time.monotonic()
-        with open(log, "w") as out:
-            proc = subprocess.Popen([str(project / "panel_serve.sh"), "--port", str(port), str(db)], cwd=tmp_path,
-                                    env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            deadline = t0 + timeout
-            while time.monotonic() < deadline:
-                if proc.poll() is not None:
-                    pytest.fail(f"panel_serve.sh exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/main", timeout=10) as r:
-                        if r.status == 200 and b"DAMNIT" in r.read():
-                            return time.monotonic() - t0
-                except OSError:
-                    pass
-                time.sleep(1)
-            pytest.fail(f"no dashboard within {timeout:.0f} s:\n{log.read_text()[-4000:]}")
+            srv.start()
+        except RuntimeError as e:
+            pytest.fail(str(e), pytrace=False)
+        try:
+            with urllib.request.urlopen(srv.url, timeout=30) as r:
+                assert b"DAMNIT" in r.read()
+            return time.monotonic() - t0
         finally:
-            os.killpg(proc.pid, 15)
-            proc.wait(30)
+            srv.stop()
 
     first = serve(tmp_path / "first.log", timeout=1500)
     assert "setting up" in (tmp_path / "first.log").read_text()
