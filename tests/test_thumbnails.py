@@ -117,14 +117,14 @@ def test_with_authentication_signed_in_users_get_thumbnails_and_edits_are_logged
 
 @pytest.mark.browser
 def test_hovering_a_thumbnail_shows_the_stored_image(thumb_db, page, tmp_path):
+    from tests.test_dashboard_browser import cell
+
     big = _png(300, 120)
     set_value(thumb_db, 3, "v003", big)
     with DashboardServer([thumb_db], env={"AMORE_BROKER": "none"}, log_path=tmp_path / "srv.log") as srv:
         page.goto(srv.url)
         _first_thumbnail(page)
-        run3 = page.locator(".tabulator-row").filter(
-            has=page.locator(".tabulator-cell[tabulator-field='run']", has_text=re.compile(r"^\s*3\s*$")))
-        thumb = run3.locator(".tabulator-cell[tabulator-field='v003'] img.dmn-thumb")
+        thumb = cell(page, 3, "v003").locator("img.dmn-thumb")
         assert thumb.evaluate("i => i.naturalWidth") <= fmt.THUMB_BOX[0]  # the table's image is scaled
         thumb.hover()
         preview = page.locator("img.dmn-thumb-preview")
