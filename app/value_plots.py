@@ -18,7 +18,7 @@ import holoviews.plotting.bokeh  # noqa: F401  (registers the Bokeh backend for 
 import numpy as np
 import panel as pn
 
-from backend.summaries import quiet_nan_warnings
+from backend.processing.summaries import quiet_nan_warnings
 
 hv.Store.set_current_backend("bokeh")
 

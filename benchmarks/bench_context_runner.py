@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from backend import mockruns  # noqa: E402
-from backend.context_runner import RunRequest, WorkerPool  # noqa: E402
+from backend.processing.workers import RunRequest, WorkerPool  # noqa: E402
 
 PROPOSAL = 2468
 CONTEXT = REPO / "contexts" / "demo_context.py"

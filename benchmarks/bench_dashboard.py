@@ -206,7 +206,7 @@ def main() -> int:
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
-    from backend.messages import UpdateProducer
+    from backend.base.messages import UpdateProducer
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-dashboard-"))
     work.mkdir(parents=True, exist_ok=True)

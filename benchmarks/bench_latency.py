@@ -113,11 +113,11 @@ def main() -> int:
     parser.add_argument("--ntrains", type=int, default=20)
     args = parser.parse_args()
 
-    from backend import mockruns
-    from backend.db import initialize_proposal
-    from backend.listener import Listener
-    from backend.listener_db import ListenerDB
-    from backend.messages import UpdateSubscriber
+    from backend.base import mockruns
+    from backend.base.messages import UpdateSubscriber
+    from backend.services.listener import Listener
+    from backend.services.listener_db import ListenerDB
+    from backend.storage.database import initialize_proposal
     from tests.infra.kafka import FAST_GROUP_CONSUMER_SETTINGS, TansuBroker
     from tests.infra.slurm import SlurmCluster
 

@@ -25,8 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.api import Damnit  # noqa: E402
-from backend.db import ReducedData, initialize_proposal  # noqa: E402
+from backend.storage.api import Damnit  # noqa: E402
+from backend.storage.database import ReducedData, initialize_proposal  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(200)
 PROPOSAL = 2345

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from backend import mockruns
+from backend.base import mockruns
 
 _COMPONENT_MARKERS = {
     "damnit_oracle": "oracle",

@@ -6,7 +6,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from backend.context_runner import CTXSUPPORT_DIR
+from backend.processing.workers import CTXSUPPORT_DIR
 
 if str(CTXSUPPORT_DIR) not in sys.path:
     sys.path.insert(0, str(CTXSUPPORT_DIR))

@@ -1,4 +1,4 @@
-"""Our read API (backend.api) over a database and HDF5 files written by our storage layer."""
+"""Our read API (backend.storage.api) over a database and HDF5 files written by our storage layer."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from backend.api import Damnit, DataType, RunVariables, VariableData
-from backend.db import ReducedData, initialize_proposal
-from backend.h5format import read_reduced, run_file_path, write_results
-from backend.records import VariableResult as VR
-from backend.user_variables import UserEditableVariable
+from backend.storage.api import Damnit, DataType, RunVariables, VariableData
+from backend.storage.database import ReducedData, initialize_proposal
+from backend.storage.h5format import read_reduced, run_file_path, write_results
+from backend.storage.records import VariableResult as VR
+from backend.storage.user_variables import UserEditableVariable
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(40))
 START = 1_700_000_000.0

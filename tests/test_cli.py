@@ -18,8 +18,8 @@ import h5py
 import pytest
 
 from backend.cli import main
-from backend.db import DamnitDB
-from backend.user_variables import UserEditableVariable
+from backend.storage.database import DamnitDB
+from backend.storage.user_variables import UserEditableVariable
 
 REPO = Path(__file__).resolve().parent.parent
 PROPOSAL = 1234
@@ -363,7 +363,7 @@ def test_installed_damnit_command(tmp_path, make_mock_runs):
 
 
 def test_reprocess_through_slurm(tmp_path, make_mock_runs, slurm_cluster, monkeypatch, capsys):
-    """Without --direct, runs go to Slurm as an array; each task runs `python -m backend.extraction`."""
+    """Without --direct, runs go to Slurm as an array; each task runs `python -m backend.services.job`."""
     import time
 
     make_mock_runs(PROPOSAL, [1, 2])

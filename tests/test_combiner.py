@@ -8,9 +8,9 @@ import time
 
 import h5py
 
-from backend import combiner
-from backend.db import initialize_proposal
-from backend.messages import UpdateSubscriber
+from backend.base.messages import UpdateSubscriber
+from backend.services import combiner
+from backend.storage.database import initialize_proposal
 
 SUBMIT = """
 import numpy as np, damnit
@@ -79,7 +79,7 @@ def test_combiner_service_consumes_file_submissions(tmp_path, damnit_oracle, kaf
     try:
         with UpdateSubscriber(db_id, lambda k, d: got.append((k, d)), broker=kafka_broker.address):
             # A foreign message on the topic is skipped
-            from backend.messages import UpdateProducer
+            from backend.base.messages import UpdateProducer
 
             with UpdateProducer.from_env(kafka_broker.address) as p:
                 p.send(combiner.FILE_SUBMISSION_TOPIC, {"msg_kind": "file_submission", "data": {"oops": 1}})

@@ -9,10 +9,10 @@ import pytest
 import xarray as xr
 from PIL import Image
 
-from backend import mockruns
-from backend.context_runner import RunRequest, WorkerPool, load_context_info
-from backend.records import OBJTYPE_DATAARRAY, OBJTYPE_DATASET, OBJTYPE_IMAGE, OBJTYPE_PLOTLY
-from backend.summaries import is_png
+from backend.base import mockruns
+from backend.processing.summaries import is_png
+from backend.processing.workers import RunRequest, WorkerPool, load_context_info
+from backend.storage.records import OBJTYPE_DATAARRAY, OBJTYPE_DATASET, OBJTYPE_IMAGE, OBJTYPE_PLOTLY
 from tests.ctx_helpers import write_context
 
 PROPOSAL = 2345
@@ -375,7 +375,7 @@ def test_ctxrunner_ctx_command_line(db_dir, tmp_path):
     import json
     import subprocess
 
-    from backend.context_runner import worker_env
+    from backend.processing.workers import worker_env
 
     write_context(db_dir, "@Variable\ndef a(run):\n    return 1\n")
     out = tmp_path / "out.json"

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from backend.summaries import is_png, summarise
+from backend.processing.summaries import is_png, summarise
 from tests.ctx_helpers import build, ctxrunner, damnit_ctx  # noqa: F401
 
 import ctx_storable  # noqa: E402  isort: skip

@@ -5,8 +5,8 @@ import textwrap
 
 import pytest
 
-from backend import mockruns
-from backend.context_runner import RunRequest, WorkerPool
+from backend.base import mockruns
+from backend.processing.workers import RunRequest, WorkerPool
 from tests.ctx_helpers import HEADER, ctxrunner, damnit_ctx, write_context
 
 Pipeline = damnit_ctx.Pipeline

@@ -165,7 +165,7 @@ def test_user_variable_edit_validated(serve, small_db, page):
 
 def test_live_update_from_message(serve, small_db, page, amore_broker):
     """A processing-style DB write + run_values_updated makes a new run and a changed cell appear."""
-    from backend.messages import UpdateProducer
+    from backend.base.messages import UpdateProducer
 
     srv = serve([small_db], env={"AMORE_BROKER": amore_broker.address})
     open_table(page, srv.url)

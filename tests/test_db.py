@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend.db import (
+from backend.storage.database import (
     DamnitDB,
     DatabaseVersionError,
     LegacyDatabaseError,
@@ -23,8 +23,8 @@ from backend.db import (
     blob2numpy,
     initialize_proposal,
 )
-from backend.db_migrations import LATEST_VERSION
-from backend.user_variables import UserEditableVariable
+from backend.storage.migrations import LATEST_VERSION
+from backend.storage.user_variables import UserEditableVariable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -387,8 +387,8 @@ def test_read_only_directory_opens_for_reading(clean_close):
         os.chmod(d / "runs.sqlite", 0o444)
         os.chmod(d, 0o555)
         code = textwrap.dedent(f"""
-            from backend.db import DamnitDB
-            from backend.api import Damnit
+            from backend.storage.database import DamnitDB
+            from backend.storage.api import Damnit
             db = DamnitDB.from_dir({str(d)!r})
             assert db.read_only
             print(db.conn.execute("SELECT x FROM runs").fetchone()[0])
@@ -412,7 +412,7 @@ def test_read_only_directory_opens_for_reading(clean_close):
 
 WRITER = """
 import sys, time
-from backend.db import DamnitDB, ReducedData
+from backend.storage.database import DamnitDB, ReducedData
 db_dir, wid, nruns = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 db = DamnitDB.from_dir(db_dir)
 for run in range(nruns):
@@ -472,7 +472,7 @@ def test_bad_user_input_is_explained(vtype, text, message):
 
 
 def test_value_types_parse_and_describe():
-    from backend.user_variables import value_types_by_name
+    from backend.storage.user_variables import value_types_by_name
     assert UserEditableVariable("n", "N", "integer").parse("-7") == -7
     assert UserEditableVariable("x", "X", "number").parse("85.4E7") == 85.4e7
     assert UserEditableVariable("s", "S", "string").parse("  Dark frame ") == "  Dark frame "
@@ -564,7 +564,7 @@ def test_journal_mode_can_stay_rollback_for_multi_host_sites(tmp_path, monkeypat
 
 
 def test_network_filesystems_keep_the_rollback_journal(tmp_path, monkeypatch):
-    import backend.db as dbmod
+    import backend.storage.database as dbmod
 
     monkeypatch.delenv("DAMNIT_SQLITE_JOURNAL_MODE", raising=False)
     monkeypatch.setattr(dbmod, "filesystem_type", lambda path: "gpfs")
@@ -576,7 +576,7 @@ def test_network_filesystems_keep_the_rollback_journal(tmp_path, monkeypatch):
 
 
 def test_filesystem_type_reads_proc_mounts(tmp_path):
-    from backend.db import filesystem_type
+    from backend.storage.database import filesystem_type
 
     fstype = filesystem_type(tmp_path)
     assert fstype is None or fstype in open("/proc/mounts").read()
@@ -584,7 +584,7 @@ def test_filesystem_type_reads_proc_mounts(tmp_path):
 
 OPEN_CLOSE_WRITER = """
 import sys
-from backend.db import DamnitDB, ReducedData
+from backend.storage.database import DamnitDB, ReducedData
 d, wid = sys.argv[1], int(sys.argv[2])
 for run in range(30):
     with DamnitDB.from_dir(d) as db:  # open/close each time: the journal mode flips under contention

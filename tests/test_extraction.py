@@ -1,4 +1,4 @@
-"""RunProcessor and `python -m backend.extraction`: context workers → HDF5 → runs.sqlite → messages.
+"""RunProcessor and `python -m backend.services.job`: context workers → HDF5 → runs.sqlite → messages.
 
 Run data are extra-data mock runs (backend/mockruns.py); the context runs in real worker processes.
 Assertions read runs.sqlite and the HDF5 files directly, so they check the stored formats.
@@ -17,9 +17,9 @@ from pathlib import Path
 import h5py
 import pytest
 
-from backend.context_runner import RunRequest
-from backend.db import DamnitDB
-from backend.extraction import ContextLoadError, RunProcessor
+from backend.processing.run_processor import ContextLoadError, RunProcessor
+from backend.processing.workers import RunRequest
+from backend.storage.database import DamnitDB
 
 REPO = Path(__file__).resolve().parent.parent
 CONTEXTS = REPO / "contexts"
@@ -286,7 +286,7 @@ def test_templates_load_and_run(tmp_path, make_mock_runs, sase):
 
 
 def _module_cmd(*args):
-    return [sys.executable, "-m", "backend.extraction", *map(str, args)]
+    return [sys.executable, "-m", "backend.services.job", *map(str, args)]
 
 
 def _env():
@@ -331,11 +331,11 @@ def test_python_m_extraction_bad_context_fails_with_location(tmp_path, make_mock
 
 
 def test_processor_keeps_workers_and_follows_context_edits(tmp_path, make_mock_runs, monkeypatch):
-    import backend.extraction
+    import backend.processing.run_processor
 
     evaluations = []
-    real_load = backend.extraction.load_context_info
-    monkeypatch.setattr(backend.extraction, "load_context_info",
+    real_load = backend.processing.run_processor.load_context_info
+    monkeypatch.setattr(backend.processing.run_processor, "load_context_info",
                         lambda *a, **kw: evaluations.append(1) or real_load(*a, **kw))
     make_mock_runs(PROPOSAL, [1, 2, 3])
     ctx = "import os\nfrom damnit_ctx import Variable\n\n@Variable(title='Worker pid')\ndef pid(run):\n" \
@@ -462,7 +462,7 @@ print(json.dumps(out))
 def test_pandas_values_stored_as_the_original_stores_them(tmp_path, make_mock_runs, damnit_oracle):
     """A context returning pandas Series/DataFrames: the same rows as the original's, Parquet payloads
     the original reads back as the same objects, and our API reads them too."""
-    from backend.api import Damnit
+    from backend.storage.api import Damnit
 
     make_mock_runs(PROPOSAL, [1, 2])
     context = tmp_path / "pandas_context.py"
@@ -487,7 +487,7 @@ def test_update_messages_reach_the_broker(tmp_path, make_mock_runs, amore_broker
     """Processing announces itself on test.damnit.db-<db_id> through a real broker, in order."""
     import asyncio
 
-    from backend.messages import UpdateProducer, iter_messages
+    from backend.base.messages import UpdateProducer, iter_messages
 
     make_mock_runs(PROPOSAL, 1)
     db_dir = make_db(tmp_path / "db", SIMPLE_CONTEXT)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from backend.h5format import (
+from backend.storage.h5format import (
     delete_variable_from_all_runs,
     merge_fragment,
     read_provenance,
@@ -20,7 +20,7 @@ from backend.h5format import (
     run_file_path,
     write_results,
 )
-from backend.records import VariableResult as VR
+from backend.storage.records import VariableResult as VR
 
 REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(40))
@@ -246,8 +246,8 @@ def test_delete_variable_from_all_runs(tmp_path):
 
 WRITER = """
 import sys, numpy as np
-from backend.h5format import write_results
-from backend.records import VariableResult as VR
+from backend.storage.h5format import write_results
+from backend.storage.records import VariableResult as VR
 path, wid = sys.argv[1], int(sys.argv[2])
 for i in range(8):
     write_results(path, [VR(f"w{wid}_{i}", data=np.full(100, wid * 100 + i), summary=float(wid * 100 + i))])

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from backend import mockruns
+from backend.base import mockruns
 from tests.infra.aio import run_async
 from tests.infra.kafka import FAST_GROUP_CONSUMER_SETTINGS
 

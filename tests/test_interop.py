@@ -16,10 +16,10 @@ import h5py
 import numpy as np
 import pytest
 
-from backend.api import Damnit
-from backend.db import DamnitDB, ReducedData, blob2numpy, initialize_proposal
-from backend.h5format import merge_fragment, read_reduced, run_file_path, write_results
-from backend.user_variables import UserEditableVariable
+from backend.storage.api import Damnit
+from backend.storage.database import DamnitDB, ReducedData, blob2numpy, initialize_proposal
+from backend.storage.h5format import merge_fragment, read_reduced, run_file_path, write_results
+from backend.storage.user_variables import UserEditableVariable
 from tests.test_api import PLOTLY_JSON, START, results_for
 
 pytestmark = pytest.mark.oracle
@@ -177,7 +177,7 @@ def build_our_db(d: Path) -> Path:
         results = [r for r in results_for(run) if r.name != "run"]  # the original can't table() a 'run' var
         if run == 3:
             results = [r for r in results if r.name != "integer"]
-        from backend.records import VariableResult as VR
+        from backend.storage.records import VariableResult as VR
         results.append(VR("grp.member", data=np.asarray(run), summary=run))
         path = run_file_path(d, 1234, run)
         write_results(path, results, provenance="context.py")
@@ -252,7 +252,7 @@ def test_original_reads_our_database_in_a_read_only_location(tmp_path, damnit_or
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() == "[1.5, 3.0, 4.5]"
         ours = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner",
-                               sys.executable, "-c", code.replace("from damnit import", "from backend.api import")],
+                               sys.executable, "-c", code.replace("from damnit import", "from backend.storage.api import")],
                               capture_output=True, text=True, timeout=120,
                               env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
         assert ours.returncode == 0, ours.stderr
@@ -265,7 +265,7 @@ def test_original_writes_into_our_wal_database(tmp_path, damnit_oracle):
     d = build_our_db(tmp_path / "amore")
     keep_open = DamnitDB.from_dir(d)  # a concurrent reader/writer of ours while the original writes
     damnit_oracle.run_python(
-        "from damnit.backend.db import DamnitDB\n"
+        "from damnit.backend.storage.database import DamnitDB\n"
         f"db = DamnitDB.from_dir({str(d)!r})\n"
         "db.change_run_comment(1234, 2, 'from the original')\n"
         "db.add_standalone_comment(5.0, 'theirs')\n")
@@ -278,7 +278,7 @@ def test_original_writes_into_our_wal_database(tmp_path, damnit_oracle):
 
 def test_same_schema_as_original(tmp_path, damnit_oracle):
     theirs = tmp_path / "theirs"
-    damnit_oracle.run_python("from pathlib import Path\nfrom damnit.backend.db import initialize_proposal\n"
+    damnit_oracle.run_python("from pathlib import Path\nfrom damnit.backend.storage.database import initialize_proposal\n"
                              f"initialize_proposal(Path({str(theirs)!r}), 1234)\n")
     ours = initialize_proposal(tmp_path / "ours", 1234)
     ours.close()
@@ -303,7 +303,7 @@ def test_same_schema_as_original(tmp_path, damnit_oracle):
     # Both open each other's fresh database.
     with DamnitDB.from_dir(theirs) as db:
         assert db.metameta["proposal"] == 1234
-    damnit_oracle.run_python("from damnit.backend.db import DamnitDB\n"
+    damnit_oracle.run_python("from damnit.backend.storage.database import DamnitDB\n"
                              f"assert DamnitDB.from_dir({str(tmp_path / 'ours')!r}).metameta['proposal'] == 1234\n")
 
 
@@ -327,8 +327,8 @@ import numpy as np, xarray as xr
 import matplotlib
 matplotlib.use("Agg")
 from matplotlib.figure import Figure
-from damnit.backend.db import DamnitDB, ReducedData, initialize_proposal
-from damnit.backend.user_variables import UserEditableVariable
+from damnit.backend.storage.database import DamnitDB, ReducedData, initialize_proposal
+from damnit.backend.storage.user_variables import UserEditableVariable
 from damnit.backend.combine import gather_all_fragments
 from damnit.context import Cell, save_fragment
 

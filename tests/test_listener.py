@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from backend import listener as listener_mod
-from backend.db import initialize_proposal
-from backend.listener import EventError, Listener, OffsetTracker, parse_event
-from backend.listener_db import ListenerDB
+from backend.services import listener as listener_mod
+from backend.services.listener import EventError, Listener, OffsetTracker, parse_event
+from backend.services.listener_db import ListenerDB
+from backend.storage.database import initialize_proposal
 from tests.infra.aio import run_async
 from tests.infra.kafka import FAST_GROUP_CONSUMER_SETTINGS
 
@@ -319,7 +319,7 @@ class FakeProcessor:
     def process(self, requests, processing_ids=None, **kw):
         import threading
 
-        from backend.context_runner import RunOutcome
+        from backend.processing.workers import RunOutcome
 
         cls = FakeProcessor
         keys = [(self.db_dir, r.run) for r in requests]
@@ -353,11 +353,11 @@ _fake_lock = _threading.Lock()
 
 @pytest.fixture
 def fake_processor(monkeypatch):
-    import backend.extraction
+    import backend.processing.run_processor
 
     FakeProcessor.active, FakeProcessor.overlaps, FakeProcessor.batches = set(), [], []
     FakeProcessor.block_first, FakeProcessor.fail, FakeProcessor.delay = None, False, 0.3
-    monkeypatch.setattr(backend.extraction, "RunProcessor", FakeProcessor)
+    monkeypatch.setattr(backend.processing.run_processor, "RunProcessor", FakeProcessor)
     return FakeProcessor
 
 
@@ -365,9 +365,9 @@ TOPIC = "test.damnit.db-fake"
 
 
 def test_local_requests_for_a_run_are_merged_never_concurrent(fake_processor, tmp_path):
-    from backend.listener import LocalProcessing
-    from backend.messages import UpdateProducer
-    from backend.slurm import ExtractionRequest
+    from backend.base.messages import UpdateProducer
+    from backend.services.listener import LocalProcessing
+    from backend.services.slurm import ExtractionRequest
 
     local = LocalProcessing(UpdateProducer.offline(), max_concurrent=1)
     done = []
@@ -388,9 +388,9 @@ def test_local_requests_for_a_run_are_merged_never_concurrent(fake_processor, tm
 
 
 def test_local_processing_is_bounded_across_databases(fake_processor, tmp_path):
-    from backend.listener import LocalProcessing
-    from backend.messages import UpdateProducer
-    from backend.slurm import ExtractionRequest
+    from backend.base.messages import UpdateProducer
+    from backend.services.listener import LocalProcessing
+    from backend.services.slurm import ExtractionRequest
 
     fake_processor.delay = 0.5
     local = LocalProcessing(UpdateProducer.offline(), max_concurrent=1)
@@ -429,7 +429,7 @@ class RecordingProducer:
 @pytest.fixture
 def local_handler(fake_processor, tmp_path, monkeypatch):
     """An EventHandler for p1234 that processes locally (no sbatch on PATH); yields (handler, producer)."""
-    from backend.listener import EventHandler, LocalProcessing
+    from backend.services.listener import EventHandler, LocalProcessing
 
     ldir, db_dir = registered_db(tmp_path, {"allow_local_processing": True})
     monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))
@@ -446,7 +446,7 @@ def test_merged_local_requests_each_get_processing_finished(local_handler, fake_
     as queued forever."""
     import threading
 
-    from backend.listener import RunEvent
+    from backend.services.listener import RunEvent
 
     handler, producer = local_handler
     release = fake_processor.block_first = threading.Event()
@@ -470,7 +470,7 @@ def test_merged_local_requests_each_get_processing_finished(local_handler, fake_
 
 def test_failed_or_abandoned_local_requests_get_processing_finished(local_handler, fake_processor):
     """Processing that fails without outcomes, and queued requests left at shutdown, end their ids too."""
-    from backend.listener import RunEvent
+    from backend.services.listener import RunEvent
 
     handler, producer = local_handler
     fake_processor.fail = True
@@ -533,7 +533,7 @@ def test_listen_test_mode_fakes_events(tmp_path, slurm_cluster, monkeypatch):
     monkeypatch.setenv("AMORE_BROKER", "none")
     import io
 
-    from backend import listener as lm
+    from backend.services import listener as lm
 
     monkeypatch.setattr("sys.stdin", io.StringIO("1234 8 proc\nnonsense\n"))
     monkeypatch.setattr(lm.sys, "executable", fake_python(tmp_path))
@@ -565,7 +565,7 @@ def test_failed_job_is_marked_in_the_run_log(listener_setup, kafka_broker, slurm
 def test_use_slurm_off_processes_locally_without_calling_sbatch(fake_processor, tmp_path, monkeypatch):
     """`use_slurm 0` (a machine without Slurm): sbatch is never run, even when one is on PATH (an
     unreachable slurmctld can take a minute to refuse), and the run is processed in the listener."""
-    from backend.listener import EventHandler, LocalProcessing, RunEvent
+    from backend.services.listener import EventHandler, LocalProcessing, RunEvent
 
     ldir, db_dir = registered_db(tmp_path, {"use_slurm": False})
     bin_dir = tmp_path / "bin"

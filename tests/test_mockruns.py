@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from backend import mockruns
+from backend.base import mockruns
 
 
 def _open(proposal, run, data="raw"):
@@ -92,13 +92,13 @@ def test_bad_arguments(tmp_path):
 
 
 def test_cli(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "backend.mockruns", str(tmp_path), "99", "1-3", "5",
+    out = subprocess.run([sys.executable, "-m", "backend.base.mockruns", str(tmp_path), "99", "1-3", "5",
                           "--proc", "--ntrains", "20", "--instrument", "FXE"],
                          capture_output=True, text=True, check=True).stdout
     pdir = tmp_path / "FXE" / "202501" / "p000099"
     assert str(pdir) in out
     assert sorted(p.name for p in (pdir / "raw").iterdir()) == ["r0001", "r0002", "r0003", "r0005"]
     assert sorted(p.name for p in (pdir / "proc").iterdir()) == ["r0001", "r0002", "r0003", "r0005"]
-    bad = subprocess.run([sys.executable, "-m", "backend.mockruns", str(tmp_path), "99", "x"],
+    bad = subprocess.run([sys.executable, "-m", "backend.base.mockruns", str(tmp_path), "99", "x"],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "bad run number" in bad.stderr

@@ -22,7 +22,7 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from app.run_contents import run_file, scan_run_file
-from backend import mockruns
+from backend.base import mockruns
 
 pytestmark = pytest.mark.browser
 
@@ -340,7 +340,7 @@ def _replace_editor_text(page, text: str) -> None:
 
 def test_saving_a_valid_context_updates_the_variable_list_and_edits_on_disk_are_not_overwritten(
         dashboard, page):
-    from backend.db import DamnitDB
+    from backend.storage.database import DamnitDB
 
     ctx_path = dashboard.db_dir / "context.py"
     original = ctx_path.read_text()
@@ -392,7 +392,7 @@ def test_reprocess_from_the_page_puts_new_values_in_the_table(dashboard, page):
 
 
 def test_standalone_comment_can_be_added(dashboard, page):
-    from backend.db import DamnitDB
+    from backend.storage.database import DamnitDB
 
     page.goto(dashboard.page_url("comments"))
     page.locator(".damnit-new-comment textarea").fill("Beam dump <b>not</b> bold at 12:00")

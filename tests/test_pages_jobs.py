@@ -48,7 +48,7 @@ def db_dir(make_mock_runs, tmp_path):
     res = subprocess.run([sys.executable, "-m", "backend.cli", "init", str(db), "--proposal", str(PROPOSAL),
                           "--context", str(src)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    from backend.db import DamnitDB
+    from backend.storage.database import DamnitDB
 
     with DamnitDB.from_dir(db) as d:  # small jobs fit the one-node test cluster
         d.metameta.update({"noncluster_cpus": 1, "noncluster_mem": "200M", "slurm_time": "00:05:00"})
@@ -56,7 +56,7 @@ def db_dir(make_mock_runs, tmp_path):
 
 
 def _values(db_dir: Path, name: str) -> dict[int, object]:
-    from backend.db import DamnitDB
+    from backend.storage.database import DamnitDB
 
     with DamnitDB.from_dir(db_dir) as d:
         rows = d.conn.execute("SELECT run, value FROM run_variables WHERE name=?", (name,)).fetchall()

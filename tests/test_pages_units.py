@@ -121,9 +121,9 @@ def test_pandas_values_in_the_inspector(tmp_path):
     import pandas as pd
 
     from app.run_contents import load_for_display, scan_run_file
-    from backend.db import initialize_proposal
-    from backend.h5format import run_file_path, write_results
-    from backend.records import VariableResult
+    from backend.storage.database import initialize_proposal
+    from backend.storage.h5format import run_file_path, write_results
+    from backend.storage.records import VariableResult
 
     frame = pd.DataFrame({"train": [10, 11, 12], "label": ["<b>a</b>", "b", "c"]})
     series = pd.Series([1.0, 4.0, 9.0], index=[10, 11, 12], name="sq")
@@ -285,7 +285,7 @@ def test_standalone_comments_add_edit_list(tmp_path):
     import datetime as dt
 
     from app.pages.comments import TZ, add_comment, edit_comment, list_comments
-    from backend.db import DamnitDB
+    from backend.storage.database import DamnitDB
 
     DamnitDB.from_dir(tmp_path, create=True).close()
     first = add_comment(tmp_path, dt.datetime(2026, 3, 1, 10, 0, 0), "  beam lost  ")

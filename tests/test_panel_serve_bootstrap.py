@@ -51,7 +51,7 @@ def test_bootstrap_installs_into_dot_venv_then_reuses_it(tmp_path):
     assert "setting up" in (tmp_path / "first.log").read_text()
     venv_python = project / ".venv" / "bin" / "python"
     assert venv_python.exists()
-    check = subprocess.run([venv_python, "-c", "import panel, h5py, extra_data, aiokafka; import backend.db"],
+    check = subprocess.run([venv_python, "-c", "import panel, h5py, extra_data, aiokafka; import backend.storage.database"],
                            cwd=tmp_path, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
     # Second start: the environment is there, nothing is installed again.

@@ -15,11 +15,11 @@ from pathlib import Path
 import h5py
 import pytest
 
-from backend import slurm
-from backend.db import initialize_proposal
-from backend.listener import Listener
-from backend.listener_db import ListenerDB
-from backend.messages import UpdateSubscriber
+from backend.base.messages import UpdateSubscriber
+from backend.services import slurm
+from backend.services.listener import Listener
+from backend.services.listener_db import ListenerDB
+from backend.storage.database import initialize_proposal
 from tests.infra.aio import run_async
 from tests.infra.kafka import FAST_GROUP_CONSUMER_SETTINGS
 from tests.infra.wait import wait_for
@@ -242,7 +242,7 @@ def test_job_killed_mid_write_leaves_previous_file_intact(setup, slurm_cluster):
     db_dir = s["db_dir"]
     with sqlite3.connect(db_dir / "runs.sqlite") as conn:
         conn.execute("INSERT OR REPLACE INTO metameta VALUES ('noncluster_mem', '900M')")
-    from backend.messages import UpdateProducer
+    from backend.base.messages import UpdateProducer
 
     sub = slurm.SlurmSubmitter(db_dir)
     first = sub.submit(slurm.ExtractionRequest(PROPOSAL, 1, "raw"))

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from backend import slurm
-from backend.slurm import ExtractionRequest, SlurmSettings, SlurmSubmitter, SubmissionError
+from backend.services import slurm
+from backend.services.slurm import ExtractionRequest, SlurmSettings, SlurmSubmitter, SubmissionError
 from tests.infra.wait import wait_for
 
 SMALL = {"noncluster_cpus": 1, "noncluster_mem": "50M", "slurm_time": "00:05:00"}
@@ -51,7 +51,7 @@ def test_request_command():
     req = ExtractionRequest(1234, 5, "proc", cluster=True, variables=("a",), match=("m",), mock=True,
                             update_vars=True, processing_id="pid")
     assert req.command(Path("/db"), "py") == [
-        "py", "-m", "backend.extraction", "1234", "5", "proc", "--db-dir", "/db", "--processing-id", "pid",
+        "py", "-m", "backend.services.job", "1234", "5", "proc", "--db-dir", "/db", "--processing-id", "pid",
         "--cluster-job", "--var", "a", "--match", "m", "--mock", "--update-vars"]
     with pytest.raises(ValueError, match="run_data"):
         ExtractionRequest(1, 2, "everything")
@@ -77,7 +77,7 @@ def test_submit_runs_job_appending_to_run_log(slurm_cluster, tmp_path):
     assert slurm_cluster.wait_job(int(job.job_id)) == "COMPLETED"
     log = (tmp_path / "process_logs" / "r7-p1234.out").read_text()
     assert f"job-output-{job.job_id}" in log
-    assert calls(tmp_path) == [f"-m backend.extraction 1234 7 raw --db-dir {tmp_path} --processing-id p1"]
+    assert calls(tmp_path) == [f"-m backend.services.job 1234 7 raw --db-dir {tmp_path} --processing-id p1"]
     # announced as PENDING with the Slurm id
     (db, args, kw), = producer.sent
     assert db == "test.damnit.db-x" and args[:5] == ("p1", 1234, 7, "raw", "PENDING")
@@ -187,7 +187,7 @@ def _small_db(path: Path) -> None:
 
 @pytest.mark.timeout(120)
 def test_reprocess_watch_runs_jobs_one_by_one(slurm_cluster, tmp_path, capsys):
-    from backend.context_runner import RunRequest
+    from backend.processing.workers import RunRequest
 
     _small_db(tmp_path)  # not a full DAMNIT database: the real job reports that and fails
     jobs = slurm.submit_reprocess(tmp_path, [RunRequest(proposal=1234, run=3), RunRequest(proposal=1234, run=4)],
@@ -219,17 +219,17 @@ def test_sandbox_args_are_passed_to_the_job(slurm_cluster, tmp_path):
 def test_jobs_run_the_databases_damnit_python_when_it_can(tmp_path, caplog):
     """`damnit_python` (set when a database is made) names the jobs' interpreter; one that cannot run
     this implementation (the original's environment, for a database it made) is replaced, with a warning."""
-    from backend.slurm import job_python
+    from backend.services.slurm import job_python
 
     ours = tmp_path / "ours-python"
-    ours.write_text("#!/bin/sh\nexit 0\n")  # answers the `import backend.extraction` probe
+    ours.write_text("#!/bin/sh\nexit 0\n")  # answers the `import backend.processing.run_processor` probe
     theirs = tmp_path / "original-python"
     theirs.write_text("#!/bin/sh\nexit 1\n")
     for p in (ours, theirs):
         p.chmod(0o755)
     assert job_python(None, "/default/python") == "/default/python"
     assert job_python(str(ours), "/default/python") == str(ours)
-    with caplog.at_level("WARNING", logger="backend.slurm"):
+    with caplog.at_level("WARNING", logger="backend.services.slurm"):
         assert job_python(str(theirs), "/default/python") == "/default/python"
     assert "cannot run this DAMNIT" in caplog.text and str(theirs) in caplog.text
     sub = SlurmSubmitter(tmp_path, {**SMALL, "damnit_python": str(ours)}, python="/default/python")

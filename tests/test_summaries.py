@@ -9,8 +9,8 @@ import pytest
 import xarray as xr
 from PIL import Image
 
-from backend import summaries
-from backend.records import OBJTYPE_DATAARRAY, OBJTYPE_DATASET, OBJTYPE_IMAGE, OBJTYPE_PLOTLY
+from backend.processing import summaries
+from backend.storage.records import OBJTYPE_DATAARRAY, OBJTYPE_DATASET, OBJTYPE_IMAGE, OBJTYPE_PLOTLY
 from tests.ctx_helpers import damnit_ctx  # noqa: F401  (puts ctxsupport on sys.path)
 
 import ctx_storable  # noqa: E402  isort: skip

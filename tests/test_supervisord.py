@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.db import initialize_proposal
-from backend.listener_db import ListenerDB
+from backend.services.listener_db import ListenerDB
+from backend.storage.database import initialize_proposal
 from tests.infra.aio import run_async
 from tests.infra.supervisor import supervisorctl
 from tests.infra.wait import wait_for

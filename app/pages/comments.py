@@ -20,7 +20,7 @@ COLUMNS = ["#", "Timestamp", "Comment"]
 
 def list_comments(db_dir: Any) -> pd.DataFrame:
     """All standalone comments, newest first, timestamps as local text."""
-    from backend.db import DamnitDB
+    from backend.storage.database import DamnitDB
 
     with DamnitDB.from_dir(db_dir) as db:
         rows = db.standalone_comments()
@@ -38,7 +38,7 @@ def format_time(ts: float | None) -> str:
 
 def add_comment(db_dir: Any, when: dt.datetime, text: str) -> int:
     """Store a new comment; ``when`` naive = facility local time. Empty text is refused."""
-    from backend.db import DamnitDB
+    from backend.storage.database import DamnitDB
 
     text = text.strip()
     if not text:
@@ -50,7 +50,7 @@ def add_comment(db_dir: Any, when: dt.datetime, text: str) -> int:
 
 
 def edit_comment(db_dir: Any, comment_id: int, text: str) -> None:
-    from backend.db import DamnitDB
+    from backend.storage.database import DamnitDB
 
     with DamnitDB.from_dir(db_dir) as db:
         db.change_standalone_comment(int(comment_id), text)

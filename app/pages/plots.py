@@ -123,7 +123,7 @@ def array_variables(db_dir: Any, proposal: int | None, runs: list[int]) -> list[
 
 
 def read_value(db_dir: Any, run: int, name: str) -> Any:
-    from backend.api import RunVariables
+    from backend.storage.api import RunVariables
 
     return RunVariables(db_dir, run)[name].read(deserialize_plotly=False)
 

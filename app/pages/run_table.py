@@ -790,7 +790,7 @@ class RunTablePage:
 
     # -- user variables ---------------------------------------------------------------------------
     def add_variable_form(self) -> pn.viewable.Viewable:
-        from backend.user_variables import value_types_by_name
+        from backend.storage.user_variables import value_types_by_name
 
         title = pn.widgets.TextInput(label="Title *", width=200)
         name = pn.widgets.TextInput(label="Name (auto from title)", width=200)

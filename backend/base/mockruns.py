@@ -281,7 +281,7 @@ def _parse_runs(specs: list[str]) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m backend.mockruns",
+        prog="python -m backend.base.mockruns",
         description="Write mock European XFEL runs with plausible data under ROOT "
                     "(then set EXTRA_DATA_DATA_ROOT=ROOT).")
     parser.add_argument("root", type=Path)

@@ -8,13 +8,13 @@ import signal
 import sys
 from pathlib import Path
 
-from backend.listener_db import BOOL_SETTINGS
+from backend.services.listener_db import BOOL_SETTINGS
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
     listener_dir = Path(args.listener_dir or ".").absolute()
     if args.daemonize:
-        from backend.supervisord import start_listener
+        from backend.services.supervisord import start_listener
 
         try:
             start_listener(listener_dir)
@@ -24,7 +24,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
         print(f"Listener running under supervisord; control it with "
               f"`supervisorctl -c {listener_dir / 'supervisord.conf'} status|restart|stop damnit`")
         return 0
-    from backend import listener
+    from backend.services import listener
 
     if args.test:
         return listener.listen_test(listener_dir)
@@ -48,8 +48,8 @@ def _parse_value(key: str, value: str, numeric: bool):
 
 
 def cmd_listener(args: argparse.Namespace) -> int:
-    from backend.listener import official_db_dir
-    from backend.listener_db import KNOWN_SETTINGS, ListenerDB
+    from backend.services.listener import official_db_dir
+    from backend.services.listener_db import KNOWN_SETTINGS, ListenerDB
 
     with ListenerDB(Path.cwd()) as db:
         if args.listener_cmd == "databases":
@@ -111,8 +111,8 @@ def cmd_listener(args: argparse.Namespace) -> int:
 
 
 def cmd_combiner(args: argparse.Namespace) -> int:
-    from backend import combiner
-    from backend.messages import UpdateProducer
+    from backend.base.messages import UpdateProducer
+    from backend.services import combiner
 
     if args.combiner_cmd == "now":
         with UpdateProducer.from_env() as producer:

@@ -22,7 +22,7 @@ import warnings
 
 import numpy as np
 
-from backend.records import (
+from backend.storage.records import (
     OBJTYPE_DATAARRAY,
     OBJTYPE_DATAFRAME,
     OBJTYPE_DATASET,

@@ -28,7 +28,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .db import BlobTypes, ReducedData
+from .database import BlobTypes, ReducedData
 from .records import (
     OBJTYPE_DATAARRAY,
     OBJTYPE_DATAFRAME,

@@ -1,6 +1,6 @@
 """Slurm jobs that process runs: sbatch (single and array), squeue tracking, scancel (spec §2.1, §2.8).
 
-A job runs ``python -m backend.extraction PROPOSAL RUN raw|proc|all --db-dir DIR ...`` and appends
+A job runs ``python -m backend.services.job PROPOSAL RUN raw|proc|all --db-dir DIR ...`` and appends
 to the run's log. Resources come from the database's settings (``damnit db-config``):
 ``slurm_time``, ``noncluster_cpus``, ``noncluster_mem``, ``slurm_partition``, ``slurm_reservation``,
 ``concurrent_jobs``; and, unlike the original which hard-codes Maxwell's ``solaris``/``maxwell``,
@@ -61,7 +61,7 @@ class ExtractionRequest:
             raise ValueError(f"run_data must be one of {RUN_DATA_CHOICES}, not {self.run_data!r}")
 
     def command(self, db_dir: Path, python: str = sys.executable) -> list[str]:
-        cmd = [python, "-m", "backend.extraction", str(self.proposal), str(self.run), self.run_data,
+        cmd = [python, "-m", "backend.services.job", str(self.proposal), str(self.run), self.run_data,
                "--db-dir", str(db_dir), "--processing-id", self.processing_id]
         if self.cluster:
             cmd.append("--cluster-job")
@@ -200,7 +200,7 @@ def job_python(configured: str | None, default: str) -> str:
 @functools.lru_cache(maxsize=64)  # asked once per process and interpreter: restart to see a new install
 def _runs_our_backend(python: str) -> bool:
     try:
-        res = subprocess.run([python, "-c", "import backend.extraction"], cwd="/", capture_output=True,
+        res = subprocess.run([python, "-c", "import backend.services.job"], cwd="/", capture_output=True,
                              timeout=120, env=job_env())
     except (OSError, subprocess.TimeoutExpired):
         return False
@@ -209,7 +209,7 @@ def _runs_our_backend(python: str) -> bool:
 
 @functools.lru_cache(maxsize=64)  # once per interpreter
 def _warn_unusable_python(configured: str, default: str) -> None:
-    log.warning("The database's damnit_python %s cannot run this DAMNIT (no `backend.extraction` there; "
+    log.warning("The database's damnit_python %s cannot run this DAMNIT (no `backend.services.job` there; "
                 "it may be the original's environment): jobs use %s. Set it with `damnit db-config "
                 "damnit_python PATH`.", configured, default)
 
@@ -340,7 +340,7 @@ def _db_settings(db_dir: Path) -> dict:
 
 
 def _db_topic(db_dir: Path) -> str | None:
-    from backend.messages import UPDATE_TOPIC
+    from backend.base.messages import UPDATE_TOPIC
 
     db_id = _db_settings(db_dir).get("db_id")
     return UPDATE_TOPIC.format(db_id) if db_id else None
@@ -371,7 +371,7 @@ def submit_reprocess(db_dir: str | Path, requests: Sequence[Any] | int, runs: It
             for i, r in enumerate(requests)]
     own_producer = producer is None
     if own_producer:
-        from backend.messages import UpdateProducer
+        from backend.base.messages import UpdateProducer
 
         producer = UpdateProducer.from_env()
     try:
@@ -393,7 +393,7 @@ def submit_cluster_job(db_dir: str | Path, req: Any, producer=None) -> Submitted
     """
     db_dir = Path(db_dir).absolute()
     if producer is None:
-        from backend.messages import UpdateProducer
+        from backend.base.messages import UpdateProducer
 
         producer = UpdateProducer.from_env()
     job_req = ExtractionRequest(int(req.proposal), int(req.run), req.run_data, cluster=True,

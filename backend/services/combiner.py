@@ -13,7 +13,7 @@ import re
 import time
 from pathlib import Path
 
-from backend.messages import (
+from backend.base.messages import (
     FILE_SUBMISSION,
     FILE_SUBMISSION_TOPIC,
     MessageError,
@@ -59,8 +59,8 @@ def _provenance(path: Path) -> str | None:
 def combine_fragment(db_dir: str | Path, fragment: str | Path, proposal: int, run: int,
                      producer: UpdateProducer | None = None, *, wait: float = WAIT_FOR_FILE_S) -> list[str]:
     """Merge one fragment into ``extracted_data/p<prop>_r<run>.h5``, update the DB, announce the names."""
-    from backend import h5format
-    from backend.db import DamnitDB
+    from backend.storage import h5format
+    from backend.storage.database import DamnitDB
 
     db_dir = Path(db_dir).absolute()
     fragment = Path(fragment)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from backend.db import DamnitDB
+    from backend.storage.database import DamnitDB
 
 DEFAULT_DATA_ROOT = "/gpfs/exfel/exp"
 
@@ -60,7 +60,7 @@ def open_db(db_dir: Path) -> DamnitDB:
     """Open an existing database, with a clear error if `db_dir` is not a DAMNIT directory."""
     import sqlite3
 
-    from backend.db import DamnitDB, DatabaseVersionError, LegacyDatabaseError
+    from backend.storage.database import DamnitDB, DatabaseVersionError, LegacyDatabaseError
 
     db_dir = Path(db_dir)
     if not db_dir.is_dir():
@@ -111,7 +111,7 @@ def parse_run_spec(specs: list[str]) -> list[int] | None:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from backend.db import initialize_proposal
+    from backend.storage.database import initialize_proposal
 
     if args.proposal_or_dir.isdigit():
         proposal = int(args.proposal_or_dir)
@@ -200,7 +200,7 @@ def cmd_db_config(args: argparse.Namespace) -> int:
 
 
 def cmd_read_context(args: argparse.Namespace) -> int:
-    from backend.extraction import ContextLoadError, RunProcessor
+    from backend.processing.run_processor import ContextLoadError, RunProcessor
 
     db_dir = Path.cwd()
     open_db(db_dir)
@@ -217,13 +217,13 @@ def cmd_read_context(args: argparse.Namespace) -> int:
 
 
 def cmd_process(args: argparse.Namespace) -> int:
-    from backend.extraction import run_process_command
+    from backend.services.job import run_process_command
 
     return run_process_command(args)
 
 
 def cmd_reprocess(args: argparse.Namespace) -> int:
-    from backend.context_runner import RunRequest
+    from backend.processing.workers import RunRequest
 
     if not getattr(args, "debug", False):  # keep the terminal to the progress bar and the summary
         for noisy in ("extra_data", "aiokafka", "kafka"):
@@ -289,7 +289,7 @@ def _reprocess_direct(db_dir: Path, requests: list, n_workers: int | None) -> in
     """Process locally with a pool of workers, a progress bar and a final summary line."""
     from tqdm import tqdm
 
-    from backend.extraction import NothingProcessed, RunProcessor
+    from backend.processing.run_processor import NothingProcessed, RunProcessor
 
     processor = RunProcessor(db_dir, n_workers=n_workers)
     failed: list = []
@@ -328,7 +328,7 @@ def _reprocess_watch(db_dir: Path, db, requests: list) -> int:
     """Run one Slurm job at a time with `srun`, showing each run's log live (the original's --watch)."""
     import subprocess
 
-    from backend import slurm
+    from backend.services import slurm
 
     settings = slurm.SlurmSettings.from_settings(dict(db.metameta))
     failed = []
@@ -373,13 +373,13 @@ def _follow(path: Path, offset: int, proc) -> None:
 def _reprocess_slurm(db_dir: Path, requests: list, limit: int | None) -> int:
     """Submit the runs as Slurm array jobs (one array per proposal), announced as PENDING."""
     try:
-        from backend import slurm
+        from backend.services import slurm
     except ImportError:
         slurm = None
     if slurm is None or not hasattr(slurm, "submit_reprocess"):
         raise CLIError("Slurm submission is unavailable in this installation; use --direct to process "
                        "on this machine")
-    from backend.messages import UpdateProducer
+    from backend.base.messages import UpdateProducer
 
     by_proposal: dict[int, list[int]] = {}
     for req in requests:
@@ -399,25 +399,6 @@ def _reprocess_slurm(db_dir: Path, requests: list, limit: int | None) -> int:
     print(f"Submitted {len(jobs)} run(s) to Slurm: {ids}")
     print(f"Logs: {db_dir / 'process_logs'}/r<run>-p<proposal>.out")
     return 0
-
-
-def add_process_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("proposal", type=int)
-    parser.add_argument("run", type=int)
-    parser.add_argument("run_data", choices=("raw", "proc", "all"))
-    parser.add_argument("--db-dir", type=Path, default=None,
-                        help="DAMNIT database directory (default: the current directory)")
-    parser.add_argument("--processing-id", type=str, default=None)
-    parser.add_argument("--cluster-job", action="store_true",
-                        help="Run only cluster=True variables (this job has a full node)")
-    parser.add_argument("--var", action="append", default=[], help="Variable name to process (repeatable)")
-    parser.add_argument("--match", action="append", default=[],
-                        help="Process variables whose title contains this text (repeatable)")
-    parser.add_argument("--update-vars", action="store_true",
-                        help="Update the variables table from the context file first")
-    parser.add_argument("--mock", action="store_true", help="Use a fake run object instead of reading data")
-    parser.add_argument("--sandbox-args", type=str, default=None,
-                        help="Command prefix wrapping the context processes: `<args> <proposal> -- <python ...>`")
 
 
 # -- registration --------------------------------------------------------------------------------
@@ -482,5 +463,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=_wrap(cmd_reprocess))
 
     p = subparsers.add_parser("process", help="Process one run (what a Slurm job runs)")
+    from backend.services.job import add_process_arguments
+
     add_process_arguments(p)
     p.set_defaults(func=_wrap(cmd_process))

@@ -25,12 +25,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backend.records import VariableResult
-from backend.summaries import summarise
+from backend.processing.summaries import summarise
+from backend.storage.records import VariableResult
 
 log = logging.getLogger(__name__)
 
-CTXSUPPORT_DIR = Path(__file__).resolve().parent / "ctxsupport"
+CTXSUPPORT_DIR = Path(__file__).resolve().parent.parent / "ctxsupport"
 HEADER = struct.Struct("<Q")
 READ_CHUNK = 1 << 20
 DEFAULT_LOAD_TIMEOUT = 300.0  # s for a worker to start and load the context (imports can be slow)

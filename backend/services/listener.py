@@ -28,9 +28,15 @@ from pathlib import Path
 
 from aiokafka import ConsumerRebalanceListener
 
-from backend.listener_db import ListenerDB
-from backend.messages import UpdateProducer, brokers_from_env, update_topic
-from backend.slurm import ExtractionRequest, JobWatcher, SlurmSubmitter, SubmissionError, append_run_log
+from backend.base.messages import UpdateProducer, brokers_from_env, update_topic
+from backend.services.listener_db import ListenerDB
+from backend.services.slurm import (
+    ExtractionRequest,
+    JobWatcher,
+    SlurmSubmitter,
+    SubmissionError,
+    append_run_log,
+)
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +159,7 @@ class _DatabaseQueue:
 
     def _processor(self):
         if self.processor is None:
-            from backend.extraction import RunProcessor
+            from backend.processing.run_processor import RunProcessor
 
             self.processor = RunProcessor(self.db_dir, producer=self.owner.producer, n_workers=self.owner.n_workers)
         return self.processor
@@ -197,7 +203,7 @@ class _DatabaseQueue:
             self._announce_finished(p.topic, [p.processing_id, *p.merged_ids])
 
     def _process(self, batch: dict[tuple[int, int], _Pending]) -> None:
-        from backend.context_runner import RunRequest
+        from backend.processing.workers import RunRequest
 
         reqs = {key: RunRequest(proposal=key[0], run=key[1], run_data=p.run_data) for key, p in batch.items()}
         ids = {id(reqs[key]): p.processing_id for key, p in batch.items()}
@@ -363,7 +369,7 @@ class EventHandler:
 
     def _handle_db(self, ev: RunEvent, db_dir: Path, policy: ProcessingPolicy,
                    done: Callable[[], None]) -> None:
-        from backend.db import DamnitDB
+        from backend.storage.database import DamnitDB
 
         for attempt in (1, 2):
             try:

@@ -13,8 +13,8 @@ import sys
 # Modules that contribute subcommands. Each has `register(subparsers)`; a command's parser gets
 # `func=callable(args) -> int | None` through set_defaults.
 COMMAND_MODULES = [
-    "backend.cli_core",      # init, proposal, new-id, db-config, read-context, reprocess, process
-    "backend.cli_services",  # listen, listener, combiner
+    "backend.cli.core",      # init, proposal, new-id, db-config, read-context, reprocess, process
+    "backend.cli.services",  # listen, listener, combiner
 ]
 
 

@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from .db_migrations import LATEST_VERSION, MIN_OPENABLE_VERSION, apply_migrations, detect_version
+from .migrations import LATEST_VERSION, MIN_OPENABLE_VERSION, apply_migrations, detect_version
 from .user_variables import UserEditableVariable
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .db import DB_NAME, DamnitDB, blob2complex, decode_summary
+from .database import DB_NAME, DamnitDB, blob2complex, decode_summary
 from .user_variables import value_types_by_name
 
 OBJTYPE_ATTR = "_damnit_objtype"

@@ -1,14 +1,13 @@
 """Process runs end to end: context workers → HDF5 files → runs.sqlite → update messages.
 
 `RunProcessor` is the one place that turns "process these runs" into stored results. It is used by
-`damnit reprocess --direct`, by Slurm jobs (``python -m backend.extraction ...``, spec §2.1) and by the
+`damnit reprocess --direct`, by Slurm jobs (``python -m backend.processing.run_processor ...``, spec §2.1) and by the
 listener's local processing. Results of each run are stored as soon as that run finishes, so a failure
 in one run (or in one variable) never costs the others their data.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import getpass
@@ -22,16 +21,15 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import traceback
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from backend import h5format
-from backend.context_runner import RunOutcome, RunRequest, WorkerPool, load_context_info
-from backend.db import DamnitDB
+from backend.processing.workers import RunOutcome, RunRequest, WorkerPool, load_context_info
+from backend.storage import h5format
+from backend.storage.database import DamnitDB
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +150,7 @@ class RunProcessor:
         self.n_workers = n_workers
         self.variable_timeout = variable_timeout
         if producer is None:
-            from backend.messages import UpdateProducer
+            from backend.base.messages import UpdateProducer
             producer = UpdateProducer.from_env()
         self.producer = producer
         self._send_lock = threading.Lock()
@@ -460,84 +458,3 @@ class RunProcessor:
                 method(*args, **kwargs)
         except Exception as e:
             log.warning("Could not send update message (%s): %s", getattr(method, "__name__", method), e)
-
-
-# -- `python -m backend.extraction` (run by Slurm jobs and `damnit process`) -----------------------
-
-
-def run_process_command(args: argparse.Namespace) -> int:
-    """Process one run as a Slurm job (or from the command line); exit code 0 only if it was stored."""
-    db_dir = (args.db_dir or Path.cwd()).resolve()
-    try:
-        processor = RunProcessor(db_dir, sandbox_args=args.sandbox_args)
-    except Exception as e:
-        print(f"Error: cannot open DAMNIT database in {db_dir}: {e}", file=sys.stderr)
-        return 2
-    in_slurm = bool(os.environ.get("SLURM_JOB_ID"))
-    # A job on a full node runs cluster variables; other Slurm jobs leave them to such a job;
-    # a plain command-line run does everything.
-    cluster = True if args.cluster_job else (False if in_slurm else None)
-    req = RunRequest(proposal=args.proposal, run=args.run, run_data=args.run_data, cluster=cluster,
-                     match=tuple(args.match), variables=tuple(args.var), mock=args.mock)
-    ids = {id(req): args.processing_id} if args.processing_id else None
-    t0 = time.monotonic()
-    try:
-        with processor:
-            outcomes = list(processor.process([req], update_vars=args.update_vars, processing_ids=ids))
-    except NothingProcessed as e:
-        print(e, file=sys.stderr)
-        return 3
-    failed = [o for o in outcomes if o.run_error]
-    if failed:
-        err = failed[0].run_error
-        print(f"p{args.proposal} r{args.run} failed: {err.get('cls')}: {err.get('message')}", file=sys.stderr)
-        return 1
-    if cluster is False and _selects_cluster_variables(processor.context_info, req):
-        _submit_cluster_followup(db_dir, req)
-    n_err = sum(1 for o in outcomes for r in o.results if r.is_error)
-    print(f"Processed p{args.proposal} r{args.run} in {time.monotonic() - t0:.1f} s "
-          f"({n_err} variable errors)", file=sys.stderr)
-    return 0
-
-
-def _selects_cluster_variables(info: dict | None, req: RunRequest) -> bool:
-    variables = (info or {}).get("variables", {})
-    for name, v in variables.items():
-        if not v.get("cluster"):
-            continue
-        if req.variables:
-            if name in req.variables:
-                return True
-        elif not req.match or any(m.lower() in (v.get("title") or name).lower() for m in req.match):
-            return True
-    return False
-
-
-def _submit_cluster_followup(db_dir: Path, req: RunRequest) -> None:
-    """Hand cluster=True variables to a job on a full node, if the context has any (spec §2.2 step 7)."""
-    try:
-        from backend import slurm
-    except ImportError:
-        return
-    submit = getattr(slurm, "submit_cluster_job", None)
-    if submit is None:
-        return
-    try:
-        submit(db_dir, req)
-    except Exception as e:
-        log.error("Could not submit a cluster job for p%s r%s: %s", req.proposal, req.run, e)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from backend.cli_core import add_process_arguments
-
-    parser = argparse.ArgumentParser(prog="python -m backend.extraction",
-                                     description="Process one run of a DAMNIT database")
-    add_process_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run_process_command(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
