@@ -8,12 +8,13 @@ be opened: a URL never names a path.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
+
+from backend.base.paths import data_roots, find_database_dir
 
 ENV_VAR = "DAMNIT_DASHBOARD_CONFIG"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -72,28 +73,16 @@ def get_config() -> ServerConfig:
     return _cached(os.environ.get(ENV_VAR, ""))
 
 
-def data_root() -> Path:
-    return Path(os.environ.get("XFEL_DATA_ROOT") or "/gpfs/exfel/exp")
-
-
-def find_proposal_dir(proposal: int) -> Path | None:
-    """The official DAMNIT folder of a proposal number (spec §5), or None."""
-    pattern = str(data_root() / "*" / "*" / f"p{int(proposal):06d}" / "usr" / "Shared" / "amore")
-    for d in sorted(glob.glob(pattern)):
-        if (Path(d) / "runs.sqlite").is_file():
-            return Path(d)
-    return None
-
-
 def resolve_database(arg: str | os.PathLike) -> Path:
     """A command-line argument → DB dir: a folder with runs.sqlite, the runs.sqlite itself, or a
     proposal number. Raises ValueError saying what was wrong."""
     text = str(arg)
     if text.isdigit() and not Path(text).exists():
-        found = find_proposal_dir(int(text))
+        found = find_database_dir(int(text))
         if found is None:
-            raise ValueError(f"Proposal {text}: no DAMNIT database under {data_root()}/*/*/p{int(text):06d}/"
-                             "usr/Shared/amore")
+            roots = ", ".join(map(str, data_roots()))
+            raise ValueError(f"Proposal {text}: no DAMNIT database in */*/p{int(text):06d}/usr/Shared/amore "
+                             f"under {roots}")
         return found.resolve()
     p = Path(text).expanduser()
     if p.is_file() and p.name == "runs.sqlite":

@@ -8,6 +8,7 @@ a local ``damnit reprocess --direct`` subprocess.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -20,6 +21,10 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from backend.base.paths import append_run_log, runs_on_disk
+
+log = logging.getLogger(__name__)
 
 SQUEUE_CACHE_S = 2.0
 FINISHED_STATES = {"DONE", "FAILED", "CANCELLED", "GONE"}
@@ -57,10 +62,8 @@ def runs_with_data(proposal: int | None) -> set[int] | None:
     if proposal is None:
         return None
     try:
-        from backend.cli.core import runs_on_disk
-
         return runs_on_disk(int(proposal))
-    except Exception:
+    except FileNotFoundError:
         return None
 
 
@@ -257,11 +260,9 @@ def _note_in_run_log(db_dir: Path, proposal: int | None, run: int, line: str) ->
     if proposal is None:
         return
     try:
-        from backend.services.slurm import append_run_log
-
         append_run_log(db_dir, proposal, run, line)
-    except Exception:
-        pass
+    except OSError as e:
+        log.warning("Could not write to the log of r%s: %s", run, e)
 
 
 _BOARDS: dict[Path, JobBoard] = {}
@@ -279,10 +280,6 @@ def job_board(db_dir: Path, proposal: int | None) -> JobBoard:
 # --------------------------------------------------------------------------------------------------
 # Following a run's log
 # --------------------------------------------------------------------------------------------------
-
-def run_log_path(db_dir: Path, proposal: int, run: int) -> Path:
-    return Path(db_dir) / "process_logs" / f"r{run}-p{proposal}.out"
-
 
 class LogTail:
     """Follows a growing log file: reads only new bytes, notices truncation and deletion."""

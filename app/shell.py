@@ -9,9 +9,10 @@ import logging
 import panel as pn
 import param
 
-from app.config import ServerConfig, find_proposal_dir, get_config
+from app.config import ServerConfig, get_config
 from app.pages import load_pages
 from app.state import ProposalSource, SessionState, get_source
+from backend.base.paths import find_database_dir
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def pick_source(cfg: ServerConfig) -> tuple[ProposalSource | None, str]:
             if src.proposal == int(prop):
                 return src, ""
         if cfg.allow_lookup:
-            found = find_proposal_dir(int(prop))
+            found = find_database_dir(int(prop))
             if found is not None:
                 return get_source(found), ""
         return None, f"Proposal {prop} is not served here"
@@ -188,7 +189,7 @@ def proposal_list(cfg: ServerConfig, message: str = "") -> pn.viewable.Viewable:
             feedback.object, feedback.visible = html.escape(f"Not a proposal number: {text!r}"), True
             return
         served = any(get_source(d).proposal == int(text) for d in cfg.databases)
-        if not served and not (cfg.allow_lookup and find_proposal_dir(int(text))):
+        if not served and not (cfg.allow_lookup and find_database_dir(int(text))):
             feedback.object, feedback.visible = f"Proposal {text} is not served here", True
             return
         pn.state.location.search = f"?proposal={int(text)}"

@@ -15,11 +15,11 @@ from app.processing_jobs import (
     format_runs,
     job_board,
     parse_run_spec,
-    run_log_path,
     runs_with_data,
     slurm_available,
 )
 from app.value_plots import plain_text
+from backend.base.paths import run_log_path
 
 TITLE = "Processing"
 SLUG = "processing"

@@ -1,36 +1,36 @@
-"""The `damnit` command: the original's verbs and flags (spec §6).
+"""The ``damnit`` command: the original's verbs and flags (docs/spec.md, "Command line").
 
-Each group of verbs is defined next to the code it drives and registers itself here through a
-``register(subparsers)`` function, so this module stays a thin dispatcher.
+One module per command in this package; each defines its parser with ``register(subparsers)`` and
+sets ``func=callable(args) -> int``. This is the backend's top layer: it may use every layer below.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
-# Modules that contribute subcommands. Each has `register(subparsers)`; a command's parser gets
-# `func=callable(args) -> int | None` through set_defaults.
-COMMAND_MODULES = [
-    "backend.cli.core",      # init, proposal, new-id, db-config, read-context, reprocess, process
-    "backend.cli.services",  # listen, listener, combiner
-]
+from backend.cli import (
+    combiner,
+    db_config,
+    init,
+    listen,
+    listener,
+    new_id,
+    process,
+    proposal,
+    read_context,
+    reprocess,
+)
+
+# The command modules, in the order `damnit --help` lists them.
+COMMANDS = (init, proposal, new_id, db_config, read_context, reprocess, process, listen, listener, combiner)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import importlib
-
     parser = argparse.ArgumentParser(prog="damnit", description="Run DAMNIT context files over runs")
     parser.add_argument("--debug", action="store_true", help="Show debug logs")
     subparsers = parser.add_subparsers(dest="subcmd", required=True)
-    for modname in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(modname)
-        except ModuleNotFoundError as e:
-            if e.name != modname:
-                raise
-            continue
+    for module in COMMANDS:
         module.register(subparsers)
     return parser
 
@@ -46,7 +46,3 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,12 +22,14 @@ import sys
 import tempfile
 import threading
 import traceback
-import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from backend.processing.workers import RunOutcome, RunRequest, WorkerPool, load_context_info
+from backend.base.messages import UpdateProducer
+from backend.base.paths import append_log, make_shared_dir, run_log_path
+from backend.processing.requests import RunOutcome, RunRequest
+from backend.processing.workers import WorkerPool, load_context_info
 from backend.storage import h5format
 from backend.storage.database import DamnitDB
 
@@ -88,20 +90,6 @@ def check_selection(info: dict, requests: Iterable[RunRequest], context_path: Pa
                     f"no variable title in {context_path} contains {' or '.join(map(repr, match))}")
 
 
-def run_log_path(db_dir: Path, proposal: int, run: int) -> Path:
-    return Path(db_dir) / "process_logs" / f"r{run}-p{proposal}.out"
-
-
-def _make_shared_dir(path: Path) -> None:
-    """Create a directory other users of the proposal can write to (as the original does)."""
-    path.mkdir(parents=True, exist_ok=True)
-    try:
-        if path.stat().st_uid == os.getuid():
-            os.chmod(path, 0o777)
-    except OSError:
-        pass
-
-
 def _node_info() -> str:
     host = socket.gethostname()
     job_id = os.environ.get("SLURM_JOB_ID", "")
@@ -120,15 +108,9 @@ def _slurm_job_id() -> str:
 
 
 def _append_log(path: Path, text: str) -> None:
+    """A note in a run's log; a log that can't be written is worth a warning, never a failed run."""
     try:
-        new = not path.exists()
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(text if text.endswith("\n") else text + "\n")
-        if new:
-            try:
-                os.chmod(path, 0o666)
-            except OSError:
-                pass
+        append_log(path, text)
     except OSError as e:
         log.warning("Could not write to log %s: %s", path, e)
 
@@ -150,7 +132,6 @@ class RunProcessor:
         self.n_workers = n_workers
         self.variable_timeout = variable_timeout
         if producer is None:
-            from backend.base.messages import UpdateProducer
             producer = UpdateProducer.from_env()
         self.producer = producer
         self._send_lock = threading.Lock()
@@ -278,14 +259,14 @@ class RunProcessor:
         for req in requests:
             if req.log_path is None:
                 req.log_path = run_log_path(self.db_dir, req.proposal, req.run)
-            processing_ids.setdefault(id(req), str(uuid.uuid4()))
+            processing_ids.setdefault(id(req), req.processing_id)
 
         self._sandbox_proposal = requests[0].proposal
         n_workers = self.n_workers or os.cpu_count() or 1
         n_workers = max(1, min(n_workers, len(requests)))
 
-        _make_shared_dir(self.db_dir / "extracted_data")
-        _make_shared_dir(self.db_dir / "process_logs")
+        make_shared_dir(self.db_dir / "extracted_data")
+        make_shared_dir(self.db_dir / "process_logs")
         user, node = self._username(requests[0].proposal), _node_info()
         for req in requests:
             _append_log(req.log_path, f"\n----- Processing r{req.run} (p{req.proposal}) as {user} on {node} -----")

@@ -21,10 +21,10 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from backend.processing.requests import RunOutcome, RunRequest
 from backend.processing.summaries import summarise
 from backend.storage.records import VariableResult
 
@@ -34,28 +34,6 @@ CTXSUPPORT_DIR = Path(__file__).resolve().parent.parent / "ctxsupport"
 HEADER = struct.Struct("<Q")
 READ_CHUNK = 1 << 20
 DEFAULT_LOAD_TIMEOUT = 300.0  # s for a worker to start and load the context (imports can be slow)
-
-
-@dataclass
-class RunRequest:
-    """One run to process."""
-
-    proposal: int
-    run: int
-    run_data: str = "all"  # "raw" | "proc" | "all"
-    cluster: bool | None = None
-    match: Sequence[str] = ()
-    variables: Sequence[str] = ()
-    mock: bool = False
-    log_path: Path | None = None  # default: <db_dir>/process_logs/r<run>-p<prop>.out
-
-
-@dataclass
-class RunOutcome:
-    request: RunRequest
-    results: list[VariableResult] = field(default_factory=list)  # summarised, includes start_time
-    start_time: float | None = None
-    run_error: dict | None = None  # error_info when the run could not be opened/processed at all
 
 
 def worker_env() -> dict:

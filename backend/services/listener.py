@@ -26,17 +26,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiokafka import ConsumerRebalanceListener
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
 
 from backend.base.messages import UpdateProducer, brokers_from_env, update_topic
+from backend.base.paths import amore_dir, append_run_log
+from backend.processing.requests import RunRequest
+from backend.processing.run_processor import RunProcessor
 from backend.services.listener_db import ListenerDB
 from backend.services.slurm import (
-    ExtractionRequest,
     JobWatcher,
     SlurmSubmitter,
     SubmissionError,
-    append_run_log,
 )
+from backend.storage.database import DamnitDB
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +94,12 @@ def parse_event(raw: bytes | str, timestamp_ms: int | None = None) -> RunEvent |
     return RunEvent(event, proposal, run, EVENT_RUN_DATA[event], added_at)
 
 
-def find_proposal_dir(proposal: int) -> Path | None:
-    """``<data root>/<instrument>/<cycle>/p<NNNNNN>`` (XFEL_DATA_ROOT, else EXTRA_DATA_DATA_ROOT)."""
-    root = Path(os.environ.get("XFEL_DATA_ROOT") or os.environ.get("EXTRA_DATA_DATA_ROOT") or "/gpfs/exfel/exp")
-    matches = sorted(root.glob(f"*/*/p{proposal:06d}"))
-    return matches[0] if matches else None
-
-
 def official_db_dir(proposal: int) -> Path | None:
-    pdir = find_proposal_dir(proposal)
-    return pdir / "usr" / "Shared" / "amore" if pdir else None
+    """The proposal's official DAMNIT folder, or None when the proposal has no data folder."""
+    try:
+        return amore_dir(proposal)
+    except FileNotFoundError:
+        return None
 
 
 # ---------------------------------------------------------------- local processing
@@ -142,7 +141,7 @@ class _DatabaseQueue:
         self.thread = threading.Thread(target=self._loop, name=f"local-{db_dir.name}", daemon=True)
         self.thread.start()
 
-    def add(self, req: ExtractionRequest, topic: str, on_done: Callable[[], None]) -> None:
+    def add(self, req: RunRequest, topic: str, on_done: Callable[[], None]) -> None:
         with self.cond:
             if self.stopping:  # too late: the event stays uncommitted and comes back to the next listener
                 self._announce_finished(topic, [req.processing_id])
@@ -159,8 +158,6 @@ class _DatabaseQueue:
 
     def _processor(self):
         if self.processor is None:
-            from backend.processing.run_processor import RunProcessor
-
             self.processor = RunProcessor(self.db_dir, producer=self.owner.producer, n_workers=self.owner.n_workers)
         return self.processor
 
@@ -203,8 +200,6 @@ class _DatabaseQueue:
             self._announce_finished(p.topic, [p.processing_id, *p.merged_ids])
 
     def _process(self, batch: dict[tuple[int, int], _Pending]) -> None:
-        from backend.processing.workers import RunRequest
-
         reqs = {key: RunRequest(proposal=key[0], run=key[1], run_data=p.run_data) for key, p in batch.items()}
         ids = {id(reqs[key]): p.processing_id for key, p in batch.items()}
         try:
@@ -268,7 +263,7 @@ class LocalProcessing:
             if db_dir not in self._queues:
                 self._queues[db_dir] = _DatabaseQueue(db_dir, self, warm=True)
 
-    def submit(self, db_dir: Path, req: ExtractionRequest, on_done: Callable[[], None], *, topic: str) -> None:
+    def submit(self, db_dir: Path, req: RunRequest, on_done: Callable[[], None], *, topic: str) -> None:
         """Queue ``req``, announcing it PENDING on ``topic`` (the DB's update topic); ``on_done`` runs
         when it has been processed (or failed), and its processing_id is then announced finished."""
         self.producer.processing_state_set(topic, req.processing_id, req.proposal, req.run, req.run_data,
@@ -369,8 +364,6 @@ class EventHandler:
 
     def _handle_db(self, ev: RunEvent, db_dir: Path, policy: ProcessingPolicy,
                    done: Callable[[], None]) -> None:
-        from backend.storage.database import DamnitDB
-
         for attempt in (1, 2):
             try:
                 db = DamnitDB.from_dir(db_dir)
@@ -389,7 +382,7 @@ class EventHandler:
                 time.sleep(READONLY_RETRY_WAIT_S)
         log.info("Added p%d r%d (%s data) to %s", ev.proposal, ev.run, ev.run_data, db_dir)
 
-        req = ExtractionRequest(ev.proposal, ev.run, ev.run_data, update_vars=True)
+        req = RunRequest(ev.proposal, ev.run, ev.run_data, update_vars=True)
         if not policy.use_slurm:
             self.local.submit(db_dir, req, done, topic=topic)
             return
@@ -491,9 +484,6 @@ class Listener:
         self.offsets = OffsetTracker()  # replaced on each partition assignment
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        from aiokafka import AIOKafkaConsumer
-        from aiokafka.errors import KafkaError
-
         stop = stop or asyncio.Event()
         delay = 0.5
         while not stop.is_set():
@@ -540,8 +530,6 @@ class Listener:
         await self._consume(consumer, stop)
 
     async def _consume(self, consumer, stop: asyncio.Event) -> None:
-        from aiokafka.errors import KafkaError
-
         loop = asyncio.get_running_loop()
         self.offsets = OffsetTracker()
         failed_commits = 0

@@ -20,18 +20,21 @@ import os
 import secrets
 import shlex
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backend.base.messages import UPDATE_TOPIC, UpdateProducer
+from backend.base.paths import append_run_log, run_log_path
+from backend.processing.requests import RunRequest
+
 log = logging.getLogger(__name__)
 
-RUN_DATA_CHOICES = ("raw", "proc", "all")
 ARRAY_BATCH = 1000  # Slurm's usual MaxArraySize is 1001
 SCRUBBED_ENV = ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "DISPLAY", "LD_PRELOAD")
 ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"}
@@ -42,47 +45,26 @@ class SubmissionError(RuntimeError):
     """sbatch is missing or refused the job; the message says why (sbatch's own error included)."""
 
 
-@dataclass
-class ExtractionRequest:
-    """One run to process in a job."""
-
-    proposal: int
-    run: int
-    run_data: str = "all"
-    cluster: bool = False
-    match: Sequence[str] = ()
-    variables: Sequence[str] = ()
-    mock: bool = False
-    update_vars: bool = False
-    processing_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-
-    def __post_init__(self) -> None:
-        if self.run_data not in RUN_DATA_CHOICES:
-            raise ValueError(f"run_data must be one of {RUN_DATA_CHOICES}, not {self.run_data!r}")
-
-    def command(self, db_dir: Path, python: str = sys.executable) -> list[str]:
-        cmd = [python, "-m", "backend.services.job", str(self.proposal), str(self.run), self.run_data,
-               "--db-dir", str(db_dir), "--processing-id", self.processing_id]
-        if self.cluster:
-            cmd.append("--cluster-job")
-        for v in self.variables:
-            cmd += ["--var", v]
-        for m in self.match:
-            cmd += ["--match", m]
-        if self.mock:
-            cmd.append("--mock")
-        if self.update_vars:
-            cmd.append("--update-vars")
-        return cmd
-
-    @property
-    def job_name(self) -> str:
-        return f"r{self.run}-p{self.proposal}-damnit"
+def job_command(req: RunRequest, db_dir: Path, python: str = sys.executable) -> list[str]:
+    """The command line of a job that processes ``req`` (``backend/services/job.py``)."""
+    cmd = [python, "-m", "backend.services.job", str(req.proposal), str(req.run), req.run_data,
+           "--db-dir", str(db_dir), "--processing-id", req.processing_id]
+    if req.cluster:
+        cmd.append("--cluster-job")
+    for v in req.variables:
+        cmd += ["--var", v]
+    for m in req.match:
+        cmd += ["--match", m]
+    if req.mock:
+        cmd.append("--mock")
+    if req.update_vars:
+        cmd.append("--update-vars")
+    return cmd
 
 
 @dataclass(frozen=True)
 class SubmittedJob:
-    request: ExtractionRequest
+    request: RunRequest
     job_id: str            # "123" or "123_4" for an array task
     cluster: str | None    # Slurm cluster (None when --clusters is not used)
 
@@ -136,26 +118,6 @@ class SlurmSettings:
 
     def cluster_for(self, cluster_job: bool) -> str | None:
         return self.cluster_full_node if cluster_job else self.cluster
-
-
-def run_log_path(db_dir: Path, proposal: int, run: int) -> Path:
-    """``process_logs/r<run>-p<prop>.out``, created shared-writable like the original."""
-    logs = Path(db_dir) / "process_logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    path = logs / f"r{run}-p{proposal}.out"
-    path.touch(exist_ok=True)
-    for p, mode in ((logs, 0o777), (path, 0o666)):
-        try:
-            if p.stat().st_uid == os.getuid():
-                os.chmod(p, mode)
-        except OSError:
-            pass
-    return path
-
-
-def append_run_log(db_dir: Path, proposal: int, run: int, line: str) -> None:
-    with open(run_log_path(db_dir, proposal, run), "a") as f:
-        f.write(line.rstrip("\n") + "\n")
 
 
 def job_env() -> dict[str, str]:
@@ -236,20 +198,20 @@ class SlurmSubmitter:
                                                "PENDING", slurm_cluster=job.cluster or "",
                                                slurm_job_id=job.job_id)
 
-    def _job_command(self, req: ExtractionRequest) -> list[str]:
-        cmd = req.command(self.db_dir, self.python)
+    def _job_command(self, req: RunRequest) -> list[str]:
+        cmd = job_command(req, self.db_dir, self.python)
         if self.sandbox_args:  # as the original: the job wraps the context runner with it
             cmd += ["--sandbox-args", self.sandbox_args]
         return cmd
 
-    def sbatch_command(self, req: ExtractionRequest) -> list[str]:
-        log_path = run_log_path(self.db_dir, req.proposal, req.run)
+    def sbatch_command(self, req: RunRequest) -> list[str]:
+        log_path = run_log_path(self.db_dir, req.proposal, req.run, create=True)
         return ["sbatch", "--parsable", *self.settings.resource_options(req.cluster),
                 "-o", str(log_path), "--open-mode=append", "--job-name", req.job_name,
                 "--dependency=singleton", "--chdir", str(self.db_dir),
                 "--wrap", shlex.join(self._job_command(req))]
 
-    def submit(self, req: ExtractionRequest) -> SubmittedJob:
+    def submit(self, req: RunRequest) -> SubmittedJob:
         """Submit one job; raises SubmissionError (with sbatch's message) if Slurm refuses it."""
         res = _run_slurm(self.sbatch_command(req), env=job_env(), cwd=self.db_dir)
         job_id, cluster = _parse_parsable(res.stdout, self.settings.cluster_for(req.cluster))
@@ -259,7 +221,7 @@ class SlurmSubmitter:
         self._announce(job)
         return job
 
-    def run_watched(self, req: ExtractionRequest) -> int:
+    def run_watched(self, req: RunRequest) -> int:
         """Run one job with ``srun``, printing its output live and appending it to the run's log."""
         if shutil.which("srun") is None:
             raise SubmissionError("srun not found on PATH: Slurm is not available on this machine")
@@ -267,10 +229,10 @@ class SlurmSubmitter:
                "--chdir", str(self.db_dir), *self._job_command(req)]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env=job_env(), cwd=self.db_dir)
-        _tee_lines(proc.stdout, run_log_path(self.db_dir, req.proposal, req.run))
+        _tee_lines(proc.stdout, run_log_path(self.db_dir, req.proposal, req.run, create=True))
         return proc.wait()
 
-    def submit_array(self, reqs: Sequence[ExtractionRequest], limit_running: int | None = None,
+    def submit_array(self, reqs: Sequence[RunRequest], limit_running: int | None = None,
                      ) -> list[SubmittedJob]:
         """Submit many runs as array jobs (≤1000 tasks each, chained), at most ``limit_running`` at once."""
         if not reqs:
@@ -286,7 +248,7 @@ class SlurmSubmitter:
             prefix = tmp / f"launch-{secrets.token_hex(6)}"
             for i, req in enumerate(batch):
                 script = Path(f"{prefix}-{i}.sh")
-                log_path = run_log_path(self.db_dir, req.proposal, req.run)
+                log_path = run_log_path(self.db_dir, req.proposal, req.run, create=True)
                 script.write_text(
                     "#!/bin/bash\n"
                     'rm -f "$0"\n'
@@ -325,8 +287,6 @@ def _tee_lines(stream, log_path: Path) -> None:
 
 def _db_settings(db_dir: Path) -> dict:
     """A database's metameta settings, read without holding the DB open."""
-    import sqlite3
-
     path = db_dir / "runs.sqlite"
     if not path.is_file():
         return {}
@@ -340,8 +300,6 @@ def _db_settings(db_dir: Path) -> dict:
 
 
 def _db_topic(db_dir: Path) -> str | None:
-    from backend.base.messages import UPDATE_TOPIC
-
     db_id = _db_settings(db_dir).get("db_id")
     return UPDATE_TOPIC.format(db_id) if db_id else None
 
@@ -362,17 +320,15 @@ def submit_reprocess(db_dir: str | Path, requests: Sequence[Any] | int, runs: It
     db_dir = Path(db_dir).absolute()
     if isinstance(requests, int):
         proposal = requests
-        requests = [ExtractionRequest(int(proposal), int(r), run_data, match=tuple(match),
+        requests = [RunRequest(int(proposal), int(r), run_data, match=tuple(match),
                                       variables=tuple(variables), mock=mock) for r in (runs or ())]
-    reqs = [ExtractionRequest(int(r.proposal), int(r.run), getattr(r, "run_data", "all") or "all",
+    reqs = [RunRequest(int(r.proposal), int(r.run), getattr(r, "run_data", "all") or "all",
                               match=tuple(getattr(r, "match", ()) or ()),
                               variables=tuple(getattr(r, "variables", ()) or ()),
                               mock=bool(getattr(r, "mock", False)), update_vars=(i == 0))
             for i, r in enumerate(requests)]
     own_producer = producer is None
     if own_producer:
-        from backend.base.messages import UpdateProducer
-
         producer = UpdateProducer.from_env()
     try:
         submitter = SlurmSubmitter(db_dir, producer=producer, db_topic=_db_topic(db_dir))
@@ -393,10 +349,8 @@ def submit_cluster_job(db_dir: str | Path, req: Any, producer=None) -> Submitted
     """
     db_dir = Path(db_dir).absolute()
     if producer is None:
-        from backend.base.messages import UpdateProducer
-
         producer = UpdateProducer.from_env()
-    job_req = ExtractionRequest(int(req.proposal), int(req.run), req.run_data, cluster=True,
+    job_req = RunRequest(int(req.proposal), int(req.run), req.run_data, cluster=True,
                                 match=tuple(req.match or ()), variables=tuple(req.variables or ()),
                                 mock=bool(getattr(req, "mock", False)))
     job = SlurmSubmitter(db_dir, producer=producer, db_topic=_db_topic(db_dir)).submit(job_req)

@@ -24,13 +24,14 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
-from glob import iglob
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
+
+from backend.base.paths import amore_dir
 
 from .database import DB_NAME, DamnitDB, blob2complex, decode_summary
 from .user_variables import value_types_by_name
@@ -52,14 +53,6 @@ class DataType(Enum):
     PlotlyFigure = "PlotlyFigure"
     Series = "series"
     Timestamp = "timestamp"
-
-
-def find_proposal(proposal: int) -> Path:
-    """The proposal's directory under $XFEL_DATA_ROOT (default /gpfs/exfel/exp): <root>/*/*/p<NNNNNN>."""
-    root = os.environ.get("XFEL_DATA_ROOT", "/gpfs/exfel/exp")
-    for d in iglob(os.path.join(root, "*", "*", f"p{proposal:06d}")):
-        return Path(d)
-    raise FileNotFoundError(f"Couldn't find the directory of proposal {proposal} under {root}/*/*/")
 
 
 def _type_hint(obj: h5py.HLObject) -> DataType | None:
@@ -362,7 +355,7 @@ class Damnit:
 
     def __init__(self, location: int | str | os.PathLike):
         if isinstance(location, (int, np.integer)) and not isinstance(location, bool):
-            self._db_dir = find_proposal(int(location)) / "usr" / "Shared" / "amore"
+            self._db_dir = amore_dir(int(location))
         elif isinstance(location, (str, os.PathLike)):
             self._db_dir = Path(location)
         else:

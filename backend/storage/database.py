@@ -30,13 +30,14 @@ from urllib.parse import quote
 
 import numpy as np
 
+from backend.base.messages import UPDATE_TOPIC
+
 from .migrations import LATEST_VERSION, MIN_OPENABLE_VERSION, apply_migrations, detect_version
 from .user_variables import UserEditableVariable
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "runs.sqlite"
-UPDATE_TOPIC = "test.damnit.db-{}"
 BUSY_TIMEOUT_S = 30  # how long SQLite itself waits for a lock before reporting "database is locked"
 LOCK_RETRY_S = 600  # how long we keep retrying a write after that
 

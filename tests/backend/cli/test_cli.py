@@ -20,8 +20,8 @@ import pytest
 from backend.cli import main
 from backend.storage.database import DamnitDB
 from backend.storage.user_variables import UserEditableVariable
+from tests.infra import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 PROPOSAL = 1234
 
 CONTEXT = """\

@@ -10,17 +10,15 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from backend.services.listener_db import ListenerDB
 from backend.storage.database import initialize_proposal
+from tests.infra import REPO
 from tests.infra.aio import run_async
 from tests.infra.supervisor import supervisorctl
 from tests.infra.wait import wait_for
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def damnit(*args, cwd, timeout=120):

@@ -1,6 +1,6 @@
 """The listener against the real broker and Slurm, with a stand-in job command.
 
-Real processing jobs are covered by tests/test_services_e2e.py; here jobs run a script that records its
+Real processing jobs are covered by tests/backend/services/test_services_e2e.py; here jobs run a script that records its
 arguments, so these tests pin down event handling, registration, delivery and faults.
 """
 from __future__ import annotations
@@ -353,11 +353,11 @@ _fake_lock = _threading.Lock()
 
 @pytest.fixture
 def fake_processor(monkeypatch):
-    import backend.processing.run_processor
+    import backend.services.listener
 
     FakeProcessor.active, FakeProcessor.overlaps, FakeProcessor.batches = set(), [], []
     FakeProcessor.block_first, FakeProcessor.fail, FakeProcessor.delay = None, False, 0.3
-    monkeypatch.setattr(backend.processing.run_processor, "RunProcessor", FakeProcessor)
+    monkeypatch.setattr(backend.services.listener, "RunProcessor", FakeProcessor)
     return FakeProcessor
 
 
@@ -366,18 +366,18 @@ TOPIC = "test.damnit.db-fake"
 
 def test_local_requests_for_a_run_are_merged_never_concurrent(fake_processor, tmp_path):
     from backend.base.messages import UpdateProducer
+    from backend.processing.requests import RunRequest
     from backend.services.listener import LocalProcessing
-    from backend.services.slurm import ExtractionRequest
 
     local = LocalProcessing(UpdateProducer.offline(), max_concurrent=1)
     done = []
     a, b = tmp_path / "a", tmp_path / "b"
-    local.submit(a, ExtractionRequest(1, 1, "raw"), lambda: done.append("a1"), topic=TOPIC)
+    local.submit(a, RunRequest(1, 1, "raw"), lambda: done.append("a1"), topic=TOPIC)
     time.sleep(0.1)  # the first batch is running now
-    local.submit(a, ExtractionRequest(1, 1, "raw"), lambda: done.append("a1 again"), topic=TOPIC)
-    local.submit(a, ExtractionRequest(1, 1, "proc"), lambda: done.append("a1 proc"), topic=TOPIC)
-    local.submit(a, ExtractionRequest(1, 2, "raw"), lambda: done.append("a2"), topic=TOPIC)
-    local.submit(b, ExtractionRequest(1, 1, "raw"), lambda: done.append("b1"), topic=TOPIC)
+    local.submit(a, RunRequest(1, 1, "raw"), lambda: done.append("a1 again"), topic=TOPIC)
+    local.submit(a, RunRequest(1, 1, "proc"), lambda: done.append("a1 proc"), topic=TOPIC)
+    local.submit(a, RunRequest(1, 2, "raw"), lambda: done.append("a2"), topic=TOPIC)
+    local.submit(b, RunRequest(1, 1, "raw"), lambda: done.append("b1"), topic=TOPIC)
     assert wait_for(lambda: len(done) == 5, 20), done
     local.close()
     assert fake_processor.overlaps == []
@@ -389,14 +389,14 @@ def test_local_requests_for_a_run_are_merged_never_concurrent(fake_processor, tm
 
 def test_local_processing_is_bounded_across_databases(fake_processor, tmp_path):
     from backend.base.messages import UpdateProducer
+    from backend.processing.requests import RunRequest
     from backend.services.listener import LocalProcessing
-    from backend.services.slurm import ExtractionRequest
 
     fake_processor.delay = 0.5
     local = LocalProcessing(UpdateProducer.offline(), max_concurrent=1)
     done, t0 = [], time.monotonic()
     for name in "abc":
-        local.submit(tmp_path / name, ExtractionRequest(1, 1, "raw"), lambda: done.append(time.monotonic()),
+        local.submit(tmp_path / name, RunRequest(1, 1, "raw"), lambda: done.append(time.monotonic()),
                      topic=TOPIC)
     assert wait_for(lambda: len(done) == 3, 20)
     local.close()

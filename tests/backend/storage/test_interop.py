@@ -20,7 +20,8 @@ from backend.storage.api import Damnit
 from backend.storage.database import DamnitDB, ReducedData, blob2numpy, initialize_proposal
 from backend.storage.h5format import merge_fragment, read_reduced, run_file_path, write_results
 from backend.storage.user_variables import UserEditableVariable
-from tests.test_api import PLOTLY_JSON, START, results_for
+from tests.infra import REPO
+from tests.backend.storage.test_api import PLOTLY_JSON, START, results_for
 
 pytestmark = pytest.mark.oracle
 
@@ -254,7 +255,7 @@ def test_original_reads_our_database_in_a_read_only_location(tmp_path, damnit_or
         ours = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner",
                                sys.executable, "-c", code.replace("from damnit import", "from backend.storage.api import")],
                               capture_output=True, text=True, timeout=120,
-                              env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+                              env={**env, "PYTHONPATH": str(REPO)})
         assert ours.returncode == 0, ours.stderr
         assert ours.stdout.strip() == "[1.5, 3.0, 4.5]"
     finally:

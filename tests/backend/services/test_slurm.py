@@ -1,7 +1,7 @@
 """The Slurm executor against the suite's one-node Slurm cluster.
 
 Jobs here run a stand-in for ``python`` (a shell script recording its arguments) so these tests cover
-submission, arrays, tracking and cancelling on their own; tests/test_services_e2e.py runs real jobs.
+submission, arrays, tracking and cancelling on their own; tests/backend/services/test_services_e2e.py runs real jobs.
 """
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from backend.processing.requests import RunRequest
 from backend.services import slurm
-from backend.services.slurm import ExtractionRequest, SlurmSettings, SlurmSubmitter, SubmissionError
+from backend.services.slurm import SlurmSettings, SlurmSubmitter, SubmissionError, job_command
 from tests.infra.wait import wait_for
 
 SMALL = {"noncluster_cpus": 1, "noncluster_mem": "50M", "slurm_time": "00:05:00"}
@@ -48,13 +49,13 @@ def test_resource_options_follow_db_settings():
 
 
 def test_request_command():
-    req = ExtractionRequest(1234, 5, "proc", cluster=True, variables=("a",), match=("m",), mock=True,
+    req = RunRequest(1234, 5, "proc", cluster=True, variables=("a",), match=("m",), mock=True,
                             update_vars=True, processing_id="pid")
-    assert req.command(Path("/db"), "py") == [
+    assert job_command(req, Path("/db"), "py") == [
         "py", "-m", "backend.services.job", "1234", "5", "proc", "--db-dir", "/db", "--processing-id", "pid",
         "--cluster-job", "--var", "a", "--match", "m", "--mock", "--update-vars"]
     with pytest.raises(ValueError, match="run_data"):
-        ExtractionRequest(1, 2, "everything")
+        RunRequest(1, 2, "everything")
 
 
 class RecordingProducer:
@@ -72,7 +73,7 @@ def test_submit_runs_job_appending_to_run_log(slurm_cluster, tmp_path):
     producer = RecordingProducer()
     sub = SlurmSubmitter(tmp_path, SMALL, python=fake_python(tmp_path), producer=producer,
                          db_topic="test.damnit.db-x")
-    job = sub.submit(ExtractionRequest(1234, 7, "raw", processing_id="p1"))
+    job = sub.submit(RunRequest(1234, 7, "raw", processing_id="p1"))
     assert job.job_id.isdigit() and job.cluster is None
     assert slurm_cluster.wait_job(int(job.job_id)) == "COMPLETED"
     log = (tmp_path / "process_logs" / "r7-p1234.out").read_text()
@@ -91,8 +92,8 @@ def test_duplicate_jobs_for_a_run_never_overlap(slurm_cluster, tmp_path):
                       f"echo end $(date +%s.%N) >> {tmp_path}/t.txt\n")
     script.chmod(0o755)
     sub = SlurmSubmitter(tmp_path, SMALL, python=str(script))
-    a = sub.submit(ExtractionRequest(1234, 8, "raw"))
-    b = sub.submit(ExtractionRequest(1234, 8, "raw"))
+    a = sub.submit(RunRequest(1234, 8, "raw"))
+    b = sub.submit(RunRequest(1234, 8, "raw"))
     assert slurm_cluster.wait_job(int(b.job_id)) == "COMPLETED"
     assert slurm_cluster.job_state(int(a.job_id)) == "COMPLETED"
     lines = [line.split() for line in (tmp_path / "t.txt").read_text().splitlines()]
@@ -101,7 +102,7 @@ def test_duplicate_jobs_for_a_run_never_overlap(slurm_cluster, tmp_path):
 
 
 def test_array_with_limit_and_tracking(slurm_cluster, tmp_path):
-    reqs = [ExtractionRequest(1234, r, "all", update_vars=(r == 1)) for r in (1, 2, 3)]
+    reqs = [RunRequest(1234, r, "all", update_vars=(r == 1)) for r in (1, 2, 3)]
     sub = SlurmSubmitter(tmp_path, SMALL, python=fake_python(tmp_path, sleep=2))
     jobs = sub.submit_array(reqs, limit_running=1)
     array_id = jobs[0].job_id.split("_")[0]
@@ -122,8 +123,8 @@ def test_array_with_limit_and_tracking(slurm_cluster, tmp_path):
 def test_cancel_queued_job_notes_it_in_the_run_log(slurm_cluster, tmp_path):
     sub = SlurmSubmitter(tmp_path, SMALL, python=fake_python(tmp_path, sleep=30))
     # Occupy both CPUs so the next job stays PENDING
-    blockers = [sub.submit(ExtractionRequest(1234, 100 + i, "raw")) for i in range(2)]
-    queued = sub.submit(ExtractionRequest(1234, 9, "raw"))
+    blockers = [sub.submit(RunRequest(1234, 100 + i, "raw")) for i in range(2)]
+    queued = sub.submit(RunRequest(1234, 9, "raw"))
     try:
         assert wait_for(lambda: slurm.squeue_states([queued.job_id]).get(queued.job_id) == "PENDING", 20)
         res = slurm.cancel_job(queued.job_id, db_dir=tmp_path, proposal=1234, run=9)
@@ -140,7 +141,7 @@ def test_cancel_queued_job_notes_it_in_the_run_log(slurm_cluster, tmp_path):
 
 def test_tracker_drops_jobs_slurm_no_longer_has(slurm_cluster, tmp_path):
     sub = SlurmSubmitter(tmp_path, SMALL, python=fake_python(tmp_path, sleep=30))
-    job = sub.submit(ExtractionRequest(1234, 11, "raw"))
+    job = sub.submit(RunRequest(1234, 11, "raw"))
     tracker = slurm.JobTracker()
     tracker.on_message("processing_state_set", {"processing_id": "a", "proposal": 1234, "run": 11, "data": "raw",
                                                 "status": "PENDING", "slurm_cluster": "", "slurm_job_id": job.job_id})
@@ -158,13 +159,13 @@ def test_sbatch_refusal_is_a_clear_error(slurm_cluster, tmp_path):
     sub = SlurmSubmitter(tmp_path, {**SMALL, "slurm_partition": "no-such-partition"},
                          python=fake_python(tmp_path))
     with pytest.raises(SubmissionError, match="sbatch failed.*(partition|Partition)"):
-        sub.submit(ExtractionRequest(1234, 1, "raw"))
+        sub.submit(RunRequest(1234, 1, "raw"))
 
 
 def test_no_slurm_on_path_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(SubmissionError, match="sbatch not found"):
-        SlurmSubmitter(tmp_path, SMALL).submit(ExtractionRequest(1234, 1, "raw"))
+        SlurmSubmitter(tmp_path, SMALL).submit(RunRequest(1234, 1, "raw"))
 
 
 def test_settings_read_from_runs_sqlite(tmp_path):
@@ -201,7 +202,7 @@ def test_reprocess_watch_runs_jobs_one_by_one(slurm_cluster, tmp_path, capsys):
 @pytest.mark.timeout(120)
 def test_watched_job_output_is_shown_and_logged(slurm_cluster, tmp_path, capsys):
     sub = SlurmSubmitter(tmp_path, SMALL, python=fake_python(tmp_path))
-    assert sub.run_watched(ExtractionRequest(1234, 4, "all", processing_id="w")) == 0
+    assert sub.run_watched(RunRequest(1234, 4, "all", processing_id="w")) == 0
     out = capsys.readouterr().out
     assert "job-output-" in out
     assert "job-output-" in (tmp_path / "process_logs" / "r4-p1234.out").read_text()
@@ -211,7 +212,7 @@ def test_watched_job_output_is_shown_and_logged(slurm_cluster, tmp_path, capsys)
 @pytest.mark.timeout(120)
 def test_sandbox_args_are_passed_to_the_job(slurm_cluster, tmp_path):
     sub = SlurmSubmitter(tmp_path, SMALL, python=fake_python(tmp_path), sandbox_args="sandbox --user x")
-    job = sub.submit(ExtractionRequest(1234, 5, "raw", processing_id="s"))
+    job = sub.submit(RunRequest(1234, 5, "raw", processing_id="s"))
     assert slurm_cluster.wait_job(int(job.job_id)) == "COMPLETED"
     assert calls(tmp_path)[0].endswith("--processing-id s --sandbox-args sandbox --user x")
 
@@ -233,4 +234,4 @@ def test_jobs_run_the_databases_damnit_python_when_it_can(tmp_path, caplog):
         assert job_python(str(theirs), "/default/python") == "/default/python"
     assert "cannot run this DAMNIT" in caplog.text and str(theirs) in caplog.text
     sub = SlurmSubmitter(tmp_path, {**SMALL, "damnit_python": str(ours)}, python="/default/python")
-    assert shlex.split(sub.sbatch_command(ExtractionRequest(1234, 5, "raw"))[-1])[0] == str(ours)
+    assert shlex.split(sub.sbatch_command(RunRequest(1234, 5, "raw"))[-1])[0] == str(ours)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -21,8 +20,8 @@ from backend.storage.h5format import (
     write_results,
 )
 from backend.storage.records import VariableResult as VR
+from tests.infra import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(40))
 
 

@@ -20,8 +20,8 @@ import pytest
 from backend.processing.run_processor import ContextLoadError, RunProcessor
 from backend.processing.workers import RunRequest
 from backend.storage.database import DamnitDB
+from tests.infra import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 CONTEXTS = REPO / "contexts"
 PROPOSAL = 1234
 

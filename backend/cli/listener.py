@@ -1,34 +1,13 @@
-"""``damnit listen``, ``damnit listener ...`` and ``damnit combiner ...`` (spec §6)."""
+"""``damnit listener databases|add|rm|config``: manage the listener folder in the current directory."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 import sys
 from pathlib import Path
 
-from backend.services.listener_db import BOOL_SETTINGS
-
-
-def cmd_listen(args: argparse.Namespace) -> int:
-    listener_dir = Path(args.listener_dir or ".").absolute()
-    if args.daemonize:
-        from backend.services.supervisord import start_listener
-
-        try:
-            start_listener(listener_dir)
-        except RuntimeError as e:
-            print(f"Error: could not start the listener under supervisord: {e}", file=sys.stderr)
-            return 1
-        print(f"Listener running under supervisord; control it with "
-              f"`supervisorctl -c {listener_dir / 'supervisord.conf'} status|restart|stop damnit`")
-        return 0
-    from backend.services import listener
-
-    if args.test:
-        return listener.listen_test(listener_dir)
-    return listener.listen(listener_dir)
+from backend.services.listener import official_db_dir
+from backend.services.listener_db import BOOL_SETTINGS, KNOWN_SETTINGS, ListenerDB
 
 
 def _parse_value(key: str, value: str, numeric: bool):
@@ -48,9 +27,6 @@ def _parse_value(key: str, value: str, numeric: bool):
 
 
 def cmd_listener(args: argparse.Namespace) -> int:
-    from backend.services.listener import official_db_dir
-    from backend.services.listener_db import KNOWN_SETTINGS, ListenerDB
-
     with ListenerDB(Path.cwd()) as db:
         if args.listener_cmd == "databases":
             rows = db.all_databases()
@@ -110,39 +86,7 @@ def cmd_listener(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_combiner(args: argparse.Namespace) -> int:
-    from backend.base.messages import UpdateProducer
-    from backend.services import combiner
-
-    if args.combiner_cmd == "now":
-        with UpdateProducer.from_env() as producer:
-            n = combiner.combine_all(args.db_dir, producer)
-        print(f"Combined {n} fragment(s)")
-        return 0
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await combiner.run_combiner(stop=stop)
-
-    try:
-        asyncio.run(main())
-    except RuntimeError as e:
-        print(f"Error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
 def register(subparsers) -> None:
-    p = subparsers.add_parser("listen", help="Listen for run events and process new runs")
-    p.add_argument("listener_dir", nargs="?", default=None, help="Listener folder (default: current directory)")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--test", action="store_true", help="Type fake run events instead of reading Kafka")
-    mode.add_argument("--daemonize", action="store_true", help="Run the listener under supervisord")
-    p.set_defaults(func=cmd_listen)
-
     p = subparsers.add_parser("listener", help="Manage the listener in the current directory")
     sub = p.add_subparsers(dest="listener_cmd", required=True)
     sub.add_parser("databases", help="List the databases the listener feeds")
@@ -157,10 +101,3 @@ def register(subparsers) -> None:
     c.add_argument("key", nargs="?")
     c.add_argument("value", nargs="?")
     p.set_defaults(func=cmd_listener)
-
-    p = subparsers.add_parser("combiner", help="Merge HDF5 fragments announced by other producers")
-    sub = p.add_subparsers(dest="combiner_cmd", required=True)
-    sub.add_parser("run", help="Run the combiner service (reads test.damnit.file_submissions)")
-    n = sub.add_parser("now", help="Merge pending fragments in a database folder now (no Kafka)")
-    n.add_argument("db_dir", type=Path)
-    p.set_defaults(func=cmd_combiner)

@@ -25,8 +25,7 @@ from backend.storage.database import (
 )
 from backend.storage.migrations import LATEST_VERSION
 from backend.storage.user_variables import UserEditableVariable
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.infra import REPO
 
 # What the original DAMNIT 0.4 creates (sqlite_master type/name pairs).
 V4_OBJECTS = {

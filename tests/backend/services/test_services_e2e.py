@@ -16,10 +16,12 @@ import h5py
 import pytest
 
 from backend.base.messages import UpdateSubscriber
+from backend.processing.requests import RunRequest
 from backend.services import slurm
 from backend.services.listener import Listener
 from backend.services.listener_db import ListenerDB
 from backend.storage.database import initialize_proposal
+from tests.infra import REPO
 from tests.infra.aio import run_async
 from tests.infra.kafka import FAST_GROUP_CONSUMER_SETTINGS
 from tests.infra.wait import wait_for
@@ -196,7 +198,7 @@ def test_local_fallback_when_slurm_refuses(setup):
 
 def test_reprocess_through_slurm_array(setup, slurm_cluster):
     s = setup
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     res = subprocess.run([sys.executable, "-m", "backend.cli", "reprocess", "1", "2", "3", "--concurrent-jobs",
                           "2"], cwd=s["db_dir"], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
@@ -245,13 +247,13 @@ def test_job_killed_mid_write_leaves_previous_file_intact(setup, slurm_cluster):
     from backend.base.messages import UpdateProducer
 
     sub = slurm.SlurmSubmitter(db_dir)
-    first = sub.submit(slurm.ExtractionRequest(PROPOSAL, 1, "raw"))
+    first = sub.submit(RunRequest(PROPOSAL, 1, "raw"))
     assert slurm_cluster.wait_job(int(first.job_id), 120) == "COMPLETED"
     run_file = db_dir / "extracted_data" / f"p{PROPOSAL}_r1.h5"
     assert db_values(db_dir, 1)["big"] is not None
 
     (db_dir / "big_size.txt").write_text(str(15_000_000))  # ~120 MB: the merge takes a while
-    job = sub.submit(slurm.ExtractionRequest(PROPOSAL, 1, "raw"))
+    job = sub.submit(RunRequest(PROPOSAL, 1, "raw"))
     producer = UpdateProducer.from_env()
     watcher = slurm.JobWatcher(producer)  # what the listener runs for the jobs it submits
     watcher.watch(job, db_dir, slurm._db_topic(db_dir))
