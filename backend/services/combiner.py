@@ -13,6 +13,10 @@ import re
 import time
 from pathlib import Path
 
+import h5py
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+
 from backend.base.messages import (
     FILE_SUBMISSION,
     FILE_SUBMISSION_TOPIC,
@@ -21,6 +25,8 @@ from backend.base.messages import (
     brokers_from_env,
     parse_message,
 )
+from backend.storage import h5format
+from backend.storage.database import DamnitDB
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +42,6 @@ class CombineError(RuntimeError):
 
 def fragment_variables(path: Path) -> list[str]:
     """Names of all variables a fragment holds (data, summaries, previews or errors)."""
-    import h5py
-
     names: set[str] = set()
     with h5py.File(path, "r") as f:
         for key in f:
@@ -49,8 +53,6 @@ def fragment_variables(path: Path) -> list[str]:
 
 
 def _provenance(path: Path) -> str | None:
-    import h5py
-
     with h5py.File(path, "r") as f:
         value = f.attrs.get("provenance")
     return value.decode() if isinstance(value, bytes) else value
@@ -59,9 +61,6 @@ def _provenance(path: Path) -> str | None:
 def combine_fragment(db_dir: str | Path, fragment: str | Path, proposal: int, run: int,
                      producer: UpdateProducer | None = None, *, wait: float = WAIT_FOR_FILE_S) -> list[str]:
     """Merge one fragment into ``extracted_data/p<prop>_r<run>.h5``, update the DB, announce the names."""
-    from backend.storage import h5format
-    from backend.storage.database import DamnitDB
-
     db_dir = Path(db_dir).absolute()
     fragment = Path(fragment)
     if not fragment.is_absolute():
@@ -113,9 +112,6 @@ async def run_combiner(broker: str | None = None, stop: asyncio.Event | None = N
 
     Offsets are committed after each fragment is merged (at-least-once; merging twice is harmless).
     """
-    from aiokafka import AIOKafkaConsumer
-    from aiokafka.errors import KafkaError
-
     brokers = brokers_from_env(broker)
     if brokers is None:
         raise RuntimeError("The combiner service needs a Kafka broker (AMORE_BROKER is 'none'); "
