@@ -269,7 +269,7 @@ def test_original_writes_into_our_wal_database(tmp_path, damnit_oracle):
     d = build_our_db(tmp_path / "amore")
     keep_open = DamnitDB.from_dir(d)  # a concurrent reader/writer of ours while the original writes
     damnit_oracle.run_python(
-        "from damnit.backend.storage.database import DamnitDB\n"
+        "from damnit.backend.db import DamnitDB\n"
         f"db = DamnitDB.from_dir({str(d)!r})\n"
         "db.change_run_comment(1234, 2, 'from the original')\n"
         "db.add_standalone_comment(5.0, 'theirs')\n")
@@ -282,7 +282,7 @@ def test_original_writes_into_our_wal_database(tmp_path, damnit_oracle):
 
 def test_same_schema_as_original(tmp_path, damnit_oracle):
     theirs = tmp_path / "theirs"
-    damnit_oracle.run_python("from pathlib import Path\nfrom damnit.backend.storage.database import initialize_proposal\n"
+    damnit_oracle.run_python("from pathlib import Path\nfrom damnit.backend.db import initialize_proposal\n"
                              f"initialize_proposal(Path({str(theirs)!r}), 1234)\n")
     ours = initialize_proposal(tmp_path / "ours", 1234)
     ours.close()
@@ -307,7 +307,7 @@ def test_same_schema_as_original(tmp_path, damnit_oracle):
     # Both open each other's fresh database.
     with DamnitDB.from_dir(theirs) as db:
         assert db.metameta["proposal"] == 1234
-    damnit_oracle.run_python("from damnit.backend.storage.database import DamnitDB\n"
+    damnit_oracle.run_python("from damnit.backend.db import DamnitDB\n"
                              f"assert DamnitDB.from_dir({str(tmp_path / 'ours')!r}).metameta['proposal'] == 1234\n")
 
 
@@ -331,8 +331,8 @@ import numpy as np, xarray as xr
 import matplotlib
 matplotlib.use("Agg")
 from matplotlib.figure import Figure
-from damnit.backend.storage.database import DamnitDB, ReducedData, initialize_proposal
-from damnit.backend.storage.user_variables import UserEditableVariable
+from damnit.backend.db import DamnitDB, ReducedData, initialize_proposal
+from damnit.backend.user_variables import UserEditableVariable
 from damnit.backend.combine import gather_all_fragments
 from damnit.context import Cell, save_fragment
 
