@@ -36,6 +36,7 @@ from damnit_ctx import (
     Skip,
     UnknownDependencyErrors,
     Variable,
+    is_damnit_annotation,
     is_group_instance,
     pipeline_scope,
 )
@@ -219,12 +220,14 @@ class ContextFile:
     def ordered_vars(self) -> tuple[str, ...]:
         return self._order
 
-    def direct_dependencies(self, name: str) -> set[str]:
-        return set(self._deps[name])
+    def direct_dependencies(self, var: str | Variable) -> set[str]:
+        """Names of the variables ``var`` (a name, or a Variable as DAMNIT takes) depends on directly."""
+        return set(self._deps[_var_name(var)])
 
-    def all_dependencies(self, *names: str) -> set[str]:
+    def all_dependencies(self, *variables: str | Variable) -> set[str]:
+        """Names of everything the given variables (names or Variables) depend on, directly or not."""
         found: set[str] = set()
-        todo = [d for n in names for d in self._deps[n]]
+        todo = [d for v in variables for d in self._deps[_var_name(v)]]
         while todo:
             dep = todo.pop()
             if dep not in found:
@@ -362,7 +365,7 @@ class ContextFile:
         annotations = var.annotations()
         for arg, param in inspect.signature(var.func).parameters.items():
             ann = annotations.get(arg)
-            if not isinstance(ann, str):
+            if not is_damnit_annotation(ann):  # a type hint
                 continue
             has_default = param.default is not inspect.Parameter.empty
             kind, _, field = ann.partition("#")
@@ -403,6 +406,10 @@ def build_context(variables: dict[str, Variable], groups=(), code: str = "", pat
     variables = dict(variables)
     variables.update(expand_groups(by_name, variables))
     return ContextFile(variables, code, path)
+
+
+def _var_name(var: str | Variable) -> str:
+    return var if isinstance(var, str) else var.name
 
 
 def _dependency_failure(missing: list[str], errors: dict[str, BaseException]) -> Exception:

@@ -188,6 +188,11 @@ def unquote_annotation(ann):
     return ann
 
 
+def is_damnit_annotation(ann) -> bool:
+    """``"var#x"``, ``"meta#run_number"``, ...: a string with a ``#`` (type hints have none)."""
+    return isinstance(ann, str) and "#" in ann
+
+
 class Variable:
     """Decorator turning ``def f(run, ...)`` into a column of the run table.
 
@@ -243,8 +248,12 @@ class Variable:
         return {k: unquote_annotation(v) for k, v in getattr(self.func, "__annotations__", {}).items()}
 
     def string_annotations(self) -> dict[str, str]:
-        """Argument name -> annotation, for the string annotations DAMNIT interprets."""
-        return {k: v for k, v in self.annotations().items() if isinstance(v, str) and k != "return"}
+        """Argument name -> annotation, for the string annotations DAMNIT interprets (``kind#field``).
+
+        Other strings are type hints (``run: "DataCollection"``, or any hint under ``from __future__
+        import annotations``) and are ignored like hints that are types.
+        """
+        return {k: v for k, v in self.annotations().items() if is_damnit_annotation(v) and k != "return"}
 
     def arg_dependencies(self, prefix: str = "var#") -> dict[str, str]:
         return {arg: ann[len(prefix):] for arg, ann in self.string_annotations().items()
