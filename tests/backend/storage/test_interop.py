@@ -17,11 +17,14 @@ import numpy as np
 import pytest
 
 from backend.storage.api import Damnit
-from backend.storage.database import DamnitDB, ReducedData, blob2numpy, initialize_proposal
+from backend.storage.blobs import blob2numpy
+from backend.storage.damnit_folder import initialize_proposal
+from backend.storage.database import DamnitDB
 from backend.storage.h5format import merge_fragment, read_reduced, run_file_path, write_results
+from backend.storage.records import ReducedData
 from backend.storage.user_variables import UserEditableVariable
-from tests.infra import REPO
 from tests.backend.storage.test_api import PLOTLY_JSON, START, results_for
+from tests.infra import REPO
 
 pytestmark = pytest.mark.oracle
 
@@ -266,7 +269,7 @@ def test_original_writes_into_our_wal_database(tmp_path, damnit_oracle):
     d = build_our_db(tmp_path / "amore")
     keep_open = DamnitDB.from_dir(d)  # a concurrent reader/writer of ours while the original writes
     damnit_oracle.run_python(
-        "from damnit.backend.storage.database import DamnitDB\n"
+        "from damnit.backend.db import DamnitDB\n"
         f"db = DamnitDB.from_dir({str(d)!r})\n"
         "db.change_run_comment(1234, 2, 'from the original')\n"
         "db.add_standalone_comment(5.0, 'theirs')\n")
@@ -279,7 +282,7 @@ def test_original_writes_into_our_wal_database(tmp_path, damnit_oracle):
 
 def test_same_schema_as_original(tmp_path, damnit_oracle):
     theirs = tmp_path / "theirs"
-    damnit_oracle.run_python("from pathlib import Path\nfrom damnit.backend.storage.database import initialize_proposal\n"
+    damnit_oracle.run_python("from pathlib import Path\nfrom damnit.backend.db import initialize_proposal\n"
                              f"initialize_proposal(Path({str(theirs)!r}), 1234)\n")
     ours = initialize_proposal(tmp_path / "ours", 1234)
     ours.close()
@@ -304,7 +307,7 @@ def test_same_schema_as_original(tmp_path, damnit_oracle):
     # Both open each other's fresh database.
     with DamnitDB.from_dir(theirs) as db:
         assert db.metameta["proposal"] == 1234
-    damnit_oracle.run_python("from damnit.backend.storage.database import DamnitDB\n"
+    damnit_oracle.run_python("from damnit.backend.db import DamnitDB\n"
                              f"assert DamnitDB.from_dir({str(tmp_path / 'ours')!r}).metameta['proposal'] == 1234\n")
 
 
@@ -328,8 +331,8 @@ import numpy as np, xarray as xr
 import matplotlib
 matplotlib.use("Agg")
 from matplotlib.figure import Figure
-from damnit.backend.storage.database import DamnitDB, ReducedData, initialize_proposal
-from damnit.backend.storage.user_variables import UserEditableVariable
+from damnit.backend.db import DamnitDB, ReducedData, initialize_proposal
+from damnit.backend.user_variables import UserEditableVariable
 from damnit.backend.combine import gather_all_fragments
 from damnit.context import Cell, save_fragment
 
