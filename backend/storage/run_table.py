@@ -54,7 +54,8 @@ def run_table(reader: ArrowReader, *, with_titles: bool = False) -> pd.DataFrame
     names = sorted(columns)
     col_names = {name: (f"var:{name}" if name in FIXED_COLUMNS else name) for name in names}
     for name in names:
-        data[col_names[name]] = pd.Series(columns[name], dtype=object)
+        column = columns[name]
+        data[col_names[name]] = pd.Series(column, dtype=column.dtype)
     # Per-column dtypes as the original ends up with: numbers → int64/float64/complex128, text →
     # pandas strings (whose missing value is NaN); mixed columns stay object with pd.NA/None.
     df = pd.DataFrame(data).infer_objects()
@@ -74,7 +75,12 @@ def run_table(reader: ArrowReader, *, with_titles: bool = False) -> pd.DataFrame
 
 
 def _pivot(values, run_keys: np.ndarray) -> dict[str, np.ndarray]:
-    """{name: object array over the runs}: each value put at its run's row (newest version wins)."""
+    """{name: array over the runs}: each value put at its run's row (newest version wins).
+
+    A variable with a number of one type for every run gets a float64/int64 array straight away (what
+    dtype inference would make of it); the rest get object arrays with ``pd.NA`` for missing cells and
+    None for cleared ones, as the original's table has them.
+    """
     n = len(run_keys)
     if not len(values) or not n:
         return {}
@@ -84,26 +90,47 @@ def _pivot(values, run_keys: np.ndarray) -> dict[str, np.ndarray]:
     versions = values.version[rows]
     if len(rows) and (versions != versions[0]).any():  # several versions: the newest is the value
         rows = rows[np.argsort(versions, kind="stable")]
-    cell = values.name[rows].astype(np.int64) * n + pos[rows]
-    _, last = np.unique(cell[::-1], return_index=True)
-    if len(last) < len(rows):
+        cell = values.name[rows].astype(np.int64) * n + pos[rows]
+        _, last = np.unique(cell[::-1], return_index=True)
         rows = rows[::-1][last]
+    code, at, kind = values.name[rows], pos[rows], values.kind[rows]
+    n_names = len(values.names)
+    counts = np.bincount(code.astype(np.int64) * 5 + kind, minlength=n_names * 5).reshape(n_names, 5)
+    typed = {Kind.REAL: (counts[:, Kind.REAL] == n, values.reals, np.float64),
+             Kind.INT: (counts[:, Kind.INT] == n, values.ints, np.int64)}
+    out: dict[str, np.ndarray] = {}
+    handled = np.zeros(n_names, dtype=bool)
+    for complete, source, dtype in typed.values():
+        codes = np.flatnonzero(complete)
+        if not len(codes):
+            continue
+        index = np.full(n_names, -1)
+        index[codes] = np.arange(len(codes))
+        grid = np.empty((len(codes), n), dtype=dtype)
+        m = complete[code]
+        grid[index[code[m]], at[m]] = source[rows[m]]
+        out.update((values.names[c], grid[i]) for i, c in enumerate(codes))
+        handled |= complete
 
-    grid = np.full((len(values.names), n), pd.NA, dtype=object)
-    code, at = values.name[rows], pos[rows]
-    kind = values.kind[rows]
+    codes = np.flatnonzero(~handled)
+    index = np.full(n_names, -1)
+    index[codes] = np.arange(len(codes))
+    keep = ~handled[code]
+    rows, at, kind, row_of = rows[keep], at[keep], kind[keep], index[code[keep]]
+    grid = np.full((len(codes), n), pd.NA, dtype=object)
     for k, source in ((Kind.INT, values.ints), (Kind.REAL, values.reals)):
         m = kind == k
-        grid[code[m], at[m]] = source[rows[m]]
+        grid[row_of[m], at[m]] = source[rows[m]]
     m = kind == Kind.TEXT
-    grid[code[m], at[m]] = values.texts.take(pa.array(rows[m])).to_numpy(zero_copy_only=False)
+    grid[row_of[m], at[m]] = values.texts.take(pa.array(rows[m])).to_numpy(zero_copy_only=False)
     m = kind == Kind.EMPTY
-    grid[code[m], at[m]] = None
+    grid[row_of[m], at[m]] = None
     m = np.flatnonzero(kind == Kind.BLOB)
     summary = values.blob[rows[m]] & ~3
-    complex_ = summary == BlobKind.COMPLEX
-    grid[code[m[complex_]], at[m[complex_]]] = values.complexes[rows[m[complex_]]]
+    complex_ = m[summary == BlobKind.COMPLEX]
+    grid[row_of[complex_], at[complex_]] = values.complexes[rows[complex_]]
     for blob_kind, placeholder in BLOB_PLACEHOLDERS.items():
         sel = m[summary == blob_kind]
-        grid[code[sel], at[sel]] = placeholder
-    return {name: grid[j] for j, name in enumerate(values.names)}
+        grid[row_of[sel], at[sel]] = placeholder
+    out.update((values.names[c], grid[i]) for i, c in enumerate(codes))
+    return out

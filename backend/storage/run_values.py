@@ -9,6 +9,7 @@ decorate a cell (attributes with errors/units/colours, max_diff, provenance, tim
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 
 from .arrow_reader import ArrowReader
+
+log = logging.getLogger(__name__)
 
 
 class Kind(IntEnum):
@@ -51,7 +54,7 @@ class BlobKind(IntEnum):
         return code & 3
 
 
-_VALUE_COLUMNS = """CAST(proposal AS INTEGER), CAST(run AS INTEGER), CAST(name AS TEXT),
+_VALUE_COLUMNS = """proposal, run, name,
   CASE WHEN typeof(value) = 'integer' THEN value END,
   CASE WHEN typeof(value) = 'real' THEN value END,
   CASE WHEN typeof(value) = 'text' THEN value END,
@@ -60,11 +63,14 @@ _VALUE_COLUMNS = """CAST(proposal AS INTEGER), CAST(run AS INTEGER), CAST(name A
           WHEN summary_type = 'numpy' THEN 12 WHEN summary_type IS NULL OR summary_type = '' THEN 0 ELSE 16 END)
     + (CASE WHEN substr(value, 1, 8) = x'89504e470d0a1a0a' THEN 1
             WHEN substr(value, 1, 6) = x'934e554d5059' THEN 2 ELSE 0 END) END,
-  CASE WHEN typeof(value) = 'blob' AND summary_type = 'complex' THEN value END,
-  CAST(version AS INTEGER)"""
+  CASE WHEN summary_type = 'complex' AND typeof(value) = 'blob' THEN value END"""
+# Columns of other types than the schema says (a run number stored as text, ...) would make the driver
+# fail; such a database is read again with every column cast.
+_CAST_VALUE_COLUMNS = _VALUE_COLUMNS.replace("proposal, run, name,", "CAST(proposal AS INTEGER), "
+                                             "CAST(run AS INTEGER), CAST(name AS TEXT),", 1)
+_VERSION_COLUMN = ", CAST(version AS INTEGER)"
 _VALUE_SCHEMA = [("proposal", pa.int64()), ("run", pa.int64()), ("name", pa.string()), ("int", pa.int64()),
-                 ("real", pa.float64()), ("text", pa.string()), ("blob", pa.int8()), ("complex", pa.binary()),
-                 ("version", pa.int64())]
+                 ("real", pa.float64()), ("text", pa.string()), ("blob", pa.int8()), ("complex", pa.binary())]
 _DETAIL_COLUMNS = """, CAST(attributes AS TEXT), CAST(max_diff AS REAL), CAST(provenance AS TEXT),
   CAST(timestamp AS REAL)"""
 _DETAIL_SCHEMA = [("attributes", pa.string()), ("max_diff", pa.float64()), ("provenance", pa.string()),
@@ -120,14 +126,28 @@ def read_run_values(reader: ArrowReader, *, details: bool = False, since: float 
             return _empty(details)
         where.append(f"name IN ({', '.join('?' * len(names))})")
         params += names
-    schema = pa.schema(_VALUE_SCHEMA + (_DETAIL_SCHEMA if details else []))
-    sql = (f"SELECT {_VALUE_COLUMNS}{_DETAIL_COLUMNS if details else ''} FROM run_variables "
-           f"WHERE {' AND '.join(where)}")
-    if since is None and runs is None and names is None:
-        table = reader.query_by_rowid("run_variables", sql, schema, params)
-    else:
-        table = reader.query(sql, schema, params)
+    whole = since is None and runs is None and names is None
+    # Only rows with several versions of one cell need the version column (the unique index includes it):
+    # DAMNIT writes version 1, so for the whole table a quick look at the index usually saves it.
+    versions = not whole or bool(reader.query(
+        "SELECT EXISTS(SELECT 1 FROM run_variables WHERE version IS NOT 1)",
+        pa.schema([("any", pa.int64())])).column(0)[0].as_py())
+    schema = pa.schema(_VALUE_SCHEMA + ([("version", pa.int64())] if versions else [])
+                       + (_DETAIL_SCHEMA if details else []))
+    tail = f"{_VERSION_COLUMN if versions else ''}{_DETAIL_COLUMNS if details else ''} FROM run_variables " \
+           f"WHERE {' AND '.join(where)}"
+    try:
+        table = _query(reader, f"SELECT {_VALUE_COLUMNS}{tail}", schema, params, whole)
+    except Exception as e:  # the driver met a column of an unexpected type: cast everything
+        if reader.via != "adbc":
+            raise
+        log.info("Reading %s with casts (%s)", reader.path, e)
+        table = _query(reader, f"SELECT {_CAST_VALUE_COLUMNS}{tail}", schema, params, whole)
     return _from_table(table, details)
+
+
+def _query(reader: ArrowReader, sql: str, schema: pa.Schema, params: list, whole: bool) -> pa.Table:
+    return reader.query_by_rowid("run_variables", sql, schema, params) if whole else reader.query(sql, schema, params)
 
 
 def _empty(details: bool) -> RunValues:
@@ -160,7 +180,8 @@ def _from_table(t: pa.Table, details: bool) -> RunValues:
         name=(names.indices.to_numpy().astype(np.int32) if n else np.zeros(0, np.int32)),
         names=(names.dictionary.to_pylist() if n else []), kind=kind,
         ints=_numbers(ints, np.int64, 0), reals=_numbers(reals, np.float64, np.nan), texts=texts,
-        blob=_numbers(blob, np.int8, 0), complexes=complexes, version=_numbers(t.column("version"), np.int64, 0))
+        blob=_numbers(blob, np.int8, 0), complexes=complexes,
+        version=_numbers(t.column("version"), np.int64, 1) if "version" in t.column_names else np.ones(n, np.int64))
     if details:
         values.attributes = t.column("attributes").combine_chunks() if n else pa.array([], pa.string())
         values.max_diff = _numbers(t.column("max_diff"), np.float64, np.nan)
