@@ -136,3 +136,17 @@ def test_template_gives_every_variable_a_value(case, tmp_path, mock_data_root):
 
 def test_every_template_is_tested():
     assert {p.name for p in CONTEXTS.glob("*.py")} - {c.template for c in CASES} == {"demo_context.py"}
+
+
+def test_templates_load_in_the_original_damnit(damnit_oracle):
+    """Users of the original can start from our templates too: its loader accepts every one of them."""
+    templates = sorted({c.template for c in CASES})
+    code = (
+        "import json; from pathlib import Path; from damnit.context import ContextFile\n"
+        f"print(json.dumps({{t: sorted(ContextFile.from_py_file(Path({str(CONTEXTS)!r}) / t).vars)"
+        f" for t in {templates!r}}}))"
+    )
+    loaded = damnit_oracle.run_json(code)
+    for template in templates:
+        text = (CONTEXTS / template).read_text()
+        assert loaded[template] and all(f"def {name}(" in text for name in loaded[template]), template
