@@ -14,7 +14,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-# Values of `_damnit_objtype` (spec §2.3).
+# Values of `_damnit_objtype` (docs/spec.md "HDF5: object types").
 PLOTTABLE_OBJTYPES = {"dataarray", "dataset", "image", "PlotlyFigure", "dataframe", "series"}
 
 

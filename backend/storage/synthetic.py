@@ -1,6 +1,6 @@
 """Synthetic DAMNIT databases of any size, for dashboard tests and benchmarks.
 
-Writes a v4 ``runs.sqlite`` straight from the spec schema (spec §4.1) with the value kinds the run
+Writes a v4 ``runs.sqlite`` straight from the spec schema (docs/spec.md "Database: tables and views") with the value kinds the run
 table must show: floats, integers, strings, PNG thumbnails, trendlines, errors, skips, bold/background
 cells, units, tags and titles with ``/`` groups. Real processed data comes from ``backend``; this is
 for sizes (5000 runs x 300 variables) that processing mock runs would take hours to produce.
