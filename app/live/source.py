@@ -229,7 +229,7 @@ class ProposalSource:
         proposal = settings.get("proposal")
         table = LiveTable(int(proposal) if proposal not in (None, "") else None)
         table.set_runs(runs)
-        table.put(values)
+        table.put(values, report=False)
         with self.lock:
             self.proposal = table.proposal
             self.db_id = settings.get("db_id")
