@@ -25,6 +25,7 @@ import ctx_compat
 import numpy as np
 from ctx_groups import assign_group_names, collect_groups, expand_groups
 from ctx_metadata import MetadataSource
+from ctx_storable import unstorable_text
 from damnit_ctx import (
     Cell,
     ContextFileErrors,
@@ -41,6 +42,12 @@ log = logging.getLogger("ctxrunner")
 ctx_compat.install()  # `from damnit.context import Variable` in context files
 
 MYMDC_FIELDS = ("sample_name", "run_type", "techniques")
+# Names the database and the run files use for a run's own metadata: a variable of that name would
+# silently overwrite it (``proposal``, ``run`` and ``added_at`` are kept apart instead, as the original).
+RESERVED_NAMES = {
+    "start_time": "the run's start time, which DAMNIT records for every run (the Timestamp column)",
+    "comment": "the run's comment, which users write in the run table",
+}
 META_FIELDS = ("run_number", "proposal", "proposal_path")
 _GLOB_CHARS = "*?["
 _module_counter = 0
@@ -167,6 +174,10 @@ class ContextFile:
         for name, var in self.vars.items():
             problems.extend(var.check())
             where = f"{var.location()}: variable {name!r}"
+            if name in RESERVED_NAMES:
+                problems.append(f"{where}: the name {name!r} is reserved for {RESERVED_NAMES[name]}; "
+                                "rename the function")
+            problems.extend(f"{where}: {problem}" for problem in _text_problems(var))
             for arg, ann in var.string_annotations().items():
                 kind, sep, field = ann.partition("#")
                 if not sep or kind not in ("var", "param", "meta", "mymdc"):
@@ -369,6 +380,18 @@ class ContextFile:
             else:
                 raise RuntimeError(f"Unknown path {ann!r} for variable {var.title!r}")
         return kwargs, missing_deps, missing_params
+
+
+def _text_problems(var: Variable) -> list[str]:
+    """Titles, descriptions, units and tags go to the database as text: they must be storable."""
+    fields = [("title", var.title), ("description", var.description), ("units", var.units)]
+    if isinstance(var.tags, (list, tuple)):
+        fields += [("tag", tag) for tag in var.tags]
+    problems = []
+    for field, value in fields:
+        if isinstance(value, str) and (reason := unstorable_text(value)):
+            problems.append(f"its {field} {value[:80]!r} {reason}")
+    return problems
 
 
 def build_context(variables: dict[str, Variable], groups=(), code: str = "", path: str = "<string>"

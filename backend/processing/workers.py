@@ -46,32 +46,66 @@ def worker_env() -> dict:
     return env
 
 
-def load_context_info(db_dir, *, context_python: str | None = None, timeout: float = 300) -> dict:
+def load_context_info(db_dir, *, context_python: str | None = None,
+                      timeout: float = DEFAULT_LOAD_TIMEOUT) -> dict:
     """Evaluate ``<db_dir>/context.py`` in ``context_python``.
 
     Returns ``{"variables": {name: {title, description, tags, data, cluster, transient, units,
-    type}}}`` (transient variables included, flagged) or ``{"error": error_info}``.
+    type}}}`` (transient variables included, flagged) or ``{"error": error_info}``. The evaluation runs
+    in its own process group, so that on timeout whatever the context started goes with it.
     """
     db_dir = Path(db_dir)
     python = context_python or sys.executable
+    context_path = db_dir / "context.py"
     fd, out_path = tempfile.mkstemp(prefix="damnit-ctx-", suffix=".json")
     os.close(fd)
     try:
-        try:
-            proc = subprocess.run(
-                [python, "-m", "ctxrunner", "ctx", str(db_dir / "context.py"), out_path],
-                cwd=db_dir, env=worker_env(), capture_output=True, text=True, timeout=timeout)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return {"error": _plain_error(type(exc).__name__,
-                                          f"could not evaluate the context file with {python}: {exc}")}
-        text = Path(out_path).read_text() if os.path.getsize(out_path) else ""
-        if proc.returncode != 0 or not text:
-            return {"error": _plain_error(
-                "RuntimeError", f"evaluating the context file with {python} failed "
-                f"(exit code {proc.returncode})", proc.stderr[-5000:])}
+        with tempfile.TemporaryFile() as output:
+            try:
+                proc = subprocess.Popen(
+                    [python, "-m", "ctxrunner", "ctx", str(context_path), out_path], cwd=db_dir,
+                    env=worker_env(), stdin=subprocess.DEVNULL, stdout=output, stderr=output,
+                    start_new_session=True)
+            except OSError as exc:
+                return {"error": _plain_error(type(exc).__name__,
+                                              f"could not evaluate the context file with {python}: {exc}")}
+            try:
+                returncode = proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                return {"error": _plain_error(
+                    "TimeoutError", f"loading the context file took longer than {timeout:g} s (the "
+                    "context_load_timeout setting): does its module-level code wait for something?",
+                    _tail(output), str(context_path))}
+            finally:
+                _kill_group(proc)  # anything it left running
+            text = Path(out_path).read_text() if os.path.getsize(out_path) else ""
+            if returncode != 0 or not text:
+                return {"error": _plain_error(
+                    "RuntimeError", f"evaluating the context file with {python} failed "
+                    f"({_describe_exit(returncode)})", _tail(output), str(context_path))}
         return json.loads(text)
     finally:
         os.unlink(out_path)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group that ``proc`` leads (it was started with start_new_session)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def _tail(output, limit: int = 5000) -> str:
+    """The last ``limit`` characters written to a temporary output file."""
+    try:
+        output.seek(0, os.SEEK_END)
+        output.seek(max(0, output.tell() - limit))
+        return output.read().decode(errors="replace")
+    except (OSError, ValueError):
+        return ""
 
 
 def _plain_error(cls: str, message: str, tb: str = "", filename=None) -> dict:
@@ -192,13 +226,7 @@ class _Worker:
         return frames, eof, None
 
     def output_tail(self, limit: int = 4000) -> str:
-        try:
-            self.output.seek(0, os.SEEK_END)
-            size = self.output.tell()
-            self.output.seek(max(0, size - limit))
-            return self.output.read().decode(errors="replace")
-        except (OSError, ValueError):
-            return ""
+        return _tail(self.output, limit)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -491,7 +519,8 @@ class WorkerPool:
                 self._selector.unregister(worker.fd)
                 worker.kill()
                 worker.context_error = _plain_error(
-                    "TimeoutError", f"loading the context file took longer than {self.load_timeout:g} s",
+                    "TimeoutError", f"loading the context file took longer than {self.load_timeout:g} s "
+                    "(the context_load_timeout setting): does its module-level code wait for something?",
                     output, str(self.context_path))
         if self.variable_timeout is None:
             return []
@@ -504,7 +533,7 @@ class WorkerPool:
             job, var = worker.job, worker.current_var
             self._replace(worker)
             message = (f"variable {var!r} did not finish within the time limit of "
-                       f"{self.variable_timeout:g} s and was stopped")
+                       f"{self.variable_timeout:g} s (the variable_timeout setting) and was stopped")
             out.extend(self._retry(job, var, "TimeoutError", message))
         return out
 

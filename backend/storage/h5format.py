@@ -149,24 +149,56 @@ def _copy_file_except(path: Path, fdst: h5py.File, skip: set[str]) -> None:
 # -- writing VariableResults -------------------------------------------------------------------------
 
 def write_results(path: str | os.PathLike, results: Iterable[VariableResult],
-                  provenance: str = "context.py") -> list[str]:
-    """Merge `results` into the run file at `path` (created if missing). Returns the names written.
+                  provenance: str = "context.py") -> list[VariableResult]:
+    """Merge `results` into the run file at `path` (created if missing). Returns the results as stored.
 
-    `provenance` is recorded on the file when it is created (like the original's first fragment).
+    A value that HDF5 or NetCDF refuses becomes that variable's error (``could not store the value:
+    ...``, with the refusing exception's class) and the other variables are written as usual; the
+    returned list has the error in its place. `provenance` is recorded on the file when it is created
+    (like the original's first fragment).
     """
     path = Path(path)
-    results = list(results)
-    for r in results:
+    stored = list(results)
+    for r in stored:
         _check_name(r.name)
 
     def fill(f: h5py.File) -> None:
-        for r in results:
+        for i, r in enumerate(stored):
             delete_variable_objects(f, r.name)  # a name given twice: the last result wins
-            _write_result(f, r)
+            try:
+                _write_result(f, r)
+            except Exception as e:
+                if r.is_error:
+                    raise
+                delete_variable_objects(f, r.name)  # whatever part of it was written
+                stored[i] = unstorable_result(r.name, e)
+                _write_result(f, stored[i])
 
     with run_file_lock(path):
-        _atomic_update(path, fill, provenance, replaced=[r.name for r in results])
-    return [r.name for r in results]
+        _atomic_update(path, fill, provenance, replaced=[r.name for r in stored])
+    return stored
+
+
+def unstorable_result(name: str, exc: BaseException, where: str = "") -> VariableResult:
+    """The error recorded for a value that could not be stored (``where``: e.g. "in the database")."""
+    cause = exc.__cause__ if isinstance(exc, _WriteError) and exc.__cause__ is not None else exc
+    where = f" {where}" if where else ""
+    return VariableResult(name=name, error=f"could not store the value{where}: {cause}",
+                          error_cls=type(cause).__name__)
+
+
+class _WriteError(Exception):
+    """Names the variable and file when writing one result fails (the cause is chained)."""
+
+
+def safe_text(text: str) -> str:
+    """``text`` as HDF5 and SQLite can hold it: NULs and lone surrogates written as escapes."""
+    text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _check_name(name: str) -> None:
@@ -185,8 +217,9 @@ def delete_variable_objects(f: h5py.File, name: str) -> None:
 def _write_result(f: h5py.File, r: VariableResult) -> None:
     try:
         if r.is_error:
-            ds = f[".errors"].create_dataset(r.name, data=str(r.error))
-            ds.attrs["type"] = r.error_cls or "Exception"
+            # Messages quote user data (exception texts): escape what HDF5 can't hold, never lose the error.
+            ds = f[".errors"].create_dataset(r.name, data=safe_text(str(r.error)))
+            ds.attrs["type"] = safe_text(r.error_cls or "Exception")
             return
         if r.summary is not None:
             _write_summary(f, r.name, r.summary, r.summary_attrs or {})
@@ -195,12 +228,7 @@ def _write_result(f: h5py.File, r: VariableResult) -> None:
         if r.data is not None:
             _write_object(f, r.name, r.data, r.objtype, as_group=True)
     except Exception as e:
-        msg = f"Could not write variable {r.name!r} to {f.filename}: {e}"
-        try:
-            wrapped = type(e)(msg)
-        except Exception:
-            wrapped = RuntimeError(msg)
-        raise wrapped from e
+        raise _WriteError(f"Could not write variable {r.name!r} to {f.filename}: {e}") from e
 
 
 def _summary_array(summary: Any) -> Any:

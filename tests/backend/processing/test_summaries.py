@@ -180,7 +180,7 @@ def test_only_plain_objects_cross_to_the_parent():
 
     da = xr.DataArray([1, 2], dims=["x"], attrs={"things": [Custom()]})
     with pytest.raises(TypeError, match=r"cannot store the xarray object returned by variable 'v': "
-                       r"attrs.things holds a tests.test_summaries.Custom object"):
+                       r"attrs.things holds a tests.backend.processing.test_summaries.Custom object"):
         result(da)
 
 

@@ -64,7 +64,7 @@ def all_kinds() -> list[VR]:
 
 def test_layout_and_attributes(tmp_path):
     path = tmp_path / "p1234_r5.h5"
-    assert write_results(path, all_kinds(), provenance="context.py")[0] == "scalar"
+    assert write_results(path, all_kinds(), provenance="context.py")[0].name == "scalar"
     assert os.stat(path).st_mode & 0o777 == 0o666
     assert sorted(p.name for p in tmp_path.iterdir()) == [".p1234_r5.h5.lock", "p1234_r5.h5"]
     with h5py.File(path) as f:
@@ -161,17 +161,32 @@ def test_merge_replaces_everything_under_a_name(tmp_path):
     assert read_reduced(path)["x"].value == 3.0
 
 
-def test_failed_write_leaves_file_untouched(tmp_path):
+def test_unstorable_value_becomes_that_variables_error(tmp_path):
     path = tmp_path / "p1_r1.h5"
-    write_results(path, [VR("a", data=np.asarray(1.0), summary=1.0)])
-    before = path.read_bytes()
-    with pytest.raises(TypeError, match="Could not write variable 'b'.*object arrays"):
-        write_results(path, [VR("a", data=np.asarray(2.0), summary=2.0),
-                             VR("b", data=np.array([object(), 1], dtype=object))])
-    assert path.read_bytes() == before
+    write_results(path, [VR("a", data=np.asarray(1.0), summary=1.0), VR("b", data=np.asarray(1.0))])
+    stored = write_results(path, [VR("a", data=np.asarray(2.0), summary=2.0),
+                                  VR("b", data=np.array([object(), 1], dtype=object)),
+                                  VR("c", data="a\x00b", summary="a\x00b")])
+    assert [r.error_cls for r in stored] == [None, "TypeError", "ValueError"]
+    assert stored[1].error == "could not store the value: object arrays can't be stored in HDF5"
+    assert stored[2].error.startswith("could not store the value: ")
+    with h5py.File(path) as f:
+        assert f["a/data"][()] == 2.0
+        assert "b" not in f and "b" not in f[".reduced"] and "c" not in f and "c" not in f[".reduced"]
+        assert f[".errors/b"].attrs["type"] == "TypeError"
+    reduced = read_reduced(path)
+    assert reduced["a"].value == 2.0
+    assert reduced["b"].attributes["error_cls"] == "TypeError" and reduced["c"].value is None
     assert sorted(p.name for p in tmp_path.iterdir()) == [".p1_r1.h5.lock", "p1_r1.h5"]
     with pytest.raises(ValueError, match="'a/b'"):
         write_results(path, [VR("a/b", data=np.asarray(1))])
+
+
+def test_error_messages_with_nul_and_surrogates_are_kept_escaped(tmp_path):
+    path = tmp_path / "p1_r1.h5"
+    write_results(path, [VR("e", error="bad \udcff and \x00 here", error_cls="Weird\x00Error")])
+    reduced = read_reduced(path)["e"]
+    assert reduced.attributes == {"error": "bad \\udcff and \\x00 here", "error_cls": "Weird\\x00Error"}
 
 
 def test_read_reduced_for_the_database(tmp_path):
