@@ -26,7 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.storage.api import Damnit  # noqa: E402
-from backend.storage.database import ReducedData, initialize_proposal  # noqa: E402
+from backend.storage.damnit_folder import initialize_proposal  # noqa: E402
+from backend.storage.records import ReducedData
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(200)
 PROPOSAL = 2345

@@ -31,9 +31,10 @@ from typing import Any
 import h5py
 import numpy as np
 
-from backend.base.paths import amore_dir
+from backend.base.paths import DB_NAME, amore_dir
 
-from .database import DB_NAME, DamnitDB, blob2complex, decode_summary
+from .blobs import blob2complex, decode_summary
+from .database import DamnitDB
 from .user_variables import value_types_by_name
 
 OBJTYPE_ATTR = "_damnit_objtype"

@@ -17,11 +17,14 @@ import numpy as np
 import pytest
 
 from backend.storage.api import Damnit
-from backend.storage.database import DamnitDB, ReducedData, blob2numpy, initialize_proposal
+from backend.storage.blobs import blob2numpy
+from backend.storage.damnit_folder import initialize_proposal
+from backend.storage.database import DamnitDB
 from backend.storage.h5format import merge_fragment, read_reduced, run_file_path, write_results
+from backend.storage.records import ReducedData
 from backend.storage.user_variables import UserEditableVariable
-from tests.infra import REPO
 from tests.backend.storage.test_api import PLOTLY_JSON, START, results_for
+from tests.infra import REPO
 
 pytestmark = pytest.mark.oracle
 
