@@ -318,12 +318,12 @@ class ContextFile:
                                 label, name, ", ".join(missing_params))
                     continue
                 cell = var.evaluate(run, kwargs)
-                sys.stdout.flush()  # user prints land before our log line
+                _flush_stdout()  # user prints land before our log line
                 elapsed = time.perf_counter() - t0
                 if on_done is not None and not var.transient:
                     on_done(name, cell, None, elapsed)
-            except (Exception, SystemExit) as exc:  # sys.exit() in a variable fails only that variable
-                sys.stdout.flush()
+            except BaseException as exc:  # sys.exit(), KeyboardInterrupt... fail only that variable
+                _flush_stdout()
                 elapsed = time.perf_counter() - t0
                 errors[name] = exc
                 cell = None
@@ -405,6 +405,14 @@ def build_context(variables: dict[str, Variable], groups=(), code: str = "", pat
     variables = dict(variables)
     variables.update(expand_groups(by_name, variables))
     return ContextFile(variables, code, path)
+
+
+def _flush_stdout() -> None:
+    """Flush user prints; a stdout the user closed or replaced is the worker's to repair, not an error."""
+    try:
+        sys.stdout.flush()
+    except Exception:
+        pass
 
 
 def _dependency_failure(missing: list[str], errors: dict[str, BaseException]) -> Exception:
@@ -523,7 +531,7 @@ def load_context_for_info(path: Path) -> dict:
     path = Path(path)
     try:
         ctx = ContextFile.from_py_file(path)
-    except (Exception, SystemExit) as exc:  # whatever the user's code raises is reported
+    except BaseException as exc:  # whatever the user's code raises is reported
         return {"error": error_info(exc, str(path.absolute()))}
     return {"variables": ctx.vars_to_dict(inc_transient=True)}
 

@@ -9,6 +9,7 @@ so every other variable still gets its value.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -24,6 +25,8 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
+
 from backend.processing.requests import RunOutcome, RunRequest
 from backend.processing.summaries import summarise
 from backend.storage.records import VariableResult
@@ -31,9 +34,12 @@ from backend.storage.records import VariableResult
 log = logging.getLogger(__name__)
 
 CTXSUPPORT_DIR = Path(__file__).resolve().parent.parent / "ctxsupport"
-HEADER = struct.Struct("<Q")
-READ_CHUNK = 1 << 20
+FRAME_HEAD = struct.Struct("<QI")  # pickle length, number of out-of-band buffers
+BUFFER_SIZE = struct.Struct("<Q")
+PIPE_SIZE = 1 << 20  # bytes; larger pipes mean fewer system calls when large values are handed over
+F_SETPIPE_SZ = 1031  # fcntl command (Linux)
 DEFAULT_LOAD_TIMEOUT = 300.0  # s for a worker to start and load the context (imports can be slow)
+DEFAULT_MAX_VARIABLE_BYTES = 4 * 1024**3  # as the worker's (ctx_storable); also bounds frame sizes
 
 
 def worker_env() -> dict:
@@ -124,6 +130,91 @@ def _describe_exit(returncode: int | None) -> str:
     return f"exit code {returncode}"
 
 
+class FrameError(ValueError):
+    """The worker sent something that is not a valid frame."""
+
+
+class FrameReader:
+    """Reassembles the worker's frames from a non-blocking pipe (docs/design.md, contract 1).
+
+    Each pickle and each out-of-band buffer is read straight into memory of its final size, and the
+    values are unpickled on top of those buffers, so a large array is received without being copied.
+    Sizes announced beyond ``max_bytes`` are refused (the pipe can be written to by user code, and
+    must not make the parent allocate whatever it claims).
+    """
+
+    def __init__(self, fd: int, max_bytes: int):
+        self.fd = fd
+        self.max_bytes = max_bytes
+        self._new_frame()
+
+    def _new_frame(self) -> None:
+        self._stage = "head"
+        self._target: bytearray | np.ndarray = bytearray(FRAME_HEAD.size)
+        self._pos = 0
+        self._payload = None
+        self._sizes: list[int] = []
+        self._buffers: list = []
+
+    def _expect(self, stage: str, size: int) -> None:
+        self._stage = stage
+        self._target = bytearray(size) if size < (1 << 16) else np.empty(size, dtype=np.uint8)
+        self._pos = 0
+
+    def read(self) -> tuple[list, bool, FrameError | None]:
+        """Frames now complete, whether the worker closed its end, and the error if a frame was bad
+        (the frames before it are returned; the reader is then unusable)."""
+        frames: list = []
+        while True:
+            try:
+                while self._pos == len(self._target):
+                    self._advance(frames)
+            except FrameError as exc:
+                return frames, False, exc
+            try:
+                n = os.readv(self.fd, [memoryview(self._target)[self._pos:]])
+            except BlockingIOError:
+                return frames, False, None
+            if n == 0:
+                return frames, True, None
+            self._pos += n
+
+    def _advance(self, frames: list) -> None:
+        if self._stage == "head":
+            payload_size, n_buffers = FRAME_HEAD.unpack(self._target)
+            if payload_size > self.max_bytes or n_buffers > 1_000_000:
+                raise FrameError(f"frame header announces {payload_size} bytes in {n_buffers} buffers")
+            self._payload_size = payload_size
+            self._expect("sizes", BUFFER_SIZE.size * n_buffers)
+        elif self._stage == "sizes":
+            self._sizes = [s for (s,) in BUFFER_SIZE.iter_unpack(self._target)]
+            if sum(self._sizes) + self._payload_size > self.max_bytes:
+                raise FrameError(f"frame announces {sum(self._sizes) + self._payload_size} bytes, more "
+                                 f"than the limit of {self.max_bytes}")
+            self._expect("payload", self._payload_size)
+        else:
+            if self._stage == "payload":
+                self._payload = self._target
+            else:
+                self._buffers.append(self._target)
+            if len(self._buffers) < len(self._sizes):
+                self._expect("buffer", self._sizes[len(self._buffers)])
+                return
+            payload, buffers = self._payload, self._buffers
+            self._new_frame()
+            try:
+                frames.append(pickle.loads(payload, buffers=buffers))
+            except Exception as exc:
+                raise FrameError(f"could not decode a frame: {type(exc).__name__}: {exc}") from exc
+
+
+def max_variable_bytes(explicit: int | None = None) -> int:
+    """The worker's limit on one value, resolved as the worker resolves it."""
+    if explicit:
+        return int(explicit)
+    return int(os.environ.get("DAMNIT_MAX_VARIABLE_BYTES") or DEFAULT_MAX_VARIABLE_BYTES)
+
+
 class _Job:
     """A request in progress, with what earlier attempts learned (variables that hung or crashed)."""
 
@@ -154,7 +245,6 @@ class _Job:
 class _Worker:
     def __init__(self, pool: WorkerPool, index: int):
         self.index = index
-        self.buf = bytearray()
         self.job: _Job | None = None
         self.current_var: str | None = None
         self.var_started = 0.0
@@ -165,6 +255,10 @@ class _Worker:
         self.started = time.monotonic()
         self.output = tempfile.TemporaryFile()
         read_fd, write_fd = os.pipe()
+        try:
+            fcntl.fcntl(write_fd, F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # the system's limit for unprivileged users is lower: keep the default size
         cmd = [pool.context_python, "-u", "-m", "ctxrunner", "worker", "--context",
                str(pool.context_path), "--result-fd", str(write_fd)]
         if pool.max_variable_bytes:
@@ -177,6 +271,8 @@ class _Worker:
             os.close(write_fd)
         self.fd = read_fd
         os.set_blocking(read_fd, False)
+        # A frame holds one variable's data and preview (each within the limit) and a little more.
+        self.reader = FrameReader(read_fd, 3 * max_variable_bytes(pool.max_variable_bytes) + (256 << 20))
 
     @property
     def loading(self) -> bool:
@@ -201,29 +297,7 @@ class _Worker:
     def read_frames(self) -> tuple[list, bool, Exception | None]:
         """Frames now available, whether the worker closed its end (exited), and the error if a
         frame could not be decoded (the frames before it are returned)."""
-        eof = False
-        while True:
-            try:
-                chunk = os.read(self.fd, READ_CHUNK)
-            except BlockingIOError:
-                break
-            if not chunk:
-                eof = True
-                break
-            self.buf += chunk
-            if len(chunk) < READ_CHUNK:
-                break
-        frames = []
-        while len(self.buf) >= HEADER.size:
-            (size,) = HEADER.unpack_from(self.buf)
-            if len(self.buf) < HEADER.size + size:
-                break
-            try:
-                frames.append(pickle.loads(memoryview(self.buf)[HEADER.size:HEADER.size + size]))
-            except Exception as exc:
-                return frames, eof, exc
-            del self.buf[:HEADER.size + size]
-        return frames, eof, None
+        return self.reader.read()
 
     def output_tail(self, limit: int = 4000) -> str:
         return _tail(self.output, limit)
