@@ -79,6 +79,12 @@ def _check_netcdf_attrs(obj, name: str) -> None:
                 raise TypeError(f"cannot store attribute {prefix}{key}={value!r} of the xarray object "
                                 f"returned by variable {name!r}: NetCDF attributes must be strings, "
                                 "numbers or arrays/lists of them")
+            texts = [key] + ([value] if isinstance(value, str) else
+                             [v for v in value if isinstance(v, str)] if isinstance(value, (list, tuple)) else [])
+            for text in texts:
+                if reason := unstorable_text(text):
+                    raise ValueError(f"cannot store attribute {prefix}{key} of the xarray object returned "
+                                     f"by variable {name!r}: its text {reason}")
 
 
 def _xarray_payload(obj, name: str) -> dict:
@@ -220,7 +226,16 @@ def error_record(name: str, exc: BaseException, elapsed: float, tb: str = "") ->
         "name": name,
         "status": "error",
         "elapsed": float(elapsed),
-        "error_cls": type(exc).__name__,
-        "message": str(exc),
+        "error_cls": str(type(exc).__name__),
+        "message": exception_text(exc),
         "traceback": tb,
     }
+
+
+def exception_text(exc: BaseException) -> str:
+    """``str(exc)``, or a description if the exception's own ``__str__`` fails or returns a non-str."""
+    try:
+        text = str(exc)
+    except Exception as e:
+        return f"<the message of this {type(exc).__name__} could not be read: {type(e).__name__}>"
+    return text if type(text) is str else repr(text)

@@ -25,7 +25,7 @@ import ctx_compat
 import numpy as np
 from ctx_groups import assign_group_names, collect_groups, expand_groups
 from ctx_metadata import MetadataSource
-from ctx_storable import unstorable_text
+from ctx_storable import exception_text, unstorable_text
 from damnit_ctx import (
     Cell,
     ContextFileErrors,
@@ -324,6 +324,7 @@ class ContextFile:
                     on_done(name, cell, None, elapsed)
             except BaseException as exc:  # sys.exit(), KeyboardInterrupt... fail only that variable
                 _flush_stdout()
+                exc = _readable(exc)
                 elapsed = time.perf_counter() - t0
                 errors[name] = exc
                 cell = None
@@ -405,6 +406,18 @@ def build_context(variables: dict[str, Variable], groups=(), code: str = "", pat
     variables = dict(variables)
     variables.update(expand_groups(by_name, variables))
     return ContextFile(variables, code, path)
+
+
+def _readable(exc: BaseException) -> BaseException:
+    """``exc``, or a stand-in of the same class name if its message cannot be read (a ``__str__`` that
+    fails would otherwise break its dependents' error messages and the record)."""
+    try:
+        if type(str(exc)) is str:
+            return exc
+    except Exception:
+        pass
+    stand_in = type(type(exc).__name__, (Exception,), {})(exception_text(exc))
+    return stand_in.with_traceback(exc.__traceback__)
 
 
 def _flush_stdout() -> None:

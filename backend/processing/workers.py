@@ -303,10 +303,12 @@ class _Worker:
         return _tail(self.output, limit)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
+        """Stop the worker and whatever user code started in its process group (even when the
+        worker itself has already exited: a process a variable left running goes too)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            if self.proc.poll() is None:
                 self.proc.kill()
         self.proc.wait()
         self._close()

@@ -322,3 +322,40 @@ def test_stale_temp_files_of_a_dead_writer_are_removed(tmp_path):
     other_run.write_bytes(b"someone else's")
     write_results(path, [VR("a", data=np.asarray(1.0), summary=1.0)])
     assert not stale.exists() and other_run.exists()
+
+
+KILLED_WRITER = """
+import sys
+import numpy as np
+from backend.storage import h5format
+from backend.storage.records import VariableResult
+
+def hang(*args, **kwargs):  # the writer is killed while the temporary copy is being written
+    print("writing", flush=True)
+    import time
+    time.sleep(600)
+
+h5format.write_netcdf_group = hang
+h5format.write_results(sys.argv[1], [VariableResult("big", data=np.ones(1_000_000), summary=1.0),
+                                     VariableResult("da", data=__import__("xarray").DataArray([1]),
+                                                    objtype="dataarray")])
+"""
+
+
+def test_temp_file_of_a_killed_writer_is_removed_by_the_next_write(tmp_path):
+    path = tmp_path / "extracted_data" / "p1_r1.h5"
+    write_results(path, [VR("a", data=np.asarray(1.0), summary=1.0)])
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert writer.stdout.readline() == "writing\n"
+        temps = [p for p in path.parent.iterdir() if p.suffix == ".tmp"]
+        assert len(temps) == 1 and temps[0].stat().st_size > 8_000_000  # the new data, half-way
+    finally:
+        writer.kill()
+        writer.wait()
+    assert temps[0].exists()  # SIGKILL: nothing could clean up
+
+    write_results(path, [VR("b", data=np.asarray(2.0), summary=2.0)])
+    assert sorted(p.name for p in path.parent.iterdir()) == [".p1_r1.h5.lock", "p1_r1.h5"]
+    assert sorted(read_reduced(path)) == ["a", "b"]
