@@ -406,15 +406,12 @@ class RunProcessor:
         names = [r.name for r in results]
         path = h5format.run_file_path(self.db_dir, req.proposal, req.run)
         try:
-            stored = h5format.write_results(path, results)
-            reduced = h5format.read_reduced(path, names)
-            refused = self.db.unstorable(req.proposal, req.run, reduced)
-            if refused:  # the run file gets the same errors, so that it and the database agree
-                errors = {n: h5format.unstorable_result(n, e, "in the database") for n, e in refused.items()}
-                h5format.write_results(path, errors.values())
-                stored = [errors.get(r.name, r) for r in stored]
-                reduced = h5format.read_reduced(path, names)
-            self.db.set_variables(req.proposal, req.run, reduced, provenance=PROVENANCE)
+            # A value the database can't take becomes an error in the run file too, and the database is
+            # written before the new run file replaces the old one: the two always agree.
+            stored = h5format.write_results(
+                path, results, vet=lambda summaries: self.db.unstorable(req.proposal, req.run, summaries),
+                commit=lambda summaries: self.db.set_variables(req.proposal, req.run, summaries,
+                                                               provenance=PROVENANCE))
             outcome.results = stored
             for before, after in zip(results, stored):
                 if after is not before:

@@ -182,6 +182,29 @@ def test_unstorable_value_becomes_that_variables_error(tmp_path):
         write_results(path, [VR("a/b", data=np.asarray(1))])
 
 
+def test_database_refusals_and_failures_keep_the_file_and_database_in_step(tmp_path):
+    path = tmp_path / "p1_r1.h5"
+    write_results(path, [VR("a", data=np.asarray(1.0), summary=1.0)])
+    committed = []
+    stored = write_results(path, [VR("a", data=np.asarray(2.0), summary=2.0), VR("b", data="x", summary="x")],
+                           vet=lambda summaries: {"b": TypeError("nope")} if "b" in summaries else {},
+                           commit=committed.append)
+    assert (stored[1].error, stored[1].error_cls) == ("could not store the value in the database: nope",
+                                                      "TypeError")
+    assert committed[0]["a"].value == 2.0 and committed[0]["b"].attributes == {
+        "error": "could not store the value in the database: nope", "error_cls": "TypeError"}
+    assert read_reduced(path) == committed[0]
+
+    def fail(summaries):
+        raise RuntimeError("database is locked")
+
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError, match="database is locked"):
+        write_results(path, [VR("a", data=np.asarray(3.0), summary=3.0)], commit=fail)
+    assert path.read_bytes() == before  # the database was not written, so neither is the file
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".p1_r1.h5.lock", "p1_r1.h5"]
+
+
 def test_error_messages_with_nul_and_surrogates_are_kept_escaped(tmp_path):
     path = tmp_path / "p1_r1.h5"
     write_results(path, [VR("e", error="bad \udcff and \x00 here", error_cls="Weird\x00Error")])
