@@ -81,7 +81,11 @@ class StandardStreams:
             setattr(sys, attr, own)
         for handler in logging.getLogger().handlers:
             if isinstance(handler, logging.StreamHandler) and handler.stream is not self.stderr:
-                handler.setStream(self.stderr)
+                handler.acquire()  # (not setStream: it flushes the old stream, which may be closed)
+                try:
+                    handler.stream = self.stderr
+                finally:
+                    handler.release()
 
 
 STREAMS: StandardStreams | None = None

@@ -46,13 +46,13 @@ log = logging.getLogger("ctxrunner")
 ctx_compat.install()  # `from damnit.context import Variable` in context files
 
 MYMDC_FIELDS = ("sample_name", "run_type", "techniques")
+META_FIELDS = ("run_number", "proposal", "proposal_path")
 # Names the database and the run files use for a run's own metadata: a variable of that name would
 # silently overwrite it (``proposal``, ``run`` and ``added_at`` are kept apart instead, as the original).
 RESERVED_NAMES = {
     "start_time": "the run's start time, which DAMNIT records for every run (the Timestamp column)",
     "comment": "the run's comment, which users write in the run table",
 }
-META_FIELDS = ("run_number", "proposal", "proposal_path")
 _GLOB_CHARS = "*?["
 _module_counter = 0
 

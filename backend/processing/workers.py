@@ -10,6 +10,7 @@ so every other variable still gets its value.
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import logging
 import os
@@ -134,6 +135,23 @@ class FrameError(ValueError):
     """The worker sent something that is not a valid frame."""
 
 
+# What a frame may reconstruct (numpy arrays, scalars and dtypes, complex numbers; numpy 1 and 2 names):
+# nothing else, so that a context (perhaps sandboxed as another user) cannot make the parent run code.
+_FRAME_GLOBALS = {
+    ("builtins", "complex"), ("builtins", "bytearray"), ("builtins", "set"), ("builtins", "frozenset"),
+    ("numpy", "dtype"), ("numpy", "ndarray"),
+    *((f"numpy.{core}.{module}", name) for core in ("core", "_core")
+      for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))),
+}
+
+
+class _FrameUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _FRAME_GLOBALS:
+            raise pickle.UnpicklingError(f"a frame may not contain {module}.{name}")
+        return super().find_class(module, name)
+
+
 class FrameReader:
     """Reassembles the worker's frames from a non-blocking pipe (docs/design.md, contract 1).
 
@@ -203,7 +221,7 @@ class FrameReader:
             payload, buffers = self._payload, self._buffers
             self._new_frame()
             try:
-                frames.append(pickle.loads(payload, buffers=buffers))
+                frames.append(_FrameUnpickler(io.BytesIO(payload), buffers=buffers).load())
             except Exception as exc:
                 raise FrameError(f"could not decode a frame: {type(exc).__name__}: {exc}") from exc
 

@@ -161,7 +161,8 @@ CASES = {
                      error=("WorkerCrashError", r"killed by signal SIGSEGV")),
     "kills_itself": Case("os.kill(os.getpid(), signal.SIGKILL)", error=("WorkerCrashError", r"SIGKILL")),
     "recursion": Case("def f(n):\n        return f(n + 1)\n    return f(0)", error=("RecursionError", r"recursion")),
-    "closes_stdout_and_stderr": Case("sys.stdout.close()\n    os.close(1)\n    os.close(2)\n    return 7",
+    "closes_stdout_and_stderr": Case("sys.stdout.close()\n    sys.stderr.close()\n    os.close(1)\n"
+                                     "    os.close(2)\n    return 7",
                                      value=7, check=_check_streams_repaired),
     "forks_a_child_that_returns": Case("return 8 if os.fork() else 9", value=8, check=_check_fork_once),
     "leaves_a_child_running": Case(
@@ -173,6 +174,14 @@ CASES = {
     "garbage_on_the_result_pipe": Case(
         "fd = int(sys.argv[sys.argv.index('--result-fd') + 1])\n    os.write(fd, b'\\xff' * 64)\n    return 1",
         error=("FrameError", r"could not decode")),
+    "forged_frame_that_would_run_code_in_the_parent": Case(
+        "import pickle, struct\n"
+        "    class Evil:\n        def __reduce__(self):\n            return (os.system, ('touch pwned',))\n"
+        "    payload = pickle.dumps(('var_done', Evil()), protocol=5)\n"
+        "    fd = int(sys.argv[sys.argv.index('--result-fd') + 1])\n"
+        "    os.write(fd, struct.pack('<QI', len(payload), 0) + payload)\n    return 1",
+        error=("FrameError", r"could not decode .*a frame may not contain posix\.system"),
+        check=lambda db_dir, output: not (db_dir / "pwned").exists() or pytest.fail("the forged frame ran code")),
     "closes_every_file_descriptor": Case("os.closerange(0, 1024)\n    return 1",
                                          error=("WorkerCrashError", r"died while computing 'hostile'")),
     # -- definitions that would overwrite run metadata or cannot be stored as text: refused, located
