@@ -10,8 +10,10 @@ import panel as pn
 import param
 
 from app.config import ServerConfig, get_config
+from app.live.session import SessionState, every
+from app.live.source import ProposalSource, get_source
 from app.pages import load_pages
-from app.state import ProposalSource, SessionState, get_source
+from app.pages.bigscreen import BigScreen
 from backend.base.paths import find_database_dir
 
 log = logging.getLogger(__name__)
@@ -95,7 +97,7 @@ class ScriptLoader(pn.custom.JSComponent):
 
 
 def deferred_script_urls() -> list[str]:
-    """Scripts of the extensions that are left out of the first page load (see app/main.py)."""
+    """Scripts of the extensions that are left out of the first page load (see app/server/main.py)."""
     from panel.io.resources import bundled_files
     from panel.models.ace import AcePlot
     from panel.models.plotly import PlotlyPlot
@@ -175,7 +177,7 @@ def proposal_list(cfg: ServerConfig, message: str = "") -> pn.viewable.Viewable:
             label = f"p{src.proposal}" if src.proposal is not None else f"database #{i}"
             link = f"?proposal={src.proposal}" if src.proposal is not None else f"?db={i}"
             rows.append(f"<li><a href='{html.escape(link)}'>{html.escape(label)}</a> "
-                        f"<span style='color:#666'>({len(src.runs)} runs, {html.escape(str(src.db_dir))})</span></li>")
+                        f"<span style='color:#666'>({len(src.run_keys())} runs, {html.escape(str(src.db_dir))})</span></li>")
         except Exception as e:
             rows.append(f"<li>{html.escape(d)}: <b>cannot open</b>: {html.escape(str(e))}</li>")
     number = pn.widgets.TextInput(label="Open proposal number", placeholder="e.g. 1234", width=200)
@@ -213,14 +215,11 @@ def build_app() -> pn.viewable.Viewable:
         return proposal_list(cfg, message)
     session = make_session(source, cfg)
     if (pn.state.session_args or {}).get("mode", [b""])[0] == b"bigscreen":
-        from app.pages import bigscreen  # a wall display: that page alone, without tabs or edit pages
-
-        return bigscreen.view(session)
+        return BigScreen(session=session)  # a wall display: that page alone, without tabs or edit pages
 
     badge = ConnectionBadge(state=source.connection, height=24, width=110)
     session.on_change(lambda ch: setattr(badge, "state", source.connection) if ch.connection else None)
-    beat = pn.state.add_periodic_callback(lambda: setattr(badge, "heartbeat", badge.heartbeat + 1), 2000)
-    pn.state.on_session_destroyed(lambda ctx: beat.stop())
+    every(2000, lambda: setattr(badge, "heartbeat", badge.heartbeat + 1))
 
     who = html.escape(session.user) if session.user else ""
     if session.read_only:

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_dashboard.py [--runs 5000] [--vars 300] [--sessions 20] [--updates 20]
 
-1. Opens a synthetic proposal (``app.synthetic``: floats, ints, strings, PNG thumbnails, trendlines,
+1. Opens a synthetic proposal (``backend.storage.synthetic``: floats, ints, strings, PNG thumbnails, trendlines,
    errors) of RUNS x VARS through ``panel_serve.sh`` in Debian Chromium (Playwright) and times
    navigation → first rows drawn, and → "interactive" (a pager click answered by the server).
 2. Live updates through Kafka (embedded Tansu): writes a cell as a processing job would, sends
@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.demo import EmbeddedBroker, tansu_binary  # noqa: E402
-from app.launcher import DashboardServer  # noqa: E402
-from app.synthetic import make_database, set_value  # noqa: E402
+from app.server.demo import EmbeddedBroker, tansu_binary  # noqa: E402
+from app.server.launcher import DashboardServer  # noqa: E402
+from backend.storage.synthetic import make_database, set_value  # noqa: E402
 from tests.infra.browser import launch_chromium  # noqa: E402
 
 CLK_TCK = 100

@@ -1,7 +1,7 @@
 """Process runs end to end: context workers → HDF5 files → runs.sqlite → update messages.
 
 `RunProcessor` is the one place that turns "process these runs" into stored results. It is used by
-`damnit reprocess --direct`, by Slurm jobs (``python -m backend.processing.run_processor ...``, spec §2.1) and by the
+`damnit reprocess --direct`, by Slurm jobs (``python -m backend.processing.run_processor ...``, docs/spec.md "Processing jobs: Slurm submission") and by the
 listener's local processing. Results of each run are stored as soon as that run finishes, so a failure
 in one run (or in one variable) never costs the others their data.
 """

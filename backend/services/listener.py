@@ -1,4 +1,4 @@
-"""The run-event listener (``damnit listen``, spec §3): Kafka run events → processing jobs.
+"""The run-event listener (``damnit listen``, docs/spec.md "Listener"): Kafka run events → processing jobs.
 
 Delivery is at-least-once. Offsets are committed manually, per partition, only up to the oldest event
 whose jobs are not yet submitted (Slurm) or finished (local processing); a crash or broker loss

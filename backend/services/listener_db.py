@@ -1,4 +1,4 @@
-"""``listener.sqlite``: which databases a listener feeds and its settings (spec §3).
+"""``listener.sqlite``: which databases a listener feeds and its settings (docs/spec.md "Listener: listener.sqlite").
 
 Same tables as the original, so a listener directory can be shared between the two implementations.
 """

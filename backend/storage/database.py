@@ -1,4 +1,4 @@
-"""runs.sqlite: DAMNIT's v4 database (spec §4), safe for many concurrent writers.
+"""runs.sqlite: DAMNIT's v4 database (docs/spec.md "Database: runs.sqlite v4"), safe for many concurrent writers.
 
 Compared with the original we run in WAL mode on local filesystems (readers never block the writer;
 on network filesystems such as GPFS/NFS, written from several hosts, we keep the rollback journal), take the write lock

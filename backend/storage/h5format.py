@@ -1,4 +1,4 @@
-"""The per-run HDF5 file `extracted_data/p<prop>_r<run>.h5` in DAMNIT's layout (spec §2.3-2.5).
+"""The per-run HDF5 file `extracted_data/p<prop>_r<run>.h5` in DAMNIT's layout (docs/spec.md "HDF5: per-run files").
 
 Layout: `<name>/data` (or a NetCDF4 group for xarray objects, attr `_damnit_objtype`), `.reduced/<name>`
 (summary + attrs), `.preview/<name>`, `.errors/<name>` (message, attr `type`); root attr `provenance`.
@@ -549,7 +549,7 @@ def _plain_attr(value: Any) -> Any:
 def read_reduced(path: str | os.PathLike | h5py.File,
                  names: Iterable[str] | None = None) -> dict[str, ReducedData]:
     """Summaries and errors of a run file (a path, or an open file) as ReducedData for
-    DamnitDB.set_variables (spec §2.5).
+    DamnitDB.set_variables (docs/spec.md "HDF5: from file to database").
 
     Strings → str, PNG thumbnails → bytes, 0-d → Python scalars (complex stays complex), other arrays →
     numpy; bold/background/units go to `attributes`. An error gives value None and attributes

@@ -1,4 +1,4 @@
-"""The core `damnit` verbs (spec §6): init, proposal, new-id, db-config, read-context, reprocess.
+"""The core `damnit` verbs (docs/spec.md "Command line"): init, proposal, new-id, db-config, read-context, reprocess.
 
 Commands run in-process through `backend.cli.main` (processing still uses real worker processes and
 extra-data mock runs); one test runs the installed command as a subprocess.

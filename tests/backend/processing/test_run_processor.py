@@ -265,26 +265,6 @@ def test_demo_context_over_mock_runs(tmp_path, make_mock_runs):
         assert f["spot_centre/data"].dtype.kind == "c"
 
 
-@pytest.mark.parametrize("sase", ["SA1", "SA2", "SA3"])
-def test_templates_load_and_run(tmp_path, make_mock_runs, sase):
-    make_mock_runs(PROPOSAL, 1, with_proc=True)
-    db_dir = make_db(tmp_path / "db", (CONTEXTS / f"{sase}_base.py").read_text())
-    outcomes = process(db_dir, [1])
-    assert outcomes[0].run_error is None
-    rows = db_rows(db_dir)
-    assert rows[(1, "n_trains")][0] == 50
-    assert rows[(1, "run_length")][0] == "0:00:05"
-    assert 0 < rows[(1, "raw_size")][0] < 1
-    assert 0 < rows[(1, "proc_size")][0] < 1
-    if sase == "SA1":  # the mock runs have an SA1 XGM only
-        assert rows[(1, "xgm_intensity")][0] > 100
-        assert rows[(1, "pulses")][0] == 17
-        assert 5 < rows[(1, "photon_energy")][0] < 15
-    else:
-        err = json.loads(rows[(1, "xgm_intensity")][1])
-        assert err["error_cls"] == "Skip" and sase in err["error"]
-
-
 def _module_cmd(*args):
     return [sys.executable, "-m", "backend.services.job", *map(str, args)]
 
