@@ -18,7 +18,7 @@ import numpy as np
 import panel as pn
 
 from app.display.formatting import format_number, format_value
-from app.display.text import safe_text
+from app.display.text import plot_name, plot_title, safe_table, safe_text
 from backend.processing.summaries import quiet_nan_warnings
 
 hv.Store.set_current_backend("bokeh")
@@ -128,7 +128,7 @@ def describe_value(value: Any) -> str:
 # --------------------------------------------------------------------------------------------------
 
 def _dim(name: str, units: str | None = None, label: str | None = None) -> hv.Dimension:
-    return hv.Dimension(str(name), label=label or str(name), unit=units or None)
+    return hv.Dimension(plot_name(name), label=label or str(name), unit=units or None)
 
 
 def line_element(x: np.ndarray, y: np.ndarray, *, xdim: hv.Dimension, ydim: hv.Dimension,
@@ -138,7 +138,7 @@ def line_element(x: np.ndarray, y: np.ndarray, *, xdim: hv.Dimension, ydim: hv.D
     if np.iscomplexobj(y):
         y = np.abs(y)
         ydim = hv.Dimension(ydim.name, label=f"|{ydim.label}|", unit=ydim.unit)
-    opts = dict(responsive=True, height=PLOT_HEIGHT, tools=["hover"], title=title, show_grid=True)
+    opts = dict(responsive=True, height=PLOT_HEIGHT, tools=["hover"], title=plot_title(title), show_grid=True)
     if np.asarray(x).dtype.kind in "iu":
         opts["xformatter"] = "%d"  # train IDs (~1e9) as integers, not 1.0002e+9
     curve = hv.Curve((x, y), kdims=[xdim], vdims=[ydim]).opts(**opts)
@@ -188,7 +188,7 @@ def image_element(data: np.ndarray, *, xs: np.ndarray | None = None, ys: np.ndar
     aspect = reduced.shape[1] / max(reduced.shape[0], 1)
     return element.opts(
         colorbar=True, cmap=IMAGE_CMAP, clim=clim or (np.nan, np.nan), tools=["hover"],
-        responsive=True, height=PLOT_HEIGHT + 80 if aspect < 4 else PLOT_HEIGHT, title=title,
+        responsive=True, height=PLOT_HEIGHT + 80 if aspect < 4 else PLOT_HEIGHT, title=plot_title(title),
         **opts)
 
 
@@ -208,7 +208,7 @@ def rgb_element(data: np.ndarray, *, title: str = "") -> hv.Element:
     width = min(w, 900) if w >= 300 else 300
     return hv.RGB(reduced, bounds=(0, 0, w, h)).opts(
         frame_width=width, frame_height=max(int(width * h / max(w, 1)), 50), xaxis=None, yaxis=None,
-        title=title, toolbar="right")
+        title=plot_title(title), toolbar="right")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -311,7 +311,7 @@ def dataarray_element(da: Any, *, title: str = "", units: str | None = None) -> 
     coords = da.coords[first].values if first in da.coords else np.arange(da.sizes[first])
     frames = {coords[i].item() if hasattr(coords[i], "item") else coords[i]:
               dataarray_element(da.isel({first: i}), title=title, units=units) for i in idx}
-    return hv.HoloMap(frames, kdims=[hv.Dimension(str(first))])
+    return hv.HoloMap(frames, kdims=[_dim(first)])
 
 
 def dataset_view(ds: Any, *, title: str = "") -> pn.viewable.Viewable:
@@ -336,8 +336,9 @@ def _is_pandas(value: Any, kind: str) -> bool:
 def dataframe_view(df: Any) -> pn.viewable.Viewable:
     """A DataFrame as a read-only table, paged on the server (a frame may have millions of rows)."""
     info = safe_text(f"DataFrame: {len(df)} rows x {len(df.columns)} columns", color="grey")
-    table = pn.widgets.Tabulator(df, disabled=True, pagination="remote", page_size=20, show_index=True,
-                                 sizing_mode="stretch_width", max_height=600)
+    shown, titles = safe_table(df)  # column names are data: Tabulator renders titles as HTML
+    table = pn.widgets.Tabulator(shown, titles=titles, disabled=True, pagination="remote", page_size=20,
+                                 show_index=True, sizing_mode="stretch_width", max_height=600)
     return pn.Column(info, table, sizing_mode="stretch_width")
 
 

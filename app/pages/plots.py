@@ -20,7 +20,7 @@ import param
 from app.config import get_config, zone_label
 from app.display.plots import PLOT_HEIGHT, downsample_1d
 from app.display.run_contents import run_file, scan_run_file
-from app.display.text import safe_text
+from app.display.text import plot_title, safe_text
 from app.live.session import SessionState
 from app.live.source import ProposalSource
 from backend.storage.api import RunVariables
@@ -137,7 +137,9 @@ class PlotsPage(pn.viewable.Viewer):
     session = param.ClassSelector(class_=SessionState)
 
     def __panel__(self) -> pn.viewable.Viewable:
-        return pn.Column(SummaryPlot(self.session).layout, pn.layout.Divider(), RunOverlay(self.session).layout,
+        # <hr>, not pn.layout.Divider: Panel 1.9 gives it a stylesheet from its CDN (a request off our server).
+        return pn.Column(SummaryPlot(self.session).layout, pn.pane.HTML("<hr>", sizing_mode="stretch_width"),
+                         RunOverlay(self.session).layout,
                          sizing_mode="stretch_width", name=TITLE)
 
 
@@ -222,7 +224,7 @@ class SummaryPlot:
                 edges, density = histogram(data["y"].to_numpy() if len(data) else np.array([]), self.bins.value)
                 return hv.Histogram((edges, density), kdims=[ydim], vdims=["density"]).opts(
                     responsive=True, height=PLOT_HEIGHT + 80, framewise=True, tools=["hover"],
-                    title=f"{ylabel}: distribution over runs")
+                    title=plot_title(f"{ylabel}: distribution over runs"))
         else:
             def element(data: pd.DataFrame) -> hv.Element:
                 times = {c for c in ("x", "y") if {"x": x, "y": y}[c] == "start_time"}
@@ -232,7 +234,7 @@ class SummaryPlot:
                 points = hv.Points(data, kdims=[xdim, ydim], vdims=["run"]).opts(
                     size=8, tools=["hover", "tap", "box_select", "lasso_select"], responsive=True,
                     height=PLOT_HEIGHT + 80, framewise=True, show_grid=True, nonselection_alpha=0.3,
-                    title=f"{ylabel} vs. {xlabel}", active_tools=["box_select"])
+                    title=plot_title(f"{ylabel} vs. {xlabel}"), active_tools=["box_select"])
                 if kind == "Line":
                     return hv.Curve(data, kdims=[xdim], vdims=[ydim]).opts(framewise=True) * points
                 return points
@@ -313,7 +315,7 @@ class RunOverlay:
         self.messages.object = "\n".join(problems)
         if curves:
             overlay = hv.Overlay(curves).opts(responsive=True, height=PLOT_HEIGHT + 60, legend_position="right",
-                                              title=f"{self.source.variable(name).display_title} per run")
+                                              title=plot_title(f"{self.source.variable(name).display_title} per run"))
             self.plot_pane.object = overlay
 
     def _load(self, runs: list[int], name: str, xname: str) -> tuple[list[hv.Element], list[str]]:

@@ -36,11 +36,12 @@ class ProcessingPage(pn.viewable.Viewer):
     def __panel__(self) -> pn.viewable.Viewable:
         source = self.session.source
         board = job_board(source.db_dir, source.proposal)
+        # <hr>, not pn.layout.Divider: Panel 1.9 gives it a stylesheet from its CDN (a request off our server).
         return pn.Column(
             reprocess_form(self.session, board),
-            pn.layout.Divider(),
+            pn.pane.HTML("<hr>", sizing_mode="stretch_width"),
             job_list(self.session, board),
-            pn.layout.Divider(),
+            pn.pane.HTML("<hr>", sizing_mode="stretch_width"),
             log_viewer(self.session),
             sizing_mode="stretch_width", name=TITLE)
 
