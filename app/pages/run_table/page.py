@@ -722,7 +722,7 @@ class RunTablePage(pn.viewable.Viewer):
     def precreate_form(self) -> pn.viewable.Viewable:
         """Rows for runs not taken yet, so their comments can be written ahead."""
         count = pn.widgets.IntInput(label="Runs", value=1, start=1, end=edits.MAX_PRECREATE, width=90)
-        make = pn.widgets.Button(label="Pre-create runs", align="end", css_classes=["dmn-precreate"])
+        make = pn.widgets.Button(label="Create runs", align="end", css_classes=["dmn-precreate"])
 
         def on_make(_):
             try:

@@ -43,7 +43,7 @@ function installSparklineHover() {
       })
       document.body.appendChild(tip)
     }
-    tip.textContent = `x = ${best.x}   y = ${best.y}`
+    tip.textContent = `x = ${best.x}, y = ${best.y}`
     tip.style.display = 'block'
     tip.style.left = Math.min(window.innerWidth - tip.offsetWidth - 4, event.clientX + 12) + 'px'
     tip.style.top = Math.max(0, box.top - tip.offsetHeight - 4) + 'px'

@@ -45,6 +45,24 @@ function showForCopying(text) {
   area.select()
 }
 
+// Panel's TabulatorView.setSelection scrolls to the selected rows, which redraws them and closes an
+// editor just opened: the first click on a comment cell selects its row, the server confirms the
+// selection, and the editor vanished. While an edit is open, select without scrolling.
+function keepEditorsOpen(view) {
+  const original = view.setSelection.bind(view)
+  view.setSelection = () => {
+    const edit = view.tabulator && view.tabulator.modules && view.tabulator.modules.edit
+    if (!(edit && edit.currentCell) || view._selection_updating) return original()
+    view._selection_updating = true
+    try {
+      view.tabulator.deselectRow()
+      view.tabulator.selectRow(view.model.source.selected.indices)
+    } finally {
+      view._selection_updating = false
+    }
+  }
+}
+
 export function render({ model, el }) {
   el.style.display = 'none'
   const send = (msg) => model.send_msg(msg)
@@ -164,6 +182,7 @@ export function render({ model, el }) {
         const order = tab.getColumns().map(c => c.getField()).filter(f => f && f !== '_index')
         send({kind: 'moved', table: view.model.id, order})
       })
+      keepEditorsOpen(view)
     }
   }
   hook()
