@@ -4,8 +4,9 @@ Numeric columns get a range slider with the distribution of the column's values 
 histogram of the live table's array, the kept range in colour) and min/max fields kept in step with
 it (empty = no bound; a slider pushed to an end is no bound either, so new runs beyond it still show).
 Other columns get a set of values. Any column can instead keep only the runs with a value in it, or
-only those without (an image or none). Changes apply at once; the page shows each filter as a chip
-and marks the filtered column's header.
+only those without (an image or none). A range or has-a-value filter applies as it is changed, a set
+of values with "Apply filter"; the page shows each filter as a chip and marks the filtered column's
+header.
 """
 
 from __future__ import annotations

@@ -341,6 +341,8 @@ class RunTablePage(pn.viewable.Viewer):
         """The layout this browser kept: used unless the server had this user's, or the user already
         changed something; either way the browser then keeps what is shown."""
         layout = TableLayout.from_json(stored)
+        if layout == self.layout():
+            return
         if layout is not None and self._layout_from == "default":
             self._layout_from = "loading"
             try:
@@ -703,8 +705,12 @@ class RunTablePage(pn.viewable.Viewer):
     def _delete(self, name: str, title: str) -> None:
         self.say(f"Deleting “{title}”…")
 
-        def progress(done: int, total: int) -> None:
-            self._later(self.say, f"Deleting “{title}” from the run files: {done} of {total}")
+        shown = [0.0]
+
+        def progress(done: int, total: int) -> None:  # from the worker: at most a few updates a second
+            if done == total or time.monotonic() - shown[0] > 0.3:
+                shown[0] = time.monotonic()
+                self._later(self.say, f"Deleting “{title}” from the run files: {done} of {total}")
 
         def finished(result, error):
             if error is not None:
