@@ -108,6 +108,7 @@ class RunTablePage(pn.viewable.Viewer):
         self.tz = get_config().tz
         self._syncing = False  # True while the table follows session.selected_runs (no echo back)
         self._quiet = False  # True while layout params follow the browser (nothing to send back)
+        self._from_control = False  # True while layout params follow the Columns card's controls
         self._layout_from = "default"  # where the layout came from: default | server | browser | user
         self._table_key = table_key(self.source.proposal, self.source.db_dir)
         self._doc = pn.state.curdoc
@@ -334,7 +335,8 @@ class RunTablePage(pn.viewable.Viewer):
         if "show_processing" in names:
             self.table.stylesheets = self._stylesheets()
         if not self._quiet:
-            self._sync_controls()
+            if not self._from_control:  # never echo a value back to the widget being changed
+                self._sync_controls()
             if names & {"column_order", "hidden_columns", "hierarchical_headers", "column_widths"}:
                 self._rebuild_columns()
         if self._layout_from != "loading":
@@ -391,13 +393,20 @@ class RunTablePage(pn.viewable.Viewer):
         slots = iter(chosen + [v for v in variables if v not in set(chosen)])
         order = [c if c in FIXED_COLUMNS else next(slots) for c in self.ordered_columns()]
         hidden = [c for c in self.hidden_columns if c in FIXED_COLUMNS] + [v for v in variables if v not in set(chosen)]
-        self.param.update(column_order=order, hidden_columns=hidden)
+        self._from_controls(column_order=order, hidden_columns=hidden)
 
     def _on_fixed_choice(self, event) -> None:
         if self._quiet:
             return
         hidden = [c for c in self.hidden_columns if c not in ("start_time", "comment")]
-        self.hidden_columns = hidden + [c for c in ("start_time", "comment") if c not in event.new]
+        self._from_controls(hidden_columns=hidden + [c for c in ("start_time", "comment") if c not in event.new])
+
+    def _from_controls(self, **layout) -> None:
+        self._from_control = True
+        try:
+            self.param.update(**layout)
+        finally:
+            self._from_control = False
 
     def hide_column(self, name: str) -> None:
         if name != "run" and name not in self.hidden_columns:

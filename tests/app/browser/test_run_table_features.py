@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import sqlite3
 import time
@@ -41,9 +42,15 @@ def state_dir(tmp_path):
 def serve(tmp_path, state_dir):
     servers = []
 
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "table_members.py").write_text("def rule(user, proposal):\n    return user in ('alice', 'bob')\n")
+    members = {"DAMNIT_MEMBERSHIP": "table_members:rule",  # signed in, alice and bob belong to every proposal
+               "PYTHONPATH": os.pathsep.join(p for p in (str(rules), os.environ.get("PYTHONPATH", "")) if p)}
+
     def start(databases, *flags, env=None):
         srv = DashboardServer(databases, *flags, env={"AMORE_BROKER": "none", "DAMNIT_WEB_STATE_DIR": str(state_dir),
-                                                      **(env or {})},
+                                                      **members, **(env or {})},
                               log_path=tmp_path / f"server{len(servers)}.log")
         try:
             srv.start()
