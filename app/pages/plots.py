@@ -157,6 +157,7 @@ class SummaryPlot:
         self.kind = pn.widgets.RadioButtonGroup(options=["Scatter", "Line", "Histogram"], value="Scatter",
                                                 align="end")
         self.bins = pn.widgets.IntInput(label="Bins", value=30, start=5, end=100_000, step=25, width=90)
+        self._follow_request(session.plot_request)
         self.count = safe_text("", color="grey")
         self.pipe = hv.streams.Pipe(data=self._data())
         self.plot_pane = pn.pane.HoloViews(sizing_mode="stretch_width", min_height=PLOT_HEIGHT + 80,
@@ -166,11 +167,23 @@ class SummaryPlot:
             w.param.watch(self._rebuild, "value")
         self.bins.param.watch(lambda e: self._push(), "value")
         session.on_change(self._on_change)
+        session.param.watch(lambda e: self._follow_request(e.new), "plot_request", onlychanged=False)
         self._rebuild()
         self.layout = pn.Column(
             pn.pane.Markdown("### Summary of all runs"),
             pn.Row(self.y, pn.pane.HTML("vs.", align="end"), self.x, self.swap, self.kind, self.bins),
             self.count, self.plot_pane, sizing_mode="stretch_width")
+
+    def _follow_request(self, request: dict | None) -> None:
+        """Show the axes another page asked for (names this plot can't show are left alone)."""
+        if not request:
+            return
+        names = set(self.x.options.values())
+        with pn.io.hold():
+            for axis, widget in (("x", self.x), ("y", self.y)):
+                if request.get(axis) in names:
+                    widget.value = request[axis]
+            self.kind.value = "Scatter" if self.kind.value == "Histogram" else self.kind.value
 
     def _label(self, name: str) -> str:
         if name == "run":
