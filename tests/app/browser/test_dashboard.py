@@ -357,13 +357,13 @@ def test_landing_page_lists_only_served_proposals(serve, tmp_path, page):
 
 
 def test_trusted_user_header_gates_writes(serve, small_db, chromium_browser):
-    srv = serve([small_db], "--user-header", "X-Remote-User")
-    anonymous = chromium_browser.new_context().new_page()
-    open_table(anonymous, srv.url)
-    anonymous.get_by_text("view only").wait_for()
-    target = cell(anonymous, 3, "comment")
-    target.click()
-    assert target.locator("input").count() == 0
+    from tests.app.membership_rule import SIGNED_IN
+
+    srv = serve([small_db], "--user-header", "X-Remote-User", env=SIGNED_IN)
+    anonymous = chromium_browser.new_context().new_page()  # no header: not signed in, no proposal
+    anonymous.goto(srv.url)
+    anonymous.get_by_text("You are not a member of proposal").wait_for(timeout=30000)
+    assert anonymous.locator(".tabulator-cell[tabulator-field='run']").count() == 0
     alice = chromium_browser.new_context(extra_http_headers={"X-Remote-User": "alice"}).new_page()
     open_table(alice, srv.url)
     alice.get_by_text("alice").first.wait_for()
