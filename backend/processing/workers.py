@@ -312,11 +312,15 @@ class WorkerPool:
         self._shut_down()
 
     def _shut_down(self) -> None:
+        with self._lock:  # once, by close() or by the thread that was iterating process()
+            if self._selector is None:
+                return
+            selector, self._selector = self._selector, None
         for worker in self._workers:
             if worker.fd >= 0:
-                self._selector.unregister(worker.fd)
+                selector.unregister(worker.fd)
             worker.stop()
-        self._selector.close()
+        selector.close()
 
     def __enter__(self) -> WorkerPool:
         return self
