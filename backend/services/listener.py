@@ -153,6 +153,34 @@ def parse_event(raw: bytes | str | None, timestamp_ms: int | None = None) -> Run
         raise EventError(f"cannot decode ({type(e).__name__}: {e})") from None
 
 
+def mirror_waiting(entry: WaitingEntry, gone: bool = False) -> None:
+    """Show a waiting run in its runs.sqlite too (``processing_state``), where dashboards look; best effort."""
+    try:
+        with DamnitDB.from_dir(entry.db_dir) as db:
+            if gone:
+                processing_state.clear_waiting(db, entry.proposal, entry.run)
+            else:
+                processing_state.set_waiting(db, entry.proposal, entry.run, entry.run_data, entry.reason,
+                                             since=entry.queued_at, attempts=entry.attempts,
+                                             next_attempt=entry.next_attempt)
+    except Exception as e:
+        log.debug("Could not show waiting runs in %s: %s", entry.db_dir, e)
+
+
+def forget_waiting(ldb: ListenerDB, entry: WaitingEntry, producer: UpdateProducer | None = None) -> None:
+    """Take a run out of the durable queue for good (it will not be submitted; reprocess it by hand),
+    and clear its waiting state where dashboards see it."""
+    ldb.remove_waiting(entry.id)
+    mirror_waiting(entry, gone=True)
+    if producer is not None:
+        try:
+            with DamnitDB.from_dir(entry.db_dir) as db:
+                topic = update_topic(db)
+            producer.processing_finished(topic, entry.processing_id)
+        except Exception as e:
+            log.debug("Could not announce the end of waiting p%d r%d: %s", entry.proposal, entry.run, e)
+
+
 def official_db_dir(proposal: int) -> Path | None:
     """The proposal's official DAMNIT folder, or None when the proposal has no data folder."""
     try:
@@ -482,21 +510,8 @@ class EventHandler:
         if topic:
             self.producer.processing_state_set(topic, entry.processing_id, ev.proposal, ev.run, entry.run_data,
                                                "PENDING", slurm_cluster=None, slurm_job_id=None)
-        self._mirror(entry)
+        mirror_waiting(entry)
         return entry
-
-    def _mirror(self, entry: WaitingEntry, gone: bool = False) -> None:
-        """Show the waiting run in runs.sqlite too, where dashboards look (best effort)."""
-        try:
-            with DamnitDB.from_dir(entry.db_dir) as db:
-                if gone:
-                    processing_state.clear_waiting(db, entry.proposal, entry.run)
-                else:
-                    processing_state.set_waiting(db, entry.proposal, entry.run, entry.run_data, entry.reason,
-                                                 since=entry.queued_at, attempts=entry.attempts,
-                                                 next_attempt=entry.next_attempt)
-        except Exception as e:
-            log.debug("Could not show waiting runs in %s: %s", entry.db_dir, e)
 
     def retry_waiting(self) -> int:
         """Try the waiting runs that are due (in queue order) while Slurm takes them; returns how many left
@@ -512,8 +527,7 @@ class EventHandler:
             if entry.db_dir not in self.db.proposal_db_dirs(entry.proposal):
                 log.warning("Dropping waiting p%d r%d: %s is no longer registered", entry.proposal, entry.run,
                             entry.db_dir)
-                self.db.remove_waiting(entry.id)
-                self._mirror(entry, gone=True)
+                forget_waiting(self.db, entry, self.producer)
                 left += 1
                 continue
             if policy.use_slurm and not policy.allow_local and self.slurm.blocked():
@@ -539,9 +553,10 @@ class EventHandler:
         why_not = self._start(req, event, entry.db_dir, settings, topic, policy, lambda: None)
         if why_not is not None:
             self.db.waiting_failed(entry.id, why_not, time.time() + policy.backoff(entry.attempts + 1))
+            mirror_waiting(self.db.waiting(entry.db_dir, entry.proposal, entry.run)[0])
             return why_not
         self.db.remove_waiting(entry.id)
-        self._mirror(entry, gone=True)
+        mirror_waiting(entry, gone=True)
         log.info("p%d r%d for %s left the queue after waiting %.0f s", entry.proposal, entry.run, entry.db_dir,
                  time.time() - entry.queued_at)
         return None
