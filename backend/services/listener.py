@@ -79,6 +79,7 @@ MAINTENANCE_INTERVAL_S = 1.0  # how often waiting runs and re-tried events are l
 MAX_BACKOFF_S = 30.0  # of reconnecting to the broker
 MAX_IN_FLIGHT = 1000  # events read but not yet submitted/processed/queued: beyond this, reading pauses
 EVENT_RETRY_MAX_S = 300.0  # back-off of an event whose handling raised (listener.sqlite unusable, say)
+RUN_LOCKS = 64  # events for one run are handled one at a time (runs share these locks by hash)
 
 DEFAULTS = {"submit_concurrency": 4, "duplicate_window": 300.0, "slurm_retry_interval": 15.0,
             "slurm_retry_max_interval": 300.0, "kafka_max_poll_interval": 300.0}
@@ -282,6 +283,7 @@ class EventHandler:
         self._sbatch_slots = threading.BoundedSemaphore(int(self.db.number("submit_concurrency",
                                                                            DEFAULTS["submit_concurrency"])))
         self._lock = threading.Lock()
+        self._run_locks = [threading.Lock() for _ in range(RUN_LOCKS)]
         self._jobs_lock = threading.Lock()
         self._recent_jobs: dict[tuple[Path, int, int], list[tuple[str | None, str, float]]] = {}
         self._next_job_check = 0.0
@@ -421,7 +423,15 @@ class EventHandler:
                 time.sleep(READONLY_RETRY_WAIT_S)
         raise AssertionError("unreachable")
 
+    def _run_lock(self, db_dir: Path, proposal: int, run: int) -> threading.Lock:
+        """Events for one run are handled one after the other (a repeat then sees the first one's job)."""
+        return self._run_locks[hash((str(db_dir), proposal, run)) % RUN_LOCKS]
+
     def _handle_db(self, ev: RunEvent, db_dir: Path, policy: ProcessingPolicy, done: Callable[[], None]) -> None:
+        with self._run_lock(db_dir, ev.proposal, ev.run):
+            self._handle_run(ev, db_dir, policy, done)
+
+    def _handle_run(self, ev: RunEvent, db_dir: Path, policy: ProcessingPolicy, done: Callable[[], None]) -> None:
         job_id = self._job_in_progress(db_dir, ev, policy.duplicate_window)
         if job_id is not None:
             log.info("%s for p%d r%d again while its Slurm job %s is queued or running: not submitted again",
@@ -541,6 +551,13 @@ class EventHandler:
 
     def _retry(self, entry: WaitingEntry, policy: ProcessingPolicy) -> str | None:
         """One more try for a waiting run; None if it left the queue, else why not."""
+        with self._run_lock(entry.db_dir, entry.proposal, entry.run):
+            current = self.db.waiting(entry.db_dir, entry.proposal, entry.run)
+            if not current:
+                return None  # dropped meanwhile
+            return self._retry_run(current[0], policy)
+
+    def _retry_run(self, entry: WaitingEntry, policy: ProcessingPolicy) -> str | None:
         try:
             settings, topic = self._prepare(entry.db_dir, entry.proposal, entry.run, entry.added_at)
         except Exception as e:
@@ -873,7 +890,8 @@ class Listener:
 
     def _broker_trouble(self, message: str) -> None:
         """aiokafka says it can't reach the broker (any thread): check it."""
-        self._trouble = message
+        if not self._trouble:  # the first complaint since the last check says best what happened
+            self._trouble = message
         loop, event = self._loop, self._check_broker
         if loop is not None and event is not None:
             try:
@@ -890,17 +908,18 @@ class Listener:
                     await asyncio.wait_for(self._check_broker.wait(), interval)
                 except asyncio.TimeoutError:
                     pass
-                interval = min(interval * 1.5, 15.0)
+                interval = min(interval * 1.5, 5.0)
             else:
                 await self._check_broker.wait()
                 interval = 2.0
             self._check_broker.clear()
             problem = await self._probe_broker()
+            trouble, self._trouble = self._trouble, ""
             if problem is None:
                 self.broker.recovered()
                 client_log.resolve(down=False)
             else:
-                self.broker.failed(self._trouble or problem, "events wait in the broker; the listener reconnects")
+                self.broker.failed(trouble or problem, "events wait in the broker; the listener reconnects")
                 client_log.resolve(down=True)
             await asyncio.sleep(1.0)  # at most one check a second, whatever aiokafka says
 

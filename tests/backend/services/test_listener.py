@@ -81,8 +81,9 @@ def send_events(address: str, *messages, topic: str = "test.r2d2") -> None:
         try:
             sent = []
             for m in messages:
-                value = m if isinstance(m, bytes) else json.dumps(m).encode()
-                sent.append(await prod.send_and_wait(topic, value))
+                value = m if m is None or isinstance(m, bytes) else json.dumps(m).encode()
+                key = b"tombstone" if value is None else None  # (a null value needs a key)
+                sent.append(await prod.send_and_wait(topic, value, key=key))
             return sent
         finally:
             await prod.stop()
