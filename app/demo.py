@@ -95,7 +95,7 @@ class Demo:
     # -- set-up -----------------------------------------------------------------------------------
     def prepare(self) -> Path:
         """Create (or reuse) the demo folder; returns the DB dir. Fast: processing starts later."""
-        from backend.storage.database import initialize_proposal
+        from backend.storage.damnit_folder import initialize_proposal
 
         self.base.mkdir(parents=True, exist_ok=True)
         self.data_root.mkdir(exist_ok=True)

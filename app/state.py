@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 import param
 
-from backend.storage.database import decode_summary
+from backend.storage.blobs import decode_summary
 
 log = logging.getLogger(__name__)
 

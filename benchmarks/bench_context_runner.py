@@ -7,7 +7,7 @@ all`` in its own ctxsupport (a fresh interpreter that loads the context, execute
 fragment file with summaries), run N at a time in parallel for fairness.
 
     python benchmarks/bench_context_runner.py [--runs 20] [--workers 2] [--ntrains 50]
-        [--original-python /opt/damnit-ref/bin/python]
+        [--original-python PYTHON]   (default: the test oracle's venv, built in .test-venvs/ on first use)
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from backend import mockruns  # noqa: E402
-from backend.processing.workers import RunRequest, WorkerPool  # noqa: E402
+from backend.base import mockruns  # noqa: E402
+from backend.processing.requests import RunRequest  # noqa: E402
+from backend.processing.workers import WorkerPool  # noqa: E402
+from tests.infra.oracle import ensure_oracle  # noqa: E402
 
 PROPOSAL = 2468
 CONTEXT = REPO / "contexts" / "demo_context.py"
@@ -70,7 +72,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--ntrains", type=int, default=50)
-    ap.add_argument("--original-python", default="/opt/damnit-ref/bin/python")
+    ap.add_argument("--original-python", default=None,
+                    help="Python of the original DAMNIT (default: the tests' oracle venv, tests/infra/oracle.py)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-ctx-"))
@@ -87,6 +90,8 @@ def main() -> int:
         ours, first, n_values = time_ours(ours_dir, runs, args.workers)
         print(f"ours: {ours:.2f} s for {len(runs)} runs ({ours / len(runs):.3f} s/run, "
               f"first run after {first:.2f} s, {n_values} values) with {args.workers} workers")
+        if args.original_python is None:
+            args.original_python = str(ensure_oracle().python)
         if Path(args.original_python).exists():
             orig = time_original(args.original_python, orig_dir, runs, args.workers)
             print(f"original: {orig:.2f} s ({orig / len(runs):.3f} s/run), {args.workers} in parallel")

@@ -117,7 +117,7 @@ def main() -> int:
     from backend.base.messages import UpdateSubscriber
     from backend.services.listener import Listener
     from backend.services.listener_db import ListenerDB
-    from backend.storage.database import initialize_proposal
+    from backend.storage.damnit_folder import initialize_proposal
     from tests.infra.kafka import FAST_GROUP_CONSUMER_SETTINGS, TansuBroker
     from tests.infra.slurm import SlurmCluster
 

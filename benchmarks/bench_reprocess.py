@@ -6,7 +6,7 @@ database through the combiner); ours for `reprocess all --direct` alone (it writ
 itself). Each time is wall-clock of the whole command, interpreter start-up included. The script then
 checks that both databases hold values for every run and that the scalar values agree.
 
-    python benchmarks/bench_reprocess.py [--runs 20] [--ntrains 50] [--original /opt/damnit-ref/bin/damnit]
+    python benchmarks/bench_reprocess.py [--runs 20] [--ntrains 50] [--original DAMNIT_COMMAND]   (default: the test oracle's venv)
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from backend import mockruns  # noqa: E402
+from backend.base import mockruns  # noqa: E402
+from tests.infra.oracle import ensure_oracle  # noqa: E402
 
 PROPOSAL = 2468
 CONTEXT = REPO / "contexts" / "demo_context.py"
@@ -90,11 +91,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--ntrains", type=int, default=50)
-    ap.add_argument("--original", default="/opt/damnit-ref/bin/damnit", help="the original's `damnit` command")
+    ap.add_argument("--original", default=None,
+                    help="the original's `damnit` command (default: the tests' oracle venv, tests/infra/oracle.py)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
 
-    original = Path(args.original)
+    original = Path(args.original) if args.original else ensure_oracle().damnit_exe
     if not original.is_file():
         sys.exit(f"original DAMNIT not found at {original}")
     original_python = str(original.parent / "python")

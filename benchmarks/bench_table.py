@@ -1,7 +1,7 @@
 """Time `Damnit.table()` (ours) against the original `damnit.api.Damnit.table()` on the same database.
 
     python benchmarks/bench_table.py [--runs 2000] [--variables 200] [--repeat 3] [--keep DIR]
-                                     [--original-python /opt/damnit-ref/bin/python]
+                                     [--original-python PYTHON]   (default: the test oracle's venv)
 
 Builds runs.sqlite with our DamnitDB (floats, ints, strings, trendlines, thumbnails, numpy and complex
 summaries, errors, ~5% missing cells, comments, titles), then times table() in each implementation
@@ -26,7 +26,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.storage.api import Damnit  # noqa: E402
-from backend.storage.database import ReducedData, initialize_proposal  # noqa: E402
+from backend.storage.damnit_folder import initialize_proposal  # noqa: E402
+from backend.storage.records import ReducedData  # noqa: E402
+from tests.infra.oracle import ensure_oracle  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(200)
 PROPOSAL = 2345
@@ -98,9 +100,11 @@ def main() -> None:
     ap.add_argument("--variables", type=int, default=200)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--keep", type=Path, help="build the database here (reused if it exists)")
-    ap.add_argument("--original-python", default=os.environ.get("DAMNIT_ORIGINAL_PYTHON",
-                                                                "/opt/damnit-ref/bin/python"))
+    ap.add_argument("--original-python", default=None,
+                    help="Python of the original DAMNIT (default: the tests' oracle venv, tests/infra/oracle.py)")
     args = ap.parse_args()
+    if args.original_python is None:
+        args.original_python = str(ensure_oracle().python)
 
     tmp = None
     if args.keep:

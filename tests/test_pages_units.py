@@ -121,7 +121,7 @@ def test_pandas_values_in_the_inspector(tmp_path):
     import pandas as pd
 
     from app.run_contents import load_for_display, scan_run_file
-    from backend.storage.database import initialize_proposal
+    from backend.storage.damnit_folder import initialize_proposal
     from backend.storage.h5format import run_file_path, write_results
     from backend.storage.records import VariableResult
 

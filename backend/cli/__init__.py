@@ -26,8 +26,8 @@ from backend.cli import (
 COMMANDS = (init, proposal, new_id, db_config, read_context, reprocess, process, listen, listener, combiner)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="damnit", description="Run DAMNIT context files over runs")
+def build_parser(prog: str = "damnit") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Run DAMNIT context files over runs")
     parser.add_argument("--debug", action="store_true", help="Show debug logs")
     subparsers = parser.add_subparsers(dest="subcmd", required=True)
     for module in COMMANDS:
@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, prog: str = "damnit") -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from backend.base.paths import amore_dir
 from backend.cli.common import CLIError, command, damnit_dir_for
-from backend.storage.database import initialize_proposal
+from backend.storage.damnit_folder import initialize_proposal
 
 
 @command

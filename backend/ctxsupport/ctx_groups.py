@@ -10,6 +10,7 @@ from collections import deque
 from damnit_ctx import (
     GroupBoundVariable,
     GroupError,
+    GroupPathError,
     Variable,
     is_group_instance,
     normalize_tags,
@@ -61,11 +62,14 @@ def assign_group_names(namespace: dict) -> None:
 
 
 def collect_groups(objects) -> list:
-    """Every group instance among ``objects`` and nested inside them, each once."""
+    """Every group instance among ``objects`` and nested inside them, each once.
+
+    Depth first from the last: the order DAMNIT gives their variables (in the database too).
+    """
     found, seen = [], set()
     pending = [obj for obj in objects if is_group_instance(obj)]
     while pending:
-        group = pending.pop(0)
+        group = pending.pop()
         if id(group) in seen:
             continue
         seen.add(id(group))
@@ -111,14 +115,14 @@ def _resolve_self(path: str, group, full_path: str) -> tuple[str, Variable | Non
         try:
             target = getattr(group, head)
         except AttributeError:
-            raise GroupError(f"'self#{full_path}' in group {group.name!r}: attribute {head!r} does "
-                             "not exist") from None
+            raise GroupPathError(f"'self#{full_path}' in group {group.name!r}: attribute {head!r} does "
+                                 "not exist") from None
         if target is None:
             placeholder = _missing_placeholder(group, full_path)
             return f"var#{placeholder.name}", placeholder
         if not is_group_instance(target):
-            raise GroupError(f"'self#{full_path}' in group {group.name!r}: attribute {head!r} is of "
-                             f"type {type(target).__name__!r}, not a group")
+            raise GroupPathError(f"'self#{full_path}' in group {group.name!r}: attribute {head!r} is of "
+                                 f"type {type(target).__name__!r}, not a group")
         return _resolve_self(rest, target, full_path)
 
     try:

@@ -28,11 +28,15 @@ from ctx_metadata import MetadataSource
 from damnit_ctx import (
     Cell,
     ContextFileErrors,
+    CyclicDependencyErrors,
     DependencyError,
     GroupError,
+    InvalidDataErrors,
     RunData,
     Skip,
+    UnknownDependencyErrors,
     Variable,
+    is_damnit_annotation,
     is_group_instance,
     pipeline_scope,
 )
@@ -60,17 +64,32 @@ class ContextFile:
         self.path = path
         problems: list[str] = []
         self._deps = self._resolve_dependencies(problems)
+        unknown_dependencies = bool(problems)
+        cycle = False
         try:
             self._order = self._topological_order()
-        except ContextFileErrors as exc:
+        except CyclicDependencyErrors as exc:
             problems.extend(exc.problems)
             self._order = tuple(self.vars)
+            cycle = True
         else:
             self._promote()
         if check:
             problems.extend(self.problems())
         if problems:
-            raise ContextFileErrors(problems)
+            raise self._errors(problems, unknown_dependencies=unknown_dependencies, cycle=cycle)
+
+    def _errors(self, problems: list[str], *, unknown_dependencies: bool = False, cycle: bool = False
+                ) -> ContextFileErrors:
+        """All the problems in one error, which is also an instance of what DAMNIT raises for the
+        first of them it meets (it stops there): KeyError, then CycleError, then ValueError."""
+        if unknown_dependencies:
+            return UnknownDependencyErrors(problems)
+        if cycle:
+            return CyclicDependencyErrors(problems)
+        if not all(var.data_is_valid for var in self.vars.values()):
+            return InvalidDataErrors(problems)
+        return ContextFileErrors(problems)
 
     # ----------------------------------------------------------------------------- construction
 
@@ -93,7 +112,7 @@ class ContextFile:
         found = {}
         for value in namespace.values():
             if isinstance(value, Variable) and value.func is not None:
-                found.setdefault(value.name, value)
+                found[value.name] = value  # two globals holding same-named variables: the last wins
         if not state.used:  # plain context file: every Variable and Group in its globals
             found.update(expand_groups(namespace, found))
             return cls(found, code, path)
@@ -127,7 +146,7 @@ class ContextFile:
         except CycleError:
             cycle = self._find_cycle(list(self.vars))
             where = "\n".join(f"  {self.vars[n].location()}: {n}" for n in cycle)
-            raise ContextFileErrors([
+            raise CyclicDependencyErrors([
                 "These Variables have cyclical dependencies, which is not allowed: "
                 + " -> ".join(cycle + [cycle[0]]) + "\n" + where]) from None
 
@@ -151,7 +170,7 @@ class ContextFile:
         for name in self._order:
             var = self.vars[name]
             deps = [self.vars[d] for d in self.all_dependencies(name)]
-            if var._data is None and any(d.data is RunData.PROC for d in deps):
+            if var._data is None and any(d.data_is_valid and d.data is RunData.PROC for d in deps):
                 var._data = RunData.PROC.value
             if any(d.cluster for d in deps):
                 var.cluster = True
@@ -159,7 +178,7 @@ class ContextFile:
     def check(self) -> None:
         problems = self.problems()
         if problems:
-            raise ContextFileErrors(problems)
+            raise self._errors(problems)
 
     def problems(self) -> list[str]:
         """Everything wrong with the variables' settings and annotations, one located line each."""
@@ -180,7 +199,7 @@ class ContextFile:
                                     f"{field!r} (known: {', '.join(MYMDC_FIELDS)})")
             if var._data == "raw":
                 proc_deps = sorted(d for d in self.all_dependencies(name)
-                                   if self.vars[d].data is RunData.PROC)
+                                   if self.vars[d].data_is_valid and self.vars[d].data is RunData.PROC)
                 if proc_deps:
                     problems.append(f"{where} is triggered by migration of raw data (data='raw'), but "
                                     f"depends on these Variables that require proc data: "
@@ -201,12 +220,14 @@ class ContextFile:
     def ordered_vars(self) -> tuple[str, ...]:
         return self._order
 
-    def direct_dependencies(self, name: str) -> set[str]:
-        return set(self._deps[name])
+    def direct_dependencies(self, var: str | Variable) -> set[str]:
+        """Names of the variables ``var`` (a name, or a Variable as DAMNIT takes) depends on directly."""
+        return set(self._deps[_var_name(var)])
 
-    def all_dependencies(self, *names: str) -> set[str]:
+    def all_dependencies(self, *variables: str | Variable) -> set[str]:
+        """Names of everything the given variables (names or Variables) depend on, directly or not."""
         found: set[str] = set()
-        todo = [d for n in names for d in self._deps[n]]
+        todo = [d for v in variables for d in self._deps[_var_name(v)]]
         while todo:
             dep = todo.pop()
             if dep not in found:
@@ -292,7 +313,7 @@ class ContextFile:
             t0 = time.perf_counter()
             if on_start is not None:
                 on_start(name)
-            cell = None
+            cell = dependency_failure = None
             try:
                 if name in prefailed:
                     raise prefailed[name]
@@ -301,7 +322,8 @@ class ContextFile:
                 if missing_deps:
                     log.warning("%sSkipping %s because of missing dependencies: %s",
                                 label, name, ", ".join(missing_deps))
-                    raise _dependency_failure(missing_deps, errors)
+                    dependency_failure = _dependency_failure(missing_deps, errors)
+                    raise dependency_failure
                 if missing_params:
                     log.warning("%sSkipping %s because of missing parameter values: %s",
                                 label, name, ", ".join(missing_params))
@@ -316,7 +338,9 @@ class ContextFile:
                 elapsed = time.perf_counter() - t0
                 errors[name] = exc
                 cell = None
-                if isinstance(exc, (Skip, DependencyError)):
+                if exc is dependency_failure:
+                    pass  # the warning above says it all; DAMNIT logs no error for dependents either
+                elif isinstance(exc, (Skip, DependencyError)):
                     log.error("%sSkipped %s: %s", label, name, exc)
                 elif name in prefailed:
                     log.error("%sNot running %s: %s: %s", label, name, type(exc).__name__, exc)
@@ -341,7 +365,7 @@ class ContextFile:
         annotations = var.annotations()
         for arg, param in inspect.signature(var.func).parameters.items():
             ann = annotations.get(arg)
-            if not isinstance(ann, str):
+            if not is_damnit_annotation(ann):  # a type hint
                 continue
             has_default = param.default is not inspect.Parameter.empty
             kind, _, field = ann.partition("#")
@@ -382,6 +406,10 @@ def build_context(variables: dict[str, Variable], groups=(), code: str = "", pat
     variables = dict(variables)
     variables.update(expand_groups(by_name, variables))
     return ContextFile(variables, code, path)
+
+
+def _var_name(var: str | Variable) -> str:
+    return var if isinstance(var, str) else var.name
 
 
 def _dependency_failure(missing: list[str], errors: dict[str, BaseException]) -> Exception:

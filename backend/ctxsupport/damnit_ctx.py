@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from enum import Enum
+from graphlib import CycleError
 
 import numpy as np
 
@@ -23,9 +24,13 @@ __all__ = [
     "Cell",
     "Pipeline",
     "ContextFileErrors",
+    "CyclicDependencyErrors",
     "DependencyError",
     "Group",
     "GroupError",
+    "GroupPathError",
+    "InvalidDataErrors",
+    "UnknownDependencyErrors",
     "RunData",
     "Skip",
     "Variable",
@@ -50,8 +55,19 @@ class GroupError(Exception):
     """A ``@Group`` is defined or used in a way that cannot be turned into variables."""
 
 
+class GroupPathError(GroupError, AttributeError):
+    """A ``"self#a.b"`` path goes through an attribute that is missing or is not a group.
+
+    Also an AttributeError, which is what DAMNIT raises here, so code catching that keeps working.
+    """
+
+
 class ContextFileErrors(RuntimeError):
-    """Every problem found while checking a context file (one per line)."""
+    """Every problem found while checking a context file (one per line).
+
+    Where DAMNIT raises a standard exception instead (it stops at the first problem), the error is
+    also an instance of that class: see the subclasses below.
+    """
 
     def __init__(self, problems: Sequence[str]):
         self.problems = list(problems)
@@ -59,6 +75,18 @@ class ContextFileErrors(RuntimeError):
 
     def __str__(self) -> str:
         return "\n".join(self.problems)
+
+
+class UnknownDependencyErrors(ContextFileErrors, KeyError):
+    """The problems include a ``var#`` annotation that matches no variable (DAMNIT: KeyError)."""
+
+
+class CyclicDependencyErrors(ContextFileErrors, CycleError):
+    """The problems include variables depending on each other in a cycle (DAMNIT: CycleError)."""
+
+
+class InvalidDataErrors(ContextFileErrors, ValueError):
+    """The problems include a ``data=`` other than 'raw' or 'proc' (DAMNIT: ValueError)."""
 
 
 def _tree_lines(dep_name: str, exc: BaseException, indent: str, last: bool) -> list[str]:
@@ -160,6 +188,11 @@ def unquote_annotation(ann):
     return ann
 
 
+def is_damnit_annotation(ann) -> bool:
+    """``"var#x"``, ``"meta#run_number"``, ...: a string with a ``#`` (type hints have none)."""
+    return isinstance(ann, str) and "#" in ann
+
+
 class Variable:
     """Decorator turning ``def f(run, ...)`` into a column of the run table.
 
@@ -205,14 +238,22 @@ class Variable:
     def data(self) -> RunData:
         return RunData.RAW if self._data is None else RunData(self._data)
 
+    @property
+    def data_is_valid(self) -> bool:
+        return self._data in (None, "raw", "proc")
+
     def annotations(self) -> dict:
         if self._annotation_overrides is not None:
             return self._annotation_overrides
         return {k: unquote_annotation(v) for k, v in getattr(self.func, "__annotations__", {}).items()}
 
     def string_annotations(self) -> dict[str, str]:
-        """Argument name -> annotation, for the string annotations DAMNIT interprets."""
-        return {k: v for k, v in self.annotations().items() if isinstance(v, str) and k != "return"}
+        """Argument name -> annotation, for the string annotations DAMNIT interprets (``kind#field``).
+
+        Other strings are type hints (``run: "DataCollection"``, or any hint under ``from __future__
+        import annotations``) and are ignored like hints that are types.
+        """
+        return {k: v for k, v in self.annotations().items() if is_damnit_annotation(v) and k != "return"}
 
     def arg_dependencies(self, prefix: str = "var#") -> dict[str, str]:
         return {arg: ann[len(prefix):] for arg, ann in self.string_annotations().items()
@@ -231,15 +272,15 @@ class Variable:
         where = f"{self.location()}: variable {self.name!r}"
         if not self.name or not all(part.isidentifier() for part in self.name.split(".")):
             problems.append(f"{where}: the name is not a valid Python identifier or dotted name")
-        if self._data not in (None, "raw", "proc"):
+        if not self.data_is_valid:
             problems.append(f"{where}: data={self._data!r} is invalid (use 'raw' or 'proc')")
         if self.tags is not None and (
                 not isinstance(self.tags, Iterable)
                 or not all(isinstance(t, str) and t for t in self.tags)):
             problems.append(f"{where}: tags={self.tags!r} is invalid "
-                            "(use a non-empty string or an iterable of non-empty strings)")
+                            "(must be a non-empty string or an iterable of non-empty strings)")
         if self.units is not None and (not isinstance(self.units, str) or not self.units):
-            problems.append(f"{where}: units={self.units!r} is invalid (use a non-empty string)")
+            problems.append(f"{where}: units={self.units!r} is invalid (must be a non-empty string)")
         if self.title is not None and not isinstance(self.title, str):
             problems.append(f"{where}: title={self.title!r} is invalid (use a string)")
         if self.summary is not None and not isinstance(self.summary, str):
@@ -407,6 +448,8 @@ def Group(_cls=None, *, tags=None):
 
         def __post_init__(self):
             self.tags = normalize_tags(self.tags)
+            if self.title is None:  # an explicit name is the title as given, dots and all (as DAMNIT)
+                self.title = self.name
             if user_post_init is not None:
                 user_post_init(self)
             else:

@@ -3,7 +3,7 @@
 Summary precedence (as DAMNIT): ``summary_value`` -> ``np.<summary>(data)`` (a failure is logged and
 falls through) -> a default by type, computed on the preview if there is one:
 str -> itself; Dataset -> ``"Dataset (X.XXMB)"``; figure -> PNG <= 300 px; 0-D -> the value;
-1-D -> trendline (float64 [2, <=~150], x;y); 2-D -> PNG thumbnail; >=3-D -> ``"<dtype>: <shape>"``.
+1-D -> trendline (float64 [2, <=~150], x;y); 2-D -> 300x300 PNG; >=3-D -> ``"<dtype>: <shape>"``.
 
 Plotly thumbnails use kaleido when it is installed and works; otherwise the traces' data are drawn with
 matplotlib (lines/markers/bars, heatmaps as images), which needs no browser.
@@ -112,8 +112,11 @@ def image_thumbnail(rgba: np.ndarray) -> np.ndarray:
 
 
 def array_thumbnail(image) -> np.ndarray:
-    """PNG of a 2-D array: NaN -> 0, colour scale from the 1st to 99th percentile (viridis),
-    scaled so that the longest side is THUMBNAIL_SIZE px."""
+    """PNG of a 2-D array as DAMNIT draws it: always THUMBNAIL_SIZE px square with the array stretched
+    to fill it (a (1, 100) row shows as well as a (1000, 1000) image); NaN -> 0, colour scale from the
+    1st to the 99th percentile (viridis). Rows and columns are enlarged by repeating pixels and shrunk
+    by filtering. A DataArray is oriented as xarray's ``plot.imshow`` draws it: its coordinates increase
+    upwards and to the right (so without a descending y coordinate, row 0 is at the bottom)."""
     from matplotlib import colormaps
     from PIL import Image
 
@@ -123,12 +126,33 @@ def array_thumbnail(image) -> np.ndarray:
     if np.iscomplexobj(arr):
         arr = np.abs(arr)
     arr = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if _is_dataarray(image):
+        ydim, xdim = image.dims
+        if not _descending(image, ydim):
+            arr = arr[::-1]
+        if _descending(image, xdim):
+            arr = arr[:, ::-1]
     vmin, vmax = np.quantile(arr, [0.01, 0.99]) if arr.size else (0.0, 1.0)
     span = vmax - vmin
     norm = np.clip((arr - vmin) / span, 0, 1) if span > 0 else np.zeros_like(arr)
-    rgba = (colormaps["viridis"](norm) * 255).astype(np.uint8)
-    img = _fit(Image.fromarray(rgba), upscale=True)
+    img = Image.fromarray((colormaps["viridis"](norm) * 255).astype(np.uint8))
+    w, h = img.size
+    if w != THUMBNAIL_SIZE:
+        img = img.resize((THUMBNAIL_SIZE, h), Image.Resampling.NEAREST if w < THUMBNAIL_SIZE
+                         else Image.Resampling.LANCZOS)
+    if h != THUMBNAIL_SIZE:
+        img = img.resize((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.NEAREST if h < THUMBNAIL_SIZE
+                         else Image.Resampling.LANCZOS)
     return png_bytes(np.asarray(img))
+
+
+def _descending(da, dim: str) -> bool:
+    """Whether the DataArray's coordinate along ``dim`` runs from high to low (first > last value);
+    no coordinate, or one that is not numbers or times, counts as ascending (its index)."""
+    if dim not in da.coords:
+        return False
+    values = np.asarray(da.coords[dim].values)
+    return values.size > 1 and values.dtype.kind in "iufMm" and bool(values[0] > values[-1])
 
 
 KALEIDO_TIMEOUT = 20.0  # s; kaleido drives a browser, which must not stall processing

@@ -21,6 +21,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
@@ -30,17 +31,20 @@ from typing import Any
 
 import h5py
 import numpy as np
+import pyarrow as pa
 
-from backend.base.paths import amore_dir
+from backend.base.paths import DB_NAME, amore_dir
 
-from .database import DB_NAME, DamnitDB, blob2complex, decode_summary
+from . import catalog
+from .arrow_reader import ArrowReader
+from .blobs import decode_summary
+from .connections import connect_readonly
+from .h5format import read_reduced
+from .run_table import run_table
 from .user_variables import value_types_by_name
 
 OBJTYPE_ATTR = "_damnit_objtype"
-FIXED_COLUMNS = ("proposal", "run", "start_time")
 SPECIAL_TITLES = {"start_time": "Timestamp", "comment": "Comment"}
-TABLE_TITLES = {"proposal": "Proposal", "run": "Run", "start_time": "Timestamp"}
-TIMEZONE = "Europe/Berlin"
 
 
 class DataType(Enum):
@@ -80,14 +84,14 @@ def _gc_paused():
 class VariableData:
     """One variable of one run. Get it by indexing `Damnit` or `RunVariables`."""
 
-    def __init__(self, name: str, title: str, proposal: int, run: int, h5_path: Path, db: DamnitDB,
+    def __init__(self, name: str, title: str, proposal: int, run: int, h5_path: Path, db_path: Path,
                  db_only: bool):
         self._name = name
         self._title = title
         self._proposal = proposal
         self._run = run
         self._h5_path = h5_path
-        self._db = db
+        self._db_path = db_path
         self._db_only = db_only
 
     name = property(lambda self: self._name, doc="The variable name.")
@@ -108,10 +112,12 @@ class VariableData:
             units = units.decode()
         return units
 
-    def _db_row(self):
-        return self._db.conn.execute(
-            "SELECT value, summary_type, attributes FROM run_variables WHERE proposal=? AND run=? AND name=?"
-            " ORDER BY version DESC LIMIT 1", (self._proposal, self._run, self._name)).fetchone()
+    def _db_row(self) -> sqlite3.Row | None:
+        with connect_readonly(self._db_path) as conn:
+            conn.row_factory = sqlite3.Row
+            return conn.execute(
+                "SELECT value, summary_type, attributes FROM run_variables WHERE proposal=? AND run=? AND name=?"
+                " ORDER BY version DESC LIMIT 1", (self._proposal, self._run, self._name)).fetchone()
 
     def _db_attributes(self) -> dict:
         row = self._db_row()
@@ -183,13 +189,15 @@ class VariableData:
         row = self._db_row()
         if row is None:
             if not self._db_only and self._h5_path.is_file():
-                from .h5format import read_reduced
                 reduced = read_reduced(self._h5_path, [self._name]).get(self._name)
                 if reduced is not None:
                     return reduced.value
             raise RuntimeError(f"No value for {self._name!r} in p{self._proposal}, r{self._run}")
         value = decode_summary(row["value"], row["summary_type"])
-        user_var = self._db.get_user_variables().get(self._name) if self._db_only else None
+        user_var = None
+        if self._db_only:
+            with ArrowReader(self._db_path) as reader:
+                user_var = catalog.user_variables(reader).get(self._name)
         if user_var is not None and user_var.variable_type in value_types_by_name:
             value = user_var.get_type_class().from_db_value(value)
         return value
@@ -274,10 +282,12 @@ class VariableData:
 class RunVariables:
     """The variables of one run; index by name or title to get a `VariableData`."""
 
-    def __init__(self, db_dir: str | os.PathLike, run: int, proposal: int | None = None,
-                 db: DamnitDB | None = None):
-        self._db = db if db is not None else DamnitDB.from_dir(db_dir)
-        self._proposal = proposal if proposal is not None else self._db.metameta["proposal"]
+    def __init__(self, db_dir: str | os.PathLike, run: int, proposal: int | None = None):
+        self._db_path = Path(db_dir) / DB_NAME
+        if proposal is None:
+            with ArrowReader(self._db_path) as reader:
+                proposal = catalog.settings(reader)["proposal"]
+        self._proposal = proposal
         self._run = run
         self._h5_path = Path(db_dir) / "extracted_data" / f"p{self._proposal}_r{self._run}.h5"
 
@@ -292,16 +302,17 @@ class RunVariables:
             with h5py.File(self._h5_path, "r") as f:
                 keys.update((k, False) for k in f if not k.startswith("."))
                 keys.update((k, False) for k in f.get(".reduced", ()) if k not in keys)
-            db_names = [*self._db.get_user_variables(), "comment"]
-            rows = self._db.conn.execute(
-                f"SELECT name FROM run_variables WHERE proposal=? AND run=? AND value IS NOT NULL"
-                f" AND name IN ({','.join('?' * len(db_names))})", (self._proposal, self._run, *db_names))
-        else:
-            # No HDF5 file (e.g. a copied database): everything the database has for this run.
-            rows = self._db.conn.execute(
-                "SELECT name FROM run_variables WHERE proposal=? AND run=? AND value IS NOT NULL",
-                (self._proposal, self._run))
-        keys.update((r[0], True) for r in rows)
+        with ArrowReader(self._db_path) as reader:
+            where = "proposal=? AND run=? AND value IS NOT NULL"
+            params: list = [self._proposal, self._run]
+            if keys:  # from the database, only what is never in the run's file
+                db_names = [*catalog.user_variables(reader), "comment"]
+                where += f" AND name IN ({','.join('?' * len(db_names))})"
+                params += db_names
+            # else no HDF5 file (e.g. a copied database): everything the database has for this run
+            rows = reader.query(f"SELECT CAST(name AS TEXT) FROM run_variables WHERE {where}",
+                                pa.schema([("name", pa.string())]), params).column(0).to_pylist()
+        keys.update((name, True) for name in rows)
         return keys
 
     def _errors(self) -> dict[str, str]:
@@ -315,7 +326,8 @@ class RunVariables:
         return sorted(self._key_locations())
 
     def _var_titles(self, available) -> dict[str, str]:
-        titles = {n: t for n, t in self._db.variable_titles().items() if n in available}
+        with ArrowReader(self._db_path) as reader:
+            titles = {n: t for n, t in catalog.variable_titles(reader).items() if n in available}
         titles.update({n: t for n, t in SPECIAL_TITLES.items() if n in available})
         return {n: titles.get(n, n) for n in available}
 
@@ -332,7 +344,7 @@ class RunVariables:
             if (err := self._errors().get(key)) is not None:
                 msg += f" (it failed: {err})"
             raise KeyError(msg)
-        return VariableData(name, titles[name], self._proposal, self._run, self._h5_path, self._db,
+        return VariableData(name, titles[name], self._proposal, self._run, self._h5_path, self._db_path,
                             locations[name])
 
     def __contains__(self, key: str) -> bool:
@@ -365,18 +377,20 @@ class Damnit:
         self._db_path = self._db_dir / DB_NAME
         if not self._db_path.is_file():
             raise FileNotFoundError(f"DAMNIT database does not exist: {self._db_path}")
-        self._db = DamnitDB(self._db_path)
+        with ArrowReader(self._db_path):  # a readable DAMNIT database, or a clear error now
+            pass
 
     @property
     def proposal(self) -> int:
-        return self._db.metameta["proposal"]
+        with ArrowReader(self._db_path) as reader:
+            return catalog.settings(reader)["proposal"]
 
     @property
     def db_dir(self) -> Path:
         return self._db_dir
 
     def close(self) -> None:
-        self._db.close()
+        """Nothing to close (every read opens the database briefly); kept for the original's API."""
 
     def __enter__(self) -> Damnit:
         return self
@@ -399,19 +413,17 @@ class Damnit:
         else:
             raise TypeError(f"Unrecognised key {key!r}: use run, (run, name), (proposal, run) or "
                             "(proposal, run, name)")
-        row = self._db.conn.execute(
-            "SELECT 1 FROM run_info WHERE run=? AND start_time IS NOT NULL"
-            + ("" if proposal is None else " AND proposal=?"),
-            (run,) if proposal is None else (run, proposal)).fetchone()
-        if row is None:
+        with ArrowReader(self._db_path) as reader:
+            taken = catalog.runs(reader, taken_only=True)
+        if not any(r.run == run and (proposal is None or r.proposal == proposal) for r in taken):
             raise KeyError(f"Unknown run {run} for p{proposal if proposal is not None else self.proposal}")
-        run_vars = RunVariables(self._db_dir, int(run), proposal=proposal, db=self._db)
+        run_vars = RunVariables(self._db_dir, int(run), proposal=proposal)
         return run_vars if variable is None else run_vars[variable]
 
     def runs(self) -> list[int]:
         """Runs taken by the DAQ (pre-created rows without a start time are left out)."""
-        return [r[0] for r in self._db.conn.execute(
-            "SELECT run FROM run_info WHERE start_time IS NOT NULL ORDER BY proposal, run")]
+        with ArrowReader(self._db_path) as reader:
+            return [r.run for r in catalog.runs(reader, taken_only=True)]
 
     def table(self, with_titles: bool = False):
         """The run table as a DataFrame: proposal, run, start_time, comment, then one column per variable.
@@ -422,97 +434,8 @@ class Damnit:
         inferred like the original's: all-number columns become numeric, all-text columns pandas
         strings (where a missing value reads as NaN).
         """
-        with _gc_paused():  # ~1M short-lived tuples: generational GC passes would dominate the time
-            return self._table(with_titles)
-
-    def _table(self, with_titles: bool):
-        import pandas as pd
-
-        conn = self._db.conn.cursor()
-        conn.row_factory = None  # plain tuples: sqlite3.Row objects cost a lot over 100k rows
-        runs = conn.execute("SELECT proposal, run, start_time FROM run_info WHERE start_time IS NOT NULL"
-                            " ORDER BY proposal, run").fetchall()
-        n = len(runs)
-        value_sql = ("CASE WHEN typeof(value) != 'blob' OR summary_type = 'complex' THEN value"
-                     " WHEN summary_type = 'trendline' THEN '<sparkline>'"
-                     " WHEN summary_type = 'numpy' THEN '<ndarray>'"
-                     " WHEN summary_type IS NULL OR summary_type = '' THEN '<thumbnail>'"
-                     " ELSE '<blob>' END")
-        proposals = {p for p, _, _ in runs}
-
-        def fetch(lean: bool):
-            """(row keys, table run keys, names, values, versions) of all run_variables rows."""
-            if lean:  # one proposal, one version per value: fetching fewer columns is most of the cost
-                rows = conn.execute(f"SELECT run, name, {value_sql} FROM run_variables"
-                                    " WHERE proposal=? AND run IS NOT NULL",
-                                    (next(iter(proposals)),)).fetchall()
-                run_nos, names, values = zip(*rows) if rows else ((), (), ())
-                return (np.asarray(run_nos, dtype=np.int64), np.array([r for _, r, _ in runs], dtype=np.int64),
-                        names, values, None)
-            rows = conn.execute(f"SELECT proposal, run, name, {value_sql}, version FROM run_variables"
-                                " WHERE proposal IS NOT NULL AND run IS NOT NULL").fetchall()
-            props, run_nos, names, values, versions = zip(*rows) if rows else ((),) * 5
-            keys = (np.asarray(props, dtype=np.int64) << 32) | np.asarray(run_nos, dtype=np.int64)
-            run_keys = np.array([(int(p) << 32) | int(r) for p, r, _ in runs], dtype=np.int64)
-            return keys, run_keys, names, values, np.asarray([v or 0 for v in versions], dtype=np.int64)
-
-        def pivot(lean: bool):
-            """Vectorised pivot: locate each row's run and variable, then scatter values into a grid."""
-            keys, run_keys, names, values, versions = fetch(lean)
-            if not len(keys) or not n:
-                return {}
-            sorter = np.argsort(run_keys, kind="stable")
-            pos = sorter[np.minimum(np.searchsorted(run_keys, keys, sorter=sorter), n - 1)]
-            order = np.flatnonzero(run_keys[pos] == keys)  # rows of runs in the table
-            codes, uniques = pd.factorize(np.asarray(names, dtype=object))
-            if versions is not None:  # several versions of a value: let the newest be written last
-                order = order[np.argsort(versions[order], kind="stable")]
-            elif np.bincount(codes[order] * n + pos[order]).max(initial=0) > 1:
-                return None  # the same cell twice: several versions are stored
-            cells = np.empty(len(values), dtype=object)
-            cells[:] = values
-            for i in [i for i, v in enumerate(values) if type(v) is bytes]:
-                cells[i] = blob2complex(cells[i])  # the only blobs left are complex numbers
-            grid = np.full((len(uniques), n), pd.NA, dtype=object)
-            grid[codes[order], pos[order]] = cells[order]
-            return {name: grid[j] for j, name in enumerate(uniques)}
-
-        columns = pivot(lean=len(proposals) == 1)
-        if columns is None:
-            columns = pivot(lean=False)
-
-        # Defined variables without any value yet still get a column (names with values are all above).
-        for (name,) in conn.execute("SELECT name FROM variables"):
-            if name not in columns:
-                columns[name] = np.full(n, None, dtype=object)
-
-        start = pd.to_datetime(pd.Series([r[2] for r in runs], dtype="float64"), unit="s", utc=True)
-        data = {
-            "proposal": pd.Series([r[0] for r in runs], dtype="int64"),
-            "run": pd.Series([r[1] for r in runs], dtype="int64"),
-            "start_time": start.dt.tz_convert(TIMEZONE),
-            "comment": pd.Series(columns.pop("comment", np.full(n, None, dtype=object)), dtype=object),
-        }
-        names = sorted(columns)
-        col_names = {name: (f"var:{name}" if name in FIXED_COLUMNS else name) for name in names}
-        for name in names:
-            data[col_names[name]] = pd.Series(columns[name], dtype=object)
-        # Per-column dtypes as the original ends up with: numbers → int64/float64/complex128, text →
-        # pandas strings (whose missing value is NaN); mixed columns stay object with pd.NA/None.
-        df = pd.DataFrame(data).infer_objects()
-
-        if with_titles:
-            titles = self._db.variable_titles()
-            renames = dict(TABLE_TITLES)
-            taken = set(renames.values()) | {"comment"}
-            for name in names:
-                title = titles.get(name, name)
-                if title in taken:
-                    title = f"{title} ({name})"
-                taken.add(title)
-                renames[col_names[name]] = title
-            df = df.rename(columns=renames)
-        return df
+        with _gc_paused(), ArrowReader(self._db_path) as reader:  # many short-lived objects: no GC passes
+            return run_table(reader, with_titles=with_titles)
 
     def __repr__(self) -> str:
         return f"<Damnit database for p{self.proposal}>"

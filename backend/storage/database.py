@@ -9,36 +9,33 @@ when SQLite still reports the database as busy. The file format stays exactly v4
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import random
-import shutil
 import sqlite3
-import struct
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
-from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from secrets import token_hex
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 
 from backend.base.messages import UPDATE_TOPIC
+from backend.base.paths import DB_NAME, db_path
 
+from .blobs import complex2blob, numpy2blob
+from .connections import BUSY_TIMEOUT_S, journal_mode_for, readonly_uri, sqlite3_closed, sqlite3_opening
 from .migrations import LATEST_VERSION, MIN_OPENABLE_VERSION, apply_migrations, detect_version
+from .records import ReducedData
 from .user_variables import UserEditableVariable
 
 log = logging.getLogger(__name__)
 
-DB_NAME = "runs.sqlite"
-BUSY_TIMEOUT_S = 30  # how long SQLite itself waits for a lock before reporting "database is locked"
 LOCK_RETRY_S = 600  # how long we keep retrying a write after that
 
 
@@ -48,63 +45,6 @@ class LegacyDatabaseError(RuntimeError):
 
 class DatabaseVersionError(RuntimeError):
     """The database can't be used at its current schema version."""
-
-
-@dataclass
-class ReducedData:
-    """A variable's summary value and metadata as stored in one run_variables row."""
-
-    value: Any
-    max_diff: float | None = None
-    summary_method: str | None = ""
-    summary_type: str | None = None
-    attributes: dict | None = None
-
-
-class BlobTypes(Enum):
-    png = "png"
-    numpy = "numpy"
-    unknown = "unknown"
-
-    @classmethod
-    def identify(cls, blob: bytes) -> BlobTypes:
-        if blob.startswith(b"\x89PNG\r\n\x1a\n"):
-            return cls.png
-        if blob.startswith(b"\x93NUMPY"):
-            return cls.numpy
-        return cls.unknown
-
-
-def complex2blob(value: complex) -> bytes:
-    return struct.pack("<dd", value.real, value.imag)
-
-
-def blob2complex(blob: bytes) -> complex:
-    return complex(*struct.unpack("<dd", blob))
-
-
-def numpy2blob(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    return buf.getvalue()
-
-
-def blob2numpy(blob: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(blob), allow_pickle=False)
-
-
-def decode_summary(value: Any, summary_type: str | None) -> Any:
-    """DB cell → Python value: complex and numpy blobs decoded, PNG kept as bytes."""
-    if isinstance(value, bytes):
-        if summary_type == "complex":
-            return blob2complex(value)
-        if summary_type in ("numpy", "trendline") or BlobTypes.identify(value) is BlobTypes.numpy:
-            return blob2numpy(value)
-    return value
-
-
-def db_path(db_dir: str | os.PathLike) -> Path:
-    return Path(db_dir, DB_NAME)
 
 
 def is_valid_variable_name(name: str) -> bool:
@@ -132,40 +72,6 @@ def _sql_str(s: str) -> str:
 
 def _sql_ident(s: str) -> str:
     return '"' + s.replace('"', '""') + '"'
-
-
-# Filesystems where several hosts (e.g. Slurm nodes) may write one database: WAL's shared-memory index
-# only works between processes of one host, so these keep SQLite's rollback journal.
-NETWORK_FILESYSTEMS = ("nfs", "nfs4", "gpfs", "lustre", "cifs", "smb3", "smbfs", "beegfs", "ceph",
-                       "glusterfs", "fuse.sshfs", "fuse.glusterfs", "9p")
-
-
-def filesystem_type(path: str | os.PathLike) -> str | None:
-    """The type of the filesystem holding `path`, from /proc/mounts (None where that isn't available)."""
-    try:
-        with open("/proc/mounts") as f:
-            mounts = [line.split()[1:3] for line in f if len(line.split()) >= 3]
-    except OSError:
-        return None
-    target = os.path.realpath(path)
-    best, best_type = "", None
-    for mount_point, fstype in mounts:
-        mount_point = mount_point.replace("\\040", " ")
-        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
-        if inside and len(mount_point) >= len(best):
-            best, best_type = mount_point, fstype
-    return best_type
-
-
-def journal_mode_for(path: str | os.PathLike) -> str:
-    """'wal' or 'delete': DAMNIT_SQLITE_JOURNAL_MODE if set, else WAL on local filesystems only."""
-    wanted = os.environ.get("DAMNIT_SQLITE_JOURNAL_MODE", "auto").lower()
-    if wanted not in ("auto", "wal", "delete"):
-        raise ValueError(f"DAMNIT_SQLITE_JOURNAL_MODE must be 'auto', 'wal' or 'delete', not {wanted!r}")
-    if wanted == "auto":
-        fstype = filesystem_type(path) or ""
-        return "delete" if fstype in NETWORK_FILESYSTEMS else "wal"
-    return wanted
 
 
 class DamnitDB:
@@ -237,11 +143,22 @@ class DamnitDB:
         return cls(db_path(db_dir), create=create, **kwargs)
 
     def _connect(self) -> sqlite3.Connection:
+        # Registered while open, so this process's columnar reader (another SQLite library) waits its
+        # turn instead of cancelling our locks (backend/storage/connections.py); also when the object is
+        # dropped without close().
+        sqlite3_opening(self._path)
+        self._unregister = weakref.finalize(self, sqlite3_closed, self._path)
+        try:
+            return self._open_sqlite()
+        except BaseException:
+            self._unregister()
+            raise
+
+    def _open_sqlite(self) -> sqlite3.Connection:
         if not self.read_only:
             return sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                    check_same_thread=False)
-        uri = "file:" + quote(str(self._path))
-        conn = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+        conn = sqlite3.connect(readonly_uri(self._path), uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                check_same_thread=False)
         try:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
@@ -250,7 +167,7 @@ class DamnitDB:
             # A WAL database in a directory we can't write to (no -shm file to create): read it as an
             # immutable snapshot instead.
             conn.close()
-            return sqlite3.connect(uri + "?immutable=1", uri=True, isolation_level=None,
+            return sqlite3.connect(readonly_uri(self._path, immutable=True), uri=True, isolation_level=None,
                                    check_same_thread=False)
 
     def _set_journal_mode(self) -> None:
@@ -284,6 +201,7 @@ class DamnitDB:
             except sqlite3.Error:
                 pass
         self.conn.close()
+        self._unregister()
 
     def __enter__(self) -> DamnitDB:
         return self
@@ -694,41 +612,3 @@ class KeyValueMapping(MutableMapping):
 
     def to_dict(self) -> dict[str, Any]:
         return {r[0]: r[1] for r in self._conn.execute(f"SELECT key, value FROM {self._table}")}
-
-
-def initialize_proposal(db_dir: str | os.PathLike, proposal: int | None = None,
-                        context_file_src: str | os.PathLike | None = None,
-                        user_vars_src: str | os.PathLike | None = None,
-                        context_python: str | None = None) -> DamnitDB:
-    """Create (or reuse) a DAMNIT directory: runs.sqlite, context.py and optionally copied user variables.
-
-    `user_vars_src` is another runs.sqlite (or its directory) whose user-editable variables are copied
-    into a newly created database.
-    """
-    db_dir = Path(db_dir)
-    db_dir.mkdir(parents=True, exist_ok=True)
-    if db_dir.stat().st_uid == os.getuid():
-        os.chmod(db_dir, 0o777)
-    new_db = not db_path(db_dir).is_file()
-    if new_db:
-        if proposal is None:
-            raise ValueError(f"A proposal number is needed to create a new database in {db_dir}")
-        db = DamnitDB.from_dir(db_dir, create=True)
-        db.metameta.update(proposal=int(proposal), context_python=context_python or sys.executable)
-    else:
-        db = DamnitDB.from_dir(db_dir)
-
-    context_path = db_dir / "context.py"
-    if not context_path.is_file():
-        if context_file_src is not None:
-            shutil.copyfile(context_file_src, context_path)
-        else:
-            context_path.touch()
-        os.chmod(context_path, 0o666)
-
-    if new_db and user_vars_src is not None:
-        src = Path(user_vars_src)
-        with DamnitDB(src / DB_NAME if src.is_dir() else src, read_only=True) as prev:
-            for var in prev.get_user_variables().values():
-                db.add_user_variable(var, exist_ok=True)
-    return db

@@ -28,7 +28,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .database import BlobTypes, ReducedData
+from .blobs import BlobTypes
 from .records import (
     OBJTYPE_DATAARRAY,
     OBJTYPE_DATAFRAME,
@@ -36,6 +36,7 @@ from .records import (
     OBJTYPE_IMAGE,
     OBJTYPE_PLOTLY,
     OBJTYPE_SERIES,
+    ReducedData,
     VariableResult,
 )
 

@@ -44,3 +44,14 @@ class VariableResult:
     @property
     def is_error(self) -> bool:
         return self.error is not None
+
+
+@dataclass
+class ReducedData:
+    """A variable's summary value and metadata as stored in one run_variables row."""
+
+    value: Any
+    max_diff: float | None = None
+    summary_method: str | None = ""
+    summary_type: str | None = None
+    attributes: dict | None = None

@@ -35,7 +35,7 @@ def test_shapes_match_the_original():
 def test_shapes_are_what_the_original_produces(damnit_oracle):
     """The original's own msg_dict gives byte-identical JSON for the same envelope."""
     ours = messages.run_values_updated_msg(1234, 5, ["a"])
-    code = ("import json; from damnit.backend.storage.database import msg_dict, MsgKind; "
+    code = ("import json; from damnit.backend.db import msg_dict, MsgKind; "
             "print(json.dumps(msg_dict(MsgKind.run_values_updated, "
             "{'proposal': 1234, 'run': 5, 'values': {'a': None}})))")
     assert damnit_oracle.run_json(code) == ours

@@ -463,3 +463,77 @@ def test_missing_context_python_is_a_clear_error(tmp_path, make_mock_runs, monke
     assert main(["read-context"]) == 1
     assert "/no/such/python" in capsys.readouterr().err
     assert values(d) == {}
+
+
+# -- side by side with the original ----------------------------------------------------------------
+
+
+def _script_target(name: str) -> tuple[str, str]:
+    """The ``module:function`` that pyproject.toml installs as the console script ``name``."""
+    text = (REPO / "pyproject.toml").read_text()
+    scripts = text.split("[project.scripts]", 1)[1].split("\n[", 1)[0]  # (tomllib needs Python 3.11)
+    target = re.search(rf'^{re.escape(name)}\s*=\s*"([^"]+)"', scripts, re.M)
+    assert target, f"pyproject.toml installs no console script {name!r}"
+    module, _, func = target[1].partition(":")
+    return module, func
+
+
+def run_console_script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run a console script of ours the way pip's generated launcher does (argv[0] is its name), from
+    the target declared in pyproject.toml, so that no reinstall is needed."""
+    module, func = _script_target(name)
+    code = f"import sys; sys.argv[0] = {name!r}; from {module} import {func}; sys.exit({func}())"
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+@pytest.mark.oracle
+def test_amore_proto_warns_about_the_rename_then_acts_as_damnit(tmp_path, damnit_oracle):
+    ours_dir = init_db(tmp_path / "ours")
+    theirs_dir = tmp_path / "theirs"
+    damnit_oracle.damnit("init", theirs_dir, "--proposal", str(PROPOSAL))
+    amore_proto = damnit_oracle.venv / "bin" / "amore-proto"
+    for args in (["proposal"], ["proposal", "4321"], ["proposal"], ["--help"], [], ["no-such-verb"]):
+        theirs = damnit_oracle._run([str(amore_proto), *args], cwd=theirs_dir, env=None, timeout=120,
+                                    check=False)
+        ours = run_console_script("amore-proto", *args, cwd=ours_dir)
+        assert ours.returncode == theirs.returncode, (args, ours.stderr, theirs.stderr)
+        warning = "Warning: 'amore-proto' has been renamed to 'damnit'. Please update your scripts."
+        assert ours.stderr.splitlines()[0] == theirs.stderr.splitlines()[0] == warning, args
+        if args and args[0] == "proposal":
+            assert ours.stdout == theirs.stdout, args
+        elif args == ["--help"]:
+            assert ours.stdout.startswith("usage: amore-proto ") and theirs.stdout.startswith("usage: amore-proto ")
+        else:
+            assert "usage: amore-proto " in ours.stderr and "usage: amore-proto " in theirs.stderr
+    assert DamnitDB.from_dir(ours_dir).metameta["proposal"] == 4321
+    # `damnit` itself stays quiet
+    res = run_console_script("damnit", "proposal", cwd=ours_dir)
+    assert res.returncode == 0 and "renamed" not in res.stderr and res.stdout == "Current proposal number: 4321\n"
+
+
+@pytest.mark.oracle
+def test_reprocess_of_runs_that_do_not_exist_is_an_error_unlike_the_original(tmp_path, make_mock_runs,
+                                                                             damnit_oracle, monkeypatch, capsys):
+    """A deliberate difference (docs/cli.md): the original warns and exits 0 having done nothing; we
+    give the same warning, then an error and exit status 1, so that a script or a typo notices."""
+    make_mock_runs(PROPOSAL, [1])
+    theirs_dir = tmp_path / "theirs"
+    damnit_oracle.damnit("init", theirs_dir, "--proposal", str(PROPOSAL))
+    damnit_oracle.damnit("db-config", "context_python", damnit_oracle.python, cwd=theirs_dir)
+    theirs = damnit_oracle.damnit("reprocess", "10", "--direct", cwd=theirs_dir, check=False)
+    ours_dir = init_db(tmp_path / "ours")
+    monkeypatch.chdir(ours_dir)
+    capsys.readouterr()
+    assert main(["reprocess", "10", "--direct"]) == 1
+    out, err = capsys.readouterr()
+    warning = "Warning: skipping 1 runs because they don't exist: [10]"
+    assert theirs.returncode == 0 and warning in theirs.stdout
+    assert warning in err and "Error: none of the given runs exist on disk; nothing to process" in err
+    assert rows(ours_dir, "SELECT run FROM run_info") == []
+    # with one run that exists both go ahead and succeed
+    theirs = damnit_oracle.damnit("reprocess", "1", "10", "--direct", cwd=theirs_dir, check=False)
+    assert theirs.returncode == 0, theirs.stderr[-2000:]
+    assert main(["reprocess", "1", "10", "--direct"]) == 0
+    assert warning in capsys.readouterr().err

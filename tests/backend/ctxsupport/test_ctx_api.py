@@ -213,6 +213,44 @@ def test_future_annotations_in_context_file():
     assert run_mock(ctx, run_number=5).cells["b"].data == 10
 
 
+def test_type_hints_are_not_damnit_annotations():
+    """Hints, as types or as strings (all strings under PEP 563), are left alone: only ``kind#field``
+    strings are DAMNIT's. (The original fails such variables, or the whole file for hints that are
+    types.) A string with ``#`` that is not DAMNIT's is still a located problem."""
+    code = ("from __future__ import annotations\nfrom damnit_ctx import Variable\n"
+            "from extra_data import DataCollection\n"
+            "@Variable\ndef a(run: DataCollection, n: int = 3) -> float:\n    return 2.0 * n\n"
+            "@Variable\ndef b(run: 'DataCollection', x: 'var#a', k: 'meta#run_number') -> 'float':\n"
+            "    return x * k\n")
+    ctx = ctxrunner.ContextFile.from_str(code)
+    assert ctx.vars["a"].string_annotations() == {}
+    assert ctx.vars["b"].string_annotations() == {"x": "var#a", "k": "meta#run_number"}
+    res = run_mock(ctx, run_number=5)
+    assert not res.errors and res.cells["b"].data == 30.0
+    without_future = code.replace("from __future__ import annotations\n", "")
+    assert run_mock(ctxrunner.ContextFile.from_str(without_future), run_number=2).cells["b"].data == 12.0
+    with pytest.raises(ContextFileErrors, match=r"<string>:4: variable 'a': argument 'n' has an unknown "
+                                                r"annotation 'vra#x'"):
+        ctxrunner.ContextFile.from_str(code.replace("n: int = 3", "n: 'vra#x' = 3"))
+
+
+def test_dependencies_by_name_or_by_variable():
+    ctx = build('''
+        @Variable
+        def a(run):
+            return 1
+        @Variable
+        def b(run, x: "var#a"):
+            return x
+        @Variable
+        def c(run, y: "var#b"):
+            return y
+    ''')
+    assert ctx.direct_dependencies("c") == ctx.direct_dependencies(ctx.vars["c"]) == {"b"}
+    assert ctx.all_dependencies(ctx.vars["c"]) == ctx.all_dependencies("c") == {"a", "b"}
+    assert ctx.all_dependencies(ctx.vars["a"], "b") == {"a"}
+
+
 # ------------------------------------------------------------------------------------- execution
 
 def test_dependency_error_tree_format_matches_damnit():

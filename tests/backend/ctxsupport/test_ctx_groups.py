@@ -255,3 +255,28 @@ def test_unnamed_group_outside_namespace_is_not_collected():
     made = [make()]  # not a group itself: ignored, as in DAMNIT
     ''')
     assert ctx.vars == {}
+
+
+def test_an_explicit_name_is_the_title_as_given():
+    ctx = build(DETECTOR + '''
+    dotted = Detector(name="hall.b")
+    titled = Detector(name="x.y", title="X Y")
+    ''')
+    assert ctx.vars["hall.b.raw"].title == "hall.b/Raw"
+    assert ctx.vars["x.y.scaled"].title == "X Y/Scaled"
+
+
+def test_bad_self_paths_are_also_attribute_errors():
+    """DAMNIT raises AttributeError for a self# path through a missing or non-group attribute."""
+    for path in ("missing.raw", "gain.raw", "det*.raw"):
+        with pytest.raises(AttributeError) as info:
+            build(DETECTOR + f'''
+    @Group
+    class Holder:
+        gain: float = 1.0
+        @Variable
+        def a(self, run, x: "self#{path}"):
+            return x
+    h = Holder()
+    ''')
+        assert isinstance(info.value, GroupError) and f"'self#{path}' in group 'h'" in str(info.value)

@@ -77,12 +77,53 @@ def test_two_dimensional_thumbnail():
     img[0, 0] = np.nan
     img[1, 1] = 1e9  # outlier must not flatten the colour scale (1-99 % quantiles)
     r = result(img)
-    assert png_size(r.summary) == (300, 150)
+    assert png_size(r.summary) == (300, 300)
     pixels = np.asarray(Image.open(io.BytesIO(r.summary.tobytes())))
     assert len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 20
-    assert png_size(result(np.ones((1000, 500))).summary) == (150, 300)
-    da = xr.DataArray(np.arange(12.0).reshape(3, 4), dims=["y", "x"])
-    assert png_size(result(da).summary) == (300, 225)
+
+
+def rgb(summary) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(summary.tobytes())).convert("RGB")).astype(int)
+
+
+@pytest.mark.parametrize("shape", [(1, 100), (100, 1), (2, 500), (100, 100), (1000, 1000), (3, 4), (500, 2)])
+def test_two_dimensional_thumbnails_are_square_with_the_array_stretched_over_them(shape):
+    """As DAMNIT: every 2-D array gives a 300x300 PNG filled edge to edge, so a single row is visible."""
+    rows, cols = shape
+    ramp = np.add.outer(np.arange(rows) * cols, np.arange(cols)).astype(float)  # increases along each row
+    pixels = rgb(result(ramp).summary)
+    assert pixels.shape == (300, 300, 3)
+    assert not (pixels == 255).all(axis=-1).any()  # no white margin anywhere: the array fills the square
+    dark, bright = pixels[5, 5], pixels[-5, -5]  # viridis: first value dark purple, last bright yellow
+    assert dark.sum() < 250 and bright.sum() > 450
+    if rows <= 300 and cols <= 300:  # enlarged by whole pixels: each array cell is one flat block
+        block = pixels[: 300 // rows, : 300 // cols]
+        assert (block == block[0, 0]).all()
+
+
+def test_dataarray_thumbnails_follow_xarray_orientation():
+    """xarray draws y increasing upwards: row 0 at the bottom unless the y coordinate descends; a
+    descending x coordinate puts column 0 on the right."""
+    a = np.zeros((4, 5))
+    a[0, :] = 1.0  # first row bright
+    a[1:, 0] = 0.5  # first column mid (except the bright corner)
+    bright, purple = [253, 231, 36], [68, 1, 84]
+
+    def corners(obj):
+        px = rgb(result(obj).summary)
+        return px[10, 150].tolist(), px[290, 150].tolist(), px[150, 10].tolist(), px[150, 290].tolist()
+
+    top, bottom, left, right = corners(a)  # a numpy array: row 0 at the top, as printed
+    assert top == bright and bottom == purple and left != purple and right == purple
+    top, bottom, left, right = corners(xr.DataArray(a, dims=["y", "x"]))
+    assert top == purple and bottom == bright and left != purple and right == purple
+    top, bottom, left, right = corners(xr.DataArray(a, dims=["y", "x"], coords={"y": [3, 2, 1, 0]}))
+    assert top == bright and bottom == purple
+    top, bottom, left, right = corners(xr.DataArray(a, dims=["y", "x"], coords={"x": [9, 7, 5, 3, 1]}))
+    assert top == purple and left == purple and right != purple
+    # labels that are not numbers keep the index order
+    top, bottom, *_ = corners(xr.DataArray(a, dims=["y", "x"], coords={"y": list("dcba")}))
+    assert bottom == bright
 
 
 def test_higher_dimensions_datasets_and_xarray_round_trip():
@@ -180,7 +221,7 @@ def test_only_plain_objects_cross_to_the_parent():
 
     da = xr.DataArray([1, 2], dims=["x"], attrs={"things": [Custom()]})
     with pytest.raises(TypeError, match=r"cannot store the xarray object returned by variable 'v': "
-                       r"attrs.things holds a tests.test_summaries.Custom object"):
+                       r"attrs.things holds a tests.backend.processing.test_summaries.Custom object"):
         result(da)
 
 

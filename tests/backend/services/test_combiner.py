@@ -10,7 +10,7 @@ import h5py
 
 from backend.base.messages import UpdateSubscriber
 from backend.services import combiner
-from backend.storage.database import initialize_proposal
+from backend.storage.damnit_folder import initialize_proposal
 
 SUBMIT = """
 import numpy as np, damnit

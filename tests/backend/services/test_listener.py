@@ -16,7 +16,7 @@ import pytest
 from backend.services import listener as listener_mod
 from backend.services.listener import EventError, Listener, OffsetTracker, parse_event
 from backend.services.listener_db import ListenerDB
-from backend.storage.database import initialize_proposal
+from backend.storage.damnit_folder import initialize_proposal
 from tests.infra.aio import run_async
 from tests.infra.kafka import FAST_GROUP_CONSUMER_SETTINGS
 

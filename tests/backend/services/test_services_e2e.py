@@ -20,7 +20,7 @@ from backend.processing.requests import RunRequest
 from backend.services import slurm
 from backend.services.listener import Listener
 from backend.services.listener_db import ListenerDB
-from backend.storage.database import initialize_proposal
+from backend.storage.damnit_folder import initialize_proposal
 from tests.infra import REPO
 from tests.infra.aio import run_async
 from tests.infra.kafka import FAST_GROUP_CONSUMER_SETTINGS

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from backend.services.listener_db import ListenerDB
-from backend.storage.database import initialize_proposal
+from backend.storage.damnit_folder import initialize_proposal
 from tests.infra import REPO
 from tests.infra.aio import run_async
 from tests.infra.supervisor import supervisorctl

@@ -10,8 +10,9 @@ import pytest
 import xarray as xr
 
 from backend.storage.api import Damnit, DataType, RunVariables, VariableData
-from backend.storage.database import ReducedData, initialize_proposal
+from backend.storage.damnit_folder import initialize_proposal
 from backend.storage.h5format import read_reduced, run_file_path, write_results
+from backend.storage.records import ReducedData
 from backend.storage.records import VariableResult as VR
 from backend.storage.user_variables import UserEditableVariable
 

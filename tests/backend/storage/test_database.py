@@ -14,16 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend.storage.database import (
-    DamnitDB,
-    DatabaseVersionError,
-    LegacyDatabaseError,
-    ReducedData,
-    blob2complex,
-    blob2numpy,
-    initialize_proposal,
-)
+from backend.storage.blobs import blob2complex, blob2numpy
+from backend.storage.damnit_folder import initialize_proposal
+from backend.storage.database import DamnitDB, DatabaseVersionError, LegacyDatabaseError
 from backend.storage.migrations import LATEST_VERSION
+from backend.storage.records import ReducedData
 from backend.storage.user_variables import UserEditableVariable
 from tests.infra import REPO
 
@@ -411,7 +406,8 @@ def test_read_only_directory_opens_for_reading(clean_close):
 
 WRITER = """
 import sys, time
-from backend.storage.database import DamnitDB, ReducedData
+from backend.storage.database import DamnitDB
+from backend.storage.records import ReducedData
 db_dir, wid, nruns = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 db = DamnitDB.from_dir(db_dir)
 for run in range(nruns):
@@ -563,7 +559,7 @@ def test_journal_mode_can_stay_rollback_for_multi_host_sites(tmp_path, monkeypat
 
 
 def test_network_filesystems_keep_the_rollback_journal(tmp_path, monkeypatch):
-    import backend.storage.database as dbmod
+    import backend.storage.connections as dbmod
 
     monkeypatch.delenv("DAMNIT_SQLITE_JOURNAL_MODE", raising=False)
     monkeypatch.setattr(dbmod, "filesystem_type", lambda path: "gpfs")
@@ -575,7 +571,7 @@ def test_network_filesystems_keep_the_rollback_journal(tmp_path, monkeypatch):
 
 
 def test_filesystem_type_reads_proc_mounts(tmp_path):
-    from backend.storage.database import filesystem_type
+    from backend.storage.connections import filesystem_type
 
     fstype = filesystem_type(tmp_path)
     assert fstype is None or fstype in open("/proc/mounts").read()
@@ -583,7 +579,8 @@ def test_filesystem_type_reads_proc_mounts(tmp_path):
 
 OPEN_CLOSE_WRITER = """
 import sys
-from backend.storage.database import DamnitDB, ReducedData
+from backend.storage.database import DamnitDB
+from backend.storage.records import ReducedData
 d, wid = sys.argv[1], int(sys.argv[2])
 for run in range(30):
     with DamnitDB.from_dir(d) as db:  # open/close each time: the journal mode flips under contention

@@ -8,20 +8,28 @@ ours deliberately answers (listed in ORACLE_RAISES_OURS_ANSWERS) or ours is deli
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from PIL import Image
 
 from backend.storage.api import Damnit
-from backend.storage.database import DamnitDB, ReducedData, blob2numpy, initialize_proposal
+from backend.storage.blobs import blob2numpy
+from backend.storage.damnit_folder import initialize_proposal
+from backend.storage.database import DamnitDB
 from backend.storage.h5format import merge_fragment, read_reduced, run_file_path, write_results
+from backend.storage.records import ReducedData
 from backend.storage.user_variables import UserEditableVariable
-from tests.infra import REPO
 from tests.backend.storage.test_api import PLOTLY_JSON, START, results_for
+from tests.infra import REPO
 
 pytestmark = pytest.mark.oracle
 
@@ -266,7 +274,7 @@ def test_original_writes_into_our_wal_database(tmp_path, damnit_oracle):
     d = build_our_db(tmp_path / "amore")
     keep_open = DamnitDB.from_dir(d)  # a concurrent reader/writer of ours while the original writes
     damnit_oracle.run_python(
-        "from damnit.backend.storage.database import DamnitDB\n"
+        "from damnit.backend.db import DamnitDB\n"
         f"db = DamnitDB.from_dir({str(d)!r})\n"
         "db.change_run_comment(1234, 2, 'from the original')\n"
         "db.add_standalone_comment(5.0, 'theirs')\n")
@@ -279,7 +287,7 @@ def test_original_writes_into_our_wal_database(tmp_path, damnit_oracle):
 
 def test_same_schema_as_original(tmp_path, damnit_oracle):
     theirs = tmp_path / "theirs"
-    damnit_oracle.run_python("from pathlib import Path\nfrom damnit.backend.storage.database import initialize_proposal\n"
+    damnit_oracle.run_python("from pathlib import Path\nfrom damnit.backend.db import initialize_proposal\n"
                              f"initialize_proposal(Path({str(theirs)!r}), 1234)\n")
     ours = initialize_proposal(tmp_path / "ours", 1234)
     ours.close()
@@ -304,7 +312,7 @@ def test_same_schema_as_original(tmp_path, damnit_oracle):
     # Both open each other's fresh database.
     with DamnitDB.from_dir(theirs) as db:
         assert db.metameta["proposal"] == 1234
-    damnit_oracle.run_python("from damnit.backend.storage.database import DamnitDB\n"
+    damnit_oracle.run_python("from damnit.backend.db import DamnitDB\n"
                              f"assert DamnitDB.from_dir({str(tmp_path / 'ours')!r}).metameta['proposal'] == 1234\n")
 
 
@@ -328,8 +336,8 @@ import numpy as np, xarray as xr
 import matplotlib
 matplotlib.use("Agg")
 from matplotlib.figure import Figure
-from damnit.backend.storage.database import DamnitDB, ReducedData, initialize_proposal
-from damnit.backend.storage.user_variables import UserEditableVariable
+from damnit.backend.db import DamnitDB, ReducedData, initialize_proposal
+from damnit.backend.user_variables import UserEditableVariable
 from damnit.backend.combine import gather_all_fragments
 from damnit.context import Cell, save_fragment
 
@@ -578,3 +586,72 @@ def test_we_read_what_the_original_pipeline_produced(tmp_path, damnit_oracle):
     theirs_after = oracle_probe(damnit_oracle, d)
     assert theirs_after["per_run"]["2"]["vars"]["number"]["title"] == "Number!"
     assert theirs_after["table"]["frame"]["comment"][1] == "ours"
+
+
+GROUPS_CONTEXT = '''
+import numpy as np
+from damnit_ctx import Group, Variable
+
+@Group(tags="det")
+class Det:
+    @Variable(title="Row")
+    def row(self, run):
+        return np.arange(100.0).reshape(1, 100)
+
+    @Variable(title="Total")
+    def total(self, run, row: "self#row"):
+        return float(row.sum())
+
+@Variable(title="Top")
+def top(run):
+    return 1.0
+
+hall = Det(name="hall.b")
+station = Det()
+'''
+
+
+def test_group_titles_and_2d_thumbnails_reach_the_database_as_in_the_original(tmp_path, damnit_oracle):
+    """The same context processed by the original and by us: variable titles (an explicit group name
+    keeps its dots), ``table(with_titles=True)`` read by either API, and 300x300 thumbnails."""
+    ctx = tmp_path / "context.py"
+    ctx.write_text(GROUPS_CONTEXT)
+    theirs = tmp_path / "theirs"
+    damnit_oracle.damnit("init", theirs, "--proposal", "1234", "--context", ctx)
+    damnit_oracle.damnit("db-config", "context_python", damnit_oracle.python, cwd=theirs)
+    damnit_oracle.damnit("reprocess", "1", "--mock", "--direct", cwd=theirs)
+    damnit_oracle.damnit("combiner", "now", theirs, cwd=theirs)
+    ours = tmp_path / "ours"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "AMORE_BROKER": "none", "MPLBACKEND": "Agg"}
+    for args, cwd in ((["init", str(ours), "--proposal", "1234", "--context", str(ctx)], tmp_path),
+                      (["reprocess", "1", "--mock", "--direct"], ours)):
+        res = subprocess.run([sys.executable, "-m", "backend.cli", *args], cwd=cwd, env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+
+    def variables(d):
+        conn = sqlite3.connect(d / "runs.sqlite")
+        try:
+            return sorted(conn.execute("SELECT name, title FROM variables"))
+        finally:
+            conn.close()
+
+    assert variables(ours) == variables(theirs)
+    assert ("hall.b.total", "hall.b/Total") in variables(ours) and ("station.row", "station/Row") in variables(ours)
+
+    columns = "import json; from damnit import Damnit; print(json.dumps(list(Damnit({!r}).table(with_titles=True).columns)))"
+    their_columns = damnit_oracle.run_json(columns.format(str(theirs)))
+    assert damnit_oracle.run_json(columns.format(str(ours))) == their_columns
+    assert list(Damnit(ours).table(with_titles=True).columns) == their_columns
+    assert "hall.b/Total" in their_columns
+
+    def thumbnail_size(d, name):
+        conn = sqlite3.connect(d / "runs.sqlite")
+        try:
+            (blob,) = conn.execute("SELECT value FROM run_variables WHERE run=1 AND name=?", (name,)).fetchone()
+        finally:
+            conn.close()
+        return Image.open(io.BytesIO(blob)).size
+
+    for name in ("hall.b.row", "station.row"):
+        assert thumbnail_size(ours, name) == thumbnail_size(theirs, name) == (300, 300)
