@@ -15,8 +15,8 @@ job) and keeps in its durable queue until Slurm answers again; a mirror of the l
 listener lives.
 
 Writes take a ``DamnitDB`` (busy retries, one transaction); reads take a ``DamnitDB`` or a plain
-``sqlite3.Connection`` (the dashboard reads read-only). A database without these tables reads as
-having no failures and nothing waiting.
+``sqlite3.Connection`` (``connections.connect_readonly``), or ``read_state(db_dir)`` opens one itself.
+A database without these tables reads as having no failures and nothing waiting.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .database import DamnitDB
+from .connections import connect_readonly
+from .database import DB_NAME, DamnitDB
 
 FAILURES_TABLE = "processing_failures"
 WAITING_TABLE = "processing_waiting"
@@ -72,6 +73,20 @@ class WaitingRun:
     since: float                 # Unix time it started waiting
     attempts: int                # submissions tried so far
     next_attempt: float | None   # Unix time of the next try (None: when Slurm answers again)
+
+
+@dataclass(frozen=True)
+class ProcessingState:
+    """What a dashboard shows about processing, by ``(proposal, run)``."""
+    failures: dict[tuple[int, int], ProcessingFailure]
+    waiting: dict[tuple[int, int], WaitingRun]
+
+
+def read_state(db_dir: str | os.PathLike) -> ProcessingState:
+    """Failed and waiting runs of the database in ``db_dir``, read through a short read-only connection."""
+    with connect_readonly(Path(db_dir) / DB_NAME) as conn:
+        return ProcessingState({(f.proposal, f.run): f for f in failures(conn)},
+                               {(w.proposal, w.run): w for w in waiting(conn)})
 
 
 def context_fingerprint(db_dir: str | os.PathLike) -> tuple[str | None, float | None]:

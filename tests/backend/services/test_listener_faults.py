@@ -360,7 +360,7 @@ def test_context_syntax_error_is_reported_not_hidden(tmp_path):
     from backend.base.messages import UpdateProducer
     from backend.processing.requests import RunRequest
     from backend.processing.run_processor import ContextLoadError, RunProcessor
-    from backend.storage.database import initialize_proposal
+    from backend.storage.damnit_folder import initialize_proposal
 
     good = "from damnit_ctx import Variable\n\n@Variable()\ndef x(run):\n    return 1\n"
     for trial in range(4):  # the race needed a few tries to show
