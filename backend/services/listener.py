@@ -659,18 +659,18 @@ class Listener:
     def __init__(self, listener_dir: str | Path, *, broker: str | None = None, consumer_options: dict | None = None,
                  producer: UpdateProducer | None = None, job_python: str | None = None):
         self.listener_dir = Path(listener_dir).absolute()
+        configured = broker or os.environ.get("AMORE_BROKER")
+        if configured:  # a listener that cannot run says so before anything else (supervisord is waiting)
+            self._check_brokers(configured)
         with ListenerDB(self.listener_dir) as ldb:
-            configured = broker or os.environ.get("AMORE_BROKER") or ldb.setting("broker")
+            configured = configured or ldb.setting("broker")
             self.since = float(ldb.settings.setdefault("listening_since", time.time()))
             max_local = ldb.setting("local_processing_concurrency")
             use_slurm = ldb.setting("use_slurm", True)
             registered = ldb.all_databases()
             n_threads = int(ldb.number("submit_concurrency", DEFAULTS["submit_concurrency"]))
             max_poll_s = ldb.number("kafka_max_poll_interval", DEFAULTS["kafka_max_poll_interval"])
-        self.brokers = brokers_from_env(configured)
-        if self.brokers is None:
-            raise RuntimeError("The listener needs a Kafka broker (AMORE_BROKER is 'none'); "
-                               "use `damnit listen --test` to feed events by hand")
+        self.brokers = self._check_brokers(configured)
         self.producer = producer or UpdateProducer(self.brokers)
         self.handler = EventHandler(self.listener_dir, self.producer,
                                     LocalProcessing(self.producer, int(max_local) if max_local else None),
@@ -694,6 +694,14 @@ class Listener:
         self._check_broker: asyncio.Event | None = None
         self._trouble = ""  # what aiokafka last said about reaching the broker
         self._paused = False
+
+    @staticmethod
+    def _check_brokers(configured: str | None) -> list[str]:
+        brokers = brokers_from_env(configured)
+        if brokers is None:
+            raise RuntimeError("The listener needs a Kafka broker (AMORE_BROKER is 'none'); "
+                               "use `damnit listen --test` to feed events by hand")
+        return brokers
 
     # -- running
 
