@@ -26,7 +26,8 @@ def _duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
+        minutes, secs = divmod(round(seconds), 60)
+        return f"{minutes} min" + (f" {secs} s" if secs else "")
     return f"{seconds / 3600:.1f} h"
 
 

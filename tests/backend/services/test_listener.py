@@ -333,7 +333,8 @@ class FakeProcessor:
     active: set = set()
     overlaps: list = []
     batches: list = []
-    block_first = None  # a threading.Event the first batch waits on (max 3 s)
+    block_first = None  # a threading.Event the first batch waits on (at most block_timeout s)
+    block_timeout = 3
     delay = 0.3
 
     fail = False  # raise instead of processing (a worker pool that cannot start)
@@ -355,7 +356,7 @@ class FakeProcessor:
             cls.batches.append([(Path(self.db_dir).name, r.run, r.run_data) for r in requests])
             first, cls.block_first = cls.block_first, None
         if isinstance(first, threading.Event):
-            first.wait(3)
+            first.wait(cls.block_timeout)
         time.sleep(cls.delay)
         if cls.fail:
             with _fake_lock:
@@ -367,6 +368,9 @@ class FakeProcessor:
             if self.producer is not None:
                 self.producer.processing_finished("test.damnit.db-fake", (processing_ids or {})[id(r)])
             yield RunOutcome(request=r)
+
+    def warm_up(self):
+        pass
 
     def close(self):
         pass
@@ -383,6 +387,7 @@ def fake_processor(monkeypatch):
 
     FakeProcessor.active, FakeProcessor.overlaps, FakeProcessor.batches = set(), [], []
     FakeProcessor.block_first, FakeProcessor.fail, FakeProcessor.delay = None, False, 0.3
+    FakeProcessor.block_timeout = 3
     monkeypatch.setattr(backend.services.local_processing, "RunProcessor", FakeProcessor)
     return FakeProcessor
 

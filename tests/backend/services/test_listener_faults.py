@@ -21,6 +21,7 @@ from backend.storage.database import DamnitDB
 from tests.backend.services.test_listener import (
     _committed,
     calls,
+    fake_processor,  # noqa: F401 (a fixture)
     fake_python,
     listener_setup,  # noqa: F401 (a fixture)
     migration,
@@ -390,3 +391,92 @@ def test_context_syntax_error_is_reported_not_hidden(tmp_path):
     assert not outcomes[0].run_error
     with DamnitDB.from_dir(db_dir) as db:
         assert [f.run for f in processing_state.failures(db)] == [19]
+
+
+# ---------------------------------------------------------------- outage logging, pure logic
+
+def test_outage_logs_once_summarises_each_minute_and_says_when_back(caplog):
+    from backend.services.outages import Outage
+
+    now = [0.0]
+    outage = Outage("Slurm", logging.getLogger("test.outage"), clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="test.outage")
+    assert not outage.recovered()  # was never away: nothing to say
+    assert outage.failed("sbatch: Unable to contact slurm controller", "runs wait")
+    for t in range(1, 150):  # a failed attempt every second for 2.5 min, client noise too
+        now[0] = float(t)
+        assert not outage.failed("sbatch: Unable to contact slurm controller")
+        assert outage.suppressed()
+        outage.tick("3 runs waiting")
+    now[0] = 155.0
+    assert outage.recovered()
+    assert not outage.suppressed()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "Slurm unavailable: sbatch: Unable to contact slurm controller; runs wait"
+    assert [m.split(" (")[0] for m in lines[1:3]] == ["Slurm still unavailable after 60 s",
+                                                      "Slurm still unavailable after 2 min"]
+    assert "3 runs waiting" in lines[1] and "149 client messages" not in lines[1]
+    assert lines[3] == "Slurm available again after 2 min 35 s (150 failed attempts, 149 client messages not logged)"
+    assert len(lines) == 4
+
+
+def test_kafka_client_log_holds_connection_errors_until_the_broker_is_checked(caplog):
+    from backend.services.outages import KafkaClientLog, Outage
+
+    outage = Outage("Kafka broker b:1", logging.getLogger("test.broker"))
+    checks = []
+    client_log = KafkaClientLog(outage, checks.append)
+    client_log.install()
+    caplog.set_level(logging.INFO)
+    aiokafka_log = logging.getLogger("aiokafka.conn")
+    try:
+        aiokafka_log.error("Unable connect to node with id %s: %s", 0, "Connect call failed")
+        assert checks == ["Unable connect to node with id 0: Connect call failed"]
+        assert not [r for r in caplog.records if r.name.startswith("aiokafka")]  # held
+        client_log.resolve(down=False)  # a passing hiccup: what aiokafka said is logged after all
+        assert [r.getMessage() for r in caplog.records if r.name.startswith("aiokafka")] == [checks[0]]
+        for _ in range(100):  # the same warning again and again: once a minute at most
+            logging.getLogger("aiokafka.consumer").warning("Heartbeat failed: %s", "rebalancing")
+        logging.getLogger("aiokafka.consumer").info("Joined group")  # INFO: only with --debug
+        assert sum(r.name == "aiokafka.consumer" for r in caplog.records) == 1
+        caplog.clear()
+        outage.failed("Connect call failed")  # an outage: everything aiokafka says is only counted
+        for _ in range(500):
+            aiokafka_log.error("Unable to update metadata from %s", [0])
+        assert [r.getMessage() for r in caplog.records] == ["Kafka broker b:1 unavailable: Connect call failed"]
+        assert outage.suppressed_messages == 500
+    finally:
+        client_log.uninstall()
+    assert logging.getLogger("aiokafka").propagate
+
+
+def test_consumer_pauses_when_too_many_events_are_in_flight(fake_processor, tmp_path,  # noqa: F811
+                                                             kafka_broker, monkeypatch):
+    """Local processing blocked: reading stops at MAX_IN_FLIGHT events in progress, goes on when they
+    are through, and every event is processed once."""
+    import threading
+
+    from backend.services import listener as listener_mod
+    from backend.services.listener import Listener
+    from tests.infra.kafka import FAST_GROUP_CONSUMER_SETTINGS
+
+    monkeypatch.setattr(listener_mod, "MAX_IN_FLIGHT", 4)
+    ldir, db_dir = registered_db(tmp_path, {"use_slurm": False})
+    release = fake_processor.block_first = threading.Event()
+    fake_processor.block_timeout, fake_processor.delay = 60, 0.05
+    bg = Listener(ldir, broker=kafka_broker.address, consumer_options=FAST_GROUP_CONSUMER_SETTINGS).start_background()
+    try:
+        assert bg.wait_connected(30)
+        send_events(kafka_broker.address, *[migration(1234, r) for r in range(1, 11)])
+        assert wait_for(lambda: bg.listener._paused, 30), "reading did not pause"
+        send_events(kafka_broker.address, *[migration(1234, r) for r in range(11, 21)])
+        time.sleep(2)
+        assert bg.listener.events_handled == 10  # the next ten wait in the broker
+        release.set()
+        assert wait_for(lambda: sorted(r for b in fake_processor.batches for _, r, _ in b) == list(range(1, 21)), 60), \
+            fake_processor.batches
+        assert bg.listener.events_handled == 20
+        assert wait_for(lambda: not bg.listener._paused, 10)
+    finally:
+        release.set()
+        bg.stop()
