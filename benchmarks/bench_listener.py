@@ -55,8 +55,9 @@ def sample_x(run):
 TOPIC = "test.r2d2"
 
 
-def send_burst(address: str, proposal: int, runs: list[int]) -> float:
-    """Send one event per run without waiting for each; returns when the broker has them all."""
+def send_burst(address: str, proposal: int, runs: list[int]) -> tuple[float, dict[int, int]]:
+    """Send one event per run without waiting for each; returns when the broker has them all, with
+    the offset after the last event in each partition."""
     from aiokafka import AIOKafkaProducer
 
     async def send():
@@ -65,30 +66,29 @@ def send_burst(address: str, proposal: int, runs: list[int]) -> float:
         try:
             futures = [await prod.send(TOPIC, json.dumps({"event": "migration_complete", "proposal": proposal,
                                                           "run": r}).encode()) for r in runs]
-            await asyncio.gather(*futures)
+            return await asyncio.gather(*futures)
         finally:
             await prod.stop()
 
     t0 = time.monotonic()
-    asyncio.run(send())
-    return time.monotonic() - t0
+    sent = asyncio.run(send())
+    ends: dict[int, int] = {}
+    for meta in sent:
+        ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
+    return time.monotonic() - t0, ends
 
 
-def committed_fraction(address: str, group: str) -> tuple[int, int]:
-    """(offsets committed, offsets in the topic) for the listener's group on the event topic."""
+def committed_fraction(address: str, group: str, ends: dict[int, int]) -> tuple[int, int]:
+    """(events committed, events sent) for the listener's group, from the offsets the burst ended at."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     async def ask():
         c = AIOKafkaConsumer(bootstrap_servers=address, group_id=group, enable_auto_commit=False)
         await c.start()
         try:
-            parts = [TopicPartition(TOPIC, p) for p in (c.partitions_for_topic(TOPIC) or ())]
-            if not parts:
-                return 0, 0
-            ends = await c.end_offsets(parts)
             done = 0
-            for tp in parts:
-                done += (await c.committed(tp)) or 0
+            for partition, end in ends.items():
+                done += min((await c.committed(TopicPartition(TOPIC, partition))) or 0, end)
             return done, sum(ends.values())
         finally:
             await c.stop()
@@ -180,7 +180,7 @@ def run_pass(name: str, work: Path, broker, proposal: int, runs: list[int], db_d
         time.sleep(2)
         idle_kb = sampler.listener_peak_kb()
         t0 = time.monotonic()
-        send_s = send_burst(broker.address, proposal, runs)
+        send_s, ends = send_burst(broker.address, proposal, runs)
         print(f"  {name}: {len(runs)} events on the broker in {send_s:.2f} s")
         acked = processed = None
         wanted = set(runs)
@@ -188,14 +188,16 @@ def run_pass(name: str, work: Path, broker, proposal: int, runs: list[int], db_d
         while time.monotonic() - t0 < timeout:
             now = time.monotonic() - t0
             if acked is None:
-                done, total = committed_fraction(broker.address, group)
+                done, total = committed_fraction(broker.address, group, ends)
                 if total and done >= total:
                     acked = now
             n = processed_runs(db_dir, wanted)
             if n == len(wanted):
                 processed = now
-            if now - last_report > 15:
-                print(f"    {now:.0f} s: {n} of {len(runs)} runs processed", flush=True)
+            if now - last_report > float(os.environ.get("BENCH_REPORT_S", 15)):
+                done, total = committed_fraction(broker.address, group, ends)
+                print(f"    {now:.0f} s: {n} of {len(runs)} runs processed, {done} of {total} events acknowledged",
+                      flush=True)
                 last_report = now
             if acked is not None and processed is not None:
                 break
@@ -230,6 +232,7 @@ def main() -> int:
     parser.add_argument("--listener-repo", type=Path, default=REPO)
     parser.add_argument("--timeout", type=float, default=3600)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the broker and Slurm on the way out
 
     from backend.base import mockruns
     from backend.storage.damnit_folder import initialize_proposal
