@@ -8,7 +8,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PY="${PYTHON:-python3}"
 
 has_stack() {
-    "$1" -c "import panel, backend.storage.database, app.serve" >/dev/null 2>&1
+    "$1" -c "import panel, backend.storage.database, app.server.serve" >/dev/null 2>&1
 }
 
 if ! (cd "$HERE" && has_stack "$PY"); then
@@ -23,4 +23,4 @@ if ! (cd "$HERE" && has_stack "$PY"); then
 fi
 
 cd "$HERE"
-exec "$PY" -m app.serve "$@"
+exec "$PY" -m app.server.serve "$@"

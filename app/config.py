@@ -1,6 +1,6 @@
-"""Server-wide dashboard settings, decided once by ``app.serve`` and handed to every session.
+"""Server-wide dashboard settings, decided once by ``app.server.serve`` and handed to every session.
 
-``app.serve`` (behind ``panel_serve.sh``) parses the command line, resolves databases and writes this
+``app.server.serve`` (behind ``panel_serve.sh``) parses the command line, resolves databases and writes this
 config as JSON into ``DAMNIT_DASHBOARD_CONFIG``; the Panel app reads it back. Only databases listed
 here (or proposal numbers that resolve to an official DAMNIT folder when ``allow_lookup`` is set) can
 be opened: a URL never names a path.
@@ -8,11 +8,13 @@ be opened: a URL never names a path.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from backend.base.paths import data_roots, find_database_dir
 
@@ -31,6 +33,12 @@ class ServerConfig:
     allow_lookup: bool = False  # may users open other proposals by number (none given on the CLI)
     demo: bool = False
     context_editors: list[str] = field(default_factory=list)  # --context-editors: user names, or ["*"]
+    timezone: str = ""  # --timezone: every time shown or exported is in this zone ('' = the server's)
+    unload_after: float = 600.0  # --unload-after: seconds before a proposal no session uses is closed (0: never)
+
+    @property
+    def tz(self) -> dt.tzinfo:
+        return zone(self.timezone)
 
     @property
     def loopback(self) -> bool:
@@ -92,3 +100,42 @@ def resolve_database(arg: str | os.PathLike) -> Path:
     if not (p / "runs.sqlite").is_file():
         raise ValueError(f"{text}: not a DAMNIT folder (no runs.sqlite)")
     return p.resolve()
+
+
+# ---------------------------------------------------------------- the server's clock
+
+def _local_zone_name() -> str | None:
+    """The IANA name of this machine's zone ($TZ, else where /etc/localtime points), if it has one."""
+    name = os.environ.get("TZ", "").lstrip(":")
+    if name and not name.startswith("/"):
+        return name
+    try:
+        target = Path(name or "/etc/localtime").resolve()
+    except OSError:
+        return None
+    parts = target.parts
+    if "zoneinfo" in parts:
+        return "/".join(parts[parts.index("zoneinfo") + 1:]) or None
+    return None
+
+
+@lru_cache(maxsize=8)
+def zone(name: str = "") -> dt.tzinfo:
+    """The zone called ``name`` ('' = the server's local zone); ValueError for an unknown name."""
+    if name:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {name!r} (use a name like Europe/Berlin or UTC)") from None
+    local = _local_zone_name()
+    if local:
+        try:
+            return ZoneInfo(local)
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    return dt.datetime.now().astimezone().tzinfo or dt.timezone.utc
+
+
+def zone_label(tz: dt.tzinfo) -> str:
+    """How a zone is named next to times: its IANA name, or its offset."""
+    return getattr(tz, "key", None) or dt.datetime.now(tz).strftime("UTC%z")

@@ -1,7 +1,7 @@
 """How much the run inspector sends to the browser for large values, and how long it takes to build.
 
 For each value (a long 1-D trace, a large 2-D detector image, a large RGB image) it builds the
-inspector's plot (``app.value_plots.plot_value``: min/max envelope to 10 000 points, block means to
+inspector's plot (``app.display.plots.plot_value``: min/max envelope to 10 000 points, block means to
 1000 px per side) and, for comparison, the same HoloViews element with the full data, serialises both
 Bokeh documents as the server would, and prints build time and payload size.
 
@@ -47,7 +47,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    from app.value_plots import plot_value
+    from app.display.plots import plot_value
 
     rng = np.random.default_rng(0)
     values = {

@@ -1,4 +1,4 @@
-// Loaded in every page's <head> (app/main.py): speed-ups for Tabulator, installed on each table as it is built.
+// Loaded in every page's <head> (app/server/main.py): speed-ups for Tabulator, installed on each table as it is built.
 //
 // Tabulator (6.4) sizes header cells in ColumnManager.verticalAlignHeaders(): each column writes its height
 // and the next reads its parent's, so the browser lays the page out again for every column (~130 ms a

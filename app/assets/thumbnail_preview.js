@@ -1,4 +1,4 @@
-// Loaded in every page's <head> (app/main.py). Hovering a run-table thumbnail shows the image as stored
+// Loaded in every page's <head> (app/server/main.py). Hovering a run-table thumbnail shows the image as stored
 // (DAMNIT's 300 px thumbnail, `?full=1` from app/thumbnails.py) beside it, like the Qt GUI's tooltip.
 // Panel renders inside shadow roots, so the hovered element is read from the event's composed path.
 (() => {

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import panel as pn
 import param
 
-from app.background import in_background
-from app.run_contents import load_for_display, run_file, scan_run_file
-from app.value_plots import format_scalar, plain_text, plot_value
+from app.config import get_config, zone_label
+from app.display.formatting import format_time, format_value
+from app.display.plots import plot_value
+from app.display.run_contents import load_for_display, run_file, scan_run_file
+from app.display.text import safe_text
+from app.live.session import SessionState, in_background
+from app.live.source import ProposalSource
 
 TITLE = "Big screen"
 SLUG = "bigscreen"
@@ -79,25 +81,18 @@ def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
-def key_values(source: Any, run: int, wanted: list[str]) -> list[tuple[str, str]]:
+def key_values(source: ProposalSource, run: int, wanted: list[str]) -> list[tuple[str, str]]:
     """(title, formatted value) of the key variables of one run: the wanted names, else the first numbers."""
-    frame = source.frame()
-    if run not in frame.index:
+    if not source.has_run(run):
         return []
-    row = frame.loc[run]
-    names = wanted or [n for n in source.column_names()
-                       if isinstance(row.get(n), (int, float, np.integer, np.floating))
-                       and not isinstance(row.get(n), bool)][:MAX_KEY_VARS]
+    cells = {n: source.cell(run, n) for n in (wanted or source.column_names())}
+    names = wanted or [n for n, c in cells.items() if c is not None and isinstance(c.value, (int, float))
+                       and not isinstance(c.value, bool)][:MAX_KEY_VARS]
     out = []
     for n in names:
-        value = row.get(n) if n in row.index else None
-        if value is None or isinstance(value, (bytes, np.ndarray)):
-            text = "–"
-        else:
-            text = format_scalar(value)
-        cell = source.runs[run].cells.get(n) if run in source.runs else None
-        units = (cell.attributes or {}).get("units") if cell is not None else None
-        out.append((source.variable(n).display_title, f"{text} {units}" if units and text != "–" else text))
+        cell = cells.get(n)
+        text = "–" if cell is None or cell.value is None else format_value(cell.value, cell.units)
+        out.append((source.variable(n).display_title, text))
     return out
 
 
@@ -111,8 +106,18 @@ def plot_names(source: Any, run: int, wanted: list[str]) -> list[str]:
     return sorted(names, key=lambda n: source.variable(n).display_title.casefold())
 
 
-def view(session: Any) -> pn.viewable.Viewable:
+class BigScreen(pn.viewable.Viewer):
+    """The newest run's key values and plots for a wall display (see the module docstring)."""
+
+    session = param.ClassSelector(class_=SessionState)
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return view(self.session)
+
+
+def view(session: SessionState) -> pn.viewable.Viewable:
     source = session.source
+    tz = get_config().tz
     wanted_vars = _names(_arg("vars"))
     wanted_plots = _names(_arg("plots"))
     try:
@@ -120,10 +125,10 @@ def view(session: Any) -> pn.viewable.Viewable:
     except ValueError:
         interval = DEFAULT_INTERVAL_S
 
-    run_text = plain_text("", **BIG["run"])
-    time_text = plain_text("", **BIG["time"])
+    run_text = safe_text("", **BIG["run"])
+    time_text = safe_text("", **BIG["time"])
     values_box = pn.FlexBox(sizing_mode="stretch_width")
-    plot_title = plain_text("", **BIG["plot_title"])
+    plot_title = safe_text("", **BIG["plot_title"])
     plot_box = pn.Column(sizing_mode="stretch_width", min_height=500)
     watchdog = ServerWatchdog(height=20, sizing_mode="stretch_width")
     state = {"run": None, "plots": [], "index": 0, "loading": False}
@@ -138,11 +143,10 @@ def view(session: Any) -> pn.viewable.Viewable:
             run_text.object, time_text.object, values_box.objects = "Waiting for the first run…", "", []
             return
         run_text.object = f"Run {run}"
-        start = source.runs[run].start_time if run in source.runs else None
-        time_text.object = "" if start is None else pd.Timestamp(start, unit="s", tz="UTC").tz_convert(
-            "Europe/Berlin").strftime("%H:%M:%S  %d/%m/%Y")
+        start = source.start_time(run)
+        time_text.object = "" if start is None else f"{format_time(start, tz)} ({zone_label(tz)})"
         values_box.objects = [
-            pn.Column(plain_text(title, **BIG["name"]), plain_text(value, **BIG["value"]),
+            pn.Column(safe_text(title, **BIG["name"]), safe_text(value, **BIG["value"]),
                       margin=(10, 30), css_classes=["dmn-big-var"])
             for title, value in key_values(source, run, wanted_vars)]
 
@@ -170,7 +174,7 @@ def view(session: Any) -> pn.viewable.Viewable:
             if state["run"] != run:
                 return  # a newer run arrived meanwhile
             if error is not None:
-                plot = pn.pane.Str(f"Cannot show {name}: {type(error).__name__}: {error}")
+                plot = safe_text(f"Cannot show {name}: {type(error).__name__}: {error}")
             plot_title.object = f"{source.variable(name).display_title}{where}"
             plot_box.objects = [plot]
 
@@ -209,3 +213,6 @@ def view(session: Any) -> pn.viewable.Viewable:
         pn.state.on_session_destroyed(lambda ctx: (beat.stop(), turn.stop()))
     return pn.Column(pn.Row(run_text, pn.Spacer(width=40), time_text), values_box, plot_title, plot_box,
                      watchdog, sizing_mode="stretch_width", name=TITLE, css_classes=["dmn-bigscreen"])
+
+
+PAGE = BigScreen

@@ -1,114 +1,109 @@
-"""Standalone comments: time-stamped notes not tied to a run (``time_comments``): list, add, edit."""
+"""Standalone comments: time-stamped notes not tied to a run (``time_comments``): list, add, edit.
+
+The list is the proposal source's (kept current for all sessions by one poll or Kafka subscription);
+adding and editing go through ``app.actions.edits`` like every other write (permission, audit log).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pandas as pd
 import panel as pn
+import param
 
-from app.value_plots import plain_text
+from app.actions import edits
+from app.config import get_config, zone_label
+from app.display.formatting import format_time
+from app.display.text import safe_text
+from app.live.records import Change
+from app.live.session import SessionState
 
 TITLE = "Comments"
 SLUG = "comments"
-TZ = ZoneInfo("Europe/Berlin")  # the facility's local time, as the run table shows timestamps
-REFRESH_MS = 5000
 COLUMNS = ["#", "Timestamp", "Comment"]
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
-def list_comments(db_dir: Any) -> pd.DataFrame:
-    """All standalone comments, newest first, timestamps as local text."""
-    from backend.storage.database import DamnitDB
-
-    with DamnitDB.from_dir(db_dir) as db:
-        rows = db.standalone_comments()
-    df = pd.DataFrame(
-        [{"#": r["id"], "Timestamp": format_time(r["timestamp"]), "Comment": r["comment"] or ""} for r in rows],
-        columns=COLUMNS)
+def comments_frame(comments: list[dict], tz: dt.tzinfo) -> pd.DataFrame:
+    """Standalone comments, newest first, times as text in ``tz``."""
+    df = pd.DataFrame([{"#": c["id"], "Timestamp": format_time(c["timestamp"], tz, TIME_FORMAT),
+                        "Comment": c["comment"] or ""} for c in comments], columns=COLUMNS)
     return df.iloc[::-1].reset_index(drop=True)
 
 
-def format_time(ts: float | None) -> str:
-    if ts is None:
-        return ""
-    return dt.datetime.fromtimestamp(float(ts), TZ).strftime("%Y-%m-%d %H:%M:%S")
+class CommentsPage(pn.viewable.Viewer):
+    """The list of standalone comments and, for sessions that may write, a form to add one."""
 
+    session = param.ClassSelector(class_=SessionState)
 
-def add_comment(db_dir: Any, when: dt.datetime, text: str) -> int:
-    """Store a new comment; ``when`` naive = facility local time. Empty text is refused."""
-    from backend.storage.database import DamnitDB
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.tz = get_config().tz
+        can_write = self.session.can_write
+        self.table = pn.widgets.Tabulator(
+            self._frame(), show_index=False, sizing_mode="stretch_width", layout="fit_data_stretch",
+            editors={"#": None, "Timestamp": None, "Comment": "textarea" if can_write else None},
+            disabled=not can_write, widths={"Comment": "60%"}, max_height=500, css_classes=["damnit-comments"],
+            titles={"Timestamp": f"Timestamp ({zone_label(self.tz)})"},
+            configuration={"columnDefaults": {"headerSort": True}})
+        self.when = pn.widgets.DatetimePicker(label=f"Time ({zone_label(self.tz)})", value=self._now(), width=220)
+        self.text = pn.widgets.TextAreaInput(label="Comment", placeholder="What happened?",
+                                             sizing_mode="stretch_width", height=80,
+                                             css_classes=["damnit-new-comment"])
+        self.publish = pn.widgets.Button(label="Publish", color="primary", align="end", disabled=not can_write,
+                                         css_classes=["damnit-publish"])
+        self.now_btn = pn.widgets.Button(label="Now", align="end", width=60)
+        self.message = safe_text("")
+        self.publish.on_click(self._publish)
+        self.now_btn.on_click(lambda _: setattr(self.when, "value", self._now()))
+        self.table.on_edit(self._on_edit)
+        self.session.on_change(self._on_change)
 
-    text = text.strip()
-    if not text:
-        raise ValueError("the comment is empty")
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=TZ)
-    with DamnitDB.from_dir(db_dir) as db:
-        return db.add_standalone_comment(when.timestamp(), text)
+    def _now(self) -> dt.datetime:
+        return dt.datetime.now(self.tz).replace(tzinfo=None, microsecond=0)
 
+    def _frame(self) -> pd.DataFrame:
+        with self.session.source.lock:
+            comments = list(self.session.source.comments)
+        return comments_frame(comments, self.tz)
 
-def edit_comment(db_dir: Any, comment_id: int, text: str) -> None:
-    from backend.storage.database import DamnitDB
+    def _refresh(self) -> None:
+        df = self._frame()
+        if not df.equals(self.table.value):
+            self.table.value = df
 
-    with DamnitDB.from_dir(db_dir) as db:
-        db.change_standalone_comment(int(comment_id), text)
+    def _on_change(self, change: Change) -> None:
+        if change.comments or change.reset:
+            self._refresh()
 
-
-def view(session: Any) -> pn.viewable.Viewable:
-    db_dir = session.source.db_dir
-    can_write = session.can_write
-    table = pn.widgets.Tabulator(
-        list_comments(db_dir), show_index=False, sizing_mode="stretch_width", layout="fit_data_stretch",
-        editors={"#": None, "Timestamp": None, "Comment": "textarea" if can_write else None},
-        disabled=not can_write, widths={"Comment": "60%"}, max_height=500, css_classes=["damnit-comments"],
-        configuration={"columnDefaults": {"headerSort": True}})
-    when = pn.widgets.DatetimePicker(label="Time", value=dt.datetime.now(TZ).replace(tzinfo=None, microsecond=0),
-                                     width=200)
-    text = pn.widgets.TextAreaInput(label="Comment", placeholder="What happened?", sizing_mode="stretch_width",
-                                    height=80, css_classes=["damnit-new-comment"])
-    publish = pn.widgets.Button(label="Publish", color="primary", align="end", disabled=not can_write,
-                                css_classes=["damnit-publish"])
-    now_btn = pn.widgets.Button(label="Now", align="end", width=60)
-    message = plain_text("")
-
-    def refresh() -> None:
-        df = list_comments(db_dir)
-        if not df.equals(table.value):
-            table.value = df
-
-    def on_publish(_=None) -> None:
-        session.check_write()
+    def _publish(self, _=None) -> None:
+        when = (self.when.value or self._now()).replace(tzinfo=self.tz)  # typed in the server's zone
         try:
-            add_comment(db_dir, when.value or dt.datetime.now(TZ).replace(tzinfo=None), text.value_input or
-                        text.value)
-        except ValueError as e:
-            message.object = f"Not published: {e}"
+            edits.add_standalone_comment(self.session, when.timestamp(), self.text.value_input or self.text.value)
+        except (ValueError, PermissionError) as e:
+            self.message.object = f"Not published: {e}"
             return
-        text.value = ""
-        message.object = "Published"
-        refresh()
+        self.text.value = ""
+        self.message.object = "Published"
 
-    def on_edit(event: Any) -> None:
+    def _on_edit(self, event: Any) -> None:
         if event.column != "Comment":
             return
-        session.check_write()
-        comment_id = int(table.value["#"].iloc[event.row])
+        comment_id = int(self.table.value["#"].iloc[event.row])
         try:
-            edit_comment(db_dir, comment_id, event.value)
-            message.object = f"Comment #{comment_id} updated"
-        except KeyError as e:
-            message.object = f"Not saved: {e}"
-        refresh()
+            edits.edit_standalone_comment(self.session, comment_id, event.value)
+            self.message.object = f"Comment #{comment_id} updated"
+        except (KeyError, PermissionError) as e:
+            self.message.object = f"Not saved: {e}"
 
-    publish.on_click(on_publish)
-    now_btn.on_click(lambda _: setattr(when, "value", dt.datetime.now(TZ).replace(tzinfo=None, microsecond=0)))
-    table.on_edit(on_edit)
-    if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
-        cb = pn.state.add_periodic_callback(refresh, REFRESH_MS)
-        pn.state.on_session_destroyed(lambda ctx: cb.stop())
-    form = [pn.Row(when, now_btn), text, pn.Row(publish, message)] if can_write else [
-        plain_text(session.write_denied_reason or "Read-only: comments cannot be added here.")]
-    return pn.Column(pn.pane.Markdown("### Standalone comments"), *form, table, sizing_mode="stretch_width",
-                     name=TITLE)
+    def __panel__(self) -> pn.viewable.Viewable:
+        form = [pn.Row(self.when, self.now_btn), self.text, pn.Row(self.publish, self.message)] \
+            if self.session.can_write else [safe_text(self.session.write_denied_reason
+                                                      or "Read-only: comments cannot be added here.")]
+        return pn.Column(pn.pane.Markdown("### Standalone comments"), *form, self.table,
+                         sizing_mode="stretch_width", name=TITLE)
+
+
+PAGE = CommentsPage

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import panel as pn
+import param
 
-from app.context_check import (
+from app.actions.context_check import (
     ERROR,
     HISTORY_DIR,
     OK,
@@ -31,6 +32,8 @@ from app.context_check import (
     save_context,
     update_variable_list,
 )
+from app.display.text import safe_text
+from app.live.session import SessionState, every
 
 log = logging.getLogger(__name__)
 if log.level == logging.NOTSET:
@@ -60,28 +63,26 @@ class ContextEditor:
         self.reload_btn = pn.widgets.Button(label="Reload from disk", width=140)
         self.overwrite_btn = pn.widgets.Button(label="Overwrite the file on disk", color="danger",
                                                visible=False)
-        self.status = pn.pane.Str("", css_classes=["damnit-context-status"],
-                                  styles={"font-weight": "bold"})
-        self.details = pn.pane.Str("", css_classes=["damnit-context-details"],
-                                   styles={"font-size": "12px", "white-space": "pre-wrap"})
-        self.dirty = pn.pane.Str("", styles={"color": "#c62828"})
+        self.status = safe_text("", css_classes=["damnit-context-status"], **{"font-weight": "bold"})
+        self.details = safe_text("", css_classes=["damnit-context-details"],
+                                 **{"font-size": "12px", "font-family": "monospace"})
+        self.dirty = safe_text("", color="#c62828")
         self.validate_btn.on_click(self.on_validate)
         self.save_btn.on_click(self.on_save)
         self.reload_btn.on_click(lambda _: self.load())
         self.overwrite_btn.on_click(self.on_overwrite)
         self.editor.param.watch(self._mark_dirty, "value")
         self.load()
-        note = [] if session.can_edit_context else [pn.pane.Alert(
+        note = [] if session.can_edit_context else [safe_text(
             "Read-only: " + (session.context_edit_denied_reason or session.write_denied_reason
                              or "this dashboard cannot save changes"),
-            alert_type="warning", css_classes=["damnit-context-readonly"])]
+            css_classes=["damnit-context-readonly"], padding="8px", background="#fff3cd", color="#664d03",
+            **{"border-radius": "4px"})]
         self.layout = pn.Column(
             *note,
             pn.Row(self.validate_btn, self.save_btn, self.reload_btn, self.overwrite_btn, self.dirty),
             self.status, self.editor, self.details, sizing_mode="stretch_width", name=TITLE)
-        if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
-            cb = pn.state.add_periodic_callback(self.check_disk, DISK_CHECK_MS)
-            pn.state.on_session_destroyed(lambda ctx: cb.stop())
+        every(DISK_CHECK_MS, self.check_disk)
 
     # -- loading ------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -117,7 +118,7 @@ class ContextEditor:
     # -- validation & saving --------------------------------------------------------------------------
     def _set_status(self, status: str, text: str, details: str) -> None:
         self.status.object = text
-        self.status.styles = {"font-weight": "bold", "color": STATUS_COLOURS.get(status, "#555")}
+        self.status.styles = {**self.status.styles, "color": STATUS_COLOURS.get(status, "#555")}
         self.details.object = details
 
     def _show_result(self, result: CheckResult) -> None:
@@ -181,5 +182,11 @@ class ContextEditor:
         await self.on_save(force=True)
 
 
-def view(session: Any) -> pn.viewable.Viewable:
-    return ContextEditor(session).layout
+class ContextEditorPage(pn.viewable.Viewer):
+    session = param.ClassSelector(class_=SessionState)
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return ContextEditor(self.session).layout
+
+
+PAGE = ContextEditorPage

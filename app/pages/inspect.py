@@ -12,63 +12,77 @@ from typing import Any
 
 import pandas as pd
 import panel as pn
+import param
 
-from app.background import in_background
-from app.run_contents import StoredVariable, load_for_display, run_file, scan_run_file
-from app.value_plots import format_scalar, plain_text, plot_value
+from app.config import get_config, zone_label
+from app.display.formatting import format_time, format_value
+from app.display.plots import plot_value
+from app.display.run_contents import StoredVariable, load_for_display, run_file, scan_run_file
+from app.display.text import safe_text
+from app.live.records import Change
+from app.live.session import SessionState, in_background
+from app.live.source import ProposalSource
 
 TITLE = "Inspect run"
 SLUG = "inspect"
 
 
-def view(session: Any) -> pn.viewable.Viewable:
-    source = session.source
-    run_select = pn.widgets.Select(label="Run", options=_run_options(source), width=160)
-    if session.selected_runs:
-        run_select.value = session.selected_runs[-1]
-    elif run_select.options:
-        run_select.value = list(run_select.options.values())[-1]
-    refresh = pn.widgets.Button(label="Reload", color="default", width=90, align="end")
-    body = pn.Column(sizing_mode="stretch_width")
+class InspectPage(pn.viewable.Viewer):
+    """A run picker and everything stored for the chosen run."""
 
-    def show(_=None) -> None:
-        run = run_select.value
-        body.objects = [run_inspector(session, run)] if run is not None else [
-            pn.pane.Str("No runs yet.")]
+    session = param.ClassSelector(class_=SessionState)
+    run = param.Integer(default=None, allow_None=True, doc="The run shown")
 
-    def on_selected(event) -> None:
-        if event.new and event.new[-1] != run_select.value:
-            if event.new[-1] not in run_select.options.values():
-                run_select.options = _run_options(source)
-            run_select.value = event.new[-1]
+    def __init__(self, **params):
+        super().__init__(**params)
+        source = self.session.source
+        self.run_select = pn.widgets.Select(label="Run", options=self._run_options(), width=160)
+        self.refresh = pn.widgets.Button(label="Reload", color="default", width=90, align="end")
+        self.body = pn.Column(sizing_mode="stretch_width")
+        if self.session.selected_runs:
+            self.run = self.session.selected_runs[-1]
+        elif self.run_select.options:
+            self.run = list(self.run_select.options.values())[-1]
+        self.run_select.value = self.run
+        self.run_select.link(self, value="run", bidirectional=True)
+        self.refresh.on_click(lambda _: self._show())
+        self.session.param.watch(self._on_selected, "selected_runs")
+        self.session.on_change(self._on_change)
+        self.param.watch(lambda _: self._show(), "run")
+        self.source: ProposalSource = source
+        self._show()
 
-    def on_change(change) -> None:
+    def _run_options(self) -> dict[str, int]:
+        return {f"Run {k}": k for k in self.session.source.run_keys()}
+
+    def _show(self) -> None:
+        self.body.objects = [run_inspector(self.session.source, self.run)] if self.run is not None else [
+            safe_text("No runs yet.")]
+
+    def _on_selected(self, event) -> None:
+        if event.new and event.new[-1] != self.run:
+            if event.new[-1] not in self.run_select.options.values():
+                self.run_select.options = self._run_options()
+            self.run = event.new[-1]
+
+    def _on_change(self, change: Change) -> None:
         if change.new_runs or change.reset:
-            run_select.options = _run_options(source)
-        if run_select.value is not None and run_select.value in change.changed:
-            show()  # the run shown was reprocessed: redraw with the new values
+            self.run_select.options = self._run_options()
+        if self.run is not None and self.run in change.changed:
+            self._show()  # the run shown was reprocessed: redraw with the new values
 
-    session.param.watch(on_selected, "selected_runs")
-    run_select.param.watch(show, "value")
-    refresh.on_click(show)
-    session.on_change(on_change)
-    show()
-    return pn.Column(pn.Row(run_select, refresh), body, sizing_mode="stretch_width", name=TITLE)
+    def __panel__(self) -> pn.viewable.Viewable:
+        return pn.Column(pn.Row(self.run_select, self.refresh), self.body, sizing_mode="stretch_width", name=TITLE)
 
 
-def _run_options(source: Any) -> dict[str, int]:
-    return {f"Run {k}": k for k in source.run_keys()}
-
-
-def run_inspector(session: Any, run: int) -> pn.viewable.Viewable:
+def run_inspector(source: ProposalSource, run: int) -> pn.viewable.Viewable:
     """All of one run's variables: scalars in a table, then one card per plottable variable."""
-    source = session.source
     proposal = source.proposal
     stored = scan_run_file(run_file(source.db_dir, proposal, run)) if proposal is not None else {}
     plottable = [v for v in stored.values() if v.is_plottable]
     plottable.sort(key=lambda v: source.variable(v.name).display_title.casefold())
-    header = pn.pane.Markdown(f"### Run {int(run)}" + ("" if stored else " — no processed data yet"),
-                              css_classes=["damnit-inspect-title"])
+    header = safe_text(f"Run {int(run)}" + ("" if stored else " — no processed data yet"),
+                       css_classes=["damnit-inspect-title"], **{"font-size": "1.4em", "font-weight": "bold"})
     parts: list[pn.viewable.Viewable] = [header, scalar_table(source, run)]
     errors = [v for v in stored.values() if v.error is not None]
     if errors:
@@ -77,37 +91,35 @@ def run_inspector(session: Any, run: int) -> pn.viewable.Viewable:
     return pn.Column(*parts, sizing_mode="stretch_width")
 
 
-def scalar_table(source: Any, run: int) -> pn.viewable.Viewable:
-    """The run's numbers and text as name/value pairs (arrays and thumbnails get plots or live in the table)."""
-    with source.lock:
-        r = source.runs.get(run)
-        cells = dict(r.cells) if r is not None else {}
-        start_time = r.start_time if r is not None else None
+def scalar_table(source: ProposalSource, run: int) -> pn.viewable.Viewable:
+    """The run's numbers and text as name/value pairs, formatted as the run table shows them (arrays and
+    thumbnails get plots, or live in the table)."""
+    tz = get_config().tz
     items = []
+    start_time = source.start_time(run)
     if start_time is not None:
-        items.append({"Variable": "Timestamp", "Value": pd.Timestamp(start_time, unit="s", tz="UTC").tz_convert(
-            "Europe/Berlin").strftime("%H:%M:%S %d/%m/%Y")})
+        items.append({"Variable": f"Timestamp ({zone_label(tz)})", "Value": format_time(start_time, tz)})
     for name in ["comment", *source.column_names()]:
-        cell = cells.get(name)
-        value = cell.value if cell is not None else None
-        if value is None or isinstance(value, (bytes, bytearray)) or getattr(value, "ndim", 0) > 0:
+        cell = source.cell(run, name)
+        if cell is None or cell.value is None:
             continue
-        units = (cell.attributes or {}).get("units")
-        text = format_scalar(value) + (f" {units}" if units and not isinstance(value, str) else "")
-        items.append({"Variable": source.variable(name).display_title, "Value": text})
+        items.append({"Variable": source.variable(name).display_title, "Value": format_value(cell.value, cell.units)})
     if not items:
-        return pn.pane.Str("")
+        return safe_text("")
+    # Tabulator's default formatter shows cells as text (not HTML): titles and values stay text.
     return pn.widgets.Tabulator(pd.DataFrame(items), show_index=False, disabled=True, layout="fit_data_table",
-                                max_height=300, sizing_mode="stretch_width", css_classes=["damnit-scalars"])
+                                max_height=300, sizing_mode="stretch_width", css_classes=["damnit-scalars"],
+                                formatters={"Variable": {"type": "plaintext"}, "Value": {"type": "plaintext"}})
 
 
-def error_list(source: Any, errors: list[StoredVariable]) -> pn.viewable.Viewable:
+def error_list(source: ProposalSource, errors: list[StoredVariable]) -> pn.viewable.Viewable:
     lines = [f"{source.variable(v.name).display_title}: {v.error_cls or 'Error'}: {v.error}" for v in errors]
-    return pn.Card(pn.pane.Str("\n".join(lines)), title=f"{len(errors)} variable(s) failed or were skipped",
-                   collapsed=True, sizing_mode="stretch_width")
+    return pn.Card(safe_text("\n".join(lines), css_classes=["damnit-errors"]),
+                   title=f"{len(errors)} variable(s) failed or were skipped", collapsed=True,
+                   sizing_mode="stretch_width")
 
 
-def variable_card(source: Any, run: int, var: StoredVariable) -> pn.viewable.Viewable:
+def variable_card(source: ProposalSource, run: int, var: StoredVariable) -> pn.viewable.Viewable:
     """A card whose plot is loaded in a thread once rendered (preview first, full data on request)."""
     title = source.variable(var.name).display_title
     content = pn.Column(pn.indicators.LoadingSpinner(value=True, size=30, name="Loading…"),
@@ -116,14 +128,13 @@ def variable_card(source: Any, run: int, var: StoredVariable) -> pn.viewable.Vie
     def load(prefer_preview: bool = True) -> None:
         def work() -> tuple[Any, bool]:
             loaded = load_for_display(source.db_dir, run, var.name, prefer_preview=prefer_preview)
-            plot = plot_value(loaded.value, title=title, units=loaded.units,
-                              objtype=loaded.objtype)
+            plot = plot_value(loaded.value, title=title, units=loaded.units, objtype=loaded.objtype)
             return plot, loaded.is_preview
 
         def apply(result: tuple[Any, bool] | None, error: BaseException | None) -> None:
             if error is not None:  # say why this one variable can't be drawn; the rest still load
-                content.objects = [pn.pane.Str(f"Could not load {var.name!r} for run {run}: "
-                                               f"{type(error).__name__}: {error}", styles={"color": "#b00"})]
+                content.objects = [safe_text(f"Could not load {var.name!r} for run {run}: "
+                                             f"{type(error).__name__}: {error}", color="#b00")]
                 return
             plot, is_preview = result
             objects = [plot]
@@ -135,14 +146,17 @@ def variable_card(source: Any, run: int, var: StoredVariable) -> pn.viewable.Vie
                     load(prefer_preview=False)
 
                 full.on_click(show_full)
-                objects.insert(0, pn.Row(pn.pane.Str("Preview", styles={"color": "grey"}), full))
+                objects.insert(0, pn.Row(safe_text("Preview", color="grey"), full))
             content.objects = objects
             content.css_classes = ["damnit-plot-ready"]  # marks a drawn card (tests, screenshots)
 
         in_background(work, apply)
 
     load()
-    header = plain_text(f"{title}  [{var.size_text}]", margin="0 5px", **{"font-weight": "bold"})
+    header = safe_text(f"{title}  [{var.size_text}]", margin="0 5px", **{"font-weight": "bold"})
     safe_name = re.sub(r"\W", "_", var.name)
     return pn.Card(content, header=header, sizing_mode="stretch_width",
                    css_classes=["damnit-var-card", f"damnit-var-{safe_name}"])
+
+
+PAGE = InspectPage

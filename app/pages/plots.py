@@ -15,9 +15,15 @@ import holoviews as hv
 import numpy as np
 import pandas as pd
 import panel as pn
+import param
 
-from app.run_contents import run_file, scan_run_file
-from app.value_plots import PLOT_HEIGHT, plain_text
+from app.config import get_config, zone_label
+from app.display.plots import PLOT_HEIGHT, downsample_1d
+from app.display.run_contents import run_file, scan_run_file
+from app.display.text import safe_text
+from app.live.session import SessionState
+from app.live.source import ProposalSource
+from backend.storage.api import RunVariables
 
 TITLE = "Plots"
 SLUG = "plots"
@@ -30,33 +36,28 @@ NON_PLOT_COLUMNS = {"proposal", "added_at", "comment"}
 # Pure helpers (testable without a browser)
 # --------------------------------------------------------------------------------------------------
 
-def numeric_columns(frame: pd.DataFrame) -> list[str]:
-    """Columns with at least one real number (not arrays, thumbnails or text)."""
-    out = []
-    for col in frame.columns:
-        if col in NON_PLOT_COLUMNS:
-            continue
-        if summary_series(frame, col).notna().any():
-            out.append(col)
-    return out
+def numeric_columns(source: ProposalSource) -> list[str]:
+    """Run, start time and the variables with at least one number (not arrays, thumbnails or text)."""
+    with source.lock:
+        table = source.table
+        names = [n for n in source.column_names() if n not in NON_PLOT_COLUMNS
+                 and np.isfinite(table.numbers(n)).any()]
+    return ["run", "start_time", *names] if table.n_rows else []
 
 
-def summary_series(frame: pd.DataFrame, col: str) -> pd.Series:
-    """A table column as floats: numbers and bools kept, everything else NaN."""
-    def as_float(v: Any) -> float:
-        if isinstance(v, (bool, np.bool_, int, float, np.integer, np.floating)) and not isinstance(v, complex):
-            return float(v)
-        return np.nan
-
-    if col == "run":
-        return frame["run"].astype(float)
-    return frame[col].map(as_float).astype(float)
+def summary_values(source: ProposalSource, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(run numbers, the column as floats: NaN where not a number), in run order."""
+    with source.lock:
+        table = source.table
+        rows = table.order()
+        return table.run_number[rows].copy(), table.numbers(name, rows)
 
 
-def scatter_data(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """Rows with both x and y numeric, as columns x, y, run (sorted by x for line plots)."""
-    data = pd.DataFrame({"x": summary_series(frame, x).to_numpy(), "y": summary_series(frame, y).to_numpy(),
-                         "run": frame["run"].astype(int).to_numpy()})
+def scatter_data(source: ProposalSource, x: str, y: str) -> pd.DataFrame:
+    """Runs with both x and y numeric, as columns x, y, run (sorted by x for line plots)."""
+    runs, xs = summary_values(source, x)
+    _, ys = summary_values(source, y)
+    data = pd.DataFrame({"x": xs, "y": ys, "run": runs.astype(int)})
     return data.dropna(subset=["x", "y"]).sort_values(["x", "run"]).reset_index(drop=True)
 
 
@@ -123,8 +124,6 @@ def array_variables(db_dir: Any, proposal: int | None, runs: list[int]) -> list[
 
 
 def read_value(db_dir: Any, run: int, name: str) -> Any:
-    from backend.storage.api import RunVariables
-
     return RunVariables(db_dir, run)[name].read(deserialize_plotly=False)
 
 
@@ -132,18 +131,24 @@ def read_value(db_dir: Any, run: int, name: str) -> Any:
 # The page
 # --------------------------------------------------------------------------------------------------
 
-def view(session: Any) -> pn.viewable.Viewable:
-    return pn.Column(SummaryPlot(session).layout, pn.layout.Divider(), RunOverlay(session).layout,
-                     sizing_mode="stretch_width", name=TITLE)
+class PlotsPage(pn.viewable.Viewer):
+    """A summary plot of all runs, and per-run data of the selected runs."""
+
+    session = param.ClassSelector(class_=SessionState)
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return pn.Column(SummaryPlot(self.session).layout, pn.layout.Divider(), RunOverlay(self.session).layout,
+                         sizing_mode="stretch_width", name=TITLE)
 
 
 class SummaryPlot:
     """Y against X (or a histogram of Y) for all runs, kept current as runs arrive."""
 
-    def __init__(self, session: Any):
+    def __init__(self, session: SessionState):
         self.session = session
         self.source = session.source
-        cols = numeric_columns(self.source.frame())
+        self.tz = get_config().tz
+        cols = numeric_columns(self.source)
         options = self._options(cols)
         default_y = next((c for c in cols if c not in ("run", "start_time")), "run")
         self.x = pn.widgets.Select(label="X", options=options, value="run", width=220)
@@ -152,7 +157,7 @@ class SummaryPlot:
         self.kind = pn.widgets.RadioButtonGroup(options=["Scatter", "Line", "Histogram"], value="Scatter",
                                                 align="end")
         self.bins = pn.widgets.IntInput(label="Bins", value=30, start=5, end=100_000, step=25, width=90)
-        self.count = plain_text("", color="grey")
+        self.count = safe_text("", color="grey")
         self.pipe = hv.streams.Pipe(data=self._data())
         self.plot_pane = pn.pane.HoloViews(sizing_mode="stretch_width", min_height=PLOT_HEIGHT + 80,
                                            css_classes=["damnit-summary-plot"])
@@ -167,14 +172,21 @@ class SummaryPlot:
             pn.Row(self.y, pn.pane.HTML("vs.", align="end"), self.x, self.swap, self.kind, self.bins),
             self.count, self.plot_pane, sizing_mode="stretch_width")
 
+    def _label(self, name: str) -> str:
+        if name == "run":
+            return "Run"
+        if name == "start_time":
+            return f"Timestamp ({zone_label(self.tz)})"
+        return self.source.variable(name).display_title
+
     def _options(self, cols: list[str]) -> dict[str, str]:
-        return {self.source.variable(c).display_title if c not in ("run",) else "Run": c for c in cols}
+        return {self._label(c): c for c in cols}
 
     def _data(self) -> pd.DataFrame:
-        frame = self.source.frame()
         if self.kind.value == "Histogram":
-            return pd.DataFrame({"y": summary_series(frame, self.y.value).dropna().to_numpy()})
-        return scatter_data(frame, self.x.value, self.y.value)
+            values = summary_values(self.source, self.y.value)[1]
+            return pd.DataFrame({"y": values[~np.isnan(values)]})
+        return scatter_data(self.source, self.x.value, self.y.value)
 
     def _push(self) -> None:
         data = self._data()
@@ -188,7 +200,7 @@ class SummaryPlot:
 
     def _on_change(self, change: Any) -> None:
         if change.variables or change.reset:
-            options = self._options(numeric_columns(self.source.frame()))
+            options = self._options(numeric_columns(self.source))
             for w in (self.x, self.y):
                 current = w.value
                 w.options = options
@@ -200,10 +212,8 @@ class SummaryPlot:
     def _rebuild(self, _=None) -> None:
         kind, x, y = self.kind.value, self.x.value, self.y.value
         self.x.disabled = kind == "Histogram"
-        xlabel = self.source.variable(x).display_title if x != "run" else "Run"
-        ylabel = self.source.variable(y).display_title if y != "run" else "Run"
-        xu = (self.source.variable(x).attributes or {}).get("units")
-        yu = (self.source.variable(y).attributes or {}).get("units")
+        xlabel, ylabel = self._label(x), self._label(y)
+        xu, yu = self.source.units(x), self.source.units(y)
         xdim = hv.Dimension("x", label=xlabel, unit=xu)
         ydim = hv.Dimension("y", label=ylabel, unit=yu)
 
@@ -218,7 +228,7 @@ class SummaryPlot:
                 times = {c for c in ("x", "y") if {"x": x, "y": y}[c] == "start_time"}
                 if times:  # run start times on a date axis, not as epoch seconds
                     data = data.assign(**{c: pd.to_datetime(data[c], unit="s", utc=True)
-                                          .dt.tz_convert("Europe/Berlin").dt.tz_localize(None) for c in times})
+                                          .dt.tz_convert(self.tz).dt.tz_localize(None) for c in times})
                 points = hv.Points(data, kdims=[xdim, ydim], vdims=["run"]).opts(
                     size=8, tools=["hover", "tap", "box_select", "lasso_select"], responsive=True,
                     height=PLOT_HEIGHT + 80, framewise=True, show_grid=True, nonselection_alpha=0.3,
@@ -227,6 +237,9 @@ class SummaryPlot:
                     return hv.Curve(data, kdims=[xdim], vdims=[ydim]).opts(framewise=True) * points
                 return points
 
+        # A new pipe holding data of this kind: the old one holds the previous kind's, which the new
+        # element could not draw (a histogram's data has no x or run).
+        self.pipe = hv.streams.Pipe(data=self._data())
         dmap = hv.DynamicMap(lambda data: element(data), streams=[self.pipe])
         if kind != "Histogram":
             selection = hv.streams.Selection1D(source=dmap)
@@ -246,14 +259,14 @@ class SummaryPlot:
 class RunOverlay:
     """One array variable (optionally against another) for each selected run, one line per run."""
 
-    def __init__(self, session: Any):
+    def __init__(self, session: SessionState):
         self.session = session
         self.source = session.source
         self.y = pn.widgets.Select(label="Array (Y)", options=[], width=220)
         self.x = pn.widgets.Select(label="Against (X)", options=[INDEX_X], value=INDEX_X, width=220)
         self.go = pn.widgets.Button(label="Plot selected runs", color="primary", align="end")
-        self.runs_text = plain_text("", color="grey", css_classes=["damnit-overlay-runs"])
-        self.messages = plain_text("", color="#a60")
+        self.runs_text = safe_text("", color="grey", css_classes=["damnit-overlay-runs"])
+        self.messages = safe_text("", color="#a60")
         self.plot_pane = pn.pane.HoloViews(sizing_mode="stretch_width", min_height=PLOT_HEIGHT,
                                            css_classes=["damnit-overlay-plot"])
         self.go.on_click(self._plot)
@@ -273,7 +286,7 @@ class RunOverlay:
     def _refresh_choices(self) -> None:
         runs = self._runs()
         names = array_variables(self.source.db_dir, self.source.proposal, runs[-3:])
-        options = {self.source.variable(n).display_title: n for n in names}
+        options = {self.source.variable(n).display_title: n for n in names}  # a <select>: labels are text
         current_y, current_x = self.y.value, self.x.value
         self.y.options = options
         self.x.options = {INDEX_X: INDEX_X, **options}
@@ -304,8 +317,6 @@ class RunOverlay:
             self.plot_pane.object = overlay
 
     def _load(self, runs: list[int], name: str, xname: str) -> tuple[list[hv.Element], list[str]]:
-        from app.value_plots import downsample_1d
-
         curves, problems = [], []
         ylabel = self.source.variable(name).display_title
         xlabel = self.source.variable(xname).display_title if xname != INDEX_X else None
@@ -325,3 +336,6 @@ class RunOverlay:
             curves.append(hv.Curve((x, y), kdims=[xdim], vdims=[hv.Dimension("y", label=ylabel)],
                                    label=f"run {run}").opts(tools=["hover"]))
         return curves, problems
+
+
+PAGE = PlotsPage

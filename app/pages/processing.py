@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import html
 from typing import Any
 
 import pandas as pd
 import panel as pn
+import param
 
-from app.processing_jobs import (
+from app.actions.processing_jobs import (
     LogTail,
-    RunSpecError,
-    format_runs,
     job_board,
-    parse_run_spec,
+    runs_selected,
     runs_with_data,
     slurm_available,
 )
-from app.value_plots import plain_text
+from app.config import get_config, zone_label
+from app.display.formatting import format_time
+from app.display.text import safe_options, safe_text
+from app.live.session import SessionState, every
 from backend.base.paths import run_log_path
+from backend.base.runs import RunSpecError, format_runs
 
 TITLE = "Processing"
 SLUG = "processing"
@@ -27,23 +28,27 @@ JOBS_REFRESH_MS = 2000
 LOG_POLL_MS = 1500
 
 
-def view(session: Any) -> pn.viewable.Viewable:
-    source = session.source
-    board = job_board(source.db_dir, source.proposal)
-    return pn.Column(
-        reprocess_form(session, board),
-        pn.layout.Divider(),
-        job_list(session, board),
-        pn.layout.Divider(),
-        log_viewer(session),
-        sizing_mode="stretch_width", name=TITLE)
+class ProcessingPage(pn.viewable.Viewer):
+    """Reprocess runs, see and cancel jobs, follow a run's log."""
+
+    session = param.ClassSelector(class_=SessionState)
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        source = self.session.source
+        board = job_board(source.db_dir, source.proposal)
+        return pn.Column(
+            reprocess_form(self.session, board),
+            pn.layout.Divider(),
+            job_list(self.session, board),
+            pn.layout.Divider(),
+            log_viewer(self.session),
+            sizing_mode="stretch_width", name=TITLE)
 
 
 def _computed_variables(source: Any) -> dict[str, str]:
-    # MultiChoice (Choices.js) renders labels as HTML: titles are escaped.
-    return {html.escape(f"{v.display_title} ({v.name})" if v.title and v.title != v.name else v.name): v.name
-            for v in sorted(source.variables.values(), key=lambda v: v.display_title.casefold())
-            if not v.user_editable}
+    return safe_options({f"{v.display_title} ({v.name})" if v.title and v.title != v.name else v.name: v.name
+                         for v in sorted(source.variables.values(), key=lambda v: v.display_title.casefold())
+                         if not v.user_editable})
 
 
 def reprocess_form(session: Any, board: Any) -> pn.viewable.Viewable:
@@ -58,10 +63,10 @@ def reprocess_form(session: Any, board: Any) -> pn.viewable.Viewable:
                                           value="slurm" if slurm_available() else "local", align="end")
     if not slurm_available():
         backend.disabled = True
-    check = plain_text("")
+    check = safe_text("")
     submit = pn.widgets.Button(label="Reprocess", color="primary", disabled=True, align="end",
                                css_classes=["damnit-reprocess"])
-    status = plain_text("")
+    status = safe_text("")
     state = {"runs": []}
 
     def validate(*events: Any) -> None:
@@ -72,7 +77,7 @@ def reprocess_form(session: Any, board: Any) -> pn.viewable.Viewable:
             check.object = session.write_denied_reason or "This dashboard is read-only"
             return
         try:
-            runs = parse_run_spec(text, source.run_keys())
+            runs = runs_selected(text, source.run_keys())
         except RunSpecError as e:
             state["runs"], submit.disabled, check.object = [], True, str(e)
             return
@@ -115,18 +120,20 @@ def reprocess_form(session: Any, board: Any) -> pn.viewable.Viewable:
 def job_list(session: Any, board: Any) -> pn.viewable.Viewable:
     """Jobs started here plus processing announced by anyone (listener, CLI) via update messages."""
     source = session.source
+    tz = get_config().tz
     table = pn.widgets.Tabulator(pd.DataFrame(), show_index=False, disabled=True, selectable=1,
+                                 titles={"Started": f"Started ({zone_label(tz)})"},
                                  sizing_mode="stretch_width", layout="fit_data_stretch", max_height=300,
                                  css_classes=["damnit-jobs"])
     cancel = pn.widgets.Button(label="Cancel selected job", color="danger", disabled=True)
-    message = plain_text("")
+    message = safe_text("")
 
     def rows() -> pd.DataFrame:
         board.refresh()
         out = []
         for j in board.all_jobs()[:50]:
             out.append({"Job": j.id, "Runs": j.runs_text, "On": j.backend, "State": j.state,
-                        "Started": dt.datetime.fromtimestamp(j.started).strftime("%H:%M:%S"),
+                        "Started": format_time(j.started, tz, "%H:%M:%S"),
                         "By": j.user, "Details": j.message})
         with source.lock:
             announced = list(source.processing.values())
@@ -159,9 +166,7 @@ def job_list(session: Any, board: Any) -> pn.viewable.Viewable:
     table.param.watch(update_cancel, "selection")
     cancel.on_click(do_cancel)
     refresh()
-    if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
-        cb = pn.state.add_periodic_callback(refresh, JOBS_REFRESH_MS)
-        pn.state.on_session_destroyed(lambda ctx: cb.stop())
+    every(JOBS_REFRESH_MS, refresh)
     return pn.Column(pn.pane.Markdown("### Jobs"), table, pn.Row(cancel, message), sizing_mode="stretch_width")
 
 
@@ -172,8 +177,8 @@ def log_viewer(session: Any) -> pn.viewable.Viewable:
     run_select = pn.widgets.Select(label="Processing log of run", options=runs,
                                    value=(session.selected_runs or runs or [None])[-1], width=200)
     follow = pn.widgets.Checkbox(label="Follow", value=True, align="end")
-    log_text = pn.pane.Str("", css_classes=["damnit-log"], sizing_mode="stretch_width",
-                           styles={"font-size": "12px", "margin": "0"})
+    log_text = safe_text("", css_classes=["damnit-log"], sizing_mode="stretch_width",
+                         **{"font-size": "12px", "margin": "0", "font-family": "monospace"})
     box = pn.Column(log_text, height=350, scroll=True, sizing_mode="stretch_width",
                     styles={"border": "1px solid #ccc", "background": "#fafafa"})
 
@@ -209,8 +214,9 @@ def log_viewer(session: Any) -> pn.viewable.Viewable:
                         run_select.options else None, "selected_runs")
     session.on_change(on_change)
     open_log()
-    if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
-        cb = pn.state.add_periodic_callback(poll, LOG_POLL_MS)
-        pn.state.on_session_destroyed(lambda ctx: cb.stop())
+    every(LOG_POLL_MS, poll)
     return pn.Column(pn.pane.Markdown("### Processing log"), pn.Row(run_select, follow), box,
                      sizing_mode="stretch_width")
+
+
+PAGE = ProcessingPage

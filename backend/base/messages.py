@@ -1,4 +1,4 @@
-"""Kafka messages DAMNIT exchanges (spec §2.6): their exact shapes, a producer and a subscriber.
+"""Kafka messages DAMNIT exchanges (docs/spec.md "Kafka: topics and messages"): their exact shapes, a producer and a subscriber.
 
 Messages are notifications only: the database is the source of truth, so a broker that is down or
 unset never makes processing fail. With ``AMORE_BROKER=none`` everything here is a silent no-op.

@@ -30,6 +30,13 @@ proc (``with_proc=True``)
   ``SPB_XTD9_SPECTROMETER/PROC/SPECTRUM:output`` ``data.spectrum`` (float32, 200 bins: a peak that moves
     with the run) and ``data.photonEnergy`` [eV] (the bin centres)
 
+``make_instrument_run(root, proposal, run, "SPB")`` instead writes the sources a run at one of European
+XFEL's instruments (SPB, FXE, MID, HED, SCS, SQS) really has, under their real names (``INSTRUMENTS``
+lists them): XGMs, the bunch pattern timeserver, undulator or monochromator energy, attenuators, the
+big 2-D detector's modules (AGIPD, LPD, DSSC: raw ``DET/<m>CH0:xtdf`` and corrected
+``CORR/<m>CH0:output``), JUNGFRAU and ePix modules, ADQ digitizers, cameras and motors. The context
+templates in ``contexts/`` are tested against these runs.
+
 Runs start at ``BASE_START_TIME + (run - 1) * RUN_SPACING_S`` unless ``start_time`` is given, trains are
 100 ms apart, and ``run.train_timestamps()`` returns those times, so DAMNIT's ``start_time`` is
 meaningful and increases with the run number. Values are reproducible: the random seed defaults to a
@@ -40,11 +47,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from backend.base.runs import RunSpecError, parse_run_spec
 
 XGM_ID = "SA1_XTD2_XGM/DOOCS/MAIN"
 CAMERA_ID = "SPB_IRU_CAM/CAM/SIDEMIC"
@@ -268,14 +278,368 @@ def make_proposal(root: Path | str, proposal: int, runs: Iterable[int], **kw) ->
                         cycle=kw.get("cycle", "202501"))
 
 
+# ------------------------------------------------------------------------------ instrument runs
+
+@dataclass(frozen=True)
+class InstrumentSetup:
+    """The sources ``make_instrument_run`` writes for one instrument, named as in its real runs."""
+
+    sase: int
+    xgms: tuple[str, ...]                 # control sources; each also has ``<xgm>:output``
+    timeserver: str | None = None         # bunch pattern: control + ``:outputBunchPattern``
+    undulator: str | None = None          # ``actualPosition`` [keV]
+    mono: str | None = None               # ``actualEnergy`` [eV]
+    attenuators: tuple[str, ...] = ()     # ``actual.transmission``
+    xtdf: tuple[str, str] | None = None   # (detector name, "AGIPD" | "LPD" | "DSSC")
+    xtdf_control: str | None = None       # detector settings (FPGA_COMP)
+    jungfraus: tuple[str, ...] = ()       # JUNGFRAU modules, ``<source>:daqOutput``
+    epix: str | None = None               # ePix10k, ``<source>:daqOutput``
+    digitizer: str | None = None          # ADQ: control + ``<source>:network``
+    digitizer_channels: tuple[str, ...] = ()
+    cameras: tuple[str, ...] = ()         # ``<source>:daqOutput`` ``data.image.pixels``
+    motors: tuple[str, ...] = ()          # ``actualPosition`` / ``encoderPosition`` [mm]
+    magnet: str | None = None             # ``actualCurrent`` [A]
+    photon_energy_kev: float = 9.3
+
+
+# Source names from European XFEL's public data documentation and analysis code (extra-data, EXtra,
+# EXtra-foam configurations, published context files).
+INSTRUMENTS: dict[str, InstrumentSetup] = {
+    "SPB": InstrumentSetup(
+        sase=1, xgms=("SA1_XTD2_XGM/XGM/DOOCS", "SPB_XTD9_XGM/XGM/DOOCS"),
+        timeserver="SPB_RR_SYS/TSYS/TIMESERVER", undulator="SPB_XTD2_UND/DOOCS/ENERGY",
+        attenuators=("SA1_XTD2_ATT/MDL/MAIN", "SPB_XTD9_ATT/MDL/MAIN"),
+        xtdf=("SPB_DET_AGIPD1M-1", "AGIPD"), xtdf_control="SPB_IRU_AGIPD1M1/MDL/FPGA_COMP",
+        cameras=("SPB_IRU_INLINEMIC/CAM/CAM",), motors=("SPB_IRU_AGIPD1M/MOTOR/Z_STEPPER",),
+        photon_energy_kev=9.3),
+    "FXE": InstrumentSetup(
+        sase=1, xgms=("SA1_XTD2_XGM/XGM/DOOCS",), xtdf=("FXE_DET_LPD1M-1", "LPD"),
+        jungfraus=("FXE_XAD_JF1M/DET/RECEIVER-1", "FXE_XAD_JF1M/DET/RECEIVER-2"),
+        cameras=("FXE_XAD_GEC/CAM/CAMERA",),
+        motors=("FXE_SMS_USR/MOTOR/UM01", "FXE_SMS_USR/MOTOR/UM02", "FXE_AUXT_LIC/DOOCS/PPODL"),
+        photon_energy_kev=9.0),
+    "MID": InstrumentSetup(
+        sase=2, xgms=("SA2_XTD1_XGM/XGM/DOOCS",), timeserver="MID_RR_UTC/TSYS/TIMESERVER",
+        undulator="MID_XTD1_UND/DOOCS/ENERGY", attenuators=("SA2_XTD1_ATT/MDL/MAIN",),
+        xtdf=("MID_DET_AGIPD1M-1", "AGIPD"), xtdf_control="MID_EXP_AGIPD1M1/MDL/FPGA_COMP",
+        jungfraus=("MID_EXP_JF500K1/DET/JNGFR01",), cameras=("MID_EXP_SAM/CAM/CAM1",),
+        motors=("MID_EXP_SAM/MOTOR/BSTX", "MID_EXP_SAM/MOTOR/BSTY"), photon_energy_kev=9.04),
+    "HED": InstrumentSetup(
+        sase=2, xgms=("SA2_XTD1_XGM/XGM/DOOCS", "HED_XTD6_XGM/XGM/DOOCS"),
+        timeserver="HED_RR_SYS/TSYS/TIMESERVER", jungfraus=("HED_IA1_JF500K1/DET/JNGFR01",),
+        epix="HED_IA1_EPIX10K-1/DET/RECEIVER", cameras=("HED_OPT_PAM/CAM/SAMPLE_CAM_4",),
+        photon_energy_kev=8.2),
+    "SCS": InstrumentSetup(
+        sase=3, xgms=("SA3_XTD10_XGM/XGM/DOOCS", "SCS_BLU_XGM/XGM/DOOCS"),
+        mono="SA3_XTD10_MONO/MDL/PHOTON_ENERGY", xtdf=("SCS_DET_DSSC1M-1", "DSSC"),
+        digitizer="SCS_UTC1_ADQ/ADC/1", digitizer_channels=("1_A", "1_B", "1_C", "1_D"),
+        motors=("SCS_ILH_LAS/MOTOR/LT3",), magnet="SCS_CDIFFT_MAG/SUPPLY/CURRENT",
+        photon_energy_kev=0.78),
+    "SQS": InstrumentSetup(
+        sase=3, xgms=("SA3_XTD10_XGM/XGM/DOOCS", "SQS_DIAG1_XGMD/XGM/DOOCS"),
+        timeserver="SQS_RR_UTC/TSYS/TIMESERVER", mono="SA3_XTD10_MONO/MDL/PHOTON_ENERGY",
+        digitizer="SQS_DIGITIZER_UTC1/ADC/1", digitizer_channels=("1_A", "1_B"),
+        photon_energy_kev=1.0),
+}
+
+# Bunch pattern bits (European XFEL timing system): where each bunch goes.
+DESTINATION_SHIFT = 18
+DESTINATION_T4D = 4 << DESTINATION_SHIFT  # SASE1/SASE3 dump
+DESTINATION_T5D = 2 << DESTINATION_SHIFT  # SASE2 dump
+PHOTON_LINE_DEFLECTION = 1 << 27          # soft kick into SASE3
+BUNCH_TABLE_SIZE = 2700
+DIGITIZER_SAMPLES = 20_000
+PULSE_SPACING = 4  # bunch pattern slots between pulses (4 x 222 ns: 1.1 MHz)
+
+
+def _device(control=(), instrument=(), channels=(), run_values=()):
+    """A mock device class with the given keys (extra-data's DeviceBase fills the layout)."""
+    from extra_data.tests.mockdata.base import DeviceBase
+
+    return type("MockDevice", (DeviceBase,), {
+        "control_keys": list(control), "instrument_keys": list(instrument),
+        "output_channels": tuple(channels), "extra_run_values": list(run_values)})
+
+
+def _xgm_device(source: str, sase: int):
+    from extra_data.tests.mockdata.xgm import XGM
+
+    extra_ctrl = [("pulseEnergy/numberOfBunchesActual", "f4", ())]
+    extra_inst = []
+    if sase in (1, 3):  # the XGMs on the SASE1/SASE3 branch see both SASEs' pulses
+        extra_ctrl += [(f"pulseEnergy/numberOfSa{s}BunchesActual", "f4", ()) for s in (1, 3)]
+        extra_inst += [(f"intensitySa{s}TD", "f4", (1000,)) for s in (1, 3)]
+    cls = type("InstrumentXGM", (XGM,), {"control_keys": XGM.control_keys + extra_ctrl,
+                                         "instrument_keys": XGM.instrument_keys + extra_inst})
+    return cls(source)
+
+
+def _xtdf_modules(name: str, kind: str, modules, frames: int, raw: bool):
+    from extra_data.tests.mockdata.detectors import AGIPDModule, DSSCModule, LPDModule
+
+    cls = {"AGIPD": AGIPDModule, "LPD": LPDModule, "DSSC": DSSCModule}[kind]
+    if raw:
+        return [cls(f"{name}/DET/{m}CH0", frames_per_train=frames) for m in modules]
+    return [cls(f"{name}/CORR/{m}CH0", frames_per_train=frames, raw=False, channel_name="output")
+            for m in modules]
+
+
+def _instrument_devices(setup: InstrumentSetup, frames: int):
+    """Devices of the raw "DA" file (everything but the detector modules)."""
+    from extra_data.tests.mockdata.basler_camera import BaslerCamera
+    from extra_data.tests.mockdata.gec_camera import GECCamera
+
+    devices = [_xgm_device(x, setup.sase) for x in setup.xgms]
+    if setup.timeserver:
+        devices.append(_device(control=[("bunchPatternTable", "u4", (BUNCH_TABLE_SIZE,))],
+                               instrument=[("bunchPatternTable", "u4", (BUNCH_TABLE_SIZE,))],
+                               channels=("outputBunchPattern/data",),
+                               run_values=[("classId", None, "TimeServer")])(setup.timeserver))
+    if setup.undulator:
+        devices.append(_device(control=[("actualPosition", "f4", ())])(setup.undulator))
+    if setup.mono:
+        devices.append(_device(control=[("actualEnergy", "f4", ())])(setup.mono))
+    for att in setup.attenuators:
+        devices.append(_device(control=[("actual/transmission", "f8", ())])(att))
+    if setup.xtdf_control:
+        devices.append(_device(control=[
+            ("bunchStructure/nPulses", "i4", ()), ("bunchStructure/repetitionRate", "f8", ()),
+            ("integrationTime", "i4", ()), ("gainModeIndex", "i4", ())])(setup.xtdf_control))
+    for jf in setup.jungfraus:
+        devices.append(_device(instrument=[
+            ("adc", "u2", (1, 512, 1024)), ("gain", "u1", (1, 512, 1024)), ("memoryCell", "u1", (1,)),
+            ("frameNumber", "u8", (1,))], channels=("daqOutput/data",))(jf))
+    if setup.epix:
+        devices.append(_device(instrument=[("image/pixels", "u2", (352, 384))],
+                               channels=("daqOutput/data",))(setup.epix))
+    if setup.digitizer:
+        inst = []
+        for ch in setup.digitizer_channels:
+            inst += [(f"channel_{ch}/raw/samples", "i2", (DIGITIZER_SAMPLES,)),
+                     (f"channel_{ch}/apd/pulseIntegral", "f4", (1000,))]
+        devices.append(_device(control=[("board1/sampleRate", "f8", ())], instrument=inst,
+                               channels=("network/digitizers",),
+                               run_values=[("classId", None, "AdqDigitizer"),
+                                           ("board1/interleavedMode", None, 0)])(setup.digitizer))
+    for cam in setup.cameras:
+        devices.append(GECCamera(cam) if "_GEC/" in cam else BaslerCamera(cam, sensor_size=(60, 80)))
+    for motor in setup.motors:
+        devices.append(_device(control=[("actualPosition", "f8", ()), ("encoderPosition", "f8", ())])(motor))
+    if setup.magnet:
+        devices.append(_device(control=[("actualCurrent", "f4", ())])(setup.magnet))
+    return devices
+
+
+def pulses_per_train(run: int) -> int:
+    """X-ray pulses per train in the instrument runs of this run number."""
+    return 5 + (run * 3) % 20
+
+
+def photon_energy_kev(instrument: str, run: int) -> float:
+    """The photon energy an instrument run records (undulator, monochromator, XGM wavelength)."""
+    return INSTRUMENTS[instrument].photon_energy_kev * (1 + 0.002 * (run % 5))
+
+
+def signal_trains(proposal: int, run: int, ntrains: int, seed: int | None = None) -> np.ndarray:
+    """Which trains of an instrument run have signal on the detectors (bool per train); the first
+    always does, about one in three of the others is a miss."""
+    rng = np.random.default_rng(seed if seed is not None else [int(proposal), int(run), 7])
+    hits = rng.random(ntrains) > 0.33
+    hits[0] = True
+    return hits
+
+
+def _pulse_pattern(setup: InstrumentSetup, run: int) -> tuple[int, np.ndarray]:
+    """(pulses per train for the instrument's SASE, one train's bunch pattern table)."""
+    npulses = pulses_per_train(run)
+    table = np.zeros(BUNCH_TABLE_SIZE, dtype=np.uint32)
+    ids = 1000 + PULSE_SPACING * np.arange(npulses)
+    if setup.sase == 2:
+        table[ids] |= DESTINATION_T5D
+    elif setup.sase == 1:
+        table[ids] |= DESTINATION_T4D
+        table[200] |= DESTINATION_T4D | PHOTON_LINE_DEFLECTION  # one SASE3 pulse, as is common
+    else:
+        table[ids] |= DESTINATION_T4D | PHOTON_LINE_DEFLECTION
+        table[1600:1600 + 4 * PULSE_SPACING:PULSE_SPACING] |= DESTINATION_T4D  # SASE1 pulses too
+    return npulses, table
+
+
+def _fill_instrument(f: h5py.File, instrument: str, run: int, rng: np.random.Generator,
+                     stamps: np.ndarray, hits: np.ndarray) -> None:
+    """Non-zero, run-dependent values for every source of the raw "DA" file."""
+    setup = INSTRUMENTS[instrument]
+    n = len(stamps)
+    npulses, table = _pulse_pattern(setup, run)
+    energy_kev = photon_energy_kev(instrument, run)
+    mean_uj = 400.0 + 300.0 * abs(np.sin(run * 0.7))
+    for i, xgm in enumerate(setup.xgms):
+        pulses = rng.gamma(20.0, mean_uj * (1 - 0.15 * i) / 20.0, size=(n, npulses)).astype("f4")
+        td = np.ones((n, 1000), dtype="f4")  # XGMs leave unused pulse slots at 1
+        td[:, :npulses] = pulses
+        out = f"INSTRUMENT/{xgm}:output/data"
+        f[f"{out}/intensityTD"][:n] = td
+        f[f"{out}/intensityAUXTD"][:n] = td
+        for key in ("xTD", "yTD"):
+            f[f"{out}/{key}"][:n] = rng.normal(0.0, 0.05, size=(n, 1000))
+        _set_control(f, xgm, "pulseEnergy/numberOfBunchesActual", np.full(n, npulses, "f4"), stamps)
+        _set_control(f, xgm, "pulseEnergy/nummberOfBunches", np.full(n, npulses, "f4"), stamps)
+        if f"{out}/intensitySa1TD" in f:
+            own, other = (1, 3) if setup.sase == 1 else (3, 1)
+            f[f"{out}/intensitySa{own}TD"][:n] = td
+            f[f"{out}/intensitySa{other}TD"][:n] = np.ones((n, 1000), dtype="f4")
+            _set_control(f, xgm, f"pulseEnergy/numberOfSa{own}BunchesActual", np.full(n, npulses, "f4"),
+                         stamps)
+            _set_control(f, xgm, f"pulseEnergy/numberOfSa{other}BunchesActual", np.zeros(n, "f4"), stamps)
+        _set_control(f, xgm, "pulseEnergy/photonFlux", pulses.mean(axis=1), stamps)
+        _set_control(f, xgm, "pulseEnergy/wavelengthUsed", np.full(n, 1.23984198 / energy_kev, "f4"), stamps)
+        for key in ("beamPosition/ixPos", "beamPosition/iyPos"):
+            _set_control(f, xgm, key, rng.normal(0.0, 0.02, n), stamps)
+    if setup.timeserver:
+        tables = np.broadcast_to(table, (n, BUNCH_TABLE_SIZE))
+        f[f"INSTRUMENT/{setup.timeserver}:outputBunchPattern/data/bunchPatternTable"][:n] = tables
+        _set_control(f, setup.timeserver, "bunchPatternTable", tables, stamps)
+    if setup.undulator:
+        _set_control(f, setup.undulator, "actualPosition", np.full(n, energy_kev, "f4"), stamps)
+    if setup.mono:
+        _set_control(f, setup.mono, "actualEnergy", rng.normal(energy_kev * 1000, 0.05, n), stamps)
+    for i, att in enumerate(setup.attenuators):
+        _set_control(f, att, "actual/transmission", np.full(n, 0.5 ** ((run + i) % 4)), stamps)
+    if setup.xtdf_control:
+        dev = setup.xtdf_control
+        _set_control(f, dev, "bunchStructure/nPulses", np.full(n, 352, "i4"), stamps)
+        _set_control(f, dev, "bunchStructure/repetitionRate", np.full(n, 1.1), stamps)
+        _set_control(f, dev, "integrationTime", np.full(n, 12, "i4"), stamps)
+        _set_control(f, dev, "gainModeIndex", np.full(n, run % 3, "i4"), stamps)
+    for jf in setup.jungfraus:
+        out = f"INSTRUMENT/{jf}:daqOutput/data"
+        f[f"{out}/adc"][:n] = (rng.normal(3000, 15, (n, 1, 512, 1024))
+                               + _rings((512, 1024), run)[None, None] * 300 * hits[:, None, None, None]
+                               ).astype("u2")
+        f[f"{out}/frameNumber"][:n] = np.arange(n)[:, None] + 1
+    if setup.epix:
+        f[f"INSTRUMENT/{setup.epix}:daqOutput/data/image/pixels"][:n] = (
+            rng.normal(1500, 10, (n, 352, 384)) + _rings((352, 384), run)[None] * 30 * hits[:, None, None]
+        ).astype("u2")
+    if setup.digitizer:
+        _fill_digitizer(f, setup, npulses, rng, hits)
+    for cam in setup.cameras:
+        pixels = f[f"INSTRUMENT/{cam}:daqOutput/data/image/pixels"]
+        shape = pixels.shape[1:]
+        pixels[:n] = rng.poisson(50 + 500 * _spot(shape, run)[None] * (0.5 + hits[:, None, None])).astype("u2")
+    for i, motor in enumerate(setup.motors):
+        position = round(-2.0 + 0.5 * run + i, 4) + rng.normal(0.0, 1e-4, n)
+        _set_control(f, motor, "actualPosition", position, stamps)
+        _set_control(f, motor, "encoderPosition", position + rng.normal(0.0, 5e-5, n), stamps)
+    if setup.magnet:
+        _set_control(f, setup.magnet, "actualCurrent", np.full(n, 10.0 * ((-1) ** run), "f4"), stamps)
+
+
+def _rings(shape: tuple[int, int], run: int) -> np.ndarray:
+    """A diffraction-like ring pattern whose radius moves with the run (0..1 intensity)."""
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    r = np.hypot(yy - shape[0] / 2, xx - shape[1] / 2)
+    radius = min(shape) * (0.2 + 0.05 * (run % 4))
+    return np.exp(-((r - radius) ** 2) / (2 * 4.0**2))
+
+
+def _spot(shape: tuple[int, int], run: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    cy, cx = shape[0] * (0.3 + 0.4 * ((run * 0.37) % 1)), shape[1] * (0.3 + 0.4 * ((run * 0.61) % 1))
+    return np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 3.0**2))
+
+
+def _fill_digitizer(f, setup: InstrumentSetup, npulses: int, rng, hits) -> None:
+    """Negative-going peaks (MCP/ToF signals) every pulse on a noisy baseline, per channel."""
+    n = len(hits)
+    grp = f"INSTRUMENT/{setup.digitizer}:network/digitizers"
+    t = np.arange(DIGITIZER_SAMPLES)
+    for c, ch in enumerate(setup.digitizer_channels):
+        trace = np.zeros(DIGITIZER_SAMPLES)
+        starts = 2000 + 440 * np.arange(npulses)  # the ADQ samples 440 times per 4.5 MHz bunch slot
+        for s in starts[starts < DIGITIZER_SAMPLES - 200]:
+            trace -= 800.0 / (c + 1) * np.exp(-((t - s - 40 - 15 * c) ** 2) / (2 * 6.0**2))
+        traces = rng.normal(-10 * (c + 1), 3.0, (n, DIGITIZER_SAMPLES)) + trace[None] * (0.3 + hits[:, None])
+        f[f"{grp}/channel_{ch}/raw/samples"][:n] = traces.astype("i2")
+        integrals = np.zeros((n, 1000), dtype="f4")
+        integrals[:, :npulses] = rng.gamma(10.0, 2000.0 / (c + 1) / 10.0, (n, npulses)) * (0.3 + hits[:, None])
+        f[f"{grp}/channel_{ch}/apd/pulseIntegral"][:n] = integrals
+    f[f"CONTROL/{setup.digitizer}/board1/sampleRate/value"][:n] = 2e9
+
+
+def _fill_xtdf(f: h5py.File, name: str, kind: str, module: int, run: int, raw: bool, rng,
+               hits: np.ndarray) -> None:
+    """Detector module data: raw ADU over a pedestal, or corrected photon counts with rings."""
+    source = f"{name}/DET/{module}CH0:xtdf" if raw else f"{name}/CORR/{module}CH0:output"
+    ds = f[f"INSTRUMENT/{source}/image/data"]
+    frames = ds.shape[0]
+    signal = np.repeat(hits, frames // len(hits))
+    image_shape = ds.shape[-2:]
+    pattern = _rings(image_shape, run + module)
+    if raw:
+        adu = rng.normal(5000.0, 20.0, (frames, *image_shape)) + 300.0 * pattern[None] * signal[:, None, None]
+        if kind == "AGIPD":  # raw AGIPD frames hold (ADU, gain level)
+            data = np.stack([adu, np.full_like(adu, 4500.0)], axis=1)
+        else:
+            data = adu[:, None]
+        ds[:] = data.astype("u2")
+    else:
+        ds[:] = rng.poisson(0.05 + 3.0 * pattern[None] * signal[:, None, None]).astype("f4")
+
+
+def make_instrument_run(root: Path | str, proposal: int, run: int, instrument: str, *, ntrains: int = 10,
+                        frames_per_train: int = 2, modules: Iterable[int] = range(4), with_proc: bool = True,
+                        cycle: str = "202501", seed: int | None = None, start_time: float | None = None
+                        ) -> Path:
+    """Write one run with the sources of ``instrument`` (a key of ``INSTRUMENTS``); returns its raw folder.
+
+    The big detector gets ``modules`` (a quarter of it by default, to keep files small) with
+    ``frames_per_train`` frames, in per-module files as the DAQ writes them; ``with_proc`` adds its
+    corrected data. Detectors see signal in the trains ``signal_trains()`` names and only noise in
+    the others, so hit finding has work to do.
+    """
+    if instrument not in INSTRUMENTS:
+        raise ValueError(f"unknown instrument {instrument!r}: choose one of {', '.join(INSTRUMENTS)}")
+    if ntrains < 1:
+        raise ValueError(f"ntrains must be >= 1, got {ntrains}")
+    if not 0 < run < 10000:
+        raise ValueError(f"run must be between 1 and 9999, got {run}")
+    setup = INSTRUMENTS[instrument]
+    if start_time is None:
+        start_time = BASE_START_TIME + (run - 1) * RUN_SPACING_S
+    hits = signal_trains(proposal, run, ntrains, seed).astype(float)
+    rng = np.random.default_rng(seed + 1 if seed is not None else [int(proposal), int(run), 8])
+    first_train = FIRST_TRAIN_ID + run * 100_000
+    pdir = proposal_dir(root, proposal, instrument=instrument, cycle=cycle)
+    raw_dir = pdir / "raw" / f"r{run:04d}"
+
+    da_path = raw_dir / f"RAW-R{run:04d}-DA01-S00000.h5"
+    _write_with_extra_data(da_path, _instrument_devices(setup, frames_per_train), ntrains, first_train)
+    with h5py.File(da_path, "r+") as f:
+        stamps = _fill_metadata(f, proposal, start_time, ntrains)
+        _fill_instrument(f, instrument, run, rng, stamps, hits)
+
+    if setup.xtdf:
+        name, kind = setup.xtdf
+        for raw in (True, False) if with_proc else (True,):
+            prefix, folder = ("RAW", "raw") if raw else ("CORR", "proc")
+            for m in modules:
+                path = pdir / folder / f"r{run:04d}" / f"{prefix}-R{run:04d}-{kind}{m:02d}-S00000.h5"
+                _write_with_extra_data(path, _xtdf_modules(name, kind, [m], frames_per_train, raw),
+                                       ntrains, first_train)
+                with h5py.File(path, "r+") as f:
+                    _fill_metadata(f, proposal, start_time, ntrains)
+                    _fill_xtdf(f, name, kind, m, run, raw, rng, hits)
+    return raw_dir
+
+
 def _parse_runs(specs: list[str]) -> list[int]:
-    runs: list[int] = []
-    for spec in specs:
-        first, _, last = spec.partition("-")
-        try:
-            runs.extend(range(int(first), int(last or first) + 1))
-        except ValueError:
-            raise SystemExit(f"error: bad run number or range {spec!r} (use e.g. 3 or 1-10)") from None
+    try:
+        runs = parse_run_spec(specs)
+    except RunSpecError as e:
+        raise SystemExit(f"error: {e}") from None
+    if runs is None:
+        raise SystemExit("error: give the runs to write (e.g. 3 or 1-10), not 'all'")
     return runs
 
 
@@ -291,9 +655,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instrument", default="SPB")
     parser.add_argument("--cycle", default="202501")
     parser.add_argument("--proc", action="store_true", help="also write proc (CORR) files")
+    parser.add_argument("--instrument-sources", action="store_true",
+                        help=f"write the instrument's real sources (one of {', '.join(INSTRUMENTS)}) instead "
+                             "of the demo set")
     args = parser.parse_args(argv)
-    pdir = make_proposal(args.root, args.proposal, _parse_runs(args.runs), ntrains=args.ntrains,
-                         instrument=args.instrument, cycle=args.cycle, with_proc=args.proc)
+    runs = _parse_runs(args.runs)
+    if args.instrument_sources:
+        if args.instrument not in INSTRUMENTS:
+            parser.error(f"--instrument-sources needs --instrument {'|'.join(INSTRUMENTS)}, not {args.instrument!r}")
+        for run in runs:
+            make_instrument_run(args.root, args.proposal, run, args.instrument, ntrains=args.ntrains,
+                                with_proc=args.proc, cycle=args.cycle)
+        pdir = proposal_dir(args.root, args.proposal, instrument=args.instrument, cycle=args.cycle)
+    else:
+        pdir = make_proposal(args.root, args.proposal, runs, ntrains=args.ntrains,
+                             instrument=args.instrument, cycle=args.cycle, with_proc=args.proc)
     print(f"proposal directory: {pdir}")
     print(f"export EXTRA_DATA_DATA_ROOT={Path(args.root).resolve()}")
     return 0

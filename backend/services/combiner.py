@@ -1,7 +1,7 @@
 """Merge HDF5 fragments from other producers into per-run files (``damnit combiner run|now``).
 
 Our own jobs write per-run files directly (docs/design.md), but the original's ``damnit.submit()`` and
-other tools announce fragment files with ``file_submission`` messages (spec §2.4). This merges them
+other tools announce fragment files with ``file_submission`` messages (docs/spec.md "HDF5: fragments"). This merges them
 with the same code our jobs use, updates the database and announces ``run_values_updated``.
 """
 

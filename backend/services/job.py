@@ -99,7 +99,8 @@ def _selects_cluster_variables(info: dict | None, req: RunRequest) -> bool:
 
 
 def _submit_cluster_followup(db_dir: Path, req: RunRequest, producer: UpdateProducer) -> None:
-    """Hand cluster=True variables to a job on a full node, if the context has any (spec §2.2 step 7)."""
+    """Hand cluster=True variables to a job on a full node, if the context has any (docs/spec.md "Processing
+    jobs: inside a job")."""
     try:
         slurm.submit_cluster_job(db_dir, req, producer=producer)
     except Exception as e:

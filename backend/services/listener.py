@@ -1,4 +1,4 @@
-"""The run-event listener (``damnit listen``, spec §3): Kafka run events → processing jobs.
+"""The run-event listener (``damnit listen``, docs/spec.md "Listener"): Kafka run events → processing jobs.
 
 Guarantees (docs/design.md, "Services"):
 

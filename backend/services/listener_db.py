@@ -1,4 +1,5 @@
-"""``listener.sqlite``: which databases a listener feeds, its settings, and what it must not forget (spec §3).
+"""``listener.sqlite``: which databases a listener feeds, its settings, and what it must not forget
+(docs/spec.md "Listener: listener.sqlite").
 
 The original's tables (``proposal_databases``, ``settings``) are unchanged, so a listener directory can
 be shared between the two implementations. Ours adds three it ignores:

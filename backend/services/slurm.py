@@ -1,4 +1,4 @@
-"""Slurm jobs that process runs: sbatch (single and array), squeue tracking, scancel (spec §2.1, §2.8).
+"""Slurm jobs that process runs: sbatch (single and array), squeue tracking, scancel (docs/spec.md "Processing jobs").
 
 A job runs ``python -m backend.services.job PROPOSAL RUN raw|proc|all --db-dir DIR ...`` and appends
 to the run's log. Resources come from the database's settings (``damnit db-config``):
@@ -365,7 +365,7 @@ def submit_reprocess(db_dir: str | Path, requests: Sequence[Any] | int, runs: It
 
 
 def submit_cluster_job(db_dir: str | Path, req: Any, producer=None) -> SubmittedJob:
-    """Second job for the ``cluster=True`` variables of a run (spec §2.2 step 7).
+    """Second job for the ``cluster=True`` variables of a run (docs/spec.md "Processing jobs: inside a job").
 
     ``req`` is anything with proposal/run/run_data/match/variables/mock (a ``RunRequest``).
     """

@@ -1,4 +1,4 @@
-"""Read API for DAMNIT databases, compatible with the original `damnit.api` (spec §5).
+"""Read API for DAMNIT databases, compatible with the original `damnit.api` (docs/spec.md "Read API: Damnit, RunVariables, VariableData").
 
 ```python
 db = Damnit(1234)            # or Damnit("/path/to/usr/Shared/amore")

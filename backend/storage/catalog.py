@@ -124,8 +124,8 @@ def standalone_comments(reader: ArrowReader) -> list[dict]:
 
 
 def change_signature(reader: ArrowReader) -> tuple:
-    """Something that changes whenever runs, variables or tags change (cheap: counts and sums over
-    indexes), so a poller knows when to re-read them."""
+    """(runs, variables and tags, standalone comments): each part changes whenever what it names changes
+    (cheap: counts and sums), so a poller knows what to re-read."""
     sig = _rows(reader, "SELECT count(*), max(rowid), total(start_time) FROM run_info",
                 [("n", pa.int64()), ("max", pa.int64()), ("total", pa.float64())])[0]
     var = _rows(reader, "SELECT count(*), group_concat(name || ':' || ifnull(title, '') || ':' || ifnull(type, '') "
@@ -135,7 +135,10 @@ def change_signature(reader: ArrowReader) -> tuple:
     if "variable_tags" in table_names(reader):
         tags = _rows(reader, "SELECT count(*), total(tag_id) FROM variable_tags",
                      [("n", pa.int64()), ("total", pa.float64())])[0]
-    return tuple(sig.values()), (*var.values(), *tags.values())
+    comments = _rows(reader, "SELECT count(*), total(timestamp), total(length(comment)), "
+                             "group_concat(rowid || ':' || ifnull(comment, ''), '|') FROM time_comments",
+                     [("n", pa.int64()), ("t", pa.float64()), ("len", pa.float64()), ("text", pa.string())])[0]
+    return tuple(sig.values()), (*var.values(), *tags.values()), tuple(comments.values())
 
 
 def _json_dict(text: str | None) -> dict | None:

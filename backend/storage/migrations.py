@@ -1,4 +1,4 @@
-"""Schema versions of runs.sqlite and the steps between them (spec §4.3).
+"""Schema versions of runs.sqlite and the steps between them (docs/spec.md "Database: versions and migrations").
 
 Each step is a list of single SQL statements (not a script) so that it can run inside one explicit
 transaction together with the version bump: a crash mid-upgrade leaves the previous version intact.

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# Values of the `_damnit_objtype` attribute (spec §2.3).
+# Values of the `_damnit_objtype` attribute (docs/spec.md "HDF5: object types").
 OBJTYPE_DATAARRAY = "dataarray"
 OBJTYPE_DATASET = "dataset"
 OBJTYPE_IMAGE = "image"

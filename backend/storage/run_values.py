@@ -190,9 +190,10 @@ def _from_table(t: pa.Table, details: bool) -> RunValues:
     return values
 
 
-def read_blobs(reader: ArrowReader, cells: Iterable[tuple[int, int, str]]) -> dict[tuple[int, int, str], bytes]:
-    """The stored blobs of the given (proposal, run, name) cells (newest version); cells without a blob
-    are left out. For the few cells a page shows: thumbnails, trendlines."""
+def read_blobs(reader: ArrowReader, cells: Iterable[tuple[int, int, str]], head: int | None = None,
+               ) -> dict[tuple[int, int, str], bytes]:
+    """The stored blobs of the given (proposal, run, name) cells (newest version), or their first ``head``
+    bytes; cells without a blob are left out. For the few cells a page shows: thumbnails, trendlines."""
     cells = list(dict.fromkeys((int(p), int(r), str(n)) for p, r, n in cells))
     out: dict[tuple[int, int, str], bytes] = {}
     schema = pa.schema([("proposal", pa.int64()), ("run", pa.int64()), ("name", pa.string()),
@@ -200,7 +201,8 @@ def read_blobs(reader: ArrowReader, cells: Iterable[tuple[int, int, str]]) -> di
     for start in range(0, len(cells), 300):  # SQLite's default limit is 32766 parameters
         chunk = cells[start:start + 300]
         rows = reader.query(
-            "SELECT proposal, run, name, value FROM run_variables "
+            f"SELECT proposal, run, name, {'value' if head is None else f'substr(value, 1, {int(head)})'} "
+            "FROM run_variables "
             f"WHERE (proposal, run, name) IN (VALUES {', '.join(['(?, ?, ?)'] * len(chunk))}) "
             "AND typeof(value) = 'blob' ORDER BY version",
             schema, [x for cell in chunk for x in cell]).to_pylist()

@@ -1,4 +1,4 @@
-"""User-editable variables: the four value types and how typed text becomes a stored value (spec §4.5)."""
+"""User-editable variables: the four value types and how typed text becomes a stored value (docs/spec.md "Database: user-editable variables")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Message shapes (spec §2.6), offline mode, and round trips through the real Tansu broker."""
+"""Message shapes (docs/spec.md "Kafka: topics and messages"), offline mode, and round trips through the real Tansu broker."""
 from __future__ import annotations
 
 import json

@@ -102,3 +102,74 @@ def test_cli(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "backend.base.mockruns", str(tmp_path), "99", "x"],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "bad run number" in bad.stderr
+
+
+# -- instrument runs -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("instrument", sorted(mockruns.INSTRUMENTS))
+def test_instrument_run_has_the_instruments_sources(instrument, mock_data_root):
+    import extra_data
+
+    setup = mockruns.INSTRUMENTS[instrument]
+    raw_dir = mockruns.make_instrument_run(mock_data_root, 3456, 2, instrument, ntrains=6)
+    assert raw_dir == mock_data_root / instrument / "202501" / "p003456" / "raw" / "r0002"
+    run = extra_data.open_run(3456, 2, data="all" if setup.xtdf else "raw")
+    expected = {*setup.xgms, *(f"{x}:output" for x in setup.xgms), *setup.attenuators, *setup.motors,
+                *(f"{c}:daqOutput" for c in setup.cameras), *(f"{j}:daqOutput" for j in setup.jungfraus)}
+    expected |= {s for s in (setup.timeserver, setup.undulator, setup.mono, setup.xtdf_control, setup.magnet,
+                             setup.digitizer) if s}
+    if setup.timeserver:
+        expected.add(f"{setup.timeserver}:outputBunchPattern")
+    if setup.digitizer:
+        expected.add(f"{setup.digitizer}:network")
+    if setup.epix:
+        expected.add(f"{setup.epix}:daqOutput")
+    if setup.xtdf:
+        name = setup.xtdf[0]
+        expected |= {f"{name}/DET/{m}CH0:xtdf" for m in range(4)} | {f"{name}/CORR/{m}CH0:output" for m in range(4)}
+    assert expected <= run.all_sources, expected - run.all_sources
+    assert len(run.train_ids) == 6
+    for xgm in setup.xgms:
+        energy = run[f"{xgm}:output", "data.intensityTD"].ndarray()
+        npulses = mockruns.pulses_per_train(2)
+        assert np.all(energy[:, :npulses] > 10) and np.all(energy[:, npulses:] == 1)
+    for source in (*setup.motors, *setup.attenuators):
+        key = "actualPosition" if source in setup.motors else "actual.transmission"
+        assert np.all(run[source, key].ndarray() != 0)
+    for jf in setup.jungfraus:
+        assert run[f"{jf}:daqOutput", "data.adc"].ndarray().min() > 0
+
+
+def test_instrument_runs_differ_by_run_and_show_signal_in_hit_trains(mock_data_root):
+    import extra_data
+
+    for r in (1, 2):
+        mockruns.make_instrument_run(mock_data_root, 3456, r, "HED", ntrains=8)
+    jf = "HED_IA1_JF500K1/DET/JNGFR01:daqOutput"
+    images = {r: extra_data.open_run(3456, r)[jf, "data.adc"].ndarray().astype(float) for r in (1, 2)}
+    assert not np.array_equal(images[1], images[2])
+    hits = mockruns.signal_trains(3456, 1, 8)
+    assert 0 < hits.sum() < 8
+    bright = images[1].reshape(8, -1).max(axis=1)
+    assert bright[hits].min() > bright[~hits].max() + 100
+
+
+def test_instrument_run_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="unknown instrument 'XYZ'"):
+        mockruns.make_instrument_run(tmp_path, 1, 1, "XYZ")
+    with pytest.raises(ValueError, match="ntrains"):
+        mockruns.make_instrument_run(tmp_path, 1, 1, "SPB", ntrains=0)
+
+
+def test_cli_instrument_sources(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "backend.base.mockruns", str(tmp_path), "99", "1-2",
+                          "--ntrains", "4", "--instrument", "SQS", "--instrument-sources"],
+                         capture_output=True, text=True, check=True).stdout
+    pdir = tmp_path / "SQS" / "202501" / "p000099"
+    assert str(pdir) in out
+    with h5py.File(pdir / "raw" / "r0001" / "RAW-R0001-DA01-S00000.h5") as f:
+        assert "INSTRUMENT/SQS_DIGITIZER_UTC1/ADC/1:network" in f
+    bad = subprocess.run([sys.executable, "-m", "backend.base.mockruns", str(tmp_path), "99", "1",
+                          "--instrument", "XMPL", "--instrument-sources"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--instrument-sources needs --instrument" in bad.stderr

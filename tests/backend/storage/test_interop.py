@@ -426,7 +426,7 @@ def test_we_read_the_original_database(original_db, damnit_oracle):
 
 
 def test_our_read_reduced_matches_what_the_original_stored(original_db):
-    """read_reduced on the original's run files gives the rows its combiner wrote (spec §2.5)."""
+    """read_reduced on the original's run files gives the rows its combiner wrote (docs/spec.md "HDF5: from file to database")."""
     conn = sqlite3.connect(original_db / "runs.sqlite")
     conn.row_factory = sqlite3.Row
     for run in (1, 3):  # run 2 had a second fragment merged on top

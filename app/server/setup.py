@@ -1,0 +1,38 @@
+"""``panel serve --setup`` script: open the served databases before the first visitor arrives, so the
+first page is quick even for a 5000-run proposal, and connect the update producer."""
+
+import logging
+import os
+
+import panel as pn
+
+from app.actions.edits import warm_producer
+from app.config import get_config
+from app.live.source import get_source, unload_idle
+from app.pages.run_table.model import get_table_model
+
+log = logging.getLogger("app.setup")
+# What the dashboard does (proposals opened and unloaded, refusals, edits) is in the server's log.
+logging.getLogger("app").setLevel(logging.INFO)
+if os.environ.get("DAMNIT_LOG_LATENCY"):  # benchmarks: per-session message → patch timings on stderr
+    _h = logging.StreamHandler()
+    _h.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    logging.getLogger("app.latency").addHandler(_h)
+    logging.getLogger("app.latency").setLevel(logging.DEBUG)
+
+for db_dir in get_config().databases:
+    try:
+        src = get_source(db_dir)
+        model = get_table_model(src)
+        # Render the page a first visitor sees (the newest runs) so it is served from the cache.
+        model.render(src.run_keys()[-100:][::-1], list(model.specs()))  # specs: fixed columns, then variables
+        log.info("Ready: %s", db_dir)
+    except Exception as e:  # the landing page shows the error; keep serving the others
+        log.error("Cannot open %s: %s", db_dir, e)
+if not get_config().read_only:
+    warm_producer()
+if get_config().unload_after > 0:
+    # Proposals nobody looks at give their memory and Kafka subscription back (a facility's server).
+    after = get_config().unload_after
+    pn.state.schedule_task("damnit-unload-idle-proposals", lambda: unload_idle(after),
+                           period=f"{max(10, min(after, 60)):.0f}s")
