@@ -80,6 +80,7 @@ MAX_BACKOFF_S = 30.0  # of reconnecting to the broker
 MAX_IN_FLIGHT = 1000  # events read but not yet submitted/processed/queued: beyond this, reading pauses
 EVENT_RETRY_MAX_S = 300.0  # back-off of an event whose handling raised (listener.sqlite unusable, say)
 RUN_LOCKS = 64  # events for one run are handled one at a time (runs share these locks by hash)
+LOCAL_WAIT_S = 86400.0  # a waiting run processed in the listener is not retried meanwhile (up to this)
 
 DEFAULTS = {"submit_concurrency": 4, "duplicate_window": 300.0, "slurm_retry_interval": 15.0,
             "slurm_retry_max_interval": 300.0, "kafka_max_poll_interval": 300.0}
@@ -288,6 +289,7 @@ class EventHandler:
         self._recent_jobs: dict[tuple[Path, int, int], list[tuple[str | None, str, float]]] = {}
         self._next_job_check = 0.0
         self._restore_watched_jobs()
+        self.db.retry_waiting_now(ask_listener=False)  # a (re)started listener tries every waiting run at once
 
     def close(self) -> None:
         self.db.close()
@@ -567,15 +569,20 @@ class EventHandler:
         req = RunRequest(entry.proposal, entry.run, entry.run_data, update_vars=True,
                          processing_id=entry.processing_id)
         event = ",".join(entry.events) or None
-        why_not = self._start(req, event, entry.db_dir, settings, topic, policy, lambda: None)
+
+        def left_queue() -> None:  # submitted, or processed here: only then does it leave the queue
+            mirror_waiting(entry, gone=True)
+            self.db.remove_waiting(entry.id)
+            log.info("p%d r%d for %s left the queue after waiting %.0f s", entry.proposal, entry.run, entry.db_dir,
+                     time.time() - entry.queued_at)
+
+        why_not = self._start(req, event, entry.db_dir, settings, topic, policy, left_queue)
         if why_not is not None:
             self.db.waiting_failed(entry.id, why_not, time.time() + policy.backoff(entry.attempts + 1))
             mirror_waiting(self.db.waiting(entry.db_dir, entry.proposal, entry.run)[0])
             return why_not
-        self.db.remove_waiting(entry.id)
-        mirror_waiting(entry, gone=True)
-        log.info("p%d r%d for %s left the queue after waiting %.0f s", entry.proposal, entry.run, entry.db_dir,
-                 time.time() - entry.queued_at)
+        # Being processed here (unless it is done already): not due again; a new listener retries it.
+        self.db.postpone_waiting(entry.id, time.time() + LOCAL_WAIT_S, "being processed in the listener")
         return None
 
     def maintain(self) -> None:
@@ -595,10 +602,10 @@ class EventHandler:
             squeue_states(["1"])
         except SlurmUnavailable as e:
             self.slurm.unavailable(e, self._policy())
+            return
         except SubmissionError:  # an answer all the same
-            self.slurm.answered()
-        else:
-            self.slurm.answered()
+            pass
+        self.slurm.answered()
 
 
 # ---------------------------------------------------------------- offset bookkeeping

@@ -293,6 +293,10 @@ class ListenerDB:
         self._write("UPDATE waiting_runs SET attempts=attempts+1, reason=?, next_attempt=? WHERE id=?",
                     (reason, next_attempt, entry_id))
 
+    def postpone_waiting(self, entry_id: int, next_attempt: float, reason: str) -> None:
+        """Not due before ``next_attempt`` (without counting a failed attempt)."""
+        self._write("UPDATE waiting_runs SET reason=?, next_attempt=? WHERE id=?", (reason, next_attempt, entry_id))
+
     def retry_waiting_now(self, ask_listener: bool = True) -> int:
         """Make every waiting run due at once; returns how many. ``ask_listener``: also ask a running
         listener to try Slurm now rather than at its back-off (`damnit listener waiting --retry`)."""

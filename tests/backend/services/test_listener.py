@@ -311,8 +311,8 @@ def test_slurm_unavailable_without_local_processing_records_error(listener_setup
         conn.execute("INSERT OR REPLACE INTO metameta VALUES ('slurm_partition', 'no-such-partition')")
     start()
     send_events(kafka_broker.address, migration(1234, 41))
-    log_path = db_dir / "process_logs" / "r41-p1234.out"
-    assert wait_for(log_path.exists, 60)
+    log_path = db_dir / "process_logs" / "r41-p1234.out"  # (created before sbatch is called, for its output)
+    assert wait_for(lambda: log_path.exists() and "Could not submit" in log_path.read_text(), 60)
     text = log_path.read_text()
     assert "Could not submit a Slurm job for r41" in text and "allow_local_processing" in text
     assert "partition" in text.lower()

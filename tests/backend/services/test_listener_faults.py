@@ -480,3 +480,43 @@ def test_consumer_pauses_when_too_many_events_are_in_flight(fake_processor, tmp_
     finally:
         release.set()
         bg.stop()
+
+
+def test_waiting_run_leaves_the_queue_only_once_processed(fake_processor, tmp_path, monkeypatch):  # noqa: F811
+    """No sbatch here and local processing off: the run waits. Local processing turned on: the next
+    retry processes it in the listener, and it leaves the durable queue only when that is done."""
+    import threading
+
+    from backend.services.listener import EventHandler, RunEvent
+    from backend.services.local_processing import LocalProcessing
+    from tests.backend.services.test_listener import RecordingProducer
+
+    ldir, db_dir = registered_db(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))
+    producer = RecordingProducer()
+    handler = EventHandler(ldir, producer, LocalProcessing(producer, max_concurrent=1))
+    try:
+        done = []
+        handler.handle(RunEvent("migration_complete", 1234, 5, "raw", time.time()), lambda: done.append(1))
+        assert done == [1]  # durably queued: the event may be acknowledged
+        entry, = handler.db.waiting()
+        assert "sbatch not found" in entry.reason and fake_processor.batches == []
+        assert producer.ids("PENDING") == [entry.processing_id]  # dashboards see it queued
+        with DamnitDB.from_dir(db_dir) as db:
+            assert [(w.run, w.reason) for w in processing_state.waiting(db)] == [(5, entry.reason)]
+
+        handler.db.settings["allow_local_processing"] = True
+        release = fake_processor.block_first = threading.Event()
+        handler.db.retry_waiting_now()
+        handler.retry_waiting()
+        assert wait_for(lambda: fake_processor.batches, 10)
+        assert [e.reason for e in handler.db.waiting()] == ["being processed in the listener"]
+        handler.retry_waiting()  # not due again while it is processed
+        release.set()
+        assert wait_for(lambda: not handler.db.waiting(), 10)
+        assert fake_processor.batches == [[("db", 5, "raw")]]
+        with DamnitDB.from_dir(db_dir) as db:
+            assert processing_state.waiting(db) == []
+    finally:
+        handler.local.close()
+        handler.close()
