@@ -55,9 +55,9 @@ def sample_x(run):
 TOPIC = "test.r2d2"
 
 
-def send_burst(address: str, proposal: int, runs: list[int]) -> tuple[float, dict[int, int]]:
+def send_burst(address: str, proposal: int, runs: list[int]) -> tuple[float, dict[int, tuple[int, int]]]:
     """Send one event per run without waiting for each; returns when the broker has them all, with
-    the offset after the last event in each partition."""
+    the offsets of the burst in each partition: ``{partition: (first, end)}``."""
     from aiokafka import AIOKafkaProducer
 
     async def send():
@@ -72,14 +72,16 @@ def send_burst(address: str, proposal: int, runs: list[int]) -> tuple[float, dic
 
     t0 = time.monotonic()
     sent = asyncio.run(send())
-    ends: dict[int, int] = {}
+    span: dict[int, tuple[int, int]] = {}
     for meta in sent:
-        ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
-    return time.monotonic() - t0, ends
+        first, end = span.get(meta.partition, (meta.offset, meta.offset + 1))
+        span[meta.partition] = (min(first, meta.offset), max(end, meta.offset + 1))
+    return time.monotonic() - t0, span
 
 
-def committed_fraction(address: str, group: str, ends: dict[int, int]) -> tuple[int, int]:
-    """(events committed, events sent) for the listener's group, from the offsets the burst ended at."""
+def committed_fraction(address: str, group: str, span: dict[int, tuple[int, int]]) -> tuple[int, int]:
+    """(events committed, events sent) for the listener's group, from the offsets of the burst
+    (``{partition: (first, end)}``)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     async def ask():
@@ -87,9 +89,9 @@ def committed_fraction(address: str, group: str, ends: dict[int, int]) -> tuple[
         await c.start()
         try:
             done = 0
-            for partition, end in ends.items():
-                done += min((await c.committed(TopicPartition(TOPIC, partition))) or 0, end)
-            return done, sum(ends.values())
+            for partition, (first, end) in span.items():
+                done += min(max(((await c.committed(TopicPartition(TOPIC, partition))) or 0) - first, 0), end - first)
+            return done, sum(end - first for first, end in span.values())
         finally:
             await c.stop()
 

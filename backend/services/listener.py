@@ -284,7 +284,7 @@ class EventHandler:
         self._sbatch_slots = threading.BoundedSemaphore(int(self.db.number("submit_concurrency",
                                                                            DEFAULTS["submit_concurrency"])))
         self._lock = threading.Lock()
-        self._run_locks = [threading.Lock() for _ in range(RUN_LOCKS)]
+        self._run_locks = [threading.RLock() for _ in range(RUN_LOCKS)]
         self._jobs_lock = threading.Lock()
         self._recent_jobs: dict[tuple[Path, int, int], list[tuple[str | None, str, float]]] = {}
         self._next_job_check = 0.0
@@ -425,7 +425,7 @@ class EventHandler:
                 time.sleep(READONLY_RETRY_WAIT_S)
         raise AssertionError("unreachable")
 
-    def _run_lock(self, db_dir: Path, proposal: int, run: int) -> threading.Lock:
+    def _run_lock(self, db_dir: Path, proposal: int, run: int) -> threading.RLock:
         """Events for one run are handled one after the other (a repeat then sees the first one's job)."""
         return self._run_locks[hash((str(db_dir), proposal, run)) % RUN_LOCKS]
 
@@ -571,8 +571,14 @@ class EventHandler:
         event = ",".join(entry.events) or None
 
         def left_queue() -> None:  # submitted, or processed here: only then does it leave the queue
-            mirror_waiting(entry, gone=True)
-            self.db.remove_waiting(entry.id)
+            with self._run_lock(entry.db_dir, entry.proposal, entry.run):
+                current = self.db.waiting(entry.db_dir, entry.proposal, entry.run)
+                if current and (current[0].events, current[0].run_data) != (entry.events, entry.run_data):
+                    # an event merged into it meanwhile: that part is still to do
+                    self.db.postpone_waiting(current[0].id, 0, "more to process: another event came meanwhile")
+                    return
+                mirror_waiting(entry, gone=True)
+                self.db.remove_waiting(entry.id)
             log.info("p%d r%d for %s left the queue after waiting %.0f s", entry.proposal, entry.run, entry.db_dir,
                      time.time() - entry.queued_at)
 

@@ -512,9 +512,14 @@ def test_waiting_run_leaves_the_queue_only_once_processed(fake_processor, tmp_pa
         assert wait_for(lambda: fake_processor.batches, 10)
         assert [e.reason for e in handler.db.waiting()] == ["being processed in the listener"]
         handler.retry_waiting()  # not due again while it is processed
+        # proc data announced meanwhile: merged into the waiting entry, which stays for that part
+        handler.handle(RunEvent("run_corrections_complete", 1234, 5, "proc", time.time()), lambda: done.append(2))
+        assert done == [1, 2]
         release.set()
+        assert wait_for(lambda: handler.db.waiting() and handler.db.waiting()[0].next_attempt == 0, 10)
+        handler.retry_waiting()
         assert wait_for(lambda: not handler.db.waiting(), 10)
-        assert fake_processor.batches == [[("db", 5, "raw")]]
+        assert fake_processor.batches == [[("db", 5, "raw")], [("db", 5, "all")]]
         with DamnitDB.from_dir(db_dir) as db:
             assert processing_state.waiting(db) == []
     finally:
