@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from backend.cli import main as damnit_main
-from backend.services.listener import CONSUMER_GROUP
+from backend.services.listener import CONSUMER_GROUP, mirror_waiting
 from backend.services.listener_db import ListenerDB
 from backend.storage import processing_state
 from backend.storage.database import DamnitDB
@@ -525,3 +525,36 @@ def test_waiting_run_leaves_the_queue_only_once_processed(fake_processor, tmp_pa
     finally:
         handler.local.close()
         handler.close()
+
+
+def test_waiting_runs_cli(tmp_path, monkeypatch, capsys):
+    """`damnit listener waiting` lists, retries and drops waiting runs (dropping clears the dashboards' copy)."""
+    ldir, db_dir = registered_db(tmp_path)
+    monkeypatch.setenv("AMORE_BROKER", "none")
+    with ListenerDB(ldir) as ldb:
+        for run in (7, 8):
+            entry, new = ldb.add_waiting(db_dir, 1234, run, "raw", "migration_complete", added_at=None,
+                                         processing_id=f"id-{run}", reason="sbatch: Invalid partition name specified",
+                                         next_attempt=time.time() + 300)
+            assert new
+            mirror_waiting(entry)
+        assert not ldb.add_waiting(db_dir, 1234, 7, "proc", "run_corrections_complete", added_at=None,
+                                   processing_id="other", reason="x", next_attempt=0)[1]  # merged
+    monkeypatch.chdir(ldir)
+    assert damnit_main(["listener", "waiting"]) == 0
+    out = capsys.readouterr().out
+    assert "#1 p1234 r7 (all data)" in out and "#2 p1234 r8 (raw data)" in out and "next in 30" in out
+    assert "why: sbatch: Invalid partition name specified" in out
+    assert damnit_main(["listener"]) == 0
+    assert "2 runs waiting to be submitted" in capsys.readouterr().out
+    assert damnit_main(["listener", "waiting", "--retry"]) == 0
+    assert "2 waiting runs will be tried now" in capsys.readouterr().out
+    with ListenerDB(ldir) as ldb:
+        assert len(ldb.due_waiting()) == 2 and ldb.take_retry_request() and not ldb.take_retry_request()
+    assert damnit_main(["listener", "waiting", "--drop", "9"]) == 1
+    assert damnit_main(["listener", "waiting", "--drop", "1"]) == 0
+    assert "Dropped #1 p1234 r7" in capsys.readouterr().out
+    with ListenerDB(ldir) as ldb:
+        assert [e.run for e in ldb.waiting()] == [8]
+    with DamnitDB.from_dir(db_dir) as db:
+        assert [w.run for w in processing_state.waiting(db)] == [8]
