@@ -304,15 +304,20 @@ def test_cancelled_job_marks_the_run_failed_and_reprocess_clears_it(setup, slurm
         job_id = pending["slurm_job_id"]
         slurm_cluster.run("scancel", job_id)  # by an admin, say: not through DAMNIT
         assert slurm_cluster.wait_job(int(job_id)) == "CANCELLED"
-        bg.listener.handler.check_jobs()
-        with DamnitDB.from_dir(s["db_dir"]) as db:
-            failure = processing_state.failure(db, PROPOSAL, 3)
-        assert failure is not None and failure.kind == processing_state.CANCELLED
+        bg.listener.handler.check_jobs()  # (its own check, every 15 s, may be the one that notices)
+
+        def failure_now():
+            with DamnitDB.from_dir(s["db_dir"]) as db:
+                return processing_state.failure(db, PROPOSAL, 3)
+
+        assert wait_for(lambda: failure_now() is not None, 30)
+        failure = failure_now()
+        assert failure.kind == processing_state.CANCELLED
         assert failure.slurm_job_id == job_id and f"Slurm job {job_id} ended as CANCELLED" in failure.reason
         assert failure.context_sha256 == processing_state.context_fingerprint(s["db_dir"])[0]
         s["msgs"].wait(lambda k, d: k == "processing_finished" and d["processing_id"] == pending["processing_id"])
         with ListenerDB(s["ldir"]) as ldb:
-            assert ldb.watched_jobs() == []
+            assert wait_for(lambda: ldb.watched_jobs() == [], 30)
     finally:
         for b in blockers:
             slurm_cluster.run("scancel", str(b), check=False)
