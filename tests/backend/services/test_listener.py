@@ -588,10 +588,11 @@ def test_failed_job_is_marked_in_the_run_log(listener_setup, kafka_broker, slurm
     assert wait_for(lambda: handler.watcher.jobs, 30)
     job_id = next(iter(handler.watcher.jobs))
     assert slurm_cluster.wait_job(int(job_id)) == "FAILED"
-    handler.check_jobs()
+    handler.check_jobs()  # (or the listener's own check, every 15 s, notices it first)
     assert not handler.watcher.jobs
-    text = (db_dir / "process_logs" / "r61-p1234.out").read_text()
-    assert f"Slurm job {job_id} for r61 (p1234, raw data) ended as FAILED" in text
+    log_path = db_dir / "process_logs" / "r61-p1234.out"
+    line = f"Slurm job {job_id} for r61 (p1234, raw data) ended as FAILED"
+    assert wait_for(lambda: line in log_path.read_text(), 30), log_path.read_text()
 
 
 def test_use_slurm_off_processes_locally_without_calling_sbatch(fake_processor, tmp_path, monkeypatch):
