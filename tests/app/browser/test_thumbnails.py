@@ -95,7 +95,6 @@ def test_with_authentication_signed_in_users_get_thumbnails_and_edits_are_logged
     """Panel's --basic-auth (the same path as OAuth: the signed-in user is pn.state.user): a stranger's
     request for an image is refused; the signed-in user sees images, edits, and the edit is logged."""
     from tests.app.browser.test_dashboard import cell, db_comment, wait_for
-
     from tests.app.membership_rule import SIGNED_IN
 
     with DashboardServer([thumb_db], "--basic-auth", "s3cret-pw", "--cookie-secret", "x" * 32,
