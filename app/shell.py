@@ -10,6 +10,7 @@ import panel as pn
 import param
 
 from app.config import ServerConfig, get_config
+from app.display import theme
 from app.live.session import SessionState, every
 from app.live.source import ProposalSource, get_source
 from app.pages import load_pages
@@ -207,6 +208,13 @@ def proposal_list(cfg: ServerConfig, message: str = "") -> pn.viewable.Viewable:
 def build_app() -> pn.viewable.Viewable:
     """One session's page."""
     cfg = get_config()
+    args = pn.state.session_args or {}
+    bigscreen = (args.get("mode") or [b""])[0] == b"bigscreen"
+    # The theme first: components take it when they are created. A wall display is dark unless its URL
+    # says otherwise (its URL alone defines it); other pages follow the browser's remembered choice.
+    chosen, explicit = theme.choose(args, pn.state.cookies, theme.DARK if bigscreen else theme.LIGHT,
+                                    remembered=not bigscreen)
+    theme.apply(chosen)
     try:
         source, message = pick_source(cfg)
     except Exception as e:  # a served DB became unreadable
@@ -214,8 +222,8 @@ def build_app() -> pn.viewable.Viewable:
     if source is None:
         return proposal_list(cfg, message)
     session = make_session(source, cfg)
-    if (pn.state.session_args or {}).get("mode", [b""])[0] == b"bigscreen":
-        return BigScreen(session=session)  # a wall display: that page alone, without tabs or edit pages
+    if bigscreen:
+        return BigScreen(session=session, fill=True)  # a wall display: that page alone, no tabs or edits
 
     badge = ConnectionBadge(state=source.connection, height=24, width=110)
     session.on_change(lambda ch: setattr(badge, "state", source.connection) if ch.connection else None)
@@ -230,10 +238,11 @@ def build_app() -> pn.viewable.Viewable:
         mode = ""
     title = html.escape(f"DAMNIT: {source.title}")
     header = pn.Row(
-        pn.pane.HTML(f"<b style='font-size:18px'>{title}</b> <span style='color:#666'>"
+        pn.pane.HTML(f"<b style='font-size:18px'>{title}</b> <span style='opacity:0.65'>"
                      f"{html.escape(str(source.db_dir))}</span>"),
         pn.HSpacer(),
         pn.pane.HTML(f"{who} {mode}", margin=(8, 10)),
+        theme.ThemeToggle(theme=chosen, explicit=explicit, height=28, width=90, margin=(4, 10)),
         badge,
         sizing_mode="stretch_width",
     )

@@ -13,12 +13,14 @@ from typing import Any
 import pandas as pd
 import panel as pn
 import param
+from panel.io.state import set_curdoc
 
 from app.config import get_config, zone_label
 from app.display.formatting import format_time, format_value
 from app.display.plots import plot_value
 from app.display.run_contents import StoredVariable, load_for_display, run_file, scan_run_file
 from app.display.text import safe_text
+from app.display.theme import TABLE_CSS
 from app.live.records import Change
 from app.live.session import SessionState, in_background
 from app.live.source import ProposalSource
@@ -83,7 +85,7 @@ def run_inspector(source: ProposalSource, run: int) -> pn.viewable.Viewable:
     plottable.sort(key=lambda v: source.variable(v.name).display_title.casefold())
     header = safe_text(f"Run {int(run)}" + ("" if stored else " — no processed data yet"),
                        css_classes=["damnit-inspect-title"], **{"font-size": "1.4em", "font-weight": "bold"})
-    parts: list[pn.viewable.Viewable] = [header, scalar_table(source, run)]
+    parts: list[pn.viewable.Viewable] = [header, scalar_table(source, run, stored)]
     errors = [v for v in stored.values() if v.error is not None]
     if errors:
         parts.append(error_list(source, errors))
@@ -91,9 +93,11 @@ def run_inspector(source: ProposalSource, run: int) -> pn.viewable.Viewable:
     return pn.Column(*parts, sizing_mode="stretch_width")
 
 
-def scalar_table(source: ProposalSource, run: int) -> pn.viewable.Viewable:
+def scalar_table(source: ProposalSource, run: int,
+                 stored: dict[str, StoredVariable] | None = None) -> pn.viewable.Viewable:
     """The run's numbers and text as name/value pairs, formatted as the run table shows them (arrays and
-    thumbnails get plots, or live in the table)."""
+    thumbnails get plots, or live in the table). ``stored`` (the run file's metadata) tells booleans,
+    which runs.sqlite keeps as 0/1, from numbers."""
     tz = get_config().tz
     items = []
     start_time = source.start_time(run)
@@ -103,13 +107,25 @@ def scalar_table(source: ProposalSource, run: int) -> pn.viewable.Viewable:
         cell = source.cell(run, name)
         if cell is None or cell.value is None:
             continue
-        items.append({"Variable": source.variable(name).display_title, "Value": format_value(cell.value, cell.units)})
+        items.append({"Variable": source.variable(name).display_title,
+                      "Value": cell_text(source, name, cell, (stored or {}).get(name))})
     if not items:
         return safe_text("")
     # Tabulator's default formatter shows cells as text (not HTML): titles and values stay text.
     return pn.widgets.Tabulator(pd.DataFrame(items), show_index=False, disabled=True, layout="fit_data_table",
                                 max_height=300, sizing_mode="stretch_width", css_classes=["damnit-scalars"],
-                                formatters={"Variable": {"type": "plaintext"}, "Value": {"type": "plaintext"}})
+                                formatters={"Variable": {"type": "plaintext"}, "Value": {"type": "plaintext"}},
+                                stylesheets=[TABLE_CSS])
+
+
+def cell_text(source: ProposalSource, name: str, cell: Any, stored: StoredVariable | None) -> str:
+    """One summary value as the run table shows it: units after numbers, complex as a+bj, booleans (a
+    user variable of type boolean, or a value stored as a boolean array) as true/false."""
+    value = cell.value
+    boolean = source.variable(name).type == "boolean" or (stored is not None and stored.dtype in ("b1", "?"))
+    if boolean and isinstance(value, (int, float)) and value in (0, 1):
+        value = bool(value)
+    return format_value(value, cell.units)
 
 
 def error_list(source: ProposalSource, errors: list[StoredVariable]) -> pn.viewable.Viewable:
@@ -124,11 +140,13 @@ def variable_card(source: ProposalSource, run: int, var: StoredVariable) -> pn.v
     title = source.variable(var.name).display_title
     content = pn.Column(pn.indicators.LoadingSpinner(value=True, size=30, name="Loading…"),
                         sizing_mode="stretch_width")
+    doc = pn.state.curdoc
 
     def load(prefer_preview: bool = True) -> None:
         def work() -> tuple[Any, bool]:
             loaded = load_for_display(source.db_dir, run, var.name, prefer_preview=prefer_preview)
-            plot = plot_value(loaded.value, title=title, units=loaded.units, objtype=loaded.objtype)
+            with set_curdoc(doc):  # built in this session's theme
+                plot = plot_value(loaded.value, title=title, units=loaded.units, objtype=loaded.objtype)
             return plot, loaded.is_preview
 
         def apply(result: tuple[Any, bool] | None, error: BaseException | None) -> None:

@@ -18,6 +18,7 @@ import param
 
 from app.actions import edits
 from app.config import get_config
+from app.display import theme
 from app.display.formatting import format_editable, format_number
 from app.display.text import escape, safe_options, safe_text
 from app.live.records import Change
@@ -35,7 +36,7 @@ PAGE_SIZE = 50
 CELLS_PER_PAGE = 6000  # wide tables get shorter pages, so a page stays quick to send and draw
 NEWEST_FIRST = [{"field": "run", "dir": "desc"}]  # page 1 is always a full page of the newest runs
 
-TABLE_CSS = cells.CSS + """
+TABLE_CSS = cells.CSS + theme.TABLE_CSS + """
 .tabulator-cell { padding: 2px 4px !important; }
 .tabulator .tabulator-header .tabulator-col .tabulator-col-title { white-space: normal; }
 """
