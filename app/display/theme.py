@@ -83,6 +83,14 @@ TABLE_CSS = """
 """
 
 
+# The tab headers: the active one readable in both themes.
+TABS_CSS = """
+.bk-header .bk-tab { color: var(--panel-on-background-color); }
+.bk-header .bk-tab.bk-active { color: var(--panel-on-background-color); background-color: var(--panel-surface-color);
+                               border-color: var(--panel-border-color); }
+"""
+
+
 class ThemeToggle(pn.custom.JSComponent):
     """The header's light/dark switch: remembers the choice in this browser and reloads the page in it.
 

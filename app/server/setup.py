@@ -4,12 +4,16 @@ first page is quick even for a 5000-run proposal, and connect the update produce
 import logging
 import os
 
+import panel as pn
+
 from app.actions.edits import warm_producer
 from app.config import get_config
-from app.live.source import get_source
+from app.live.source import get_source, unload_idle
 from app.pages.run_table.model import get_table_model
 
 log = logging.getLogger("app.setup")
+# What the dashboard does (proposals opened and unloaded, refusals, edits) is in the server's log.
+logging.getLogger("app").setLevel(logging.INFO)
 if os.environ.get("DAMNIT_LOG_LATENCY"):  # benchmarks: per-session message → patch timings on stderr
     _h = logging.StreamHandler()
     _h.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
@@ -27,3 +31,8 @@ for db_dir in get_config().databases:
         log.error("Cannot open %s: %s", db_dir, e)
 if not get_config().read_only:
     warm_producer()
+if get_config().unload_after > 0:
+    # Proposals nobody looks at give their memory and Kafka subscription back (a facility's server).
+    after = get_config().unload_after
+    pn.state.schedule_task("damnit-unload-idle-proposals", lambda: unload_idle(after),
+                           period=f"{max(10, min(after, 60)):.0f}s")
