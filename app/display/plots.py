@@ -192,6 +192,8 @@ def line_element(x: np.ndarray, y: np.ndarray, *, xdim: hv.Dimension, ydim: hv.D
     opts = dict(tools=["hover"], title=style.title(title), show_grid=True, **style.size())
     if np.asarray(x).dtype.kind in "iu":
         opts["xformatter"] = "%d"  # train IDs (~1e9) as integers, not 1.0002e+9
+    if style.font_px:
+        opts["line_width"] = max(1.5, style.font_px / 9)  # seen from across a room
     curve = hv.Curve((x, y), kdims=[xdim], vdims=[ydim]).opts(**opts)
     if len(y) <= 2000:
         dot = 4 if style.font_px is None else max(4, style.font_px // 3)

@@ -29,9 +29,9 @@ import param
 from panel.io.state import set_curdoc
 
 from app.config import get_config, zone_label
-from app.display.formatting import format_time, format_value
+from app.display.formatting import format_summary, format_time
 from app.display.plots import PlotStyle, plot_value
-from app.display.run_contents import load_for_display, run_file, scan_run_file
+from app.display.run_contents import StoredVariable, holds_booleans, load_for_display, run_file, scan_run_file
 from app.display.text import safe_text
 from app.live.session import SessionState, in_background
 from app.live.source import ProposalSource
@@ -74,8 +74,10 @@ class ScreenSettings:
         return cls(names(arg("vars")), names(arg("plots")), interval, old)
 
 
-def key_values(source: ProposalSource, run: int, wanted: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
-    """(title, formatted value) of the key variables of one run: the wanted names, else the first numbers."""
+def key_values(source: ProposalSource, run: int, wanted: tuple[str, ...] | list[str],
+               stored: dict[str, StoredVariable] | None = None) -> list[tuple[str, str]]:
+    """(title, formatted value) of the key variables of one run: the wanted names, else the first numbers.
+    ``stored`` (the run file's metadata) tells booleans from numbers."""
     if not source.has_run(run):
         return []
     cells = {n: source.cell(run, n) for n in (wanted or source.column_names())}
@@ -87,10 +89,8 @@ def key_values(source: ProposalSource, run: int, wanted: tuple[str, ...] | list[
         info = source.variable(n)
         if cell is None or cell.value is None:
             text = "–"
-        elif info.type == "boolean" and isinstance(cell.value, (int, float)):
-            text = format_value(bool(cell.value))
         else:
-            text = format_value(cell.value, cell.units)
+            text = format_summary(cell.value, cell.units, boolean=holds_booleans(info.type, (stored or {}).get(n)))
         out.append((info.display_title, text))
     return out
 
@@ -102,10 +102,17 @@ def newest_data_time(source: ProposalSource, run: int) -> float | None:
     return max(stamps) if stamps else source.start_time(run)
 
 
-def plot_names(source: Any, run: int, wanted: tuple[str, ...] | list[str]) -> list[str]:
+def stored_variables(source: ProposalSource, run: int) -> dict[str, StoredVariable]:
+    """The run file's metadata (no values read)."""
     if source.proposal is None:
-        return []
-    stored = scan_run_file(run_file(source.db_dir, source.proposal, run))
+        return {}
+    return scan_run_file(run_file(source.db_dir, source.proposal, run))
+
+
+def plot_names(source: Any, run: int, wanted: tuple[str, ...] | list[str],
+               stored: dict[str, StoredVariable] | None = None) -> list[str]:
+    """The plots to rotate through: the wanted ones this run has, else every plottable variable."""
+    stored = stored_variables(source, run) if stored is None else stored
     if wanted:
         return [n for n in wanted if n in stored and stored[n].error is None]
     names = [v.name for v in stored.values() if v.is_plottable]
@@ -169,7 +176,8 @@ class WallLayout(pn.custom.JSComponent):
     .dmn-wall-head { grid-area: head; display: flex; align-items: center; gap: 3vw; min-width: 0;
                      border-bottom: 0.3vh solid var(--panel-border-color); padding-bottom: 1vh; }
     .dmn-wall-status { margin-left: auto; }
-    .dmn-wall-values { grid-area: values; min-height: 0; overflow: hidden; }
+    .dmn-wall-values { grid-area: values; min-height: 0; overflow: hidden; display: flex; flex-direction: column;
+                       justify-content: flex-start; }
     .dmn-wall-title { grid-area: title; min-width: 0; }
     .dmn-wall-plot { grid-area: plot; min-height: 0; min-width: 0; position: relative; }
     .dmn-wall-plot > * { position: absolute; inset: 0; width: 100%; height: 100%; }
@@ -273,9 +281,17 @@ class BigScreen(pn.viewable.Viewer):
         return view(self.session, fill=self.fill)
 
 
+def _text(text: str, classes: list[str], **styles: str) -> pn.viewable.Viewable:
+    """Escaped text without the default margins (the wall's layout is in viewport units)."""
+    pane = safe_text(text, classes, **styles)
+    pane.margin = 0
+    return pane
+
+
 def _value_sizes(n: int) -> tuple[str, str]:
-    """Font sizes (name, value) of the key values: as large as ``n`` of them allow in the left column."""
-    value_vh = min(6.0, max(2.6, 62.0 / max(n, 1) / 1.85))
+    """Font sizes (name, value) of the key values: as large as ``n`` of them allow in the left column
+    (about 82 % of the window's height; a value takes 1.75 times its size with its name and ~1 vh gap)."""
+    value_vh = min(6.5, max(2.6, (82.0 / max(n, 1) - 1.2) / 1.75))
     return f"{value_vh * 0.5:.2f}vh", f"{value_vh:.2f}vh"
 
 
@@ -285,19 +301,20 @@ def view(session: SessionState, *, fill: bool = False) -> pn.viewable.Viewable:
     settings = ScreenSettings.from_args(pn.state.session_args)
     doc = pn.state.curdoc
 
-    run_text = safe_text("", css_classes=["dmn-wall-runnumber"],
-                         **{"font-size": "9vh", "font-weight": "bold", "line-height": "1.05", "white-space": "nowrap"})
-    time_text = safe_text("", css_classes=["dmn-wall-time"], **{"font-size": "3vh", "opacity": "0.85"})
+    run_text = _text("", ["dmn-wall-runnumber"], **{"font-size": "9vh", "font-weight": "bold", "line-height": "1.05",
+                                                      "white-space": "nowrap"})
+    time_text = _text("", ["dmn-wall-time"], **{"font-size": "3vh", "opacity": "0.85"})
     values_box = pn.Column(sizing_mode="stretch_width", margin=0)
-    plot_title = safe_text("", css_classes=["dmn-wall-plottitle"], **{"font-size": "3.4vh", "font-weight": "bold",
-                                                                      "white-space": "nowrap", "overflow": "hidden"})
+    plot_title = _text("", ["dmn-wall-plottitle"], **{"font-size": "3.4vh", "font-weight": "bold",
+                                                      "white-space": "nowrap", "overflow": "hidden"})
     plot_box = pn.Column(sizing_mode="stretch_both", margin=0, css_classes=["dmn-wall-plotbox"])
     status = WallStatus(connection=source.connection, server_time=time.time(),
                         old_after_s=settings.old_after_min * 60)
     layout = WallLayout(run=run_text, started=time_text, status=status, values=values_box, plot_title=plot_title,
                         plot=plot_box, fill=fill, name=TITLE, css_classes=["dmn-bigscreen"],
                         sizing_mode="stretch_both" if fill else "stretch_width")
-    state: dict[str, Any] = {"run": None, "plots": [], "index": 0, "loading": False, "drawn_font": None}
+    state: dict[str, Any] = {"run": None, "plots": [], "stored": {}, "index": 0, "loading": False,
+                             "drawn_font": None}
 
     def newest() -> int | None:
         keys = source.run_keys()
@@ -315,15 +332,15 @@ def view(session: SessionState, *, fill: bool = False) -> pn.viewable.Viewable:
         run_text.object = f"Run {source.run_of(run)[1]}" if source.has_run(run) else f"Run {run}"
         start = source.start_time(run)
         time_text.object = "" if start is None else f"started {format_time(start, tz)} {zone_label(tz)}"
-        pairs = key_values(source, run, settings.variables)
+        pairs = key_values(source, run, settings.variables, state["stored"])
         name_size, value_size = _value_sizes(len(pairs))
         values_box.objects = [
-            pn.Column(safe_text(title, css_classes=["dmn-wall-name"], **{"font-size": name_size, "opacity": "0.8",
-                                                                         "line-height": "1.2"}),
-                      safe_text(value, css_classes=["dmn-wall-value"], **{"font-size": value_size,
-                                                                          "font-weight": "bold", "line-height": "1.15",
-                                                                          "overflow-wrap": "anywhere"}),
-                      margin=(0, 0, 12, 0), sizing_mode="stretch_width", css_classes=["dmn-big-var"])
+            pn.Column(_text(title, ["dmn-wall-name"], **{"font-size": name_size, "opacity": "0.8",
+                                                         "line-height": "1.2"}),
+                      _text(value, ["dmn-wall-value"], **{"font-size": value_size, "font-weight": "bold",
+                                                          "line-height": "1.15", "overflow-wrap": "anywhere"}),
+                      margin=0, styles={"margin-bottom": "1vh"}, sizing_mode="stretch_width",
+                      css_classes=["dmn-big-var"])
             for title, value in pairs]
         status.newest_data = newest_data_time(source, run) or 0.0
 
@@ -365,7 +382,8 @@ def view(session: SessionState, *, fill: bool = False) -> pn.viewable.Viewable:
         if run != state["run"] or force:
             state["run"] = run
             state["index"] = 0
-            state["plots"] = plot_names(source, run, settings.plots) if run is not None else []
+            state["stored"] = stored_variables(source, run) if run is not None else {}
+            state["plots"] = plot_names(source, run, settings.plots, state["stored"]) if run is not None else []
             draw_header()
             if layout.viewport_height or not in_server:  # else: once the browser said how big it is
                 show_plot()
@@ -377,7 +395,8 @@ def view(session: SessionState, *, fill: bool = False) -> pn.viewable.Viewable:
             follow()
         elif state["run"] in change.changed:
             before = list(state["plots"])
-            state["plots"] = plot_names(source, state["run"], settings.plots)
+            state["stored"] = stored_variables(source, state["run"])
+            state["plots"] = plot_names(source, state["run"], settings.plots, state["stored"])
             draw_header()
             if state["plots"] != before:
                 show_plot()

@@ -16,9 +16,15 @@ import param
 from panel.io.state import set_curdoc
 
 from app.config import get_config, zone_label
-from app.display.formatting import format_time, format_value
+from app.display.formatting import format_summary, format_time
 from app.display.plots import plot_value
-from app.display.run_contents import StoredVariable, load_for_display, run_file, scan_run_file
+from app.display.run_contents import (
+    StoredVariable,
+    holds_booleans,
+    load_for_display,
+    run_file,
+    scan_run_file,
+)
 from app.display.text import safe_text
 from app.display.theme import TABLE_CSS
 from app.live.records import Change
@@ -107,8 +113,9 @@ def scalar_table(source: ProposalSource, run: int,
         cell = source.cell(run, name)
         if cell is None or cell.value is None:
             continue
+        boolean = holds_booleans(source.variable(name).type, (stored or {}).get(name))
         items.append({"Variable": source.variable(name).display_title,
-                      "Value": cell_text(source, name, cell, (stored or {}).get(name))})
+                      "Value": format_summary(cell.value, cell.units, boolean=boolean)})
     if not items:
         return safe_text("")
     # Tabulator's default formatter shows cells as text (not HTML): titles and values stay text.
@@ -116,16 +123,6 @@ def scalar_table(source: ProposalSource, run: int,
                                 max_height=300, sizing_mode="stretch_width", css_classes=["damnit-scalars"],
                                 formatters={"Variable": {"type": "plaintext"}, "Value": {"type": "plaintext"}},
                                 stylesheets=[TABLE_CSS])
-
-
-def cell_text(source: ProposalSource, name: str, cell: Any, stored: StoredVariable | None) -> str:
-    """One summary value as the run table shows it: units after numbers, complex as a+bj, booleans (a
-    user variable of type boolean, or a value stored as a boolean array) as true/false."""
-    value = cell.value
-    boolean = source.variable(name).type == "boolean" or (stored is not None and stored.dtype in ("b1", "?"))
-    if boolean and isinstance(value, (int, float)) and value in (0, 1):
-        value = bool(value)
-    return format_value(value, cell.units)
 
 
 def error_list(source: ProposalSource, errors: list[StoredVariable]) -> pn.viewable.Viewable:

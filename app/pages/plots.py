@@ -168,11 +168,11 @@ class SummaryPlot:
         default_y = next((c for c in cols if c not in ("run", "start_time")), "run")
         self.x = pn.widgets.Select(label="X", options=options, value="run", width=220)
         self.y = pn.widgets.Select(label="Y", options=options, value=default_y, width=220)
-        self.swap = pn.widgets.Button(label="⇄ swap", width=70, align="end")
+        self.swap = pn.widgets.Button(label="⇄ swap", width=70, align="end", css_classes=["damnit-summary-swap"])
         self.kind = pn.widgets.RadioButtonGroup(options=["Scatter", "Line", "Histogram"], value="Scatter",
-                                                align="end")
+                                                align="end", css_classes=["damnit-summary-kind"])
         self.bins = pn.widgets.IntInput(label="Bins", value=30, start=5, end=100_000, step=25, width=90)
-        self.count = safe_text("", color="grey")
+        self.count = safe_text("", color="grey", css_classes=["damnit-summary-count"])
         self.pipe = hv.streams.Pipe(data=self._data())
         self.plot_pane = pn.pane.HoloViews(sizing_mode="stretch_width", min_height=PLOT_HEIGHT + 80,
                                            css_classes=["damnit-summary-plot"], linked_axes=False)
@@ -206,7 +206,8 @@ class SummaryPlot:
     def _push(self) -> None:
         data = self._data()
         n_total = len(self.source.run_keys())
-        self.count.object = f"{len(data)} runs plotted ({n_total - len(data)} without values)"
+        shown = "in the histogram" if self.kind.value == "Histogram" else "plotted"
+        self.count.object = f"{len(data)} runs {shown} ({n_total - len(data)} without values)"
         self.pipe.send(data)
 
     def _swap(self, _=None) -> None:

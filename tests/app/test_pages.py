@@ -279,8 +279,12 @@ def test_overlay_alignment_on_train_ids():
     x = xr.DataArray([5.0, 6.0], dims=["trainId"], coords={"trainId": [11, 12]})
     xs, ys, _ = aligned_arrays(y, x)
     assert list(xs) == [5.0, 6.0] and list(ys) == [2.0, 3.0]
-    xs, ys, label = aligned_arrays(y, None)
+    xs, ys, label = aligned_arrays(y, None)  # per-train data of each run starts at 0: runs lie on top of each other
+    assert list(xs) == [0, 1, 2] and label.startswith("trainId")
+    xs, ys, label = aligned_arrays(y, None, relative=False)  # or on absolute train IDs
     assert list(xs) == [10, 11, 12] and label == "trainId"
+    energy = xr.DataArray([1.0, 2.0], dims=["energy"], coords={"energy": [7.0, 8.0]})
+    assert list(aligned_arrays(energy, None)[0]) == [7.0, 8.0]  # only train IDs are counted from the first
     with pytest.raises(ValueError, match="lengths differ"):
         aligned_arrays(np.arange(3.0), np.arange(4.0))
     with pytest.raises(ValueError, match="common"):
