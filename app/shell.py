@@ -218,7 +218,7 @@ def build_app() -> pn.viewable.Viewable:
         sizing_mode="stretch_width",
     )
     if len(cfg.databases) > 1 or cfg.allow_lookup:
-        header.insert(1, pn.pane.HTML("<a href='?'>all proposals</a>", margin=(8, 10)))
+        header.insert(1, pn.pane.HTML("<a href='?' style='color:inherit'>all proposals</a>", margin=(8, 10)))
 
     pages = load_pages()
     want = (args.get("page") or [b""])[0].decode()

@@ -357,7 +357,7 @@ def image_view(img: Image2D, *, style: PlotStyle = PAGE_STYLE) -> pn.viewable.Vi
 
     if not style.controls:
         return draw(False, img.elongated)
-    mode = pn.widgets.RadioButtonGroup(options=["Image", "Lines"], value="Image", color="light",
+    mode = pn.widgets.RadioButtonGroup(options=["Image", "Lines"], value="Image",
                                        css_classes=["damnit-image-mode"],
                                        description="Lines: each row of the 2-D value as a line")
     stretch = pn.widgets.Checkbox(label="Stretch to fit", value=img.elongated, css_classes=["damnit-stretch"])

@@ -58,28 +58,28 @@ def current() -> str:
 
 
 # Tables (Tabulator's "simple" theme is light only): colours from Panel's theme variables, which every
-# component's shadow root inherits, so the same rules serve the light and the dark theme.
+# component's shadow root inherits, so the same rules serve the light and the dark theme. ``!important``
+# because Tabulator's theme sheet comes later and its rules are as specific.
 TABLE_CSS = """
-.tabulator { background-color: var(--panel-background-color); color: var(--panel-on-background-color);
-             border-color: var(--panel-border-color); }
-.tabulator .tabulator-header, .tabulator .tabulator-header .tabulator-col,
-.tabulator .tabulator-tableholder, .tabulator .tabulator-footer,
-.tabulator .tabulator-tableholder .tabulator-table {
-  background-color: var(--panel-background-color); color: var(--panel-on-background-color);
-  border-color: var(--panel-border-color); }
-.tabulator .tabulator-header .tabulator-col.tabulator-sortable.tabulator-col-sorter-element:hover {
-  background-color: var(--panel-surface-color); }
-.tabulator-row { background-color: var(--panel-background-color); color: var(--panel-on-background-color); }
-.tabulator-row.tabulator-row-even { background-color: var(--panel-surface-color); }
-.tabulator-row .tabulator-cell { border-color: var(--panel-border-color); }
-.tabulator-row.tabulator-selected { background-color: color-mix(in srgb, var(--panel-primary-color) 35%,
-                                                                var(--panel-background-color)); }
-.tabulator-row.tabulator-selectable:hover { background-color: color-mix(in srgb, var(--panel-primary-color) 18%,
-                                                                        var(--panel-background-color)); }
-.tabulator .tabulator-footer .tabulator-page { background-color: var(--panel-surface-color);
-                                               color: var(--panel-on-background-color); }
-.tabulator .tabulator-footer .tabulator-page.active { color: var(--panel-primary-color); }
-.tabulator-row .tabulator-frozen { background-color: inherit; }
+.tabulator, .tabulator .tabulator-header, .tabulator .tabulator-header .tabulator-col,
+.tabulator .tabulator-header .tabulator-col .tabulator-col-content, .tabulator .tabulator-tableholder,
+.tabulator .tabulator-tableholder .tabulator-table, .tabulator .tabulator-footer {
+  background-color: var(--panel-background-color) !important; color: var(--panel-on-background-color) !important;
+  border-color: var(--panel-border-color) !important; }
+.tabulator .tabulator-row { background-color: var(--panel-background-color) !important;
+                            color: var(--panel-on-background-color) !important;
+                            border-color: var(--panel-border-color) !important; }
+.tabulator .tabulator-row.tabulator-row-even { background-color: var(--panel-surface-color) !important; }
+.tabulator .tabulator-row .tabulator-cell { border-color: var(--panel-border-color) !important; }
+.tabulator .tabulator-row.tabulator-selectable:hover {
+  background-color: color-mix(in srgb, var(--panel-primary-color) 18%, var(--panel-background-color)) !important; }
+.tabulator .tabulator-row.tabulator-selected, .tabulator .tabulator-row.tabulator-selected:hover {
+  background-color: color-mix(in srgb, var(--panel-primary-color) 35%, var(--panel-background-color)) !important; }
+.tabulator .tabulator-row .tabulator-cell.tabulator-frozen { background-color: inherit !important; }
+.tabulator .tabulator-footer .tabulator-page { background-color: var(--panel-surface-color) !important;
+                                               color: var(--panel-on-background-color) !important; }
+.tabulator .tabulator-footer .tabulator-page.active { color: var(--panel-primary-color) !important; }
+.tabulator .tabulator-footer .tabulator-page:disabled { opacity: 0.5; }
 """
 
 

@@ -288,11 +288,17 @@ def _text(text: str, classes: list[str], **styles: str) -> pn.viewable.Viewable:
     return pane
 
 
-def _value_sizes(n: int) -> tuple[str, str]:
-    """Font sizes (name, value) of the key values: as large as ``n`` of them allow in the left column
-    (about 82 % of the window's height; a value takes 1.75 times its size with its name and ~1 vh gap)."""
-    value_vh = min(6.5, max(2.6, (82.0 / max(n, 1) - 1.2) / 1.75))
-    return f"{value_vh * 0.5:.2f}vh", f"{value_vh:.2f}vh"
+VALUES_WIDTH_VW = 25.0  # the key values' column, in % of the window's width (grid: 27 of 100 parts)
+BOLD_CHAR_EM = 0.6  # average width of a bold character (digits are 0.56 em in Liberation/Arial)
+
+
+def _value_sizes(n: int, texts: list[str], scale: float = 1.0) -> tuple[str, list[str]]:
+    """Font sizes of the key values: the names', and each value's. As large as ``n`` values allow in the
+    left column's height (about 82 % of the window's; a value takes 1.75 times its size with its name
+    and a 1 vh gap), and each value no larger than fits the column's width on one line."""
+    value_vh = min(6.5, max(2.6, (82.0 / max(n, 1) - 1.2) / 1.75)) * scale
+    sizes = [f"min({value_vh:.2f}vh, {VALUES_WIDTH_VW / (max(len(t), 1) * BOLD_CHAR_EM):.2f}vw)" for t in texts]
+    return f"{value_vh * 0.5:.2f}vh", sizes
 
 
 def view(session: SessionState, *, fill: bool = False) -> pn.viewable.Viewable:
@@ -301,11 +307,12 @@ def view(session: SessionState, *, fill: bool = False) -> pn.viewable.Viewable:
     settings = ScreenSettings.from_args(pn.state.session_args)
     doc = pn.state.curdoc
 
-    run_text = _text("", ["dmn-wall-runnumber"], **{"font-size": "9vh", "font-weight": "bold", "line-height": "1.05",
-                                                      "white-space": "nowrap"})
-    time_text = _text("", ["dmn-wall-time"], **{"font-size": "3vh", "opacity": "0.85"})
+    scale = 1.0 if fill else 0.85  # as a tab, under the dashboard's header: a little smaller
+    run_text = _text("", ["dmn-wall-runnumber"], **{"font-size": f"{9 * scale:.2f}vh", "font-weight": "bold",
+                                                      "line-height": "1.05", "white-space": "nowrap"})
+    time_text = _text("", ["dmn-wall-time"], **{"font-size": f"{3 * scale:.2f}vh", "opacity": "0.85"})
     values_box = pn.Column(sizing_mode="stretch_width", margin=0)
-    plot_title = _text("", ["dmn-wall-plottitle"], **{"font-size": "3.4vh", "font-weight": "bold",
+    plot_title = _text("", ["dmn-wall-plottitle"], **{"font-size": f"{3.4 * scale:.2f}vh", "font-weight": "bold",
                                                       "white-space": "nowrap", "overflow": "hidden"})
     plot_box = pn.Column(sizing_mode="stretch_both", margin=0, css_classes=["dmn-wall-plotbox"])
     status = WallStatus(connection=source.connection, server_time=time.time(),
@@ -333,15 +340,16 @@ def view(session: SessionState, *, fill: bool = False) -> pn.viewable.Viewable:
         start = source.start_time(run)
         time_text.object = "" if start is None else f"started {format_time(start, tz)} {zone_label(tz)}"
         pairs = key_values(source, run, settings.variables, state["stored"])
-        name_size, value_size = _value_sizes(len(pairs))
+        name_size, value_sizes = _value_sizes(len(pairs), [v for _, v in pairs], scale)
         values_box.objects = [
             pn.Column(_text(title, ["dmn-wall-name"], **{"font-size": name_size, "opacity": "0.8",
-                                                         "line-height": "1.2"}),
-                      _text(value, ["dmn-wall-value"], **{"font-size": value_size, "font-weight": "bold",
+                                                         "line-height": "1.2", "white-space": "nowrap",
+                                                         "overflow": "hidden", "text-overflow": "ellipsis"}),
+                      _text(value, ["dmn-wall-value"], **{"font-size": size, "font-weight": "bold",
                                                           "line-height": "1.15", "overflow-wrap": "anywhere"}),
                       margin=0, styles={"margin-bottom": "1vh"}, sizing_mode="stretch_width",
                       css_classes=["dmn-big-var"])
-            for title, value in pairs]
+            for (title, value), size in zip(pairs, value_sizes)]
         status.newest_data = newest_data_time(source, run) or 0.0
 
     def show_plot() -> None:

@@ -412,7 +412,7 @@ class RunOverlay:
 
     def _load(self, runs: list[int], name: str, xname: str, relative: bool) -> tuple[list[Any], list[str]]:
         curves, problems = [], []
-        ylabel = self.source.variable(name).display_title
+        ylabel, yunits = self.source.variable(name).display_title, self.source.units(name)
         xlabel = self.source.variable(xname).display_title if xname != INDEX_X else None
         for run in runs:
             try:
@@ -430,7 +430,7 @@ class RunOverlay:
             opts: dict[str, Any] = {"tools": ["hover"]}
             if x.dtype.kind in "iu":
                 opts["xformatter"] = "%d"  # absolute train IDs as integers, not 1.0002e+9
-            curves.append((run, hv.Curve((x, y), kdims=[xdim], vdims=[hv.Dimension("y", label=ylabel)],
+            curves.append((run, hv.Curve((x, y), kdims=[xdim], vdims=[hv.Dimension("y", label=ylabel, unit=yunits)],
                                          label=f"run {run}").opts(**opts)))
         return curves, problems
 

@@ -162,7 +162,7 @@ def _inspect(page, site: Site, run: int) -> None:
 def _drawn(page, locator, timeout: float = 30) -> None:
     """Wait until ``locator`` (a plot) has a canvas and Bokeh has finished drawing it."""
     locator.locator("canvas").first.wait_for(timeout=timeout * 1000)
-    page.wait_for_function("() => Object.values(Bokeh.index).every(v => v.is_idle === undefined || v.is_idle)")
+    page.wait_for_function("() => Object.values(Bokeh.index).every(v => !v.has_finished || v.has_finished())")
     time.sleep(0.5)
 
 
