@@ -322,11 +322,17 @@ def test_times_agree_on_every_page_in_the_servers_zone(site, page):
     row.locator(".tabulator-cell[tabulator-field='start_time']").get_by_text(expected).wait_for(timeout=30_000)
     page.locator(".tabulator-col[tabulator-field='start_time'] .tabulator-col-title").hover()
     page.get_by_text(f"Start of the run ({ZONE})").wait_for()  # the header's tooltip names the zone
+    page.locator(".tabulator-col[tabulator-field='energy'] .tabulator-col-title").hover()
+    page.get_by_text("Pulse energy [uJ]").wait_for()  # and a variable's its units
 
     _inspect(page, site, 3)
     scalars = page.locator(".damnit-scalars")
     scalars.get_by_text(f"Timestamp ({ZONE})").wait_for()
     scalars.get_by_text(expected).wait_for()
+    # Values as the table formats them: booleans, complex numbers and units.
+    for title, value in (("Beam on", "true"), ("Phase", "1.5-2j rad"), ("Verdict", "<b>not bold</b>")):
+        row = scalars.locator(".tabulator-row").filter(has=page.get_by_text(title, exact=True))
+        row.get_by_text(value, exact=True).wait_for()
 
     page.goto(f"{site.url}?page=comments")
     comments = page.locator(".damnit-comments")
@@ -388,3 +394,80 @@ def test_plot_kinds_switch_in_every_order_without_server_errors(site, page):
     switch("Scatter")
     new_log = site.log()[log_before:]
     assert not re.search(r"Traceback|ERROR|DataError", new_log), new_log[-3000:]
+
+
+# -- the theme and the wall display's address ------------------------------------------------------------
+
+
+def _luminance(img: np.ndarray) -> float:
+    return float(img.mean())
+
+
+def test_the_dark_theme_is_chosen_per_browser_and_remembered(site, chromium_browser):
+    context = chromium_browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    toggle = page.get_by_test_id("theme-toggle")
+    rows = page.locator(".tabulator-row")
+    try:
+        page.goto(site.url)
+        rows.first.wait_for()
+        assert "Dark" in toggle.inner_text()  # light (the browser prefers no dark mode)
+        assert _luminance(shot(rows.first)) > 200
+        toggle.click()
+        page.get_by_test_id("theme-toggle").get_by_text("Light").wait_for()  # reloaded in the dark theme
+        rows.first.wait_for()
+        time.sleep(1)
+        assert _luminance(page_shot(page)[:60]) < 80  # page and header
+        assert _luminance(shot(rows.first)) < 100  # the run table follows
+        assert page.evaluate("() => localStorage.getItem('damnit-theme')") == "dark"
+
+        other = context.new_page()  # remembered by this browser
+        other.goto(f"{site.url}?page=inspect")
+        plot = other.locator(".damnit-var-energy .damnit-plot-ready")
+        plot.locator("canvas").first.wait_for(timeout=30_000)
+        time.sleep(1)
+        assert _luminance(shot(plot)) < 100  # plots in the dark theme too
+        other.goto(f"{site.url}?page=context_editor")
+        editor = other.locator(".damnit-context-editor .ace_content")
+        editor.wait_for()
+        time.sleep(1)
+        assert _luminance(shot(other.locator(".damnit-context-editor"))) < 100  # and the code editor
+
+        context.clear_cookies()  # the server forgot, the browser did not: the page catches up by itself
+        page.goto(site.url)
+        page.get_by_test_id("theme-toggle").get_by_text("Light").wait_for()
+        page.goto(f"{site.url}?theme=light")  # the URL wins for that page
+        rows.first.wait_for()
+        assert "Dark" in page.get_by_test_id("theme-toggle").inner_text()
+        assert _luminance(shot(rows.first)) > 200
+    finally:
+        context.close()
+
+
+def test_the_wall_displays_address_works_under_a_prefix(site, page, tmp_path):
+    import http.client
+    from urllib.parse import urljoin
+
+    server = DashboardServer([site.db_dir], "--prefix", "/damnit", env=site.server.env,
+                             log_path=tmp_path / "prefixed.log")
+    try:
+        server.start()
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        query = "mode=bigscreen&vars=energy,n_trains&plots=energy&interval=30"
+        for path in ("/damnit/", "/damnit"):
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            conn.request("GET", f"{path}?{query}")
+            resp = conn.getresponse()
+            assert resp.status in (301, 302), (path, resp.status)
+            assert urljoin(base + path, resp.getheader("Location")) == f"{base}/damnit/main?{query}"
+            conn.close()
+        page.goto(f"{base}/damnit/?{query}")
+        page.get_by_text("Run 3", exact=True).wait_for(timeout=30_000)
+        assert page.locator(".dmn-wall-value").count() == 2
+        page.locator(".dmn-wall-plot canvas").first.wait_for()
+    finally:
+        server.stop()
