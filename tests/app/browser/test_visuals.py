@@ -93,7 +93,7 @@ def n_trains(run):
     return len(run.train_ids)
 
 
-@Variable(title="Verdict")
+@Variable(title="Verdict <i>it</i>")
 def verdict(run):
     return "<b>not bold</b>"
 '''
@@ -293,8 +293,9 @@ def test_the_big_screen_fills_a_tv_in_large_type(site, chromium_browser, size, t
 
 def test_the_big_screen_shows_data_as_text_and_a_lost_server(site, page):
     page.goto(f"{site.url}?mode=bigscreen&vars=verdict,phase,beam_on,energy&plots=energy")
-    page.get_by_text("<b>not bold</b>", exact=True).wait_for()  # as text, not markup
-    assert page.locator(".dmn-wall-value b").count() == 0
+    page.get_by_text("<b>not bold</b>", exact=True).wait_for()  # values and titles as text, not markup
+    page.get_by_text("Verdict <i>it</i>", exact=True).wait_for()
+    assert page.locator(".dmn-bigscreen b, .dmn-bigscreen i").count() == 0
     page.get_by_text("1.5-2j rad", exact=True).wait_for()
     page.get_by_text("true", exact=True).wait_for()
     # The browser notices by itself when the server stops answering: a red frame and a message.
@@ -330,7 +331,7 @@ def test_times_agree_on_every_page_in_the_servers_zone(site, page):
     scalars.get_by_text(f"Timestamp ({ZONE})").wait_for()
     scalars.get_by_text(expected).wait_for()
     # Values as the table formats them: booleans, complex numbers and units.
-    for title, value in (("Beam on", "true"), ("Phase", "1.5-2j rad"), ("Verdict", "<b>not bold</b>")):
+    for title, value in (("Beam on", "true"), ("Phase", "1.5-2j rad"), ("Verdict <i>it</i>", "<b>not bold</b>")):
         row = scalars.locator(".tabulator-row").filter(has=page.get_by_text(title, exact=True))
         row.get_by_text(value, exact=True).wait_for()
 
