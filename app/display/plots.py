@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -642,3 +643,13 @@ def plotly_pane(fig: Any, *, style: PlotStyle = PAGE_STYLE) -> pn.viewable.Viewa
     if style.height is None:
         return pn.pane.Plotly(fig, sizing_mode="stretch_both")
     return pn.pane.Plotly(fig, sizing_mode="stretch_width", height=style.height + 80)
+
+
+def warm_up() -> None:
+    """Draw an image and a line once, off screen: the first plot a process makes pays HoloViews' one-off
+    set-up (seconds), which should not land on a user's first click."""
+    try:
+        for value in (np.linspace(0, 1, 16).reshape(4, 4), np.arange(8.0)):
+            plot_value(value, title="warm-up").get_root()
+    except Exception:  # only an optimisation
+        logging.getLogger(__name__).debug("Plot warm-up failed", exc_info=True)

@@ -10,23 +10,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import pandas as pd
 import panel as pn
 import param
 from panel.io.state import set_curdoc
 
-from app.config import get_config, zone_label
-from app.display.formatting import format_summary, format_time
 from app.display.plots import plot_value
-from app.display.run_contents import (
-    StoredVariable,
-    holds_booleans,
-    load_for_display,
-    run_file,
-    scan_run_file,
-)
+from app.display.run_contents import StoredVariable, load_for_display, run_file, scan_run_file
+from app.display.run_summary import error_list, scalar_table
 from app.display.text import safe_text
-from app.display.theme import TABLE_CSS
 from app.live.records import Change
 from app.live.session import SessionState, in_background
 from app.live.source import ProposalSource
@@ -97,39 +88,6 @@ def run_inspector(source: ProposalSource, run: int) -> pn.viewable.Viewable:
         parts.append(error_list(source, errors))
     parts.extend(variable_card(source, run, v) for v in plottable)
     return pn.Column(*parts, sizing_mode="stretch_width")
-
-
-def scalar_table(source: ProposalSource, run: int,
-                 stored: dict[str, StoredVariable] | None = None) -> pn.viewable.Viewable:
-    """The run's numbers and text as name/value pairs, formatted as the run table shows them (arrays and
-    thumbnails get plots, or live in the table). ``stored`` (the run file's metadata) tells booleans,
-    which runs.sqlite keeps as 0/1, from numbers."""
-    tz = get_config().tz
-    items = []
-    start_time = source.start_time(run)
-    if start_time is not None:
-        items.append({"Variable": f"Timestamp ({zone_label(tz)})", "Value": format_time(start_time, tz)})
-    for name in ["comment", *source.column_names()]:
-        cell = source.cell(run, name)
-        if cell is None or cell.value is None:
-            continue
-        boolean = holds_booleans(source.variable(name).type, (stored or {}).get(name))
-        items.append({"Variable": source.variable(name).display_title,
-                      "Value": format_summary(cell.value, cell.units, boolean=boolean)})
-    if not items:
-        return safe_text("")
-    # Tabulator's default formatter shows cells as text (not HTML): titles and values stay text.
-    return pn.widgets.Tabulator(pd.DataFrame(items), show_index=False, disabled=True, layout="fit_data_table",
-                                max_height=300, sizing_mode="stretch_width", css_classes=["damnit-scalars"],
-                                formatters={"Variable": {"type": "plaintext"}, "Value": {"type": "plaintext"}},
-                                stylesheets=[TABLE_CSS])
-
-
-def error_list(source: ProposalSource, errors: list[StoredVariable]) -> pn.viewable.Viewable:
-    lines = [f"{source.variable(v.name).display_title}: {v.error_cls or 'Error'}: {v.error}" for v in errors]
-    return pn.Card(safe_text("\n".join(lines), css_classes=["damnit-errors"]),
-                   title=f"{len(errors)} variable(s) failed or were skipped", collapsed=True,
-                   sizing_mode="stretch_width")
 
 
 def variable_card(source: ProposalSource, run: int, var: StoredVariable) -> pn.viewable.Viewable:
