@@ -144,6 +144,14 @@ def site(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture
+def page(page):
+    """The shared page fixture with more patience: pages other than the run table wait for their
+    scripts (loaded once the browser has been idle), which takes long on a busy machine."""
+    page.set_default_timeout(45_000)
+    return page
+
+
 def _assert_round(img: np.ndarray, where: str) -> None:
     disk = main_blob(near(img, DISK_RGB, tol=30))  # not the colour bar's top
     assert disk is not None, f"{where}: no disk drawn"
