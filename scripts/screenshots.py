@@ -104,6 +104,10 @@ def page_shots(browser, url: str, out: Path, theme: str, n_runs: int) -> list[Pa
     snap("landing")
 
     go("table", ".tabulator-row .tabulator-cell[tabulator-field='run']")
+    # The newest run selected: the run panel beside the table shows its values and plots.
+    page.locator(".tabulator-row .tabulator-cell[tabulator-field='run']").first.click()
+    page.locator(".dmn-panel-plot canvas").first.wait_for()
+    settle(page, 3)
     snap("table")
 
     go("inspect", ".damnit-var-camera_image .damnit-plot-ready canvas")
