@@ -26,6 +26,7 @@ import param
 from app.actions import edits
 from app.actions.processing_jobs import format_runs, job_board, runs_with_data, slurm_available
 from app.config import get_config
+from app.display import theme
 from app.display.formatting import format_editable
 from app.display.text import escape, safe_options, safe_text
 from app.live.records import Change
@@ -69,7 +70,7 @@ NEWEST_FIRST = [{"field": "run", "dir": "desc"}]  # page 1 is always a full page
 FIXED_WIDTHS = {"run": 80, "start_time": 150, "comment": 220}
 STORAGE_PREFIX = "damnit-web/table-layout/"
 
-TABLE_CSS = cells.CSS + """
+TABLE_CSS = cells.CSS + theme.TABLE_CSS + """
 .tabulator-cell { padding: 2px 4px !important; }
 .tabulator .tabulator-header .tabulator-col .tabulator-col-title { white-space: normal; }
 .tabulator-menu .tabulator-menu-item { padding: 4px 12px; }
