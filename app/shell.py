@@ -11,6 +11,7 @@ import param
 
 from app.access import may_see
 from app.config import ServerConfig, get_config
+from app.display import theme
 from app.live.session import SessionState, every
 from app.live.source import ProposalSource, get_source
 from app.pages import load_pages
@@ -64,7 +65,7 @@ class ScriptLoader(pn.custom.JSComponent):
     is on screen, instead of before anything is drawn; ``loaded`` turns True when they are in."""
 
     urls = param.List(default=[])
-    delay_ms = param.Integer(default=50, doc="Wait this long after the page is drawn (the table's first "
+    delay_ms = param.Integer(default=50, doc="Wait until the user has been idle this long (the table's "
                              "clicks should not queue behind parsing 5 MB of scripts)")
     hurry = param.Boolean(default=False, doc="Another page wants them now: do not wait for delay_ms")
     loaded = param.Boolean(default=False)
@@ -91,7 +92,11 @@ class ScriptLoader(pn.custom.JSComponent):
         }
         model.loaded = true
       }
-      setTimeout(go, model.delay_ms)
+      // Parsing them blocks the page for a second or more: wait until the user has left the page
+      // alone for delay_ms (each click or key press starts the wait again), unless a page hurries.
+      let timer = setTimeout(go, model.delay_ms)
+      const poke = () => { if (!started) { clearTimeout(timer); timer = setTimeout(go, model.delay_ms) } }
+      for (const type of ['pointerdown', 'keydown', 'wheel']) document.addEventListener(type, poke, true)
       model.on('hurry', go)
       if (model.hurry) go()
     }
@@ -176,6 +181,13 @@ def pick_source(cfg: ServerConfig, user: str) -> tuple[ProposalSource | None, st
 def build_app() -> pn.viewable.Viewable:
     """One session's page."""
     cfg = get_config()
+    args = pn.state.session_args or {}
+    bigscreen = (args.get("mode") or [b""])[0] == b"bigscreen"
+    # The theme first: components take it when they are created. A wall display is dark unless its URL
+    # says otherwise (its URL alone defines it); other pages follow the browser's remembered choice.
+    chosen, explicit = theme.choose(args, pn.state.cookies, theme.DARK if bigscreen else theme.LIGHT,
+                                    remembered=not bigscreen)
+    theme.apply(chosen)
     user = session_user(cfg)
     try:
         source, message = pick_source(cfg, user)
@@ -185,8 +197,8 @@ def build_app() -> pn.viewable.Viewable:
     if source is None:
         return ProposalDirectory(cfg=cfg, user=user, message=message)
     session = make_session(source, cfg)
-    if (pn.state.session_args or {}).get("mode", [b""])[0] == b"bigscreen":
-        return BigScreen(session=session)  # a wall display: that page alone, without tabs or edit pages
+    if bigscreen:
+        return BigScreen(session=session, fill=True)  # a wall display: that page alone, no tabs or edits
 
     badge = ConnectionBadge(state=source.connection, height=24, width=110)
     session.on_change(lambda ch: setattr(badge, "state", source.connection) if ch.connection else None)
@@ -201,25 +213,25 @@ def build_app() -> pn.viewable.Viewable:
         mode = ""
     title = html.escape(f"DAMNIT: {source.title}")
     header = pn.Row(
-        pn.pane.HTML(f"<b style='font-size:18px'>{title}</b> <span style='color:#666'>"
+        pn.pane.HTML(f"<b style='font-size:18px'>{title}</b> <span style='opacity:0.65'>"
                      f"{html.escape(str(source.db_dir))}</span>"),
         pn.HSpacer(),
         pn.pane.HTML(f"{who} {mode}", margin=(8, 10)),
+        theme.ThemeToggle(theme=chosen, explicit=explicit, height=28, width=90, margin=(4, 10)),
         badge,
         sizing_mode="stretch_width",
     )
     if len(cfg.databases) > 1 or cfg.allow_lookup:
-        header.insert(1, pn.pane.HTML("<a href='?'>all proposals</a>", margin=(8, 10)))
+        header.insert(1, pn.pane.HTML("<a href='?' style='color:inherit'>all proposals</a>", margin=(8, 10)))
 
     pages = load_pages()
-    args = pn.state.session_args or {}
     want = (args.get("page") or [b""])[0].decode()
     slots = [pn.Column(sizing_mode="stretch_both", name=p.title) for p in pages]
-    tabs = pn.Tabs(*slots, sizing_mode="stretch_both", dynamic=False)
+    tabs = pn.Tabs(*slots, sizing_mode="stretch_both", dynamic=False, stylesheets=[theme.TABS_CSS])
 
     start = next((i for i, p in enumerate(pages) if p.slug == want), 0)
     loader = ScriptLoader(urls=deferred_script_urls(), width=0, height=0, margin=0,
-                          delay_ms=2000 if pages and pages[start].slug == "table" else 50)
+                          delay_ms=3000 if pages and pages[start].slug == "table" else 50)
 
     def fill(index: int) -> None:
         if 0 <= index < len(pages) and pages[index].slug != "table" and not loader.loaded:
@@ -238,7 +250,14 @@ def build_app() -> pn.viewable.Viewable:
                 slots[index].objects = [pn.pane.Alert(f"This page failed: {html.escape(repr(e))}",
                                                       alert_type="danger")]
 
-    tabs.param.watch(lambda ev: fill(ev.new), "active")
+    def on_tab(index: int) -> None:
+        fill(index)
+        if 0 <= index < len(pages):
+            session.active_page = pages[index].slug
+
+    tabs.param.watch(lambda ev: on_tab(ev.new), "active")
+    loader.param.watch(lambda ev: setattr(session, "scripts_loaded", ev.new), "loaded")
+    session.param.watch(lambda ev: setattr(loader, "hurry", True), "scripts_wanted")
 
     def bring_to_front(event) -> None:
         index = next((i for i, p in enumerate(pages) if p.slug == event.new), None)
@@ -247,5 +266,5 @@ def build_app() -> pn.viewable.Viewable:
 
     session.param.watch(bring_to_front, "open_page", onlychanged=False)
     tabs.active = start
-    fill(start)
+    on_tab(start)
     return pn.Column(header, tabs, loader, sizing_mode="stretch_both")

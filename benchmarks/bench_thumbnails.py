@@ -1,5 +1,5 @@
 """Run-table thumbnails: what a page of DAMNIT-sized (300 px) thumbnails costs to send: inlined as
-stored, inlined scaled to the cell (``app.table_format.cell_png``), or by URL (``app/thumbnails.py``).
+stored, inlined scaled to the cell (``app/pages/run_table/cells.py: cell_png``), or by URL (``app/server/thumbnails.py``).
 
     python benchmarks/bench_thumbnails.py [--cells 600]
 
@@ -11,6 +11,7 @@ the server time to render them once (the table caches rendered cells).
 from __future__ import annotations
 
 import argparse
+import base64
 import io
 import sys
 import time
@@ -21,8 +22,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app import table_format as fmt  # noqa: E402
-from app.state import Cell  # noqa: E402
+from app.live.table import TableCell  # noqa: E402
+from app.pages.run_table import cells  # noqa: E402
+from backend.storage.run_values import BlobKind, Kind  # noqa: E402
+
+
+def png_cell() -> TableCell:
+    """A table cell holding a thumbnail, as the live table reads one from runs.sqlite."""
+    return TableCell(kind=Kind.BLOB, value=None, blob=BlobKind.UNTYPED + BlobKind.PNG, attributes={},
+                     max_diff=None, provenance=None, timestamp=None)
 
 
 def damnit_thumbnails(n: int) -> list[bytes]:
@@ -53,23 +61,23 @@ def main() -> None:
     args = ap.parse_args()
     distinct = damnit_thumbnails(20)
     pngs = [distinct[i % len(distinct)] for i in range(args.cells)]
-    stored = sum(len(fmt.base64.b64encode(p)) for p in pngs)
+    stored = sum(len(base64.b64encode(p)) for p in pngs)
 
     t = time.perf_counter()
-    inlined = [fmt.cell_html(Cell(p)) for p in pngs]
+    inlined = [cells.cell_html(png_cell(), p) for p in pngs]
     inline_s = time.perf_counter() - t
     t = time.perf_counter()
-    by_url = [fmt.cell_html(Cell(p), lambda png, i=i: f"thumbnail/tok/{i}/v{i}.png?v={zlib.crc32(png):08x}")
+    by_url = [cells.cell_html(png_cell(), p, f"thumbnail/tok/{i}/v{i}.png?v={zlib.crc32(p):08x}")
               for i, p in enumerate(pngs)]
     url_s = time.perf_counter() - t
     t = time.perf_counter()
-    scaled = [fmt.cell_png(p) for p in distinct]
+    scaled = [cells.cell_png(p) for p in distinct]
     per_image_ms = (time.perf_counter() - t) / len(distinct) * 1e3
     inline_b, url_b = sum(map(len, inlined)), sum(map(len, by_url))
     print(f"{args.cells} thumbnails in one page's cell HTML:")
     print(f"  inlined as stored      {stored / 1e6:7.2f} MB")
     print(f"  inlined, scaled        {inline_b / 1e6:7.2f} MB, rendered in {inline_s:.2f} s")
-    print(f"  by URL (app/thumbnails) {url_b / 1e6:6.3f} MB, rendered in {url_s:.3f} s; each image then "
+    print(f"  by URL (thumbnails) {url_b / 1e6:6.3f} MB, rendered in {url_s:.3f} s; each image then "
           f"{sum(map(len, scaled)) / len(scaled) / 1e3:.1f} kB, scaled in {per_image_ms:.1f} ms when first fetched")
     print(f"RESULT thumbnails page {stored / 1e6:.2f} MB inlined -> {inline_b / 1e6:.2f} MB scaled -> "
           f"{url_b / 1e6:.3f} MB by URL (render {inline_s:.2f} s -> {url_s:.3f} s)")

@@ -1,5 +1,5 @@
-"""Writes from the dashboard: run comments, user-editable values, new user variables and standalone
-comments.
+"""Writes from the dashboard: run comments, user-editable values, new user variables, standalone
+comments, pre-created runs and deleting a variable.
 
 Each write checks the session's permission here, on the server (the UI hiding an editor is not a
 guard), goes through ``DamnitDB`` (WAL, busy retries), is logged with the user (an audit trail),
@@ -10,13 +10,19 @@ refreshes the shared source at once and then broadcasts the original GUI's messa
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from app.live.session import SessionState
+from app.live.table import MISSING
 from backend.base.messages import UpdateProducer
 from backend.storage.database import DamnitDB
+from backend.storage.h5format import RUN_FILE_PATTERN, delete_variables
 from backend.storage.user_variables import UserEditableVariable
 
 log = logging.getLogger(__name__)
@@ -124,3 +130,90 @@ def edit_standalone_comment(session: SessionState, comment_id: int, text: str) -
         db.change_standalone_comment(int(comment_id), text)
     _audit(session, f"standalone comment #{comment_id} = {text!r}")
     session.source.wake()
+
+
+MAX_PRECREATE = 1000  # runs at once: enough for any beamtime, and a typo (10000) is refused
+
+
+def precreate_runs(session: SessionState, n_runs: int) -> list[int]:
+    """Rows for the next ``n_runs`` runs, not taken yet, so comments can be written ahead (they are
+    filled when the run is really taken). Returns the new run numbers."""
+    session.check_write()
+    n_runs = int(n_runs)
+    if not 1 <= n_runs <= MAX_PRECREATE:
+        raise ValueError(f"pre-create between 1 and {MAX_PRECREATE} runs, not {n_runs}")
+    proposal = session.source.proposal
+    if proposal is None:
+        raise ValueError("this database has no proposal number (db-config proposal), so runs can't be made")
+    with DamnitDB.from_dir(session.source.db_dir) as db:
+        runs = db.precreate_runs(proposal, n_runs)
+        topic_db = db.db_id
+    _audit(session, f"pre-created runs {runs[0]}-{runs[-1]} of p{proposal}")
+    session.source.wake()
+    producer = get_producer()
+    for run in runs:
+        producer.run_values_updated(topic_db, proposal, run, ["comment"])
+    return runs
+
+
+@dataclass
+class Deletion:
+    """What deleting a variable did: runs that had a value, run files changed, files that could not be."""
+
+    name: str
+    runs: int
+    files_changed: int = 0
+    files_failed: dict[str, str] = field(default_factory=dict)  # file name -> error
+
+
+def run_files(db_dir: str | os.PathLike) -> list[Path]:
+    """The run files (``extracted_data/p<proposal>_r<run>.h5``) of a database folder."""
+    data_dir = Path(db_dir, "extracted_data")
+    if not data_dir.is_dir():
+        return []
+    return sorted(p for p in data_dir.iterdir() if RUN_FILE_PATTERN.match(p.name))
+
+
+def runs_with_values(session: SessionState, name: str) -> int:
+    """How many runs have a cell of ``name`` (what deleting it takes away)."""
+    with session.source.lock:
+        table = session.source.table
+        return int((table.kinds(name) != MISSING).sum())
+
+
+def delete_variable(session: SessionState, name: str,
+                    progress: Callable[[int, int], None] | None = None) -> Deletion:
+    """Delete a variable with all its data: its definition and tags, its value in every run (the
+    database) and its data, summary, preview and error in every run's HDF5 file.
+
+    Needs the right to change the context file (a variable belongs to it). The database goes first, so
+    the table loses the column at once; then the run files, one at a time (each is rewritten without
+    the variable: slow for big files, so ``progress(done, total)`` is called after each). Files that
+    can't be changed are reported, the others are done. Like the original, no message is sent (it has
+    no kind for this): other dashboards notice the definition gone within their next poll.
+    """
+    session.check_context_edit()
+    source = session.source
+    known = set(source.column_names())
+    if name not in known:
+        raise ValueError(f"there is no variable named {name!r}")
+    data_dir = Path(source.db_dir, "extracted_data")
+    if data_dir.is_dir() and not os.access(data_dir, os.W_OK | os.X_OK):
+        raise PermissionError(f"the dashboard may not change the run files in {data_dir}: nothing was deleted")
+    result = Deletion(name, runs_with_values(session, name))
+    with DamnitDB.from_dir(source.db_dir) as db:
+        db.delete_variable(name)
+    _audit(session, f"deleted variable {name!r} ({result.runs} runs had a value)")
+    source.forget_variable(name)
+    files = run_files(source.db_dir)
+    for i, path in enumerate(files):
+        try:
+            result.files_changed += delete_variables(path, [name])
+        except Exception as e:  # an unreadable or read-only file: say which, go on with the others
+            result.files_failed[path.name] = str(e)
+            log.warning("Deleting %r from %s failed: %s", name, path, e)
+        if progress is not None:
+            progress(i + 1, len(files))
+    _audit(session, f"deleted variable {name!r} from {result.files_changed} run files"
+           + (f"; {len(result.files_failed)} could not be changed" if result.files_failed else ""))
+    return result

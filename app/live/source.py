@@ -278,14 +278,33 @@ class ProposalSource:
         with ArrowReader(self.db_path) as reader:
             variables = catalog.variables(reader)
             signature = catalog.change_signature(reader)
+            deleted = _deleted(reader, set(self.variables) - set(variables))
         with self.lock:
             changed = variables != self.variables
             self.variables = variables
             if self._signature:  # the runs part is the poll's to notice
                 self._signature = (self._signature[0], signature[1], self._signature[2])
         change = Change(variables=changed)
+        self._drop_columns(deleted, change)
         self._emit(change)
         return change
+
+    def forget_variable(self, name: str) -> Change:
+        """Drop a variable that was deleted from the database (definition and every value), now."""
+        change = Change(variables=True)
+        with self.lock:
+            self.variables.pop(name, None)
+        self._drop_columns({name}, change)
+        self._emit(change)
+        return change
+
+    def _drop_columns(self, names: set[str], change: Change) -> None:
+        """Clear the columns of deleted variables, noting the cells that went in ``change``."""
+        with self.lock:
+            for name in names:
+                for key in self.table.drop_column(name):
+                    change.changed.setdefault(key, set()).add(name)
+                change.variables = True
 
     def _file_signature(self) -> tuple:
         sig = []
@@ -312,10 +331,12 @@ class ProposalSource:
             runs = catalog.runs(reader) if signature[0] != known[0] else None
             variables = catalog.variables(reader) if signature[1] != known[1] else None
             comments = catalog.standalone_comments(reader) if signature[2] != known[2] else None
+            deleted = _deleted(reader, set(self.variables) - set(variables)) if variables is not None else set()
         change = Change()
+        self._drop_columns(deleted, change)
         with self.lock:
             new_runs: set[int] = set()
-            changed: dict[int, set[str]] = {}
+            changed: dict[int, set[str]] = change.changed  # deleted variables' cells already noted
             if runs is not None:
                 added, moved = self.table.set_runs(runs)
                 new_runs.update(added)
@@ -444,6 +465,15 @@ class ProposalSource:
             self._subscriber.stop()
         if self._thread is not None:
             self._thread.join(5)
+
+
+def _deleted(reader: ArrowReader, gone: set[str]) -> set[str]:
+    """Of the variables whose definition vanished, those without a value left in any run: deleted (the
+    original never drops a definition otherwise; no message says so, as it has no such kind)."""
+    if not gone:
+        return set()
+    values = read_run_values(reader, names=sorted(gone))
+    return gone - {values.names[i] for i in set(values.name.tolist())}
 
 
 def _nanmax(values: np.ndarray) -> float:

@@ -344,6 +344,17 @@ class LiveTable:
                 gone.add(name)
         return gone
 
+    def drop_column(self, name: str) -> list[int]:
+        """Forget every cell of a deleted variable; returns the keys of the runs that had one."""
+        col = self._col_of.get(name)
+        if col is None:
+            return []
+        had = self.keys[:self.n_rows][self.kind[col, :self.n_rows] != MISSING].tolist()
+        for field, _, fill in self._CELL_FIELDS:
+            getattr(self, field)[col, :] = fill
+        self.complexes = {cr: v for cr, v in self.complexes.items() if cr[0] != col}
+        return [int(k) for k in had]
+
     def cell(self, key: int, name: str) -> TableCell | None:
         """One cell, decoded (None where the run has no row for the variable)."""
         row, col = self.row(key), self._col_of.get(name)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from app.config import ENV_VAR, LOOPBACK, ServerConfig, resolve_database
+from app.config import ENV_VAR, LOOPBACK, ServerConfig, resolve_database, zone, zone_label
 
 SERVER_DIR = Path(__file__).resolve().parent
 REPO = SERVER_DIR.parents[1]
@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="build a demo proposal from mock runs and keep adding runs (first-time tour)")
     p.add_argument("--demo-dir", default=None, help="where the demo lives (default ~/.cache/damnit-demo)")
     p.add_argument("--demo-interval", type=float, default=8.0, help="seconds between demo runs")
+    p.add_argument("--timezone", default="", metavar="ZONE",
+                   help="time zone of every time shown or exported, e.g. Europe/Berlin or UTC "
+                        "(default: this machine's zone)")
     p.add_argument("--num-threads", type=int, default=None, help="Panel worker threads (default: none)")
     p.add_argument("--num-procs", type=int, default=1, metavar="N",
                    help="server processes sharing the port (each with its own copy of the open proposals and "
@@ -108,6 +111,8 @@ def startup_notes(cfg: ServerConfig, port: int) -> list[str]:
     else:
         notes.append("  edits allowed for anyone on this machine (loopback only)")
     notes.append("  context file: " + context_editors_note(cfg))
+    notes.append(f"  times shown in {zone_label(cfg.tz)}" + ("" if cfg.timezone else " (this machine's zone; "
+                                                                "--timezone ZONE to choose)"))
     return notes
 
 
@@ -139,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognised arguments: {' '.join(unknown)}")
     if args.prefix and not args.prefix.startswith("/"):
         parser.error(f"--prefix must start with '/', got {args.prefix!r}")
+    if args.timezone:
+        try:
+            zone(args.timezone)
+        except ValueError as e:
+            parser.error(f"--timezone: {e}")
 
     demo = None
     databases: list[str] = []
@@ -162,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                        prefix=args.prefix.rstrip("/"), auth=auth, user_header=args.user_header,
                        allow_lookup=not databases, demo=args.demo,
                        context_editors=[u.strip() for u in args.context_editors.split(",") if u.strip()],
-                       unload_after=max(0.0, args.unload_after))
+                       unload_after=max(0.0, args.unload_after), timezone=args.timezone)
 
     cmd = [sys.executable, "-m", "panel", "serve", str(SERVER_DIR / "main.py"),
            "--port", str(args.port), "--address", args.address,

@@ -30,7 +30,7 @@ from backend.base.messages import UpdateProducer
 from backend.base.paths import append_log, make_shared_dir, run_log_path
 from backend.processing.requests import RunOutcome, RunRequest
 from backend.processing.workers import WorkerPool, load_context_info
-from backend.storage import h5format
+from backend.storage import h5format, processing_state
 from backend.storage.database import DamnitDB
 from backend.storage.settings import (
     CONTEXT_LOAD_TIMEOUT,
@@ -320,6 +320,8 @@ class RunProcessor:
             except (ContextLoadError, VariableSelectionError) as e:
                 for req in requests:
                     _append_log(req.log_path, f"{e}\nNothing was processed for this run.")
+                    if isinstance(e, ContextLoadError):
+                        self._mark(req, processing_state.CONTEXT, str(e).splitlines()[0])
                     # clears a PENDING state announced by whoever submitted the run
                     self._send(self.producer.processing_finished, self.topic, processing_ids[id(req)])
                 raise
@@ -399,9 +401,11 @@ class RunProcessor:
                                   f"{err.get('cls') or 'Error'}: {err.get('message')}\n"
                                   f"{(err.get('traceback') or '').rstrip()}")
             log.error("p%s r%s could not be processed: %s", req.proposal, req.run, err.get("message"))
+            self._mark(req, processing_state.RUN, f"{err.get('cls') or 'Error'}: {err.get('message')}")
             return
         results = list(outcome.results)
         if not results:
+            self._mark(req, None)
             return
         names = [r.name for r in results]
         path = h5format.run_file_path(self.db_dir, req.proposal, req.run)
@@ -425,9 +429,22 @@ class RunProcessor:
             }
             _append_log(log_path, f"Storing results of r{req.run} failed:\n{traceback.format_exc()}")
             log.error("Could not store results for p%s r%s: %s", req.proposal, req.run, e)
+            self._mark(req, processing_state.RUN, f"could not store results: {e}")
             return
+        self._mark(req, None)
         # Like the original's combiner, every stored name is announced (start_time included).
         self._send(self.producer.run_values_updated, self.topic, req.proposal, req.run, names)
+
+    def _mark(self, req: RunRequest, kind: str | None, reason: str = "") -> None:
+        """Mark the run failed (``kind``) or clear its failure (None) for dashboards (processing_state)."""
+        try:
+            if kind is None:
+                processing_state.clear_failure(self.db, req.proposal, req.run)
+            else:
+                processing_state.record_failure(self.db, req.proposal, req.run, kind, reason,
+                                                slurm_job_id=_slurm_job_id() or None)
+        except Exception as e:  # a marker that can't be written must not fail processing
+            log.warning("Could not update the processing state of p%s r%s: %s", req.proposal, req.run, e)
 
     # -- messages ------------------------------------------------------------------------------------
 

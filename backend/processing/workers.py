@@ -21,6 +21,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -320,14 +321,18 @@ class _Worker:
     def output_tail(self, limit: int = 4000) -> str:
         return _tail(self.output, limit)
 
-    def kill(self) -> None:
-        """Stop the worker and whatever user code started in its process group (even when the
-        worker itself has already exited: a process a variable left running goes too)."""
+    def signal_kill(self) -> None:
+        """SIGKILL the worker and whatever user code started in its process group (even when the
+        worker itself has already exited: a process a variable left running goes too). Safe from any
+        thread: it touches no pipe."""
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             if self.proc.poll() is None:
                 self.proc.kill()
+
+    def kill(self) -> None:
+        self.signal_kill()
         self.proc.wait()
         self._close()
 
@@ -372,6 +377,12 @@ class WorkerPool:
         self._requeued: list[_Job] = []  # jobs to re-run after a variable hung or crashed
         self._active = False  # a process() iteration is under way
         self._closed = False
+        # close() may come from another thread than the one iterating process() (RunProcessor stops its
+        # feeder thread's pool that way): only that thread touches the selector and the pipes then.
+        self._lock = threading.Lock()
+        self._iterating_thread: int | None = None
+        self._idle = threading.Event()
+        self._idle.set()
         self._selector = selectors.DefaultSelector()
         for i in range(self.n_workers):
             self._start_worker(i)
@@ -385,33 +396,53 @@ class WorkerPool:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-    def _start_worker(self, index: int) -> _Worker:
-        worker = _Worker(self, index)
-        self._selector.register(worker.fd, selectors.EVENT_READ, worker)
-        if index < len(self._workers):
-            self._workers[index] = worker
-        else:
-            self._workers.append(worker)
-        return worker
+    def _start_worker(self, index: int) -> None:
+        with self._lock:  # not after close(), which kills the workers it finds under this lock
+            if self._closed:
+                return
+            worker = _Worker(self, index)
+            self._selector.register(worker.fd, selectors.EVENT_READ, worker)
+            if index < len(self._workers):
+                self._workers[index] = worker
+            else:
+                self._workers.append(worker)
 
-    def _replace(self, worker: _Worker, *, kill: bool = True) -> _Worker:
+    def _replace(self, worker: _Worker, *, kill: bool = True) -> None:
         if worker.fd >= 0:
             self._selector.unregister(worker.fd)
         if kill:
             worker.kill()
         else:
             worker.stop()
-        return self._start_worker(worker.index)
+        self._start_worker(worker.index)
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            elsewhere = self._active and self._iterating_thread != threading.get_ident()
+            if elsewhere:
+                # Killing the workers wakes the iterating thread (their pipes reach EOF); it sees the
+                # pool closed, stops, and cleans up in process()'s `finally`.
+                for worker in self._workers:
+                    worker.signal_kill()
+        if elsewhere:
+            if self._idle.wait(30):
+                return
+            log.warning("the context worker pool of %s did not stop within 30 s", self.db_dir)
+        self._shut_down()
+
+    def _shut_down(self) -> None:
+        with self._lock:  # once, by close() or by the thread that was iterating process()
+            if self._selector is None:
+                return
+            selector, self._selector = self._selector, None
         for worker in self._workers:
             if worker.fd >= 0:
-                self._selector.unregister(worker.fd)
+                selector.unregister(worker.fd)
             worker.stop()
-        self._selector.close()
+        selector.close()
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -438,19 +469,28 @@ class WorkerPool:
         closing the iterator early stops the runs still in progress."""
         if self._closed:
             raise RuntimeError("this WorkerPool is closed")
-        if self._active:
-            raise RuntimeError("WorkerPool.process() is already running; finish or close the "
-                               "previous iterator first")
-        self._active = True
+        with self._lock:
+            if self._active:
+                raise RuntimeError("WorkerPool.process() is already running; finish or close the "
+                                   "previous iterator first")
+            self._active = True
+            self._iterating_thread = threading.get_ident()
+            self._idle.clear()
         try:
             yield from self._process(deque(_Job(r, self._log_path(r)) for r in requests))
         finally:
-            self._active = False
             self._requeued.clear()
             for worker in list(self._workers):
-                if worker.job is not None and not self._closed:  # abandoned mid-run
+                if worker.job is not None:  # abandoned mid-run
                     worker.job.note("Processing was stopped before this run finished.")
-                    self._replace(worker)
+                    if not self._closed:
+                        self._replace(worker)
+            with self._lock:
+                self._active = False
+                closed_meanwhile = self._closed
+            if closed_meanwhile:
+                self._shut_down()
+            self._idle.set()
 
     def _process(self, queue: deque) -> Iterator[RunOutcome]:
         busy = 0
@@ -471,7 +511,7 @@ class WorkerPool:
                     while queue:
                         job = queue.popleft()
                         yield self._context_failure(job, worker.context_error)
-            if not (busy or queue):
+            if self._closed or not (busy or queue):
                 break
             for outcome, freed in self._poll():
                 busy -= freed

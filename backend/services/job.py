@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from backend.base.messages import UpdateProducer
 from backend.processing.run_processor import NothingProcessed, RunProcessor
 from backend.processing.workers import RunRequest
 from backend.services import slurm
@@ -41,9 +42,19 @@ def add_process_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_process_command(args: argparse.Namespace) -> int:
     """Process one run as a Slurm job (or from the command line); exit code 0 only if it was stored."""
+    # One producer for the whole job, closed before the interpreter exits: an unclosed one ends the
+    # job's log with asyncio's "Unclosed AIOKafkaProducer" / "Task was destroyed" complaints.
+    producer = UpdateProducer.from_env()
+    try:
+        return _process(args, producer)
+    finally:
+        producer.close()
+
+
+def _process(args: argparse.Namespace, producer: UpdateProducer) -> int:
     db_dir = (args.db_dir or Path.cwd()).resolve()
     try:
-        processor = RunProcessor(db_dir, sandbox_args=args.sandbox_args)
+        processor = RunProcessor(db_dir, sandbox_args=args.sandbox_args, producer=producer)
     except Exception as e:
         print(f"Error: cannot open DAMNIT database in {db_dir}: {e}", file=sys.stderr)
         return 2
@@ -67,7 +78,7 @@ def run_process_command(args: argparse.Namespace) -> int:
         print(f"p{args.proposal} r{args.run} failed: {err.get('cls')}: {err.get('message')}", file=sys.stderr)
         return 1
     if cluster is False and _selects_cluster_variables(processor.context_info, req):
-        _submit_cluster_followup(db_dir, req)
+        _submit_cluster_followup(db_dir, req, producer)
     n_err = sum(1 for o in outcomes for r in o.results if r.is_error)
     print(f"Processed p{args.proposal} r{args.run} in {time.monotonic() - t0:.1f} s "
           f"({n_err} variable errors)", file=sys.stderr)
@@ -87,10 +98,11 @@ def _selects_cluster_variables(info: dict | None, req: RunRequest) -> bool:
     return False
 
 
-def _submit_cluster_followup(db_dir: Path, req: RunRequest) -> None:
-    """Hand cluster=True variables to a job on a full node, if the context has any (docs/spec.md "Processing jobs: inside a job")."""
+def _submit_cluster_followup(db_dir: Path, req: RunRequest, producer: UpdateProducer) -> None:
+    """Hand cluster=True variables to a job on a full node, if the context has any (docs/spec.md "Processing
+    jobs: inside a job")."""
     try:
-        slurm.submit_cluster_job(db_dir, req)
+        slurm.submit_cluster_job(db_dir, req, producer=producer)
     except Exception as e:
         log.error("Could not submit a cluster job for p%s r%s: %s", req.proposal, req.run, e)
 

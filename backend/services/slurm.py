@@ -32,6 +32,8 @@ from typing import Any
 from backend.base.messages import UPDATE_TOPIC, UpdateProducer
 from backend.base.paths import append_run_log, run_log_path
 from backend.processing.requests import RunRequest
+from backend.storage import processing_state
+from backend.storage.database import DamnitDB
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,23 @@ SLURM_TIMEOUT_S = 60
 
 class SubmissionError(RuntimeError):
     """sbatch is missing or refused the job; the message says why (sbatch's own error included)."""
+
+
+class SlurmUnavailable(SubmissionError):
+    """Slurm did not answer (its controller is down or unreachable, or it is not installed here): an
+    outage that affects every job, unlike a refusal of one job (a bad partition, say)."""
+
+
+# How Slurm's commands say that they could not reach the controller.
+_OUTAGE_MARKERS = ("unable to contact slurm controller", "socket timed out", "connection refused",
+                   "zero bytes were transmitted", "communication connection failure", "connect failure",
+                   "slurm temporarily unable", "slurmctld not responding", "unable to establish a connection")
+
+
+def is_outage(message: str) -> bool:
+    """Whether a Slurm command's error says the controller could not be reached."""
+    low = message.lower()
+    return any(m in low for m in _OUTAGE_MARKERS)
 
 
 def job_command(req: RunRequest, db_dir: Path, python: str = sys.executable) -> list[str]:
@@ -126,15 +145,18 @@ def job_env() -> dict[str, str]:
 
 
 def _run_slurm(cmd: list[str], *, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run a Slurm command. SlurmUnavailable if it is missing, hangs, or (with ``check``) cannot reach
+    the controller; SubmissionError if it fails otherwise (with ``check``)."""
     if shutil.which(cmd[0]) is None:
-        raise SubmissionError(f"{cmd[0]} not found on PATH: Slurm is not available on this machine")
+        raise SlurmUnavailable(f"{cmd[0]} not found on PATH: Slurm is not available on this machine")
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=SLURM_TIMEOUT_S, **kw)
     except subprocess.TimeoutExpired:
-        raise SubmissionError(f"{cmd[0]} did not answer within {SLURM_TIMEOUT_S} s") from None
+        raise SlurmUnavailable(f"{cmd[0]} did not answer within {SLURM_TIMEOUT_S} s") from None
     if check and res.returncode != 0:
-        raise SubmissionError(f"{shlex.join(cmd[:1])} failed (exit {res.returncode}): "
-                              f"{(res.stderr or res.stdout).strip()}")
+        error = (res.stderr or res.stdout).strip()
+        cls = SlurmUnavailable if is_outage(error) else SubmissionError
+        raise cls(f"{shlex.join(cmd[:1])} failed (exit {res.returncode}): {error}")
     return res
 
 
@@ -370,7 +392,8 @@ def squeue_states(job_ids: Iterable[str], cluster: str | None = None) -> dict[st
     if res.returncode != 0 and cluster and _local_cluster_only(res.stderr):
         res = _run_slurm(cmd, check=False)
     if res.returncode != 0 and "Invalid job id" not in res.stderr:
-        raise SubmissionError(f"squeue failed: {res.stderr.strip()}")
+        cls = SlurmUnavailable if is_outage(res.stderr) else SubmissionError
+        raise cls(f"squeue failed: {res.stderr.strip()}")
     states = {}
     for line in res.stdout.splitlines():
         parts = line.split()
@@ -433,7 +456,27 @@ def cancel_job(job_id: str, cluster: str | None = None, *, db_dir: Path | None =
             user = str(os.getuid())
         where = f" on {cluster}" if cluster else ""
         append_run_log(db_dir, proposal, run, f"Cancelled {state} Slurm job {job_id}{where} by {user}")
+        mark_failed(db_dir, proposal, run, processing_state.CANCELLED,
+                    f"Slurm job {job_id}{where} was cancelled by {user} while {state}", slurm_job_id=job_id)
     return CancelResult(cluster, job_id, True, state=state)
+
+
+def mark_failed(db_dir: Path, proposal: int, run: int, kind: str, reason: str, *, slurm_job_id: str | None = None,
+                keep_job_failure: bool = False) -> bool:
+    """Record in runs.sqlite that the run's processing failed (``processing_state``), for dashboards;
+    never raises (a database that can't be written is logged). With ``keep_job_failure`` a failure the
+    job itself recorded (same job id, e.g. its context error) is kept, being the more precise reason."""
+    try:
+        with DamnitDB.from_dir(db_dir) as db:
+            if keep_job_failure and slurm_job_id:
+                known = processing_state.failure(db, proposal, run)
+                if known is not None and known.slurm_job_id == str(slurm_job_id):
+                    return False
+            processing_state.record_failure(db, proposal, run, kind, reason, slurm_job_id=slurm_job_id)
+        return True
+    except Exception as e:
+        log.warning("Could not mark p%s r%s as failed in %s: %s", proposal, run, db_dir, e)
+        return False
 
 
 @dataclass
@@ -498,34 +541,55 @@ class JobTracker:
 
 
 def final_state(job_id: str, cluster: str | None = None) -> str | None:
-    """How a job that left the queue ended (COMPLETED, FAILED, CANCELLED, TIMEOUT, ...), if Slurm knows."""
-    try:
-        res = _run_slurm(_with_cluster(["scontrol", "show", "job", job_id], cluster), check=False)
-    except SubmissionError:
-        res = None
-    if res is not None and res.returncode == 0:
+    """How a job that left the queue ended (COMPLETED, FAILED, CANCELLED, TIMEOUT, ...), if Slurm knows;
+    SlurmUnavailable if the controller could not be asked."""
+    res = _run_slurm(_with_cluster(["scontrol", "show", "job", job_id], cluster), check=False)
+    if res.returncode == 0:
         for word in res.stdout.split():
             if word.startswith("JobState="):
                 return word.split("=", 1)[1]
+    elif is_outage(res.stderr):
+        raise SlurmUnavailable(f"scontrol failed: {res.stderr.strip()}")
     return _sacct_state(job_id, cluster)
 
 
-class JobWatcher:
-    """Notices submitted jobs that end badly (killed, failed, timed out) and marks their runs.
+# How a job that ended badly is marked in runs.sqlite (processing_state kinds); other states: JOB.
+_FAILED_KINDS = {"CANCELLED": processing_state.CANCELLED, "PREEMPTED": processing_state.CANCELLED,
+                 "DEADLINE": processing_state.CANCELLED}
 
-    The job itself cannot report a SIGKILL, so whoever submitted it (the listener) checks: the run's
-    log gets a line saying how the job ended, and ``processing_finished`` clears the dashboards'
-    processing indicator. The run file is untouched (writes are atomic), so earlier results stay.
+
+class JobWatcher:
+    """Notices submitted jobs that end badly (cancelled, killed, failed, timed out) and marks their runs.
+
+    The job itself cannot report a SIGKILL or a cancellation, so whoever submitted it (the listener)
+    checks: the run's log gets a line saying how the job ended, runs.sqlite marks the run failed with
+    that reason (``processing_state``, shown by dashboards; cleared when the run is next processed), and
+    ``processing_finished`` clears the dashboards' processing indicator. The run file is untouched
+    (writes are atomic), so earlier results stay. ``on_end(job, db_dir, state)`` is called for every job
+    that left the queue, however it ended; ``on_slurm_error(error)`` when Slurm could not be asked
+    (default: a warning).
     """
 
-    def __init__(self, producer=None):
+    def __init__(self, producer=None, *, on_end=None, on_slurm_error=None):
         self.producer = producer
+        self.on_end = on_end
+        self.on_slurm_error = on_slurm_error
         self.jobs: dict[str, tuple[SubmittedJob, Path, str | None]] = {}
         self._lock = threading.Lock()
 
     def watch(self, job: SubmittedJob, db_dir: Path, db_topic: str | None) -> None:
         with self._lock:
             self.jobs[job.job_id] = (job, Path(db_dir), db_topic)
+
+    def watching(self, job_id: str) -> bool:
+        with self._lock:
+            return job_id in self.jobs
+
+    def _slurm_error(self, error: Exception) -> None:
+        if self.on_slurm_error is not None:
+            self.on_slurm_error(error)
+        else:
+            log.warning("Cannot check Slurm jobs: %s", error)
 
     def poll(self) -> list[tuple[SubmittedJob, str]]:
         """Check the watched jobs once; returns ``(job, state)`` for those that ended badly."""
@@ -539,26 +603,41 @@ class JobWatcher:
             try:
                 states = squeue_states(ids, cluster)
             except SubmissionError as e:
-                log.warning("Cannot check Slurm jobs: %s", e)
+                self._slurm_error(e)
                 continue
             for job_id in ids:
                 if states.get(job_id) in ACTIVE_STATES:
                     continue
                 job, db_dir, topic = watched[job_id]
+                try:
+                    state = final_state(job_id, cluster) or "UNKNOWN"
+                except SubmissionError as e:  # the controller went away meanwhile: ask again next time
+                    self._slurm_error(e)
+                    break
                 with self._lock:
                     self.jobs.pop(job_id, None)
-                state = final_state(job_id, cluster) or "UNKNOWN"
-                if state.startswith("COMPLETED"):
-                    continue
-                req = job.request
-                msg = (f"Slurm job {job_id} for r{req.run} (p{req.proposal}, {req.run_data} data) ended as {state}; "
-                       "results from this job were not stored (earlier results are unchanged)")
-                log.error("%s [%s]", msg, db_dir)
-                try:
-                    append_run_log(db_dir, req.proposal, req.run, msg)
-                except OSError as e:
-                    log.warning("Could not write to the run log: %s", e)
-                if self.producer is not None and topic:
-                    self.producer.processing_finished(topic, req.processing_id)
-                failed.append((job, state))
+                if not state.startswith("COMPLETED"):
+                    self._ended_badly(job, db_dir, topic, state)
+                    failed.append((job, state))
+                if self.on_end is not None:
+                    try:
+                        self.on_end(job, db_dir, state)
+                    except Exception:
+                        log.exception("Handling the end of Slurm job %s failed", job_id)
         return failed
+
+    def _ended_badly(self, job: SubmittedJob, db_dir: Path, topic: str | None, state: str) -> None:
+        req = job.request
+        msg = (f"Slurm job {job.job_id} for r{req.run} (p{req.proposal}, {req.run_data} data) ended as {state}; "
+               "results from this job were not stored (earlier results are unchanged)")
+        log.error("%s [%s]", msg, db_dir)
+        try:
+            append_run_log(db_dir, req.proposal, req.run, msg)
+        except OSError as e:
+            log.warning("Could not write to the run log: %s", e)
+        if state != "UNKNOWN":  # Slurm forgot it (MinJobAge): it may have worked; don't claim a failure
+            kind = _FAILED_KINDS.get(state.split()[0], processing_state.JOB)
+            mark_failed(db_dir, req.proposal, req.run, kind, f"Slurm job {job.job_id} ended as {state}",
+                        slurm_job_id=job.job_id, keep_job_failure=True)
+        if self.producer is not None and topic:
+            self.producer.processing_finished(topic, req.processing_id)

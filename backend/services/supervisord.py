@@ -83,6 +83,9 @@ def supervisorctl(listener_dir: Path, *args: str) -> subprocess.CompletedProcess
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 
+STAY_RUNNING_S = 3.0  # how long a newly started listener must keep running to count as started
+
+
 def _wait_until(condition, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -94,6 +97,17 @@ def _wait_until(condition, timeout: float) -> bool:
 
 def listener_is_running(listener_dir: Path, timeout: float = 5.0) -> bool:
     return _wait_until(lambda: "RUNNING" in supervisorctl(listener_dir, "status", PROGRAM).stdout, timeout)
+
+
+def _still_running(listener_dir: Path, seconds: float) -> bool:
+    """RUNNING now and ``seconds`` later, with the same process."""
+    def pid() -> str | None:
+        out = supervisorctl(listener_dir, "status", PROGRAM).stdout
+        return out.split("pid ", 1)[1].split(",")[0] if "RUNNING" in out and "pid " in out else None
+
+    first = pid()
+    time.sleep(seconds)
+    return first is not None and pid() == first
 
 
 def start_listener(listener_dir: str | Path) -> None:
@@ -127,7 +141,9 @@ def start_listener(listener_dir: str | Path) -> None:
         path = listener_dir / name
         if _wait_until(path.is_file, 5) and path.stat().st_uid == os.getuid():
             os.chmod(path, 0o666)
-    if not listener_is_running(listener_dir, timeout=10):
+    # RUNNING only means it lived for `startsecs` (1 s): on a busy machine a listener that cannot start
+    # (no broker configured, say) takes longer than that to fail, so it must still run a while later.
+    if not listener_is_running(listener_dir, timeout=10) or not _still_running(listener_dir, STAY_RUNNING_S):
         status = supervisorctl(listener_dir, "status", PROGRAM).stdout.strip()
         raise RuntimeError(f"the listener did not stay running under supervisord ({status}); "
                            f"see {listener_dir / 'damnit.log'} and {listener_dir / 'supervisord.log'}")

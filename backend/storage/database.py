@@ -397,6 +397,26 @@ class DamnitDB:
         return (proposal, run, name, 1, value, timestamp, max_diff, provenance, summary_type,
                 reduced.summary_method, attributes)
 
+    def precreate_runs(self, proposal: int, n_runs: int) -> list[int]:
+        """Rows for the next ``n_runs`` runs of ``proposal`` (after its highest run), before they are
+        taken, so comments can be written ahead: a ``run_info`` row without a start time and an empty
+        comment, as the original GUI makes them (the comment row puts the run in the ``runs`` view).
+        One transaction, so two users doing it at once get different runs. Returns the run numbers."""
+        def txn():
+            last = self.conn.execute("SELECT max(run) FROM run_info WHERE proposal=?", (proposal,)).fetchone()[0]
+            runs = list(range(int(last or 0) + 1, int(last or 0) + 1 + n_runs))
+            now = time.time()
+            self.conn.executemany("INSERT INTO run_info (proposal, run, start_time, added_at) VALUES (?, ?, NULL, ?)"
+                                  " ON CONFLICT (proposal, run) DO NOTHING", [(proposal, r, now) for r in runs])
+            self.conn.executemany(
+                "INSERT INTO run_variables (proposal, run, name, version, value, timestamp, provenance)"
+                " VALUES (?, ?, 'comment', 1, NULL, ?, '') ON CONFLICT (proposal, run, name, version) DO NOTHING",
+                [(proposal, r, now) for r in runs])
+            if not self._view_has_names(["comment"]):
+                self.update_views()
+            return runs
+        return self.write(txn, f"precreate_runs p{proposal} x{n_runs}")
+
     def change_run_comment(self, proposal: int, run: int, comment: str | None) -> None:
         self.set_variable(proposal, run, "comment", ReducedData(comment or None), provenance="")
 

@@ -8,3 +8,11 @@ CALLS: list[tuple[str, int]] = []
 def rule(user: str, proposal: int) -> bool:
     CALLS.append((user, proposal))
     return (user, proposal) in MEMBERS
+
+
+def signed_in(user: str, proposal: int) -> bool:
+    """Every signed-in user belongs to every proposal (tests about sign-in, not membership)."""
+    return bool(user)
+
+
+SIGNED_IN = {"DAMNIT_MEMBERSHIP": "tests.app.membership_rule:signed_in"}

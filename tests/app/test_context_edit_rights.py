@@ -153,8 +153,10 @@ def test_browser_save_refused_for_a_header_user_not_in_context_editors(tmp_path,
     db = make_database(tmp_path / "db", n_runs=3, n_vars=2)
     ctx = db / "context.py"
     ctx.write_text(CONTEXT)
+    from tests.app.membership_rule import SIGNED_IN
+
     srv = DashboardServer([db], "--user-header", "X-Remote-User", "--context-editors", "alice",
-                          env={"AMORE_BROKER": "none"}, log_path=tmp_path / "server.log")
+                          env={"AMORE_BROKER": "none", **SIGNED_IN}, log_path=tmp_path / "server.log")
     try:
         srv.start()
     except RuntimeError as e:

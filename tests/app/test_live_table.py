@@ -195,7 +195,8 @@ def test_cell_html_bold_background_images_sparklines_arrays():
     assert "<svg class='dmn-spark'" in cells.cell_html(cell(kind=Kind.BLOB, blob=BlobKind.TRENDLINE), trend)
     arr = numpy2blob(np.zeros((3, 4), np.float32))
     assert "float32: (3, 4)" in cells.cell_html(cell(kind=Kind.BLOB, blob=BlobKind.NUMPY + BlobKind.NPY), arr[:256])
-    assert cells.run_html(5, [{"status": "PENDING"}]).endswith("5 ⋮</b>")
+    assert cells.run_html(5, [{"status": "PENDING"}]).endswith("5<span class='dmn-proc-mark' "
+                                                              "title='Processing is queued'> ⋮</span></b>")
     assert "Slurm job 12" in cells.run_html(5, [{"status": "RUNNING", "slurm_job_id": "12"}])
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -82,6 +83,37 @@ class SlurmCluster:
                                timeout=30)
             subprocess.run(["bash", str(HERE / "stop-slurm.sh"), str(self.dir)], capture_output=True)
             self._started = False
+
+    def stop_controller(self, timeout: float = 15) -> None:
+        """Stop slurmctld (an outage: sbatch and squeue fail; running jobs go on under slurmd)."""
+        pid_file = self.dir / "slurmctld.pid"
+        try:
+            pid = int(pid_file.read_text())
+        except (OSError, ValueError) as e:
+            raise SlurmError(f"slurmctld is not running here ({pid_file}: {e})") from None
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                pid_file.unlink(missing_ok=True)
+                return
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+        pid_file.unlink(missing_ok=True)
+
+    def start_controller(self, timeout: float = 30) -> None:
+        """Start slurmctld again (it recovers its jobs from its state folder); returns once it answers."""
+        proc = subprocess.run(["slurmctld"], env=self.env, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise SlurmError(f"slurmctld did not start (exit {proc.returncode}): {proc.stderr}\n{self.log_tail()}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.run("squeue", "--noheader", check=False, timeout=timeout).returncode == 0:
+                return
+            time.sleep(0.2)
+        raise SlurmError(f"slurmctld did not answer within {timeout} s\n{self.log_tail()}")
 
     def run(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
         """Run a Slurm command (``sbatch``, ``squeue``, ...) against this cluster."""

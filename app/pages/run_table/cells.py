@@ -22,14 +22,14 @@ from backend.storage.blobs import NPY_MAGIC, blob2numpy
 
 CSS = """
 .dmn-num { font-variant-numeric: tabular-nums; }
-.dmn-units { font-style: italic; color: #666; margin-left: 2px; }
+.dmn-units { font-style: italic; opacity: 0.65; margin-left: 2px; }
 .dmn-err, .dmn-skip { display: inline-block; width: 14px; height: 14px; border-radius: 2px; vertical-align: middle; }
 .dmn-err { background: #f57c00; }
 .dmn-skip { background: #c8c8c8; }
 .dmn-thumb { max-height: 35px; max-width: 100px; image-rendering: auto; vertical-align: middle; }
 .dmn-prov { display: inline-block; width: 0; height: 0; border-top: 7px solid var(--dmn-prov, #888);
             border-left: 7px solid transparent; float: right; }
-.dmn-run-proc { color: #1565c0; }
+.dmn-run-proc .dmn-proc-mark { color: #1565c0; }
 @keyframes dmn-flash-kf { from { background: #fff59d; } to { background: transparent; } }
 .dmn-flash { animation: dmn-flash-kf 3s ease-out 1; display: block; }
 .dmn-cell { display: block; padding: 0 2px; }
@@ -56,8 +56,16 @@ def provenance_colour(prov: str) -> str:
     return f"hsl({hue}, 70%, 45%)"
 
 
+SPARK_POINTS = 100  # about one per pixel of the cell; a page can hold thousands of sparklines
+
+
 def sparkline_svg(arr: np.ndarray, width: int = 100, height: int = 30) -> str:
-    """A trendline (``[2, N]`` x/y, or 1-D y) drawn as an inline SVG polyline."""
+    """A trendline (``[2, N]`` x/y, or 1-D y) drawn as an inline SVG polyline.
+
+    Each drawn point's x and y (as the table formats numbers) ride along in ``data-x``/``data-y``, so
+    hovering shows the value under the cursor (``js/sparkline_hover.js``); long lines are thinned to
+    ``SPARK_POINTS`` evenly spaced points plus the extremes.
+    """
     arr = np.asarray(arr, dtype=float)
     if arr.ndim == 2 and arr.shape[0] == 2:
         x, y = arr
@@ -68,18 +76,20 @@ def sparkline_svg(arr: np.ndarray, width: int = 100, height: int = 30) -> str:
     x, y = x[ok], y[ok]
     if len(y) < 2:
         return "<span class='dmn-num'>-</span>"
-    if len(y) > 60:  # plenty for 100 px, and small: a page can hold thousands of sparklines
-        idx = np.linspace(0, len(y) - 1, 60).astype(int)
+    if len(y) > SPARK_POINTS:
+        idx = np.union1d(np.linspace(0, len(y) - 1, SPARK_POINTS - 2).astype(int), [np.argmin(y), np.argmax(y)])
         x, y = x[idx], y[idx]
     xr = (x.max() - x.min()) or 1.0
     yr = (y.max() - y.min()) or 1.0
     px = (x - x.min()) / xr * (width - 2) + 1
     py = height - 1 - (y - y.min()) / yr * (height - 2)
-    pts = " ".join(f"{a:.0f},{b:.1f}" for a, b in zip(px, py))
-    tip = f"min {format_number(float(y.min()))}, max {format_number(float(y.max()))}, {len(y)} points"
-    return (f"<svg class='dmn-spark' width='{width}' height='{height}' viewBox='0 0 {width} {height}'>"
-            f"<title>{escape(tip)}</title><polyline fill='none' stroke='#1976d2' stroke-width='1' "
-            f"points='{pts}'/></svg>")
+    pts = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(px, py))
+    xs = " ".join(format_number(v) for v in x.tolist())
+    ys = " ".join(format_number(v) for v in y.tolist())
+    summary = f"trendline: min {format_number(float(y.min()))}, max {format_number(float(y.max()))}, {len(y)} points"
+    return (f"<svg class='dmn-spark' width='{width}' height='{height}' viewBox='0 0 {width} {height}' "
+            f"role='img' aria-label='{escape(summary)}' data-x='{escape(xs)}' data-y='{escape(ys)}'>"
+            f"<polyline fill='none' stroke='#1976d2' stroke-width='1' points='{pts}'/></svg>")
 
 
 def png_size(data: bytes) -> tuple[int, int] | None:
@@ -210,7 +220,8 @@ def cell_html(cell: TableCell | None, blob: bytes | None = None, image_url: str 
 
 
 def run_html(run: int, processing: list[dict]) -> str:
-    """The Run cell: the number, plus ⚙ (running) or ⋮ (queued) with who/where as a tooltip."""
+    """The Run cell: the number, plus ⚙ (running) or ⋮ (queued) with who/where as a tooltip. The mark
+    is a ``dmn-proc-mark`` of its own, which a page hides when its user hides the processing status."""
     if not processing:
         return f"<b>{int(run)}</b>"
     running = [p for p in processing if p.get("status") == "RUNNING"]
@@ -221,5 +232,7 @@ def run_html(run: int, processing: list[dict]) -> str:
         tip = f"Processing on {where}" + (f" (Slurm job {job})" if job else "")
         if len(processing) > 1:
             tip = f"Processing in {len(processing)} jobs"
-        return f"<b class='dmn-run-proc' title='{escape(tip)}' data-processing='running'>{int(run)} ⚙️</b>"
-    return f"<b class='dmn-run-proc' title='Processing is queued' data-processing='queued'>{int(run)} ⋮</b>"
+        return (f"<b class='dmn-run-proc' data-processing='running'>{int(run)}"
+                f"<span class='dmn-proc-mark' title='{escape(tip)}'> ⚙️</span></b>")
+    return (f"<b class='dmn-run-proc' data-processing='queued'>{int(run)}"
+            f"<span class='dmn-proc-mark' title='Processing is queued'> ⋮</span></b>")

@@ -22,12 +22,17 @@ EXPORT_PLACEHOLDERS = {"<thumbnail>": "<image>", "<sparkline>": "<trendline>"}
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def export_frame(source: ProposalSource, columns: list[str], titles: dict[str, str], tz: dt.tzinfo) -> pd.DataFrame:
-    """The table as exported: the chosen columns in display order, titled, placeholders for images."""
+def export_frame(source: ProposalSource, columns: list[str], titles: dict[str, str], tz: dt.tzinfo,
+                 keys: list[int] | None = None) -> pd.DataFrame:
+    """The table as exported: the chosen columns in display order, titled, placeholders for images;
+    every run by run number, or the runs ``keys`` in that order (a copied selection)."""
     data: dict[str, np.ndarray] = {}
     with source.lock:
         table = source.table
-        rows = table.order()
+        if keys is None:
+            rows = table.order()
+        else:
+            rows = np.array([r for r in (table.row(k) for k in keys) if r is not None], dtype=np.int64)
         for name in columns:
             if name == "run":
                 values = table.run_number[rows].astype(object)

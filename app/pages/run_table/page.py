@@ -4,6 +4,12 @@ The browser holds one page of rows (remote pagination): filters and sorting run 
 table's arrays (``rows.py``), the page's cells are rendered by the proposal's ``TableModel`` (cached,
 escaped HTML), and live changes go out as cell patches of the visible page, or a one-page refresh
 when the rows on it moved (the update ladder: patch cells → refresh the page → rebuild the columns).
+
+What the user arranges is state of the page, in params other parts can read and set: sorters,
+filters, column order, hidden columns, widths, flat or grouped headers, the processing marks. The
+arrangement is remembered per user (``layouts.py``). Right-click menus and everything else the browser
+side does arrive through ``TableBridge`` messages (``_on_bridge``); writes go through ``app.actions``,
+which check the session's rights again.
 """
 
 from __future__ import annotations
@@ -11,27 +17,34 @@ from __future__ import annotations
 import io
 import logging
 import time
+from functools import partial
 
 import numpy as np
 import panel as pn
 import param
 
 from app.actions import edits
+from app.actions.processing_jobs import format_runs, job_board, runs_with_data, slurm_available
 from app.config import get_config
-from app.display.formatting import format_editable, format_number
+from app.display import theme
+from app.display.formatting import format_editable
 from app.display.text import escape, safe_options, safe_text
 from app.live.records import Change
-from app.live.session import SessionState
+from app.live.session import SessionState, in_background
 from app.pages.run_panel import RunPanel
 from app.pages.run_table import cells, export
+from app.pages.run_table.filter_panel import FilterPanel
+from app.pages.run_table.layouts import TableLayout, layout_store, table_key
 from app.pages.run_table.model import FIXED_COLUMNS, TableModel, get_table_model
-from app.pages.run_table.rows import RowFilter, category_texts, is_numeric, sort_rows
+from app.pages.run_table.rows import RowFilter, is_numeric, sort_rows
 from app.pages.run_table.tabulator import (
+    HEADER_MENU,
+    ROW_MENU,
     CellPatcher,
     KeyNavigator,
-    RowOpener,
     RunTabulator,
     SplitHandle,
+    TableBridge,
     skeleton,
 )
 from backend.storage.user_variables import value_types_by_name
@@ -39,6 +52,8 @@ from backend.storage.user_variables import value_types_by_name
 log = logging.getLogger(__name__)
 LATENCY_LOG = logging.getLogger("app.latency")  # DEBUG: message → patch timings per session
 
+TITLE = "Run table"
+SLUG = "table"
 PAGE_SIZE = 50
 CELLS_PER_PAGE = 6000  # wide tables get shorter pages, so a page stays quick to send and draw
 # The run panel sits beside the table; on a narrow window it goes below it, full width.
@@ -52,11 +67,26 @@ SPLIT_CSS = """
 }
 """
 NEWEST_FIRST = [{"field": "run", "dir": "desc"}]  # page 1 is always a full page of the newest runs
+FIXED_WIDTHS = {"run": 80, "start_time": 150, "comment": 220}
+STORAGE_PREFIX = "damnit-web/table-layout/"
 
-TABLE_CSS = cells.CSS + """
+TABLE_CSS = cells.CSS + theme.TABLE_CSS + """
 .tabulator-cell { padding: 2px 4px !important; }
 .tabulator .tabulator-header .tabulator-col .tabulator-col-title { white-space: normal; }
+.tabulator-menu .tabulator-menu-item { padding: 4px 12px; }
 """
+HIDE_PROCESSING_CSS = ".dmn-proc-mark { display: none; }"
+# The filtered column's header: a small funnel after its title (one rule per filtered column).
+FILTER_MARK_CSS = """.tabulator-col[tabulator-field="{field}"] .tabulator-col-title::after {{
+  content: ""; display: inline-block; width: 10px; height: 10px; margin-left: 4px; vertical-align: -1px;
+  background: #1565c0; clip-path: polygon(0 0, 100% 0, 62% 50%, 62% 100%, 38% 85%, 38% 50%);
+}}"""
+
+
+def css_string(text: str) -> str:
+    """``text`` for a CSS string in double quotes: every character but letters, digits and ``_-.``
+    as a hex escape, so no name can end the string or the rule."""
+    return "".join(c if c.isascii() and (c.isalnum() or c in "_-.") else f"\\{ord(c):x} " for c in text)
 
 
 class RunTablePage(pn.viewable.Viewer):
@@ -64,6 +94,15 @@ class RunTablePage(pn.viewable.Viewer):
 
     session = param.ClassSelector(class_=SessionState)
     filters = param.List(default=[], item_type=RowFilter, doc="Row filters in the order they were added")
+    sorters = param.List(default=list(NEWEST_FIRST), doc="Tabulator sorters [{'field', 'dir'}], first first")
+    column_order = param.List(default=[], item_type=str, doc="Columns after Run in display order, shown or "
+                              "hidden; columns not named follow in their default order")
+    hidden_columns = param.List(default=[], item_type=str, doc="Columns not shown (Timestamp and Comment too)")
+    column_widths = param.Dict(default={}, doc="Widths in px the user gave columns (others: a default)")
+    hierarchical_headers = param.Boolean(default=True, doc="Titles with '/' as grouped headers, else flat")
+    show_processing = param.Boolean(default=True, doc="The ⚙/⋮ processing marks in the Run column")
+
+    LAYOUT_PARAMS = ("column_order", "hidden_columns", "column_widths", "hierarchical_headers", "show_processing")
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -71,14 +110,26 @@ class RunTablePage(pn.viewable.Viewer):
         self.model: TableModel = get_table_model(self.source)
         self.tz = get_config().tz
         self._syncing = False  # True while the table follows session.selected_runs (no echo back)
+        self._quiet = False  # True while layout params follow the browser (nothing to send back)
+        self._from_control = False  # True while layout params follow the Columns card's controls
+        self._layout_from = "default"  # where the layout came from: default | server | browser | user
+        self._table_key = table_key(self.source.proposal, self.source.db_dir)
+        self._doc = pn.state.curdoc
+        self._load_server_layout()
 
         specs = self.model.specs()
-        var_names = [n for n in specs if n not in FIXED_COLUMNS]
         self.columns_choice = pn.widgets.MultiChoice(
-            label="Visible columns (in this order)", options=self._column_options(specs), value=var_names,
-            sizing_mode="stretch_width")
+            label="Visible columns (in this order)", options=self._column_options(specs),
+            value=self._visible_variables(), sizing_mode="stretch_width")
         self.tag_choice = pn.widgets.MultiChoice(label="Only variables tagged", options=self._tag_options(),
                                                  value=[], width=260)
+        self.fixed_choice = pn.widgets.CheckBoxGroup(
+            options={"Timestamp": "start_time", "Comment": "comment"}, inline=True,
+            value=[c for c in ("start_time", "comment") if c not in self.hidden_columns])
+        self.processing_box = pn.widgets.Checkbox(label="Processing marks (⚙ running, ⋮ queued)",
+                                                  value=self.show_processing)
+        self.grouped_box = pn.widgets.Checkbox(label="Grouped headers (titles split at '/')",
+                                               value=self.hierarchical_headers)
         self.follow = pn.widgets.Checkbox(label="Follow newest run", value=False)
         self.jump = pn.widgets.IntInput(label="Jump to run", value=None, width=120, placeholder="run number")
         self.jump_btn = pn.widgets.Button(label="Go", width=50, align="end")
@@ -86,38 +137,67 @@ class RunTablePage(pn.viewable.Viewer):
         self.inspect_btn = pn.widgets.Button(label="Inspect run", disabled=True, width=150, align="end",
                                              description="Show every variable of the selected run, plotted "
                                                          "(or double-click a row)")
+        self.confirm_text = safe_text("", css_classes=["dmn-confirm-text"], sizing_mode="stretch_width")
+        self.confirm_yes = pn.widgets.Button(label="Yes", color="danger", width=170, align="center",
+                                             css_classes=["dmn-confirm-yes"])
+        self.confirm_no = pn.widgets.Button(label="Cancel", width=90, align="center", css_classes=["dmn-confirm-no"])
+        self.confirm_bar = pn.Row(self.confirm_text, self.confirm_yes, self.confirm_no, visible=False,
+                                  sizing_mode="stretch_width", css_classes=["dmn-confirm"],
+                                  styles={"background": "#fff3e0", "border": "1px solid #e65100",
+                                          "border-radius": "4px", "padding": "4px"})
+        self._confirmed = None  # what "yes" does
 
         columns = self._visible_columns()
         self.page_size = max(20, min(PAGE_SIZE, CELLS_PER_PAGE // max(1, len(columns))))
         self.patcher = CellPatcher(width=0, height=0, margin=0)
         self.table = RunTabulator(
-            patcher=self.patcher, value=self._skeleton(), page=1, sorters=list(NEWEST_FIRST),
+            patcher=self.patcher, value=self._skeleton(), page=1, sorters=list(self.sorters),
             table_model=self.model, rows_for=self._rows_for, editable_columns=self._editable(),
             pagination="remote", page_size=self.page_size, frozen_columns=["run"], show_index=False,
             selectable=True, sortable=True, movable_columns=True, layout="fit_data", height=650,
             sizing_mode="stretch_width",
-            configuration={"renderHorizontal": "virtual", "columnDefaults": {"maxWidth": 320}},
-            stylesheets=[TABLE_CSS],
+            configuration={"renderHorizontal": "virtual", "rowContextMenu": ROW_MENU,
+                           "columnDefaults": {"headerContextMenu": HEADER_MENU}},
+            stylesheets=self._stylesheets(),
         )
+        self.bridge = TableBridge(on_message=self._on_bridge, storage_key=STORAGE_PREFIX + self._table_key,
+                                  can_write=self.session.can_write,
+                                  can_delete=self.session.can_write and self.session.can_edit_context,
+                                  width=0, height=0, margin=0)
         self._apply_column_config()
         self.table.on_edit(self._on_edit)
         self.table.selection = self._selection_for(self.session.selected_runs)
         self._update_inspect_button()
         self.table.param.watch(self._on_selection, "selection")
+        self.table.param.watch(lambda e: self.param.update(sorters=list(e.new or [])), "sorters")
+        self.param.watch(lambda e: setattr(self.table, "sorters", list(e.new)) if e.new != self.table.sorters
+                         else None, "sorters")
         self.session.param.watch(self._show_selected, "selected_runs")
-        self.opener = RowOpener(on_open=self._open_row, width=0, height=0, margin=0)
         self.keys = KeyNavigator(on_step=self._step, width=0, height=0, margin=0)
         self.run_panel = RunPanel(session=self.session)
         self.handle = SplitHandle(width=8, sizing_mode="stretch_height", margin=0)
         self.panel_toggle = pn.widgets.Toggle(label="Run panel", value=True, width=110, align="end")
         self.panel_toggle.link(self.handle, value="open", bidirectional=True)
+        self.handle.param.watch(self._panel_showing, "open")
+        self.session.param.watch(self._panel_showing, "active_page")
         self.inspect_btn.on_click(lambda e: self._inspect(self.session.selected_runs[-1:]))
-        self.columns_choice.param.watch(lambda e: self._rebuild_columns(), "value")
+        self.columns_choice.param.watch(self._on_columns_choice, "value")
         self.tag_choice.param.watch(lambda e: self._rebuild_columns(), "value")
+        self.fixed_choice.param.watch(self._on_fixed_choice, "value")
+        self.processing_box.link(self, value="show_processing", bidirectional=True)
+        self.grouped_box.link(self, value="hierarchical_headers", bidirectional=True)
+        self.param.watch(self._on_layout, list(self.LAYOUT_PARAMS))
+        self.param.watch(lambda e: self._filters_changed(), "filters")
+        self.confirm_yes.on_click(self._on_confirm)
+        self.confirm_no.on_click(lambda e: self._ask(None))
         self.jump_btn.on_click(self._jump)
         self.follow.param.watch(self._on_follow, "value")
         self.session.on_change(self._on_change)
         self.filter_list = pn.Row(sizing_mode="stretch_width")
+        self.filter_panel = FilterPanel(self.source, self.model, apply=self.add_filter,
+                                        clear=lambda: self.clear_filters(), chips=self.filter_list)
+        self.filters_card = pn.Card(self.filter_panel, title="Row filters", collapsed=True,
+                                    sizing_mode="stretch_width")
 
     # -- rows -------------------------------------------------------------------------------------
     def _rows_for(self, sorters: list[dict]) -> np.ndarray:
@@ -150,34 +230,60 @@ class RunTablePage(pn.viewable.Viewer):
             return []
         return [n for n, s in self.model.specs().items() if s.editable_type is not None]
 
-    def visible_variables(self) -> list[str]:
+    def ordered_columns(self) -> list[str]:
+        """Every column after Run in display order, shown or hidden: ``column_order``, then the others
+        in their default order (Timestamp, Comment, variables by title; new variables last)."""
         specs = self.model.specs()
-        chosen = [n for n in self.columns_choice.value if n in specs]
+        ordered = [c for c in dict.fromkeys(self.column_order) if c in specs and c != "run"]
+        named = set(ordered)
+        return ordered + [c for c in specs if c not in named and c != "run"]
+
+    def _visible_variables(self) -> list[str]:
+        hidden = set(self.hidden_columns)
+        return [c for c in self.ordered_columns() if c not in FIXED_COLUMNS and c not in hidden]
+
+    def visible_variables(self) -> list[str]:
+        """The variables shown, in order (hidden ones and those the tag choice leaves out excepted)."""
+        specs = self.model.specs()
+        chosen = self._visible_variables()
         if self.tag_choice.value:
             tags = set(self.tag_choice.value)
             chosen = [n for n in chosen if tags & set(specs[n].tags) or specs[n].editable_type]
         return chosen
 
     def _visible_columns(self) -> list[str]:
-        return [*FIXED_COLUMNS, *self.visible_variables()]
+        shown = set(self.visible_variables())
+        hidden = set(self.hidden_columns)
+        return ["run", *[c for c in self.ordered_columns()
+                         if c in shown or (c in FIXED_COLUMNS and c not in hidden)]]
+
+    def _stylesheets(self) -> list[str]:
+        sheets = [TABLE_CSS]
+        if not self.show_processing:
+            sheets.append(HIDE_PROCESSING_CSS)
+        marks = "\n".join(FILTER_MARK_CSS.format(field=css_string(c)) for c in dict.fromkeys(f.column for f in self.filters))
+        if marks:
+            sheets.append(marks)
+        return sheets
 
     def _apply_column_config(self) -> None:
         specs = self.model.specs()
         editable = set(self._editable())
+        grouped = self.hierarchical_headers
         titles, tooltips, formatters, editors, groups = {}, {}, {}, {}, {}
         # Fixed widths: with hundreds of columns, letting the browser measure every cell is what
         # makes a wide table slow to open (5 s vs 1 s for 300 columns); columns can be resized.
-        widths = {"run": 80, "start_time": 150, "comment": 220}
+        widths = dict(FIXED_WIDTHS)
         for c in self.table.value.columns:
             s = specs.get(c)
             if s is None:
                 continue
-            grouped = s.group is not None
+            in_group = grouped and s.group is not None
             if c not in widths:
-                widths[c] = max(95, min(220, 8 * len(s.short_title if grouped else s.title) + 30))
-            titles[c] = escape(s.short_title if grouped else s.title)
+                widths[c] = max(95, min(220, 8 * len(s.short_title if in_group else s.title) + 30))
+            titles[c] = escape(s.short_title if in_group else s.title)
             tooltips[c] = escape(s.tooltip)
-            if grouped:
+            if in_group:
                 groups.setdefault(escape(s.group), []).append(c)
             if c in editable:
                 formatters[c] = {"type": "plaintext"}
@@ -186,8 +292,10 @@ class RunTablePage(pn.viewable.Viewer):
             else:
                 formatters[c] = {"type": "html"} if c != "comment" and not s.editable_type else {"type": "plaintext"}
                 editors[c] = None
+        widths.update({c: w for c, w in self.column_widths.items() if c in widths})
         self.table.param.update(widths=widths, titles=titles, header_tooltips=tooltips, formatters=formatters,
                                 editors=editors, groups=groups, editable_columns=sorted(editable))
+        self.bridge.titles = {n: s.title for n, s in specs.items()}
 
     def _rebuild_columns(self) -> None:
         # A new frame clears Tabulator's selection: put the session's back instead of clearing it.
@@ -200,21 +308,129 @@ class RunTablePage(pn.viewable.Viewer):
         finally:
             self._syncing = False
 
+    # -- layout -----------------------------------------------------------------------------------
+    def layout(self) -> TableLayout:
+        return TableLayout(order=list(self.column_order), hidden=list(self.hidden_columns),
+                           widths=dict(self.column_widths), hierarchical=self.hierarchical_headers,
+                           show_processing=self.show_processing)
+
+    def apply_layout(self, layout: TableLayout) -> None:
+        """Arrange the table as ``layout`` says (names the table does not have are kept for later)."""
+        self.param.update(column_order=layout.order, hidden_columns=layout.hidden, column_widths=layout.widths,
+                          hierarchical_headers=layout.hierarchical, show_processing=layout.show_processing)
+
+    def _signed_in(self) -> bool:
+        """Layouts are kept on the server for signed-in users (not on a --read-only server)."""
+        return bool(self.session.user) and not self.session.read_only
+
+    def _load_server_layout(self) -> None:
+        if not self._signed_in():
+            return
+        layout = layout_store().load(self.session.user, self._table_key)
+        if layout is not None:
+            self.apply_layout(layout)  # before the table exists: it opens arranged
+            self._layout_from = "server"
+
+    def _on_layout(self, *events) -> None:
+        """A layout param changed: the table follows (unless the browser made the change), the controls
+        show it, and the layout is saved."""
+        names = {e.name for e in events}
+        if not hasattr(self, "bridge"):
+            return
+        if "show_processing" in names:
+            self.table.stylesheets = self._stylesheets()
+        if not self._quiet:
+            if not self._from_control:  # never echo a value back to the widget being changed
+                self._sync_controls()
+            if names & {"column_order", "hidden_columns", "hierarchical_headers", "column_widths"}:
+                self._rebuild_columns()
+        if self._layout_from != "loading":
+            self._layout_from = "user"
+            self._save_layout()
+
+    def _sync_controls(self) -> None:
+        self._quiet = True
+        try:
+            self.columns_choice.value = self._visible_variables()
+            self.fixed_choice.value = [c for c in ("start_time", "comment") if c not in self.hidden_columns]
+        finally:
+            self._quiet = False
+
+    def _save_layout(self) -> None:
+        layout = self.layout()
+        self.bridge.send({"kind": "store", "layout": layout.to_json()})
+        if self._signed_in():
+            layout_store().save(self.session.user, self._table_key, layout)
+
+    def _browser_layout(self, stored) -> None:
+        """The layout this browser kept: used unless the server had this user's, or the user already
+        changed something; either way the browser then keeps what is shown."""
+        layout = TableLayout.from_json(stored)
+        if layout == self.layout():
+            return
+        if layout is not None and self._layout_from == "default":
+            self._layout_from = "loading"
+            try:
+                self.apply_layout(layout)
+            finally:
+                self._layout_from = "browser"
+            if self._signed_in():
+                layout_store().save(self.session.user, self._table_key, layout)
+        elif self._layout_from in ("server", "user"):
+            self.bridge.send({"kind": "store", "layout": self.layout().to_json()})
+
+    def _merge_order(self, shown: list[str]) -> list[str]:
+        """The column order after the shown columns were put in the order ``shown`` (dragged in the
+        browser): each takes the next place a shown column had, hidden ones stay where they were."""
+        current = self.ordered_columns()
+        known = set(current)
+        shown = [c for c in dict.fromkeys(shown) if c in known]
+        visible = set(shown)
+        rest = iter(shown)
+        return [next(rest) if c in visible else c for c in current]
+
+    def _on_columns_choice(self, event) -> None:
+        """The "Visible columns" chooser: its variables shown in its order, the others hidden."""
+        if self._quiet:
+            return
+        chosen = [n for n in event.new if n in self.model.specs()]
+        variables = [c for c in self.ordered_columns() if c not in FIXED_COLUMNS]
+        slots = iter(chosen + [v for v in variables if v not in set(chosen)])
+        order = [c if c in FIXED_COLUMNS else next(slots) for c in self.ordered_columns()]
+        hidden = [c for c in self.hidden_columns if c in FIXED_COLUMNS] + [v for v in variables if v not in set(chosen)]
+        self._from_controls(column_order=order, hidden_columns=hidden)
+
+    def _on_fixed_choice(self, event) -> None:
+        if self._quiet:
+            return
+        hidden = [c for c in self.hidden_columns if c not in ("start_time", "comment")]
+        self._from_controls(hidden_columns=hidden + [c for c in ("start_time", "comment") if c not in event.new])
+
+    def _from_controls(self, **layout) -> None:
+        self._from_control = True
+        try:
+            self.param.update(**layout)
+        finally:
+            self._from_control = False
+
+    def hide_column(self, name: str) -> None:
+        if name != "run" and name not in self.hidden_columns:
+            self.hidden_columns = [*self.hidden_columns, name]
+
     # -- filters ----------------------------------------------------------------------------------
     def add_filter(self, flt: RowFilter) -> None:
         self.filters = [f for f in self.filters if f.column != flt.column] + [flt]
-        self._filters_changed()
         self.table.page = 1
         self.table.refresh_page()
 
     def clear_filters(self, column: str | None = None) -> None:
         self.filters = [f for f in self.filters if column is not None and f.column != column]
-        self._filters_changed()
         self.table.refresh_page()
 
     def _filters_changed(self) -> None:
         self.table.filter_version += 1
         self.filter_list.objects = [self._filter_chip(f) for f in self.filters]
+        self.table.stylesheets = self._stylesheets()
 
     def _filter_chip(self, f: RowFilter):
         b = pn.widgets.Button(label=f"✕ {f.label()}", color="light", height=30)
@@ -222,56 +438,7 @@ class RunTablePage(pn.viewable.Viewer):
         return b
 
     def filter_controls(self) -> pn.viewable.Viewable:
-        specs = self.model.specs()
-        options = {s.title: n for n, s in specs.items()}  # a native <select> shows labels as text
-        col = pn.widgets.Select(label="Filter column", options=options, width=220)
-        low = pn.widgets.FloatInput(label="min", value=None, width=110)
-        high = pn.widgets.FloatInput(label="max", value=None, width=110)
-        cats = pn.widgets.MultiChoice(label="values", options=[], width=300)
-        empty = pn.widgets.Checkbox(label="include empty", value=False, align="end")
-        apply = pn.widgets.Button(label="Apply filter", color="primary", align="end")
-        clear = pn.widgets.Button(label="Clear all filters", align="end")
-        range_box = pn.Row(low, high)
-        cat_box = pn.Row(cats)
-
-        def on_col(_=None):
-            if not col.value:
-                return
-            with self.source.lock:
-                table = self.source.table
-                rows = table.order()
-                numeric = is_numeric(table, col.value)
-                values = table.numbers(col.value, rows) if numeric else category_texts(table, col.value, rows)
-            range_box.visible, cat_box.visible = numeric, not numeric
-            if numeric:
-                # The column's range as placeholders, never as values: a value sent from here could
-                # overwrite what the user is already typing (empty = no bound).
-                known = values[~np.isnan(values)]
-                low.placeholder = f"from {format_number(float(known.min()))}" if len(known) else "no minimum"
-                high.placeholder = f"to {format_number(float(known.max()))}" if len(known) else "no maximum"
-            else:
-                texts = sorted({v for v in values if v is not None})
-                cats.options = safe_options(texts[:2000])
-                cats.value = []
-
-        def on_apply(_):
-            if not col.value:
-                return
-            title = specs[col.value].title if col.value in specs else col.value
-            if range_box.visible:
-                flt = RowFilter(column=col.value, title=title, kind="range", low=low.value, high=high.value,
-                                include_empty=empty.value)
-            else:
-                flt = RowFilter(column=col.value, title=title, kind="categories", categories=list(cats.value),
-                                include_empty=empty.value)
-            self.add_filter(flt)
-
-        col.param.watch(on_col, "value")
-        apply.on_click(on_apply)
-        clear.on_click(lambda e: self.clear_filters())
-        on_col()
-        return pn.Column(pn.Row(col, range_box, cat_box, empty, apply, clear), self.filter_list,
-                         sizing_mode="stretch_width")
+        return self.filter_panel
 
     # -- navigation -------------------------------------------------------------------------------
     def _page_of(self, key: int) -> int | None:
@@ -344,18 +511,8 @@ class RunTablePage(pn.viewable.Viewer):
         self.inspect_btn.disabled = not runs
         self.inspect_btn.label = f"Inspect run {runs[-1]}" if runs else "Inspect run"
 
-    def _open_row(self, msg: dict) -> None:
-        """A double click on a row (not on a cell being edited): select that run and inspect it."""
-        ours = {model.ref["id"] for model, _ in self.table._models.values()}
-        if msg.get("table") not in ours or msg.get("field") in self.table.editable_columns:
-            return
-        keys = self.table.page_keys()
-        try:
-            key = keys[int(msg.get("index"))]
-        except (TypeError, ValueError, IndexError):
-            return
-        if self.source.has_run(key):
-            self._inspect([self.source.run_of(key)[1]])
+    def _panel_showing(self, *_) -> None:
+        self.run_panel.showing = self.handle.open and self.session.active_page in ("", SLUG)
 
     def _step(self, step: int) -> None:
         """Select the run before or after the selected one (arrow keys), turning the page if needed."""
@@ -381,6 +538,256 @@ class RunTablePage(pn.viewable.Viewer):
         notes = pn.state.notifications
         if notes is not None and level in ("error", "warning"):
             getattr(notes, level)(escape(message), duration=6000)
+
+    def _later(self, fn, *args) -> None:
+        """Call ``fn(*args)`` on this session's loop (from a worker thread), or now outside a server."""
+        doc = self._doc
+        if doc is None or doc.session_context is None:
+            fn(*args)
+            return
+        try:
+            doc.add_next_tick_callback(partial(fn, *args))
+        except Exception:  # the session closed meanwhile
+            pass
+
+    # -- what the browser asks (TableBridge) --------------------------------------------------------
+    def _on_bridge(self, msg: dict) -> None:
+        """One message from the browser: its stored layout, a column dragged, or a menu action. Anything
+        not about this page's table, or malformed, is ignored; rights are checked where it writes."""
+        kind = msg.get("kind")
+        if kind == "stored-layout":
+            self._browser_layout(msg.get("layout"))
+            return
+        if msg.get("table") not in self._table_ids():
+            return
+        try:
+            handler = self._BRIDGE_ACTIONS[kind]
+        except KeyError:
+            return
+        try:
+            handler(self, msg)
+        except PermissionError as e:
+            self.say(f"Not allowed: {e}", "error")
+        except (TypeError, ValueError, KeyError, IndexError) as e:
+            log.debug("Ignoring a malformed %s message %r: %s", kind, msg, e)
+
+    def _table_ids(self) -> set[str]:
+        """Ids of this page's table in the browser (one per view of it)."""
+        return {model.ref["id"] for model, _ in self.table._models.values()}
+
+    def _keys(self, indices) -> list[int]:
+        """Row keys of positions on the page shown (``_index`` of the browser's rows)."""
+        page = list(self.table.page_keys())
+        at = sorted({i for i in list(indices)[:PAGE_SIZE] if isinstance(i, int) and 0 <= i < len(page)})
+        return [int(page[i]) for i in at if self.source.has_run(page[i])]
+
+    def _runs(self, keys: list[int]) -> list[int]:
+        return [self.source.run_of(k)[1] for k in keys]
+
+    def _column(self, msg: dict) -> str:
+        field = msg.get("field")
+        if not isinstance(field, str) or field not in self.model.specs():
+            raise KeyError(field)
+        return field
+
+    def _on_open(self, msg: dict) -> None:
+        """A double click on a row (not on a cell being edited): select that run and inspect it."""
+        if msg.get("field") in self.table.editable_columns:
+            return
+        self._inspect(self._runs(self._keys([msg.get("index")])))
+
+    def _on_inspect(self, msg: dict) -> None:
+        self._inspect(self._runs(self._keys([msg.get("index")])))
+
+    def _on_logs(self, msg: dict) -> None:
+        """The Processing page's log viewer, on that run."""
+        runs = self._runs(self._keys([msg.get("index")]))
+        if runs:
+            self.session.selected_runs = runs
+            self.session.open_page = "processing"
+
+    def _on_copy(self, msg: dict) -> None:
+        """The runs as a Markdown table of the visible columns (what the browser puts on the clipboard)."""
+        keys = self._keys(msg.get("indices") or [])
+        text = self.markdown(keys) if keys else ""
+        self.bridge.send({"kind": "clipboard", "request": msg.get("request"), "text": text})
+        if keys:
+            runs = self._runs(keys)
+            self.say(f"Copied {'run ' + str(runs[0]) if len(runs) == 1 else f'{len(runs)} runs'} as Markdown")
+
+    def markdown(self, keys: list[int]) -> str:
+        specs = self.model.specs()
+        df = export.export_frame(self.source, list(self.table.value.columns),
+                                 {n: s.title for n, s in specs.items()}, self.tz, keys=keys)
+        return export.to_markdown(df)
+
+    def _on_sort(self, msg: dict) -> None:
+        self.sorters = [{"field": self._column(msg), "dir": "desc" if msg.get("dir") == "desc" else "asc"}]
+
+    def _on_hide(self, msg: dict) -> None:
+        self.hide_column(self._column(msg))
+
+    def _on_filter(self, msg: dict) -> None:
+        self.filters_card.collapsed = False
+        self.filter_panel.show(self._column(msg))
+
+    def _on_plot(self, msg: dict) -> None:
+        """Plots, with this column against run."""
+        name = self._column(msg)
+        with self.source.lock:
+            numeric = is_numeric(self.source.table, name)
+        if not numeric:
+            title = self.model.specs()[name].title
+            self.say(f"“{title}” has no numbers to plot against run (open Inspect for images and arrays)",
+                     "warning")
+            return
+        self.session.plot_request = {"x": "run", "y": name}
+        self.session.open_page = "plots"
+
+    def _on_reprocess(self, msg: dict) -> None:
+        self.ask_reprocess(self._runs(self._keys(msg.get("indices") or [])))
+
+    def _on_delete(self, msg: dict) -> None:
+        self.ask_delete(self._column(msg))
+
+    def _on_resized(self, msg: dict) -> None:
+        """A column resized by dragging: already that wide in the browser, so only remembered."""
+        name, width = self._column(msg), msg.get("width")
+        if not isinstance(width, (int, float)) or isinstance(width, bool):
+            return
+        width = int(TableLayout.from_json({"widths": {name: width}}).widths[name])
+        with param.discard_events(self.table):
+            self.table.widths = {**self.table.widths, name: width}
+        self._quiet = True
+        try:
+            self.column_widths = {**self.column_widths, name: width}
+        finally:
+            self._quiet = False
+
+    def _on_moved(self, msg: dict) -> None:
+        """Columns dragged to a new order: already so in the browser, so only remembered (and the
+        skeleton's columns put in that order for Panel's later column updates)."""
+        shown = [c for c in msg.get("order") or [] if isinstance(c, str)]
+        order = self._merge_order(shown)
+        self._quiet = True
+        try:
+            self.column_order = order
+        finally:
+            self._quiet = False
+        self.table.replace_value(self.table.value[[c for c in self._visible_columns() if c in self.table.value]])
+
+    _BRIDGE_ACTIONS = {"open": _on_open, "inspect": _on_inspect, "logs": _on_logs, "copy": _on_copy,
+                       "sort": _on_sort, "hide": _on_hide, "filter": _on_filter, "plot": _on_plot,
+                       "reprocess": _on_reprocess, "delete": _on_delete, "resized": _on_resized,
+                       "moved": _on_moved}
+
+    # -- confirmations ----------------------------------------------------------------------------
+    def _ask(self, question: str | None, yes: str = "", action=None) -> None:
+        """Show ``question`` with a button ``yes`` that runs ``action`` (None: close the question)."""
+        self._confirmed = action
+        self.confirm_text.object = question or ""
+        self.confirm_yes.label = yes or "Yes"
+        self.confirm_bar.visible = question is not None
+
+    def _on_confirm(self, _=None) -> None:
+        action, self._confirmed = self._confirmed, None
+        self._ask(None)
+        if action is not None:
+            action()
+
+    def ask_reprocess(self, runs: list[int]) -> None:
+        """Reprocess runs from the table, after a confirmation (all variables; the Processing page
+        chooses variables)."""
+        if not runs:
+            return
+        try:
+            self.session.check_write()
+        except PermissionError as e:
+            self.say(f"Not allowed: {e}", "error")
+            return
+        on_disk = runs_with_data(self.source.proposal)
+        missing = sorted(set(runs) - on_disk) if on_disk is not None else []
+        ok = sorted(r for r in set(runs) if r not in missing)
+        if not ok:
+            self.say(f"No raw data on disk for run{'s' if len(missing) > 1 else ''} {format_runs(missing)}",
+                     "warning")
+            return
+        where = "Slurm" if slurm_available() else "this machine"
+        note = f" (no raw data for {format_runs(missing)})" if missing else ""
+        self._ask(f"Reprocess run{'s' if len(ok) > 1 else ''} {format_runs(ok)} with every variable on "
+                  f"{where}?{note}", "Reprocess", partial(self._reprocess, ok))
+
+    def _reprocess(self, runs: list[int]) -> None:
+        self.session.check_write()
+        board = job_board(self.source.db_dir, self.source.proposal)
+        self.say(f"Starting processing of {format_runs(runs)}…")
+
+        def done(job, error):
+            if error is not None:
+                self.say(f"Could not start processing: {error}", "error")
+            else:
+                self.say(f"Launched processing for {len(job.runs)} runs ({job.message}); "
+                         "follow it on the Processing page")
+
+        in_background(lambda: board.submit(runs, [], backend="auto", user=self.session.user), done)
+
+    def ask_delete(self, name: str) -> None:
+        """Delete a variable with all its data, after a confirmation that names it and says how many
+        runs lose a value (only for sessions that may change the context file)."""
+        try:
+            self.session.check_context_edit()
+        except PermissionError as e:
+            self.say(f"Deleting variables is not allowed: {e}", "error")
+            return
+        spec = self.model.specs().get(name)
+        if spec is None or name in FIXED_COLUMNS:
+            return
+        n = edits.runs_with_values(self.session, name)
+        self._ask(f"Delete the variable “{spec.title}” ({name}) with all its data? {n} run{'' if n == 1 else 's'} "
+                  f"lose{'s' if n == 1 else ''} its value, in the database and in every run's HDF5 file. This "
+                  "cannot be undone; if the context file still defines it, the next processing computes it again.",
+                  "Delete variable", partial(self._delete, name, spec.title))
+
+    def _delete(self, name: str, title: str) -> None:
+        self.say(f"Deleting “{title}”…")
+
+        shown = [0.0]
+
+        def progress(done: int, total: int) -> None:  # from the worker: at most a few updates a second
+            if done == total or time.monotonic() - shown[0] > 0.3:
+                shown[0] = time.monotonic()
+                self._later(self.say, f"Deleting “{title}” from the run files: {done} of {total}")
+
+        def finished(result, error):
+            if error is not None:
+                self.say(f"“{title}” was not deleted: {error}", "error")
+            elif result.files_failed:
+                bad = ", ".join(sorted(result.files_failed)[:5])
+                self.say(f"“{title}” deleted from the database and {result.files_changed} run files; "
+                         f"{len(result.files_failed)} could not be changed ({bad})", "warning")
+            else:
+                self.say(f"“{title}” deleted: {result.runs} runs, {result.files_changed} run files")
+
+        in_background(lambda: edits.delete_variable(self.session, name, progress), finished)
+
+    # -- runs ahead -------------------------------------------------------------------------------
+    def precreate_form(self) -> pn.viewable.Viewable:
+        """Rows for runs not taken yet, so their comments can be written ahead."""
+        count = pn.widgets.IntInput(label="Runs", value=1, start=1, end=edits.MAX_PRECREATE, width=90)
+        make = pn.widgets.Button(label="Create runs", align="end", css_classes=["dmn-precreate"])
+
+        def on_make(_):
+            try:
+                runs = edits.precreate_runs(self.session, count.value or 0)
+            except (ValueError, PermissionError) as e:
+                self.say(f"No runs created: {e}", "error")
+                return
+            self.say(f"Created run{'s' if len(runs) > 1 else ''} {format_runs(runs)}: write their comments now; "
+                     "their data fills in when they are taken")
+
+        make.on_click(on_make)
+        return pn.Row(count, make, pn.pane.HTML("<span style='color:#666;line-height:50px'>after the last run, "
+                                                "before they are taken</span>"))
 
     # -- edits ------------------------------------------------------------------------------------
     def _on_edit(self, event) -> None:
@@ -428,13 +835,20 @@ class RunTablePage(pn.viewable.Viewer):
     def _apply_change(self, change: Change) -> None:
         if change.reset or change.variables:
             specs = self.model.specs()
-            opts = self._column_options(specs)
-            new_names = [n for n in opts.values() if n not in self.columns_choice.options.values()]
             with pn.io.hold():
-                self.columns_choice.options = opts
-                if new_names:
-                    self.columns_choice.value = [*self.columns_choice.value, *new_names]
-                self.tag_choice.options = self._tag_options()
+                self._quiet = True
+                try:
+                    self.columns_choice.param.update(options=self._column_options(specs),
+                                                     value=self._visible_variables())
+                    self.tag_choice.options = self._tag_options()
+                finally:
+                    self._quiet = False
+                gone = [f for f in self.filters if f.column not in specs]
+                if gone:  # a deleted variable's filter goes with it
+                    self.filters = [f for f in self.filters if f.column in specs]
+                if any(s.get("field") not in specs for s in self.sorters):
+                    self.sorters = [s for s in self.sorters if s.get("field") in specs] or list(NEWEST_FIRST)
+                self.filter_panel.refresh_columns()
                 self._rebuild_columns()
             if not (change.new_runs or change.changed or change.processing):
                 return
@@ -539,21 +953,37 @@ class RunTablePage(pn.viewable.Viewer):
         on_type()
         return pn.Row(title, name, vtype, desc, help_, create)
 
-    # -- layout -----------------------------------------------------------------------------------
+    # -- the page -------------------------------------------------------------------------------
+    def delete_form(self) -> pn.viewable.Viewable:
+        """Choose a variable to delete (the header menu offers it too)."""
+        choice = pn.widgets.Select(label="Delete a variable with all its data", width=300,
+                                   options={s.title: n for n, s in self.model.specs().items()
+                                            if n not in FIXED_COLUMNS})  # a native <select>: labels are text
+        go = pn.widgets.Button(label="Delete…", color="danger", align="end", css_classes=["dmn-delete"])
+        go.on_click(lambda e: self.ask_delete(choice.value) if choice.value else None)
+        self.session.on_change(lambda ch: setattr(choice, "options", {
+            s.title: n for n, s in self.model.specs().items() if n not in FIXED_COLUMNS})
+            if ch.variables or ch.reset else None)
+        return pn.Row(choice, go)
+
     def __panel__(self) -> pn.viewable.Viewable:
         # Filled when first opened: a chooser with hundreds of options is slow to draw.
         columns_card = pn.Card(title="Columns", collapsed=True, sizing_mode="stretch_width")
 
         def fill_columns(event):
             if not event.new and not columns_card.objects:
-                columns_card.objects = [pn.Row(self.tag_choice), self.columns_choice]
+                parts = [pn.Row(self.tag_choice, pn.Column(self.fixed_choice, self.processing_box, self.grouped_box)),
+                         self.columns_choice]
+                if self.session.can_write and self.session.can_edit_context:
+                    parts.append(self.delete_form())
+                columns_card.objects = parts
 
         columns_card.param.watch(fill_columns, "collapsed")
-        filters_card = pn.Card(self.filter_controls(), title="Row filters", collapsed=True,
-                               sizing_mode="stretch_width")
-        cards = [columns_card, filters_card]
+        cards = [columns_card, self.filters_card]
         if self.session.can_write:
             cards.append(pn.Card(self.add_variable_form(), title="Add user variable", collapsed=True,
+                                 sizing_mode="stretch_width"))
+            cards.append(pn.Card(self.precreate_form(), title="Pre-create runs", collapsed=True,
                                  sizing_mode="stretch_width"))
         toolbar = pn.Row(self.jump, self.jump_btn, pn.Spacer(width=20), self.inspect_btn, pn.Spacer(width=20),
                          self.follow, self.panel_toggle, pn.HSpacer(),
@@ -568,5 +998,6 @@ class RunTablePage(pn.viewable.Viewer):
                           styles={"min-width": "0", "flex": "1 1 0"})
         split = pn.Row(table, handle, panel, sizing_mode="stretch_width", css_classes=["dmn-split"],
                        stylesheets=[SPLIT_CSS])
-        return pn.Column(toolbar, *cards, self.status, split, self.patcher, self.opener, self.keys,
+        return pn.Column(toolbar, *cards, self.confirm_bar, self.status, split, self.patcher, self.bridge,
+                         self.keys,
                          sizing_mode="stretch_both")

@@ -63,23 +63,24 @@ def _order_by(table: LiveTable, name: str, rows: np.ndarray, descending: bool) -
 
 
 class RowFilter(param.Parameterized):
-    """One filter on one column: a numeric range or a set of values, optionally keeping empty cells."""
+    """One filter on one column: a numeric range, a set of values, or whether a cell has a value at all
+    ("presence": an image or none, a value or an empty cell); the first two optionally keep empty cells.
+    An empty cell is one without a value: never computed, cleared, or failed (its error is no value)."""
 
     column = param.String()
     title = param.String()
-    kind = param.Selector(objects=["range", "categories"])
+    kind = param.Selector(objects=["range", "categories", "presence"])
     low = param.Number(default=None, allow_None=True)
     high = param.Number(default=None, allow_None=True)
     categories = param.List(default=[])
     include_empty = param.Boolean(default=False)
+    has_value = param.Boolean(default=True, doc="presence: keep cells with a value (else the empty ones)")
 
     def mask(self, table: LiveTable, rows: np.ndarray) -> np.ndarray:
         """Which of ``rows`` pass."""
-        if self.column in RUN_FIELDS:
-            empty = np.isnan(table.numbers(self.column, rows))
-        else:
-            kinds = table.kinds(self.column, rows)
-            empty = (kinds == MISSING) | (kinds == Kind.EMPTY)
+        empty = empty_cells(table, self.column, rows)
+        if self.kind == "presence":
+            return ~empty if self.has_value else empty
         if self.kind == "range":
             num = table.numbers(self.column, rows)
             ok = ~np.isnan(num)
@@ -93,12 +94,22 @@ class RowFilter(param.Parameterized):
         return ok | (empty & self.include_empty)
 
     def label(self) -> str:
+        if self.kind == "presence":
+            return f"{self.title}: {'has a value' if self.has_value else 'empty'}"
         if self.kind == "range":
             lo = "-∞" if self.low is None else format_number(float(self.low))
             hi = "∞" if self.high is None else format_number(float(self.high))
             return f"{self.title}: {lo} … {hi}"
         shown = ", ".join(self.categories[:3]) + ("…" if len(self.categories) > 3 else "")
         return f"{self.title}: {shown}"
+
+
+def empty_cells(table: LiveTable, name: str, rows: np.ndarray) -> np.ndarray:
+    """Which of ``rows`` have no value in column ``name``."""
+    if name in RUN_FIELDS:
+        return np.isnan(table.numbers(name, rows))
+    kinds = table.kinds(name, rows)
+    return (kinds == MISSING) | (kinds == Kind.EMPTY)
 
 
 def category_texts(table: LiveTable, name: str, rows: np.ndarray) -> list[str | None]:

@@ -22,6 +22,7 @@ import pandas as pd
 import panel as pn
 import param
 from bokeh.models import CellEditor, ColumnDataSource, StringEditor, StringFormatter, TableColumn
+from panel.io import JSCode
 from panel.reactive import ReactiveData
 
 JS = Path(__file__).with_name("js")
@@ -171,19 +172,37 @@ class CellPatcher(pn.custom.JSComponent):
     _esm = _TABLE_VIEWS + (JS / "cell_patcher.js").read_text()
 
 
-class RowOpener(pn.custom.JSComponent):
-    """Reports a double click on a row of the page's run table, so the page can open that run
-    (DAMNIT's double-click-to-inspect)."""
+class TableBridge(pn.custom.JSComponent):
+    """The run table's browser side that Panel's Tabulator lacks: right-click menus on rows and headers,
+    double click to inspect, columns resized or moved by dragging, the layout kept in the browser's
+    storage, the clipboard, and the value under the cursor on sparklines. Everything the browser does
+    arrives as one message (``{"kind": ..., "table": <model id>, ...}``) handled by the page."""
 
-    _esm = _TABLE_VIEWS + (JS / "row_opener.js").read_text()
+    storage_key = param.String(default="", doc="localStorage key of this proposal's table layout")
+    titles = param.Dict(default={}, doc="Plain-text title of each column, for menu labels (set as text)")
+    can_write = param.Boolean(default=False, doc="Offer actions that write (reprocess)")
+    can_delete = param.Boolean(default=False, doc="Offer deleting variables (the context-edit right)")
 
-    def __init__(self, on_open, **params):
+    _esm = _TABLE_VIEWS + (JS / "sparkline_hover.js").read_text() + (JS / "table_bridge.js").read_text()
+
+    def __init__(self, on_message, **params):
         super().__init__(**params)
-        self._on_open = on_open  # called with {table, index, field}
+        self._on_message = on_message  # called with each message from the browser
 
     def _handle_msg(self, msg) -> None:
         if isinstance(msg, dict):
-            self._on_open(msg)
+            self._on_message(msg)
+
+    def send(self, msg: dict) -> None:
+        """A message to the browser: ``{"kind": "store", "layout": ...}`` or ``{"kind": "clipboard", ...}``."""
+        self._send_msg(msg)
+
+
+# Tabulator's menu options, calling the bridge's menus (a function per menu: Tabulator asks when the menu
+# opens, so the labels say what is selected then).
+ROW_MENU = JSCode("function (e, row) { const m = window.damnitRunTableMenus; return m ? m.row(e, row) : false }")
+HEADER_MENU = JSCode("function (e, column) { const m = window.damnitRunTableMenus; "
+                     "return m ? m.header(e, column) : false }")
 
 
 class KeyNavigator(pn.custom.JSComponent):

@@ -95,9 +95,10 @@ def test_with_authentication_signed_in_users_get_thumbnails_and_edits_are_logged
     """Panel's --basic-auth (the same path as OAuth: the signed-in user is pn.state.user): a stranger's
     request for an image is refused; the signed-in user sees images, edits, and the edit is logged."""
     from tests.app.browser.test_dashboard import cell, db_comment, wait_for
+    from tests.app.membership_rule import SIGNED_IN
 
     with DashboardServer([thumb_db], "--basic-auth", "s3cret-pw", "--cookie-secret", "x" * 32,
-                         env={"AMORE_BROKER": "none"}, log_path=tmp_path / "srv.log") as srv:
+                         env={"AMORE_BROKER": "none", **SIGNED_IN}, log_path=tmp_path / "srv.log") as srv:
         page.goto(srv.url)
         page.locator("input[name='username']").fill("alice")
         page.locator("input[name='password']").fill("s3cret-pw")

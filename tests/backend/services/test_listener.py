@@ -81,8 +81,9 @@ def send_events(address: str, *messages, topic: str = "test.r2d2") -> None:
         try:
             sent = []
             for m in messages:
-                value = m if isinstance(m, bytes) else json.dumps(m).encode()
-                sent.append(await prod.send_and_wait(topic, value))
+                value = m if m is None or isinstance(m, bytes) else json.dumps(m).encode()
+                key = b"tombstone" if value is None else None  # (a null value needs a key)
+                sent.append(await prod.send_and_wait(topic, value, key=key))
             return sent
         finally:
             await prod.stop()
@@ -123,12 +124,37 @@ def test_parse_event():
     assert parse_event(b'{"event": "run_corrections_complete", "proposal": 1, "run": 2}').run_data == "proc"
     assert parse_event(b'{"event": "online_correction_complete", "proposal": 1, "run": 2}').run_data == "proc"
     assert parse_event(b'{"event": "daq_run_complete", "proposal": 1, "run": 2}').run_data == "raw"
+    assert parse_event(b'{"event": "migration_complete", "proposal": " 0042 ", "run": "7"}').proposal == 42
     assert parse_event(b'{"event": "something_else", "proposal": 1}') is None
-    for bad, why in [(b"garbage", "not JSON"), (b"[1]", "JSON object"),
+    assert parse_event(b'{"msg_kind": "run_values_updated", "data": {}}') is None
+    for bad, why in [(b"garbage", "not JSON"), (b"[1]", "JSON object"), (b"\xff\xfe", "not JSON"),
                      (b'{"event": "migration_complete", "run": 2}', "without 'proposal'"),
-                     (b'{"event": "migration_complete", "proposal": "x", "run": 2}', "non-integer")]:
+                     (b'{"event": "migration_complete", "proposal": "x", "run": 2}', "positive integer, not 'x'")]:
         with pytest.raises(EventError, match=why):
             parse_event(bad)
+
+
+@pytest.mark.parametrize("raw, why", [
+    (None, "tombstone"),
+    (b'{"event": ["migration_complete"], "proposal": 1234, "run": 1}', "'event' is a list"),
+    (b'{"event": {"name": "migration_complete"}, "proposal": 1234, "run": 1}', "'event' is a dict"),
+    (b'{"event": "migration_complete", "proposal": Infinity, "run": 1}', "positive integer, not inf"),
+    (b'{"event": "migration_complete", "proposal": NaN, "run": 1}', "positive integer, not nan"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'{"event": "migration_complete", "proposal": 1234, "run": 150.7}', "run must be a positive integer, not 150.7"),
+    (b'{"event": "migration_complete", "proposal": 1234, "run": 150.0}', "not 150.0"),
+    (b'{"event": "migration_complete", "proposal": 1234, "run": true}', "not True"),
+    (b'{"event": "migration_complete", "proposal": 1234, "run": -3}', "run -3 is out of range"),
+    (b'{"event": "migration_complete", "proposal": 1234, "run": 0}', "run 0 is out of range"),
+    (b'{"event": "migration_complete", "proposal": 1234, "run": 1e400}', "not inf"),
+    (b'{"event": "migration_complete", "proposal": 12345678901234567890, "run": 1}', "out of range"),
+    (b'{"event": "migration_complete", "proposal": "1\\u0662", "run": 1}', "positive integer"),  # Arabic-Indic digit
+    (b'{"event": "migration_complete", "proposal": null, "run": 1}', "not None"),
+])
+def test_poison_messages_are_event_errors(raw, why):
+    """Whatever a message holds, decoding it raises EventError (its own problem), never anything else."""
+    with pytest.raises(EventError, match=why):
+        parse_event(raw)
 
 
 def test_offsets_commit_only_up_to_the_oldest_unfinished_event():
@@ -217,7 +243,7 @@ def test_malformed_and_foreign_messages_are_skipped(listener_setup, kafka_broker
                 migration(1234, 6))
     assert wait_for(lambda: calls(tmp_path), 60)
     assert [c[2:5] for c in calls(tmp_path)] == [["1234", "6", "raw"]]
-    assert "Skipping malformed message" in caplog.text and "non-integer" in caplog.text
+    assert "Dead-lettered the message at test.r2d2[" in caplog.text and "positive integer" in caplog.text
 
 
 def test_dynamic_mode_registers_official_databases(listener_setup, kafka_broker, tmp_path, monkeypatch):
@@ -285,8 +311,8 @@ def test_slurm_unavailable_without_local_processing_records_error(listener_setup
         conn.execute("INSERT OR REPLACE INTO metameta VALUES ('slurm_partition', 'no-such-partition')")
     start()
     send_events(kafka_broker.address, migration(1234, 41))
-    log_path = db_dir / "process_logs" / "r41-p1234.out"
-    assert wait_for(log_path.exists, 60)
+    log_path = db_dir / "process_logs" / "r41-p1234.out"  # (created before sbatch is called, for its output)
+    assert wait_for(lambda: log_path.exists() and "Could not submit" in log_path.read_text(), 60)
     text = log_path.read_text()
     assert "Could not submit a Slurm job for r41" in text and "allow_local_processing" in text
     assert "partition" in text.lower()
@@ -307,7 +333,8 @@ class FakeProcessor:
     active: set = set()
     overlaps: list = []
     batches: list = []
-    block_first = None  # a threading.Event the first batch waits on (max 3 s)
+    block_first = None  # a threading.Event the first batch waits on (at most block_timeout s)
+    block_timeout = 3
     delay = 0.3
 
     fail = False  # raise instead of processing (a worker pool that cannot start)
@@ -329,7 +356,7 @@ class FakeProcessor:
             cls.batches.append([(Path(self.db_dir).name, r.run, r.run_data) for r in requests])
             first, cls.block_first = cls.block_first, None
         if isinstance(first, threading.Event):
-            first.wait(3)
+            first.wait(cls.block_timeout)
         time.sleep(cls.delay)
         if cls.fail:
             with _fake_lock:
@@ -342,6 +369,9 @@ class FakeProcessor:
                 self.producer.processing_finished("test.damnit.db-fake", (processing_ids or {})[id(r)])
             yield RunOutcome(request=r)
 
+    def warm_up(self):
+        pass
+
     def close(self):
         pass
 
@@ -353,11 +383,12 @@ _fake_lock = _threading.Lock()
 
 @pytest.fixture
 def fake_processor(monkeypatch):
-    import backend.services.listener
+    import backend.services.local_processing
 
     FakeProcessor.active, FakeProcessor.overlaps, FakeProcessor.batches = set(), [], []
     FakeProcessor.block_first, FakeProcessor.fail, FakeProcessor.delay = None, False, 0.3
-    monkeypatch.setattr(backend.services.listener, "RunProcessor", FakeProcessor)
+    FakeProcessor.block_timeout = 3
+    monkeypatch.setattr(backend.services.local_processing, "RunProcessor", FakeProcessor)
     return FakeProcessor
 
 
@@ -367,7 +398,7 @@ TOPIC = "test.damnit.db-fake"
 def test_local_requests_for_a_run_are_merged_never_concurrent(fake_processor, tmp_path):
     from backend.base.messages import UpdateProducer
     from backend.processing.requests import RunRequest
-    from backend.services.listener import LocalProcessing
+    from backend.services.local_processing import LocalProcessing
 
     local = LocalProcessing(UpdateProducer.offline(), max_concurrent=1)
     done = []
@@ -390,7 +421,7 @@ def test_local_requests_for_a_run_are_merged_never_concurrent(fake_processor, tm
 def test_local_processing_is_bounded_across_databases(fake_processor, tmp_path):
     from backend.base.messages import UpdateProducer
     from backend.processing.requests import RunRequest
-    from backend.services.listener import LocalProcessing
+    from backend.services.local_processing import LocalProcessing
 
     fake_processor.delay = 0.5
     local = LocalProcessing(UpdateProducer.offline(), max_concurrent=1)
@@ -429,7 +460,8 @@ class RecordingProducer:
 @pytest.fixture
 def local_handler(fake_processor, tmp_path, monkeypatch):
     """An EventHandler for p1234 that processes locally (no sbatch on PATH); yields (handler, producer)."""
-    from backend.services.listener import EventHandler, LocalProcessing
+    from backend.services.listener import EventHandler
+    from backend.services.local_processing import LocalProcessing
 
     ldir, db_dir = registered_db(tmp_path, {"allow_local_processing": True})
     monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))
@@ -453,7 +485,7 @@ def test_merged_local_requests_each_get_processing_finished(local_handler, fake_
     done = []
     handler.handle(RunEvent("migration_complete", 1234, 7, "raw", time.time()), lambda: done.append("raw"))
     assert wait_for(lambda: fake_processor.batches, 10)  # run 7 is being processed
-    for ev, run_data in (("run_corrections_complete", "proc"), ("migration_complete", "raw")):
+    for ev, run_data in (("run_corrections_complete", "proc"), ("daq_run_complete", "raw")):  # not a repeat of the first event
         handler.handle(RunEvent(ev, 1234, 7, run_data, time.time()), lambda d=run_data: done.append(d))
     pending = producer.ids("PENDING")
     assert len(set(pending)) == 3
@@ -556,16 +588,18 @@ def test_failed_job_is_marked_in_the_run_log(listener_setup, kafka_broker, slurm
     assert wait_for(lambda: handler.watcher.jobs, 30)
     job_id = next(iter(handler.watcher.jobs))
     assert slurm_cluster.wait_job(int(job_id)) == "FAILED"
-    handler.check_jobs()
+    handler.check_jobs()  # (or the listener's own check, every 15 s, notices it first)
     assert not handler.watcher.jobs
-    text = (db_dir / "process_logs" / "r61-p1234.out").read_text()
-    assert f"Slurm job {job_id} for r61 (p1234, raw data) ended as FAILED" in text
+    log_path = db_dir / "process_logs" / "r61-p1234.out"
+    line = f"Slurm job {job_id} for r61 (p1234, raw data) ended as FAILED"
+    assert wait_for(lambda: line in log_path.read_text(), 30), log_path.read_text()
 
 
 def test_use_slurm_off_processes_locally_without_calling_sbatch(fake_processor, tmp_path, monkeypatch):
     """`use_slurm 0` (a machine without Slurm): sbatch is never run, even when one is on PATH (an
     unreachable slurmctld can take a minute to refuse), and the run is processed in the listener."""
-    from backend.services.listener import EventHandler, LocalProcessing, RunEvent
+    from backend.services.listener import EventHandler, RunEvent
+    from backend.services.local_processing import LocalProcessing
 
     ldir, db_dir = registered_db(tmp_path, {"use_slurm": False})
     bin_dir = tmp_path / "bin"

@@ -27,6 +27,12 @@ def damnit(*args, cwd, timeout=120):
                           text=True, timeout=timeout)
 
 
+def logged(daemon_dir, text: str) -> bool:
+    """Whether the listener's damnit.log (there once it has started) has this text."""
+    path = daemon_dir / "damnit.log"
+    return path.exists() and text in path.read_text()
+
+
 @pytest.fixture
 def daemon_dir(tmp_path):
     ldir = tmp_path / "listener"
@@ -76,7 +82,7 @@ def test_daemonize_status_restart_reuse(daemon_dir, amore_broker):
     assert damnit("listen", "--daemonize", cwd=daemon_dir).returncode == 0
     assert "RUNNING" in supervisorctl(conf_path, "status", "damnit").stdout
     # The listener logs to damnit.log in its folder
-    assert wait_for(lambda: "Listening for run events" in (daemon_dir / "damnit.log").read_text(), 30)
+    assert wait_for(lambda: logged(daemon_dir, "Listening for run events"), 30)
 
     # Wrong credentials are refused
     bad = daemon_dir / "bad.conf"
@@ -98,7 +104,7 @@ def test_daemonized_listener_processes_a_run(daemon_dir, tmp_path, make_mock_run
         ldb.add_proposal_db(4321, tmp_path / "db", False)
     res = damnit("listen", "--daemonize", cwd=daemon_dir)
     assert res.returncode == 0, res.stderr
-    assert wait_for(lambda: "Listening for run events" in (daemon_dir / "damnit.log").read_text(), 30)
+    assert wait_for(lambda: logged(daemon_dir, "Listening for run events"), 30)
 
     async def send():
         prod = AIOKafkaProducer(bootstrap_servers=amore_broker.address)
