@@ -30,7 +30,7 @@ from bokeh.models import DataRange1d
 from bokeh.palettes import viridis
 
 from app.display.formatting import format_value
-from app.display.text import plot_name, plot_title, safe_table, safe_text
+from app.display.text import plot_name, plot_text, plot_title, safe_table, safe_text
 from app.display.theme import TABLE_CSS
 from backend.processing.summaries import quiet_nan_warnings
 
@@ -181,7 +181,8 @@ PAGE_STYLE = PlotStyle()
 # --------------------------------------------------------------------------------------------------
 
 def _dim(name: str, units: str | None = None, label: str | None = None) -> hv.Dimension:
-    return hv.Dimension(plot_name(name), label=label or str(name), unit=units or None)
+    """A dimension named from data: its label and unit drawn as written (``plot_text``)."""
+    return hv.Dimension(plot_name(name), label=plot_text(label or name), unit=plot_text(units) or None)
 
 
 def line_element(x: np.ndarray, y: np.ndarray, *, xdim: hv.Dimension, ydim: hv.Dimension,

@@ -6,8 +6,9 @@ Panel renders HTML (``pn.pane.HTML``, ``Str`` in this version, ``Markdown``, ``A
 header tooltips, and Bokeh string hover tooltips. Pages never put data into those directly: they use
 ``SafeText`` (a pane whose object is always escaped), ``escape`` for the few places that build markup,
 ``safe_options`` for option labels, ``safe_table`` for a data frame shown in a Tabulator and
-``plot_title`` for a HoloViews title (a format string, drawn as text by Bokeh) and ``plot_name`` for
-a HoloViews dimension name.
+``plot_title`` for a HoloViews title (a format string, where Bokeh would also read TeX),
+``plot_text`` for an axis label or unit (a dimension's label) and ``plot_name`` for a HoloViews
+dimension name.
 docs/dashboard.md ("Security") lists every place and the test that tries it with hostile input.
 """
 
@@ -67,11 +68,25 @@ def safe_table(frame: Any) -> tuple[Any, dict[str, str]]:
     return shown, titles
 
 
+# Bokeh reads TeX between ``$$...$$``, ``\[...\]`` or ``\(...\)`` anywhere in a title or an axis label
+# and draws it as mathematics (MathJax). A word joiner (invisible, no line break) after the first
+# character of each delimiter keeps the text as it was written.
+_TEX_DELIMITER = re.compile(r"\$\$|\\[][()]")
+WORD_JOINER = "\u2060"
+
+
+def plot_text(text: Any) -> str:
+    """``text`` for a Bokeh title or axis label (a HoloViews dimension's label or unit): drawn as the
+    text it is, never as TeX. Bokeh draws these on the canvas, so no HTML escaping is needed."""
+    return _TEX_DELIMITER.sub(lambda m: m.group()[0] + WORD_JOINER + m.group()[1:],
+                              "" if text is None else str(text))
+
+
 def plot_title(text: Any) -> str:
     """``text`` as a HoloViews ``title`` option, which is a format string (``'{label} {group}'``): braces
-    doubled, so a title such as ``{x}`` is shown as it is instead of failing the whole plot. Bokeh draws
-    titles and axis labels as text."""
-    return ("" if text is None else str(text)).replace("{", "{{").replace("}", "}}")
+    doubled, so a title such as ``{x}`` is shown as it is instead of failing the whole plot; never TeX
+    (``plot_text``)."""
+    return plot_text(text).replace("{", "{{").replace("}", "}}")
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

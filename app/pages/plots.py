@@ -22,7 +22,7 @@ from panel.io.state import set_curdoc
 from app.config import get_config, zone_label
 from app.display.plots import PLOT_HEIGHT, PlotStyle, downsample_1d, plot_value
 from app.display.run_contents import run_file, scan_run_file
-from app.display.text import plot_title, safe_text
+from app.display.text import plot_text, plot_title, safe_text
 from app.live.session import SessionState, in_background
 from app.live.source import ProposalSource
 from backend.storage.api import RunVariables
@@ -245,8 +245,8 @@ class SummaryPlot:
         self.x.disabled = kind == "Histogram"
         xlabel, ylabel = self._label(x), self._label(y)
         xu, yu = self.source.units(x), self.source.units(y)
-        xdim = hv.Dimension("x", label=xlabel, unit=xu)
-        ydim = hv.Dimension("y", label=ylabel, unit=yu)
+        xdim = hv.Dimension("x", label=plot_text(xlabel), unit=plot_text(xu) or None)
+        ydim = hv.Dimension("y", label=plot_text(ylabel), unit=plot_text(yu) or None)
 
         if kind == "Histogram":
             def element(data: pd.DataFrame) -> hv.Element:
@@ -442,11 +442,11 @@ class RunOverlay:
                 problems.append(f"Run {run}: {e}")
                 continue
             x, y = downsample_1d(x, y)
-            xdim = hv.Dimension("x", label=xlabel or auto_label or "index")
+            xdim = hv.Dimension("x", label=plot_text(xlabel or auto_label or "index"))
             opts: dict[str, Any] = {"tools": ["hover"]}
             if x.dtype.kind in "iu":
                 opts["xformatter"] = "%d"  # absolute train IDs as integers, not 1.0002e+9
-            curves.append((run, hv.Curve((x, y), kdims=[xdim], vdims=[hv.Dimension("y", label=ylabel, unit=yunits)],
+            curves.append((run, hv.Curve((x, y), kdims=[xdim], vdims=[hv.Dimension("y", label=plot_text(ylabel), unit=plot_text(yunits) or None)],
                                          label=f"run {run}").opts(**opts)))
         return curves, problems
 
