@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +31,7 @@ from bokeh.models import DataRange1d
 from bokeh.palettes import viridis
 
 from app.display.formatting import format_value
-from app.display.text import plot_name, plot_text, plot_title, safe_table, safe_text
+from app.display.text import escape, plot_name, plot_text, plot_title, safe_table, safe_text
 from app.display.theme import TABLE_CSS
 from backend.processing.summaries import quiet_nan_warnings
 
@@ -493,8 +494,7 @@ def array_view(arr: np.ndarray, *, title: str = "", units: str | None = None, ob
         return rgb_view(squeezed, title=title, style=style)
     if squeezed.ndim == 2:
         return image_view(Image2D.from_array(squeezed, zdim=_dim("value", units), title=title), style=style)
-    return pn.pane.HoloViews(array_element(squeezed, title=title, units=units, style=style), linked_axes=False,
-                             **style.pane())
+    return element_view(array_element(squeezed, title=title, units=units, style=style), style=style)
 
 
 def array_element(arr: np.ndarray, *, title: str = "", units: str | None = None,
@@ -563,8 +563,22 @@ def dataarray_view(da: Any, *, title: str = "", units: str | None = None,
         return image_view(_dataarray_image(squeezed, title=title, units=units), style=style)
     if squeezed.ndim == 3 and squeezed.shape[-1] in (3, 4) and squeezed.dtype == np.uint8:
         return rgb_view(np.asarray(squeezed.values), title=title or _value_label(da, title), style=style)
-    return pn.pane.HoloViews(dataarray_element(da, title=title, units=units, style=style), linked_axes=False,
-                             **style.pane())
+    return element_view(dataarray_element(da, title=title, units=units, style=style), style=style)
+
+
+def element_view(element: hv.core.Dimensioned, *, style: PlotStyle = PAGE_STYLE) -> pn.viewable.Viewable:
+    """A HoloViews element, or frames (a HoloMap) with the widget that picks one: in a page the pane's
+    layout, since a pane put into a Column alone loses its widgets (the big screen shows the first frame).
+    Panel's slider over numeric frame keys puts its label into HTML: there it is escaped (a list of
+    frames shows it as text)."""
+    widgets = {}
+    if isinstance(element, hv.HoloMap):
+        for dim in element.kdims:
+            keys = set(element.dimension_values(dim, expanded=False))
+            if len(keys) > 1 and all(isinstance(k, numbers.Number) for k in keys):
+                widgets[dim.name] = {"label": escape(dim.pprint_label)}
+    pane = pn.pane.HoloViews(element, linked_axes=False, widgets=widgets, **style.pane())
+    return pane.layout if style.controls and isinstance(element, hv.HoloMap) else pane
 
 
 def dataarray_element(da: Any, *, title: str = "", units: str | None = None,

@@ -8,6 +8,7 @@ import html
 import holoviews as hv
 import numpy as np
 import pandas as pd
+import panel as pn
 import pytest
 import xarray as xr
 from bokeh.models import Axis
@@ -90,3 +91,15 @@ def test_summary_title_keeps_braces():
     curve = hv.Curve(([0, 1], [1, 2])).opts(title=plot_title("{label} {x}"))
     fig = hv.render(curve, backend="bokeh")
     assert fig.title.text == "{label} {x}"
+
+
+def test_frames_keep_their_widget_and_its_label_is_text():
+    """A 3-D value's frames: the widget is shown with the plot; Panel's slider puts its label into HTML,
+    so a frame dimension named like markup is escaped there (a list of string frames draws it as text)."""
+    numeric = xr.DataArray(np.arange(60.0).reshape(3, 4, 5), dims=[IMG, "y", "x"], coords={IMG: [0.5, 1.5, 2.5]})
+    view = plot_value(numeric, title="t")
+    slider = next(iter(view.select(pn.widgets.DiscreteSlider)))
+    assert slider.label == escape(IMG)
+    strings = xr.DataArray(np.ones((2, 4, 5)), dims=["shot", "y", "x"], coords={"shot": [IMG, "b"]})
+    select = next(iter(plot_value(strings, title="t").select(pn.widgets.Select)))
+    assert select.options == [IMG, "b"]

@@ -542,6 +542,12 @@ def test_inspect_every_card(servers, guarded, mode):
     for label in dataset.locator("option").all_text_contents():
         dataset.select_option(label=label)
         time.sleep(0.3)
+    # Frames of a 3-D value: picked by a slider named like a payload (Panel puts that name into HTML), or
+    # from a list of payloads.
+    g.assert_literal(["img"], "frame slider", g.text(".damnit-var-cube"))
+    g.assert_literal(["script", "jslink"], "frame list", g.text(".damnit-var-shots"))
+    page.locator(".damnit-var-shots select").select_option(index=1)
+    g.check("frames")
     # The DataFrame's headers hovered: their titles and tooltips are text.
     frame = page.locator(".damnit-var-payload_frame")
     frame.locator(".tabulator-col:not([tabulator-field='_index'])").first.wait_for()
