@@ -82,7 +82,7 @@ def waiting_runs(session: SessionState) -> pn.viewable.Viewable:
     zone = zone_label(tz)
     columns = ["Run", "Data", f"Waiting since ({zone})", "Attempts", f"Next attempt ({zone})", "Why"]
     table = _table(columns, "damnit-waiting")
-    heading = pn.pane.Markdown("#### Waiting for Slurm", margin=(10, 5, 0, 5))
+    heading = pn.pane.Markdown("### Waiting for Slurm")
     about = safe_text("", css_classes=["damnit-waiting-about"], color="#555", **{"font-size": "13px"})
     retry = pn.widgets.Button(label="Retry now", disabled=True, css_classes=["damnit-retry-waiting"],
                               description="Ask the listener to submit the selected runs now, not at its next try")
@@ -103,7 +103,7 @@ def waiting_runs(session: SessionState) -> pn.viewable.Viewable:
         about.object = ("The listener could not submit these runs to Slurm and keeps them in its queue; it tries "
                         "again with back-off, and at once when Slurm answers. "
                         + ("" if reachable else "This dashboard cannot reach that queue (the listener does not run "
-                           "in the database folder): use `damnit listener waiting --retry` or `--drop ID` in the "
+                           "in the database folder): use \"damnit listener waiting --retry\" or \"--drop ID\" in the "
                            "listener's folder, or reprocess them here."))
         retry.visible = dropper.visible = reachable
         _show(table, pd.DataFrame(
@@ -176,7 +176,7 @@ def failed_runs(session: SessionState) -> pn.viewable.Viewable:
     tz = get_config().tz
     columns = ["Run", f"Failed at ({zone_label(tz)})", "What failed", "Slurm job", "Why"]
     table = _table(columns, "damnit-failed")
-    heading = pn.pane.Markdown("#### Failed runs", margin=(10, 5, 0, 5))
+    heading = pn.pane.Markdown("### Failed runs")
     reprocess = pn.widgets.Button(label="Reprocess selected", disabled=True, css_classes=["damnit-requeue-failed"],
                                   description="Reprocess the selected runs (every variable), on Slurm if it "
                                               "answers, else on the dashboard's machine")
