@@ -9,22 +9,26 @@ which checks the write right again, off the event loop.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pandas as pd
 import panel as pn
 
+from app.actions.processing_jobs import FINISHED_STATES, Job, job_board
 from app.actions.requeue import QueueUnreachable, drop, listener_folder, requeue, retry_now
 from app.config import get_config, zone_label
 from app.display.formatting import format_time
 from app.display.text import safe_text
 from app.live.records import Change
-from app.live.session import SessionState, in_background
+from app.live.session import SessionState, every, in_background
 from app.pages.run_table.cells import FAILURE_KINDS
 from backend.base.runs import format_runs
 
 OK_COLOUR, ERROR_COLOUR = "#2e7d32", "#b00"
 REASON_WIDTH = 520
+JOB_CHECK_MS = 2000
+JOB_END_GRACE_S = 8.0  # a finished job's runs are offered again if their failure has not changed by then
 
 
 def _runs_text(runs: list[int]) -> str:
@@ -225,7 +229,9 @@ class StaleContextOffer:
     def __init__(self, session: SessionState, armed: bool = True):
         self.session = session
         self.armed = armed
-        self._launched: set[int] = set()
+        self._launched: dict[int, Job | None] = {}  # reprocessing from here, not finished yet (None: starting)
+        self._ended: dict[str, float] = {}  # job id -> when it was first seen finished
+        self._reported: set[int] = set()  # reprocessed from here, finished
         self.text = safe_text("", css_classes=["damnit-stale-context-text"], **{"font-weight": "bold"})
         self.button = pn.widgets.Button(label="Reprocess them", color="primary", visible=session.can_write,
                                         css_classes=["damnit-reprocess-stale"], align="center")
@@ -236,26 +242,40 @@ class StaleContextOffer:
                                         "border-radius": "4px", "padding": "4px"})
         self.button.on_click(self.on_click)
         _on_run_states(session, self.refresh)
+        every(JOB_CHECK_MS, self.check_jobs)
         self.refresh()
 
+    def _stale(self) -> set[int]:
+        return {f.run for f in _own_proposal(self.session, self.session.source.run_states.stale_context)}
+
     def runs(self) -> list[int]:
-        return sorted({f.run for f in _own_proposal(self.session, self.session.source.run_states.stale_context)})
+        """The runs to offer: failed with an earlier context, not already being reprocessed from here."""
+        return sorted(self._stale() - set(self._launched))
 
     def arm(self) -> None:
         self.armed = True
         self.refresh()
 
     def refresh(self) -> None:
-        runs = self.runs()
+        stale = self._stale()
+        finished = set(self._launched) - stale  # reprocessed: their failure is gone, or is a new one
+        for run in finished:
+            del self._launched[run]
+        self._reported |= finished
+        runs = sorted(stale - set(self._launched))
         if not runs:
-            self.layout.visible = self.armed and bool(self._launched)
-            if self._launched:  # what became of the runs reprocessed from here
-                failed = sorted(self._launched & {f.run for f in self.session.source.run_states.failures.values()})
-                self.text.object = (f"Reprocessed {_runs_text(sorted(self._launched))}: "
-                                    + (f"{_runs_text(failed)} failed again (see the Processing page)" if failed
-                                       else "no failure left"))
-                self.button.visible = False
+            self.layout.visible = self.armed and bool(self._launched or self._reported)
+            self.button.visible = False
+            if self._launched:
+                self.text.object = (f"Reprocessing {_runs_text(sorted(self._launched))} (see Jobs on the "
+                                    "Processing page)")
+            elif self._reported:  # what became of the runs reprocessed from here
+                failed = sorted(self._reported & {f.run for f in self.session.source.run_states.failures.values()})
+                self.text.object = (f"Reprocessed {_runs_text(sorted(self._reported))}: "
+                                    + (f"{_runs_text(failed)} failed again (see Failed runs on the Processing "
+                                       "page)" if failed else "no failure left"))
             return
+        self._reported = set()
         self.layout.visible = self.armed
         self.button.visible = self.session.can_write
         n = len(runs)
@@ -275,16 +295,43 @@ class StaleContextOffer:
             return
         if not runs:
             return
-        self._launched |= set(runs)
+        self._launched.update(dict.fromkeys(runs))
         self.button.disabled = True
         _say(self.message, f"Starting processing of {_runs_text(runs)}…")
 
         def done(result, error) -> None:
             self.button.disabled = False
             if error is not None:
-                self._launched = set()
+                for run in runs:
+                    self._launched.pop(run, None)
                 _say(self.message, f"Could not start processing: {error}", ok=False)
             else:
-                _say(self.message, result)
+                self._launched.update(dict.fromkeys(runs, result.job))
+                _say(self.message, result.message)
+            self.refresh()
 
-        in_background(lambda: requeue(self.session, runs).message, done)
+        in_background(lambda: requeue(self.session, runs), done)
+
+    def check_jobs(self) -> None:
+        """Offer again the runs whose job ended without changing their failure (it could not run them,
+        or was cancelled), looked at some seconds after the job ended, when the source has polled."""
+        jobs = {j.id: j for j in self._launched.values() if j is not None}
+        if not jobs:
+            return
+        src = self.session.source
+        job_board(src.db_dir, src.proposal).refresh()
+        now = time.monotonic()
+        notes = []
+        for job in jobs.values():
+            if job.state not in FINISHED_STATES or now - self._ended.setdefault(job.id, now) < JOB_END_GRACE_S:
+                continue
+            del self._ended[job.id]
+            runs = sorted(r for r, j in self._launched.items() if j is job)
+            for run in runs:
+                del self._launched[run]
+            notes.append(f"the job for {_runs_text(runs)} ended ({job.state}: {job.message}) without processing "
+                         f"{'them' if len(runs) > 1 else 'it'}")
+        if notes:
+            text = "; ".join(notes)
+            _say(self.message, text[:1].upper() + text[1:], ok=False)
+            self.refresh()

@@ -16,6 +16,7 @@ from app.config import get_config, zone_label
 from app.display.formatting import format_time
 from app.live.session import SessionState
 from app.live.source import ProposalSource
+from app.pages import run_states_view as rsv
 from app.pages.run_states_view import StaleContextOffer, failed_runs, waiting_runs
 from app.pages.run_table import cells
 from backend.services.listener import mirror_waiting
@@ -204,3 +205,60 @@ def test_retry_and_drop_reach_the_listeners_queue_in_the_database_folder(db, sou
         assert [e.run for e in ldb.waiting()] == [3]
     _poll(source)
     assert set(source.run_states.waiting) == {3}
+
+
+def _finish(job, timeout=120):
+    """Wait for a local dashboard job's process to end."""
+    assert job is not None and job.backend == "local" and job.process is not None
+    job.process.wait(timeout)
+
+
+def test_the_offer_follows_the_runs_it_reprocessed_until_they_succeed_or_fail_again(
+        db, source, make_mock_runs, monkeypatch):
+    make_mock_runs(PROPOSAL, [1, 2, 3], ntrains=3)
+    monkeypatch.setenv("AMORE_BROKER", "none")
+    monkeypatch.setenv("DAMNIT_SLURM", "off")
+    monkeypatch.setattr(rsv, "JOB_END_GRACE_S", 0.0)
+    _fail(db, 1)
+    _fail(db, 2)
+    (db / "context.py").write_text("raise ValueError('still broken')\n")  # a "fix" that is not one
+    _poll(source)
+    offer = StaleContextOffer(_session(source))
+    assert offer.runs() == [1, 2]
+
+    offer.on_click()  # a real local job (`damnit reprocess --direct`)
+    assert offer.message.object.startswith("Launched processing for 1-2 (local process")
+    assert offer.layout.visible and not offer.button.visible and offer.runs() == []
+    assert offer.text.object.startswith("Reprocessing runs 1-2")
+    _finish(offer._launched[1])
+    _poll(source)
+    failures = source.run_states.failures
+    assert "still broken" in failures[1].reason and "still broken" in failures[2].reason
+    assert source.run_states.stale_context == ()  # they failed with the context file as it is now
+    assert offer.text.object == "Reprocessed runs 1-2: runs 1-2 failed again (see Failed runs on the Processing page)"
+
+    (db / "context.py").write_text("from damnit_ctx import Variable\n\n\n@Variable()\ndef one(run):\n    return 1\n")
+    _poll(source)  # fixed for real: offered again
+    assert offer.runs() == [1, 2] and offer.button.visible and "2 runs (1-2) failed" in offer.text.object
+    offer.on_click()
+    _finish(offer._launched[1])
+    _poll(source)
+    assert source.run_states.failures == {}
+    assert offer.text.object == "Reprocessed runs 1-2: no failure left"
+
+    # A job that ends without touching its runs' failure (it could not process them) gives them back.
+    (db / "context.py").write_text("raise ValueError('broken again')\n")
+    _fail(db, 3)
+    _fail(db, 42)  # no such run on disk: `damnit reprocess` skips it
+    (db / "context.py").write_text("from damnit_ctx import Variable  # fixed again\n")
+    _poll(source)
+    assert offer.runs() == [3, 42]
+    offer.on_click()
+    job = offer._launched[3]
+    _finish(job)
+    _poll(source)
+    assert offer.runs() == [] and offer.text.object == "Reprocessing run 42 (see Jobs on the Processing page)"
+    offer.check_jobs()  # the page's timer
+    assert job.state == "DONE" and offer.runs() == [42] and offer.button.visible
+    assert offer.message.object == "The job for run 42 ended (DONE: exit code 0) without processing it"
+    assert "1 run (42) failed with an earlier version" in offer.text.object

@@ -112,6 +112,15 @@ def test_a_failed_run_is_marked_listed_and_reprocessed_after_the_context_fix(set
     assert "Unable to contact slurm controller" in wrow and "\n3\n" in wrow  # three attempts so far
     if os.environ.get("DAMNIT_SHOTS"):
         page.screenshot(path=os.environ["DAMNIT_SHOTS"] + "/processing-failed.png", full_page=True)
+    # Reprocess the waiting run from here (this listener's queue is out of reach: the page says so).
+    here = page.get_by_role("button", name="Reprocess here")
+    assert here.is_disabled()
+    waiting.locator(".tabulator-row").first.locator(".tabulator-cell[tabulator-field='Run']").click()
+    wait_for(lambda: not here.is_disabled())
+    here.click()
+    said = page.locator(".damnit-waiting-message").get_by_text("Launched processing for 4 (local process")
+    said.wait_for()
+    assert "the listener still has 4 queued" in said.inner_text()
 
     # Not offered while the context file is still the broken one.
     offer = page.locator(".damnit-stale-context")
