@@ -179,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     cmd += extra
 
     env = dict(os.environ, **{ENV_VAR: cfg.to_env()})
+    # Every script, stylesheet and font comes from this server, never from a CDN: facility networks have
+    # no internet. Bokeh and Panel would take a CDN from the environment (BOKEH_RESOURCES, PANEL_AE5_CDN).
+    env["BOKEH_RESOURCES"] = "server"
+    env.pop("PANEL_AE5_CDN", None)
     if demo is not None:
         env.update(demo.env())
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
