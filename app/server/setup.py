@@ -8,8 +8,14 @@ from app.actions.edits import warm_producer
 from app.config import get_config
 from app.live.source import get_source
 from app.pages.run_table.model import get_table_model
+from backend.base.messages import quiet_client_connection_logs
 
 log = logging.getLogger("app.setup")
+# The dashboard's own news (ready, loaded, edits, the broker going and coming back) at info level; Bokeh
+# leaves other loggers at warning. The broker's outages are said once each, by the live sources and the
+# producer: aiokafka's error for every retry is hidden.
+logging.getLogger("app").setLevel(logging.INFO)
+quiet_client_connection_logs()
 if os.environ.get("DAMNIT_LOG_LATENCY"):  # benchmarks: per-session message → patch timings on stderr
     _h = logging.StreamHandler()
     _h.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
