@@ -34,6 +34,7 @@ class ServerConfig:
     demo: bool = False
     context_editors: list[str] = field(default_factory=list)  # --context-editors: user names, or ["*"]
     timezone: str = ""  # --timezone: every time shown or exported is in this zone ('' = the server's)
+    unload_after: float = 600.0  # --unload-after: seconds before a proposal no session uses is closed (0: never)
 
     @property
     def tz(self) -> dt.tzinfo:

@@ -9,11 +9,13 @@ import logging
 import panel as pn
 import param
 
+from app.access import may_see
 from app.config import ServerConfig, get_config
 from app.live.session import SessionState, every
 from app.live.source import ProposalSource, get_source
 from app.pages import load_pages
 from app.pages.bigscreen import BigScreen
+from app.pages.landing import ProposalDirectory
 from backend.base.paths import find_database_dir
 
 log = logging.getLogger(__name__)
@@ -132,87 +134,56 @@ def make_session(source: ProposalSource | None, cfg: ServerConfig) -> SessionSta
                         context_edit_denied_reason=context_reason)
 
 
-def _served_sources(cfg: ServerConfig) -> list[ProposalSource]:
-    out = []
-    for d in cfg.databases:
-        try:
-            out.append(get_source(d))
-        except Exception as e:
-            log.error("Cannot open %s: %s", d, e)
-    return out
-
-
-def pick_source(cfg: ServerConfig) -> tuple[ProposalSource | None, str]:
-    """The source this session asked for with ``?proposal=N`` / ``?db=i``, or the only one served."""
+def pick_source(cfg: ServerConfig, user: str) -> tuple[ProposalSource | None, str]:
+    """The source this session asked for with ``?proposal=N`` / ``?db=i`` (or the only one served), if
+    this user may see it; otherwise (None, why), the reason never revealing more than was asked."""
     args = pn.state.session_args or {}
     prop = (args.get("proposal") or [b""])[0].decode()
     db_index = (args.get("db") or [b""])[0].decode()
+    db_dir = None
     if prop:
         if not prop.isdigit():
             return None, f"Not a proposal number: {prop!r}"
         for d in cfg.databases:
             src = get_source(d)
             if src.proposal == int(prop):
-                return src, ""
-        if cfg.allow_lookup:
-            found = find_database_dir(int(prop))
-            if found is not None:
-                return get_source(found), ""
-        return None, f"Proposal {prop} is not served here"
+                db_dir = src.db_dir
+                break
+        else:
+            if cfg.allow_lookup and not cfg.databases:
+                db_dir = find_database_dir(int(prop))
+        if db_dir is None:
+            return None, f"Proposal {prop} is not served here"
+        if not may_see(cfg, user, int(prop), db_dir):
+            log.warning("Refused p%s to %s: not a member", prop, user or "an anonymous user")
+            return None, f"You are not a member of proposal {int(prop)}" + (f" ({user})" if user else "")
+        return get_source(db_dir), ""
     if db_index:
-        if db_index.isdigit() and int(db_index) < len(cfg.databases):
-            return get_source(cfg.databases[int(db_index)]), ""
-        return None, f"No database #{db_index} is served here"
-    if len(cfg.databases) == 1:
-        return get_source(cfg.databases[0]), ""
-    return None, ""
-
-
-def proposal_list(cfg: ServerConfig, message: str = "") -> pn.viewable.Viewable:
-    """The landing page when several (or no) databases are served."""
-    rows = []
-    for i, d in enumerate(cfg.databases):
-        try:
-            src = get_source(d)
-            label = f"p{src.proposal}" if src.proposal is not None else f"database #{i}"
-            link = f"?proposal={src.proposal}" if src.proposal is not None else f"?db={i}"
-            rows.append(f"<li><a href='{html.escape(link)}'>{html.escape(label)}</a> "
-                        f"<span style='color:#666'>({len(src.run_keys())} runs, {html.escape(str(src.db_dir))})</span></li>")
-        except Exception as e:
-            rows.append(f"<li>{html.escape(d)}: <b>cannot open</b>: {html.escape(str(e))}</li>")
-    number = pn.widgets.TextInput(label="Open proposal number", placeholder="e.g. 1234", width=200)
-    go = pn.widgets.Button(label="Open", color="primary", width=80)
-    # Alert renders Markdown (and so HTML): messages can quote the URL, so they are escaped.
-    feedback = pn.pane.Alert(html.escape(message), alert_type="warning", visible=bool(message))
-
-    def open_proposal(_=None):
-        text = number.value.strip()
-        if not text.isdigit():
-            feedback.object, feedback.visible = html.escape(f"Not a proposal number: {text!r}"), True
-            return
-        served = any(get_source(d).proposal == int(text) for d in cfg.databases)
-        if not served and not (cfg.allow_lookup and find_database_dir(int(text))):
-            feedback.object, feedback.visible = f"Proposal {text} is not served here", True
-            return
-        pn.state.location.search = f"?proposal={int(text)}"
-        pn.state.location.reload = True
-
-    go.on_click(open_proposal)
-    number.param.watch(open_proposal, "enter_pressed")
-    listing = "<ul>" + "".join(rows) + "</ul>" if rows else "<p>No databases given on the command line.</p>"
-    return pn.Column(pn.pane.HTML("<h2>DAMNIT: served proposals</h2>" + listing), feedback,
-                     pn.Row(number, go, align="end"), sizing_mode="stretch_width")
+        if not (db_index.isdigit() and int(db_index) < len(cfg.databases)):
+            return None, f"No database #{db_index} is served here"
+        db_dir = cfg.databases[int(db_index)]
+    elif len(cfg.databases) == 1:
+        db_dir = cfg.databases[0]
+    else:
+        return None, ""
+    source = get_source(db_dir)
+    if not may_see(cfg, user, source.proposal, source.db_dir):
+        log.warning("Refused %s to %s: not a member", source.db_dir, user or "an anonymous user")
+        return None, f"You are not a member of proposal {source.proposal}" + (f" ({user})" if user else "")
+    return source, ""
 
 
 def build_app() -> pn.viewable.Viewable:
     """One session's page."""
     cfg = get_config()
+    user = session_user(cfg)
     try:
-        source, message = pick_source(cfg)
+        source, message = pick_source(cfg, user)
     except Exception as e:  # a served DB became unreadable
+        log.exception("Cannot open the database asked for")
         source, message = None, f"Cannot open the database: {e}"
     if source is None:
-        return proposal_list(cfg, message)
+        return ProposalDirectory(cfg=cfg, user=user, message=message)
     session = make_session(source, cfg)
     if (pn.state.session_args or {}).get("mode", [b""])[0] == b"bigscreen":
         return BigScreen(session=session)  # a wall display: that page alone, without tabs or edit pages

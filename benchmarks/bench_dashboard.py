@@ -103,9 +103,9 @@ def bench_open(browser, url: str, repeats: int) -> dict:
         t_nav = page.evaluate("() => performance.timeOrigin")
         shown.append((t_rows - t_nav) / 1000)
         nav.append(page.evaluate("() => performance.getEntriesByType('navigation')[0].responseEnd") / 1000)
-        # Interactive: the pager answers (the server sends page 1, run 1 appears).
+        # Interactive: the pager answers (the server sends the last page, run 1 appears).
         t1 = time.time()
-        page.locator("button.tabulator-page[data-page='first']").click()
+        page.locator("button.tabulator-page[data-page='last']").click()
         page.locator(".tabulator-cell[tabulator-field='run']").get_by_text("1", exact=True).wait_for()
         interactive.append(shown[-1] + (time.time() - t1))
         # The same browser again (scripts cached), as when a user reloads or opens a second tab.
@@ -122,7 +122,7 @@ def bench_open(browser, url: str, repeats: int) -> dict:
 
 def bench_latency(browser, url: str, db: Path, n: int, send) -> dict:
     ctx, page, _ = open_page(browser, url)
-    last_run = int(page.locator(".tabulator-row .tabulator-cell[tabulator-field='run']").last.inner_text().split()[0])
+    last_run = int(page.locator(".tabulator-row .tabulator-cell[tabulator-field='run']").first.inner_text().split()[0])
     page.evaluate(WATCH_JS, ["v001", last_run])
     lat = []
     for i in range(n):
@@ -175,11 +175,11 @@ def bench_sessions(browser, srv: DashboardServer, db: Path, n_sessions: int, sen
     time.sleep(3)
     rss_n = proc_rss_mb(pid)
     cpu_n, last = load_window("many")
-    # Every session must have the last value (run 1 is on page 1; open each session's first page).
+    # Every session must have the last value (run 1 is on the last page; open each session's last page).
     got = 0
     for _, pg in pages:
         try:
-            pg.locator("button.tabulator-page[data-page='first']").click()
+            pg.locator("button.tabulator-page[data-page='last']").click()
             pg.locator(".tabulator-cell[tabulator-field='v002']").get_by_text(f"{int(last)}", exact=True).wait_for(
                 timeout=15000)
             got += 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend.base.paths import append_run_log, runs_on_disk
+from backend.base.runs import format_runs, parse_run_spec
 
 log = logging.getLogger(__name__)
 
@@ -30,31 +30,10 @@ SQUEUE_CACHE_S = 2.0
 FINISHED_STATES = {"DONE", "FAILED", "CANCELLED", "GONE"}
 
 
-class RunSpecError(ValueError):
-    """A run selection that cannot be understood; the message quotes the bad part."""
-
-
-def parse_run_spec(text: str, known_runs: Iterable[int] = ()) -> list[int]:
-    """Runs from text like ``"1-10, 15"`` or ``"all"`` (= every known run); sorted, no duplicates."""
-    text = text.strip()
-    if not text:
-        raise RunSpecError("no runs given: type run numbers like 1-10,15 or 'all'")
-    if text.lower() == "all":
-        return sorted(set(int(r) for r in known_runs))
-    runs: set[int] = set()
-    for part in re.split(r"[,\s]+", text):
-        if not part:
-            continue
-        m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
-        if not m:
-            raise RunSpecError(f"not a run number or range: {part!r} (use e.g. 1-10,15 or 'all')")
-        first, last = int(m[1]), int(m[2] or m[1])
-        if last < first:
-            raise RunSpecError(f"range {part!r} ends before it starts")
-        if last - first > 100_000:
-            raise RunSpecError(f"range {part!r} is too large")
-        runs.update(range(first, last + 1))
-    return sorted(runs)
+def runs_selected(text: str, known_runs: Iterable[int]) -> list[int]:
+    """Runs from text like ``"1-10, 15"`` or ``"all"`` (= every known run); RunSpecError if unclear."""
+    runs = parse_run_spec(text)
+    return sorted(set(int(r) for r in known_runs)) if runs is None else runs
 
 
 def runs_with_data(proposal: int | None) -> set[int] | None:
@@ -88,19 +67,6 @@ class Job:
     @property
     def runs_text(self) -> str:
         return format_runs(self.runs)
-
-
-def format_runs(runs: Sequence[int]) -> str:
-    """Compact ranges: [1,2,3,5] -> '1-3, 5'."""
-    runs = sorted(set(runs))
-    parts, i = [], 0
-    while i < len(runs):
-        j = i
-        while j + 1 < len(runs) and runs[j + 1] == runs[j] + 1:
-            j += 1
-        parts.append(str(runs[i]) if i == j else f"{runs[i]}-{runs[j]}")
-        i = j + 1
-    return ", ".join(parts)
 
 
 def slurm_available() -> bool:

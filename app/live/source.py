@@ -75,6 +75,7 @@ class ProposalSource:
         self.last_change: float = time.time()
         self.last_used: float = time.monotonic()
         self._subscribers: list[Callback] = []
+        self._session_callbacks: set[Callback] = set()
         self._hwm_ts = -math.inf  # newest run_variables.timestamp seen
         self._signature: tuple = ()
         self._fsig: tuple = ()
@@ -178,10 +179,13 @@ class ProposalSource:
         return out
 
     # -- subscriptions ----------------------------------------------------------------------------
-    def subscribe(self, callback: Callback) -> None:
-        """Call ``callback(change)`` (from a background thread) after every change."""
+    def subscribe(self, callback: Callback, *, session: bool = True) -> None:
+        """Call ``callback(change)`` (from a background thread) after every change. ``session=False`` for
+        state shared by sessions (a table model): it does not keep the source from being unloaded."""
         with self.lock:
             self._subscribers.append(callback)
+            if session:
+                self._session_callbacks.add(callback)
             self.last_used = time.monotonic()
 
     def unsubscribe(self, callback: Callback) -> None:
@@ -190,11 +194,13 @@ class ProposalSource:
                 self._subscribers.remove(callback)
             except ValueError:
                 pass
+            self._session_callbacks.discard(callback)
             self.last_used = time.monotonic()
 
     @property
-    def n_subscribers(self) -> int:
-        return len(self._subscribers)
+    def n_sessions(self) -> int:
+        """Sessions following this source (what keeps it loaded)."""
+        return len(self._session_callbacks)
 
     def _emit(self, change: Change) -> None:
         if not change:
@@ -223,7 +229,7 @@ class ProposalSource:
         proposal = settings.get("proposal")
         table = LiveTable(int(proposal) if proposal not in (None, "") else None)
         table.set_runs(runs)
-        table.put(values)
+        table.put(values, report=False)
         with self.lock:
             self.proposal = table.proposal
             self.db_id = settings.get("db_id")
@@ -490,7 +496,7 @@ def unload_idle(after: float, now: float | None = None) -> list[Path]:
     subscription closes with them). Returns the folders unloaded."""
     now = time.monotonic() if now is None else now
     with _SOURCES_LOCK:
-        idle = [p for p, s in _SOURCES.items() if s.n_subscribers == 0 and now - s.last_used >= after]
+        idle = [p for p, s in _SOURCES.items() if s.n_sessions == 0 and now - s.last_used >= after]
         gone = [_SOURCES.pop(p) for p in idle]
     for src in gone:
         src.stop()

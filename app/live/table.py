@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from backend.storage.run_values import BlobKind, Kind, RunValues
@@ -197,28 +198,34 @@ class LiveTable:
     def sorted_keys(self) -> np.ndarray:
         return self.keys[:self.n_rows][self.order()]
 
+    def keys_for(self, proposals: np.ndarray, runs: np.ndarray) -> np.ndarray:
+        """``key_for`` of many runs at once."""
+        runs = np.asarray(runs, dtype=np.int64)
+        if self.proposal is None:
+            return runs.copy()
+        proposals = np.asarray(proposals, dtype=np.int64)
+        return np.where(proposals == self.proposal, runs, proposals * 1_000_000 + runs)
+
     def _ensure_rows(self, proposals: np.ndarray, runs: np.ndarray) -> tuple[np.ndarray, list[int]]:
         """Row of each (proposal, run), adding rows for new runs; returns (rows, new keys)."""
-        keys = np.fromiter((self.key_for(p, r) for p, r in zip(proposals.tolist(), runs.tolist())),
-                           dtype=np.int64, count=len(runs))
-        unique, inverse = np.unique(keys, return_inverse=True)
-        rows_u = np.empty(len(unique), dtype=np.int64)
+        keys = self.keys_for(proposals, runs)
+        inverse, unique = pd.factorize(keys)  # hashing: quicker than sorting 1.5 M keys
+        first = np.empty(len(unique), dtype=np.int64)
+        first[inverse[::-1]] = np.arange(len(keys) - 1, -1, -1)  # the last write wins: the first occurrence
+        rows_u = np.fromiter((self._row_of.get(k, -1) for k in unique.tolist()), dtype=np.int64, count=len(unique))
+        missing = np.flatnonzero(rows_u < 0)
         new: list[int] = []
-        first = np.zeros(len(unique), dtype=np.int64)
-        first[inverse[::-1]] = np.arange(len(keys))[::-1]
-        for i, key in enumerate(unique.tolist()):
-            row = self._row_of.get(key)
-            if row is None:
-                row = self.n_rows
-                self._grow(len(self.names), row + 1)
-                self._row_of[key] = row
-                self.keys[row] = key
-                self.run_proposal[row] = proposals[first[i]]
-                self.run_number[row] = runs[first[i]]
-                self.n_rows += 1
-                new.append(key)
-            rows_u[i] = row
-        if new:
+        if len(missing):
+            start = self.n_rows
+            self._grow(len(self.names), start + len(missing))
+            added = np.arange(start, start + len(missing))
+            rows_u[missing] = added
+            self.keys[added] = unique[missing]
+            self.run_proposal[added] = np.asarray(proposals, dtype=np.int64)[first[missing]]
+            self.run_number[added] = np.asarray(runs, dtype=np.int64)[first[missing]]
+            new = unique[missing].tolist()
+            self._row_of.update(zip(new, added.tolist()))
+            self.n_rows += len(missing)
             self._order = None
         return rows_u[inverse], new
 
@@ -261,56 +268,67 @@ class LiveTable:
 
     # -- cells --------------------------------------------------------------------------------------
 
-    def put(self, values: RunValues) -> tuple[list[int], dict[int, set[str]], list[str]]:
+    def put(self, values: RunValues, *, report: bool = True) -> tuple[list[int], dict[int, set[str]], list[str]]:
         """Store rows read from run_variables (newest version wins). Returns (new run keys, {key: names
-        whose cell changed}, new column names)."""
+        whose cell changed}, new column names); ``report=False`` (a first load) skips finding changes."""
         if not len(values):
             return [], {}, []
-        order = np.argsort(values.version, kind="stable") if (values.version != 1).any() else np.arange(len(values))
+        versions = bool((values.version != 1).any())
+        order = np.argsort(values.version, kind="stable") if versions else slice(None)
         rows, new_runs = self._ensure_rows(values.proposal[order], values.run[order])
-        names = np.array(values.names, dtype=object)
-        cols, new_cols = self._ensure_columns(list(names))
+        cols, new_cols = self._ensure_columns(values.names)
         cols = cols[values.name[order]]
-        # The last row of a cell wins (highest version); keep just that one.
-        cell = cols * (self.kind.shape[1] + 1) + rows
-        _, last_rev = np.unique(cell[::-1], return_index=True)
-        keep = np.sort(len(cell) - 1 - last_rev)
-        src, rows, cols = order[keep], rows[keep], cols[keep]
+        if versions:  # the last row of a cell wins (highest version): keep just that one
+            cell = cols * (self.kind.shape[1] + 1) + rows
+            _, last_rev = np.unique(cell[::-1], return_index=True)
+            keep = np.sort(len(cell) - 1 - last_rev)
+            src, rows, cols = order[keep], rows[keep], cols[keep]
+        else:  # one version per cell (the unique index includes it): rows in their own order
+            src = slice(None)
+
+        def pick(array: pa.Array) -> pa.Array:
+            return array if isinstance(src, slice) else array.take(pa.array(src))
 
         kind = values.kind[src]
         reals = np.where(kind == Kind.INT, values.ints[src].astype(np.float64), values.reals[src])
         ints = values.ints[src]
-        text = self.texts.codes(values.texts.take(pa.array(src)))
+        text = self.texts.codes(pick(values.texts))
         blob = values.blob[src]
-        attr = self.attrs.codes(values.attributes.take(pa.array(src))) if values.attributes is not None \
-            else np.zeros(len(src), np.int32)
-        prov = self.provenances.codes(values.provenance.take(pa.array(src))) if values.provenance is not None \
-            else np.zeros(len(src), np.int32)
-        max_diff = (values.max_diff[src] if values.max_diff is not None else np.full(len(src), np.nan)
-                    ).astype(np.float32)
-        stamp = values.timestamp[src] if values.timestamp is not None else np.full(len(src), np.nan)
+        n = len(kind)
+        attr = self.attrs.codes(pick(values.attributes)) if values.attributes is not None else np.zeros(n, np.int32)
+        prov = self.provenances.codes(pick(values.provenance)) if values.provenance is not None \
+            else np.zeros(n, np.int32)
+        max_diff = (values.max_diff[src] if values.max_diff is not None else np.full(n, np.nan)).astype(np.float32)
+        stamp = values.timestamp[src] if values.timestamp is not None else np.full(n, np.nan)
 
-        def same(old, new, floats=False):
-            eq = old == new
-            return eq | (np.isnan(old) & np.isnan(new)) if floats else eq
+        # Changes are reported for runs the table had before; a new run is new as a whole.
+        if not report:
+            old = np.zeros(0, dtype=np.int64)
+        elif new_runs:
+            old = np.flatnonzero(np.isin(self.keys[rows], new_runs, invert=True))
+        else:
+            old = np.arange(len(rows))
+        oc, orow = cols[old], rows[old]
 
-        unchanged = (same(self.kind[cols, rows], kind) & same(self.reals[cols, rows], reals, True)
-                     & same(self.ints[cols, rows], ints) & same(self.text[cols, rows], text)
-                     & same(self.blob[cols, rows], blob) & same(self.attr[cols, rows], attr)
-                     & same(self.prov[cols, rows], prov) & same(self.max_diff[cols, rows], max_diff, True)
-                     & same(self.stamp[cols, rows], stamp, True))
+        def differs(field: str, new: np.ndarray, floats: bool = False) -> np.ndarray:
+            before, after = getattr(self, field)[oc, orow], new[old]
+            out = before != after
+            return out & ~(np.isnan(before) & np.isnan(after)) if floats else out
+
+        changed_mask = (differs("kind", kind) | differs("reals", reals, True) | differs("ints", ints)
+                        | differs("text", text) | differs("blob", blob) | differs("attr", attr)
+                        | differs("prov", prov) | differs("max_diff", max_diff, True)
+                        | differs("stamp", stamp, True))
         self.kind[cols, rows], self.reals[cols, rows], self.ints[cols, rows] = kind, reals, ints
         self.text[cols, rows], self.blob[cols, rows], self.attr[cols, rows] = text, blob, attr
         self.prov[cols, rows], self.max_diff[cols, rows], self.stamp[cols, rows] = prov, max_diff, stamp
-        for i in np.flatnonzero(values.blob[src] & ~3 == BlobKind.COMPLEX):
-            self.complexes[(int(cols[i]), int(rows[i]))] = complex(values.complexes[src[i]])
+        complexes = values.complexes[src]
+        for i in np.flatnonzero(blob & ~3 == BlobKind.COMPLEX):
+            self.complexes[(int(cols[i]), int(rows[i]))] = complex(complexes[i])
 
         changed: dict[int, set[str]] = {}
-        new_set = set(new_runs)
-        for c, r in zip(cols[~unchanged].tolist(), rows[~unchanged].tolist()):
-            key = int(self.keys[r])
-            if key not in new_set:
-                changed.setdefault(key, set()).add(self.names[c])
+        for c, r in zip(oc[changed_mask].tolist(), orow[changed_mask].tolist()):
+            changed.setdefault(int(self.keys[r]), set()).add(self.names[c])
         return new_runs, changed, [n for n in new_cols if n not in STATIC_COLUMNS]
 
     def clear(self, key: int, names: Iterable[str]) -> set[str]:

@@ -10,10 +10,8 @@ import param
 
 from app.actions.processing_jobs import (
     LogTail,
-    RunSpecError,
-    format_runs,
     job_board,
-    parse_run_spec,
+    runs_selected,
     runs_with_data,
     slurm_available,
 )
@@ -22,6 +20,7 @@ from app.display.formatting import format_time
 from app.display.text import safe_options, safe_text
 from app.live.session import SessionState, every
 from backend.base.paths import run_log_path
+from backend.base.runs import RunSpecError, format_runs
 
 TITLE = "Processing"
 SLUG = "processing"
@@ -78,7 +77,7 @@ def reprocess_form(session: Any, board: Any) -> pn.viewable.Viewable:
             check.object = session.write_denied_reason or "This dashboard is read-only"
             return
         try:
-            runs = parse_run_spec(text, source.run_keys())
+            runs = runs_selected(text, source.run_keys())
         except RunSpecError as e:
             state["runs"], submit.disabled, check.object = [], True, str(e)
             return

@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo-dir", default=None, help="where the demo lives (default ~/.cache/damnit-demo)")
     p.add_argument("--demo-interval", type=float, default=8.0, help="seconds between demo runs")
     p.add_argument("--num-threads", type=int, default=None, help="Panel worker threads (default: none)")
+    p.add_argument("--num-procs", type=int, default=1, metavar="N",
+                   help="server processes sharing the port (each with its own copy of the open proposals and "
+                        "its own Kafka subscription; a crashed process is restarted); default 1")
+    p.add_argument("--unload-after", type=float, default=600.0, metavar="SECONDS",
+                   help="close a proposal no session has used for this long (its memory and Kafka subscription "
+                        "are freed; it reopens on the next visit); default 600, 0 = never")
     p.add_argument("--show", action="store_true", help="open a browser")
     return p
 
@@ -155,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ServerConfig(databases=list(dict.fromkeys(databases)), read_only=args.read_only, address=args.address,
                        prefix=args.prefix.rstrip("/"), auth=auth, user_header=args.user_header,
                        allow_lookup=not databases, demo=args.demo,
-                       context_editors=[u.strip() for u in args.context_editors.split(",") if u.strip()])
+                       context_editors=[u.strip() for u in args.context_editors.split(",") if u.strip()],
+                       unload_after=max(0.0, args.unload_after))
 
     cmd = [sys.executable, "-m", "panel", "serve", str(SERVER_DIR / "main.py"),
            "--port", str(args.port), "--address", args.address,
@@ -172,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd += ["--allow-websocket-origin", o]
     if args.num_threads:
         cmd += ["--num-threads", str(args.num_threads)]
+    if args.num_procs > 1:
+        cmd += ["--num-procs", str(args.num_procs)]
     if args.show:
         cmd.append("--show")
     if cfg.prefix or args.user_header:

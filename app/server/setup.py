@@ -4,15 +4,17 @@ first page is quick even for a 5000-run proposal, and connect the update produce
 import logging
 import os
 
+import panel as pn
+
 from app.actions.edits import warm_producer
 from app.config import get_config
-from app.live.source import get_source
+from app.live.source import get_source, unload_idle
 from app.pages.run_table.model import get_table_model
 from backend.base.messages import quiet_client_connection_logs
 
 log = logging.getLogger("app.setup")
-# The dashboard's own news (ready, loaded, edits, the broker going and coming back) at info level; Bokeh
-# leaves other loggers at warning. The broker's outages are said once each, by the live sources and the
+# What the dashboard does (proposals opened and unloaded, refusals, edits, the broker going away and
+# coming back) is in the server's log. A broker's outage is said once, by the live sources and the edit
 # producer: aiokafka's error for every retry is hidden.
 logging.getLogger("app").setLevel(logging.INFO)
 quiet_client_connection_logs()
@@ -33,3 +35,8 @@ for db_dir in get_config().databases:
         log.error("Cannot open %s: %s", db_dir, e)
 if not get_config().read_only:
     warm_producer()
+if get_config().unload_after > 0:
+    # Proposals nobody looks at give their memory and Kafka subscription back (a facility's server).
+    after = get_config().unload_after
+    pn.state.schedule_task("damnit-unload-idle-proposals", lambda: unload_idle(after),
+                           period=f"{max(10, min(after, 60)):.0f}s")

@@ -54,6 +54,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from backend.base.runs import RunSpecError, parse_run_spec
+
 XGM_ID = "SA1_XTD2_XGM/DOOCS/MAIN"
 CAMERA_ID = "SPB_IRU_CAM/CAM/SIDEMIC"
 MOTOR_ID = "SPB_IRU_MOTORS/MOTOR/SAMPLE_X"
@@ -632,13 +634,12 @@ def make_instrument_run(root: Path | str, proposal: int, run: int, instrument: s
 
 
 def _parse_runs(specs: list[str]) -> list[int]:
-    runs: list[int] = []
-    for spec in specs:
-        first, _, last = spec.partition("-")
-        try:
-            runs.extend(range(int(first), int(last or first) + 1))
-        except ValueError:
-            raise SystemExit(f"error: bad run number or range {spec!r} (use e.g. 3 or 1-10)") from None
+    try:
+        runs = parse_run_spec(specs)
+    except RunSpecError as e:
+        raise SystemExit(f"error: {e}") from None
+    if runs is None:
+        raise SystemExit("error: give the runs to write (e.g. 3 or 1-10), not 'all'")
     return runs
 
 

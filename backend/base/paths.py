@@ -8,6 +8,7 @@ A proposal's folder is ``<data root>/<instrument>/<cycle>/p<NNNNNN>``; its offic
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_DATA_ROOT = "/gpfs/exfel/exp"
@@ -57,6 +58,30 @@ def find_database_dir(proposal: int) -> Path | None:
         if (d / AMORE_SUBDIR / DB_NAME).is_file():
             return d / AMORE_SUBDIR
     return None
+
+
+@dataclass(frozen=True)
+class ProposalFolder:
+    """A proposal with a DAMNIT database, as found under a data root."""
+
+    proposal: int
+    instrument: str
+    cycle: str
+    db_dir: Path
+
+
+def list_database_dirs() -> list[ProposalFolder]:
+    """Every proposal under the data roots that has a DAMNIT database, newest cycle first (a proposal
+    found under several roots is listed once, from the first root)."""
+    found: dict[int, ProposalFolder] = {}
+    for root in data_roots():
+        for db in root.glob(f"*/*/p[0-9]*/{AMORE_SUBDIR.as_posix()}/{DB_NAME}"):
+            folder = db.parents[3]
+            number = folder.name[1:]
+            if not number.isdigit() or int(number) in found:
+                continue
+            found[int(number)] = ProposalFolder(int(number), folder.parents[1].name, folder.parent.name, db.parent)
+    return sorted(found.values(), key=lambda f: (f.cycle, f.proposal), reverse=True)
 
 
 def db_path(db_dir: str | os.PathLike) -> Path:

@@ -3,7 +3,6 @@ database, and run-number specs."""
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import sys
 from collections.abc import Callable
@@ -53,21 +52,3 @@ def open_db(db_dir: Path) -> DamnitDB:
         return DamnitDB.from_dir(db_dir)
     except (LegacyDatabaseError, DatabaseVersionError, sqlite3.DatabaseError) as e:
         raise CLIError(f"cannot open {db_dir / 'runs.sqlite'}: {e}") from None
-
-
-def parse_run_spec(specs: list[str]) -> list[int] | None:
-    """Run numbers from ``['3', '5-7']``; None for ``['all']``. Bad specs raise CLIError."""
-    if [s.lower() for s in specs] == ["all"]:
-        return None
-    runs: set[int] = set()
-    for spec in specs:
-        if spec.lower() == "all":
-            raise CLIError("'all' cannot be combined with run numbers")
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", spec.strip())
-        if not m:
-            raise CLIError(f"bad run number {spec!r}: give integers (e.g. 12), ranges (12-20) or 'all'")
-        first, last = int(m[1]), int(m[2] or m[1])
-        if last < first:
-            raise CLIError(f"bad run range {spec!r}: the end is before the start")
-        runs.update(range(first, last + 1))
-    return sorted(runs)

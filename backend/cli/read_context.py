@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from backend.cli.common import command, open_db
-from backend.processing.run_processor import ContextLoadError, RunProcessor
+from backend.processing.run_processor import NothingProcessed, RunProcessor
 
 
 @command
@@ -17,7 +17,7 @@ def cmd_read_context(args: argparse.Namespace) -> int:
     processor = RunProcessor(db_dir)
     try:
         info = processor.read_context()
-    except ContextLoadError as e:
+    except NothingProcessed as e:  # the context does not load, or a setting is bad
         print(e, file=sys.stderr)
         return 1
     changed = processor.update_variables(info)

@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from backend.base.messages import UpdateProducer
 from backend.base.paths import ProposalNotFound, run_log_path, runs_on_disk
-from backend.cli.common import CLIError, command, damnit_dir_for, open_db, parse_run_spec
+from backend.base.runs import RunSpecError, parse_run_spec
+from backend.cli.common import CLIError, command, damnit_dir_for, open_db
 from backend.processing.requests import RunRequest
 from backend.processing.run_processor import NothingProcessed, RunProcessor
 from backend.services import slurm
@@ -36,7 +37,10 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
                        "`damnit proposal N`")
     proposal = int(proposal)
 
-    wanted = parse_run_spec(args.run)
+    try:
+        wanted = parse_run_spec(args.run)
+    except RunSpecError as e:
+        raise CLIError(str(e)) from None
     if wanted is None:
         rows = db.conn.execute("SELECT proposal, run FROM run_info ORDER BY proposal, run").fetchall()
         recorded = [(int(p), int(r)) for p, r in rows]

@@ -26,6 +26,19 @@ def max_variable_bytes(explicit: int | None = None) -> int:
     return int(os.environ.get(MAX_BYTES_ENV) or DEFAULT_MAX_VARIABLE_BYTES)
 
 
+def unstorable_text(text: str) -> str | None:
+    """Why a string cannot be stored as text in HDF5 and SQLite, or None if it can."""
+    if "\x00" in text:
+        return f"contains a NUL character (at position {text.index(chr(0))})"
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"contains a lone surrogate {text[e.start]!r} (at position {e.start}), which is not valid Unicode"
+    return None
+
+
 def _human(nbytes: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if nbytes < 1024 or unit == "TiB":
@@ -66,6 +79,12 @@ def _check_netcdf_attrs(obj, name: str) -> None:
                 raise TypeError(f"cannot store attribute {prefix}{key}={value!r} of the xarray object "
                                 f"returned by variable {name!r}: NetCDF attributes must be strings, "
                                 "numbers or arrays/lists of them")
+            texts = [key] + ([value] if isinstance(value, str) else
+                             [v for v in value if isinstance(v, str)] if isinstance(value, (list, tuple)) else [])
+            for text in texts:
+                if reason := unstorable_text(text):
+                    raise ValueError(f"cannot store attribute {prefix}{key} of the xarray object returned "
+                                     f"by variable {name!r}: its text {reason}")
 
 
 def _xarray_payload(obj, name: str) -> dict:
@@ -97,10 +116,21 @@ def _pandas_payload(obj, kind: str, name: str, limit: int) -> dict:
     return out
 
 
+def check_text(text: str, name: str, what: str, limit: int) -> str:
+    """``text`` if it can be stored as a string (HDF5 and SQLite), else a ValueError saying why."""
+    if reason := unstorable_text(text):
+        raise ValueError(f"cannot store {what} returned by variable {name!r}: it {reason}; HDF5 and the "
+                         "database store text as UTF-8 without NULs (return bytes for binary data)")
+    _check_size(name, len(text), limit)
+    return text
+
+
 def to_storable(obj, name: str, limit: int):
     """A transportable form of ``obj`` (Cell data or preview); raises for what cannot be stored."""
-    if obj is None or isinstance(obj, str):
+    if obj is None:
         return obj
+    if isinstance(obj, str):
+        return check_text(obj, name, "the string", limit)
     if kind := pandas_kind(obj):
         return _pandas_payload(obj, kind, name, limit)
     if is_mpl_figure(obj):
@@ -132,7 +162,7 @@ def _check_size(name: str, size: int, limit: int) -> None:
     if size > limit:
         raise ValueTooLarge(
             f"variable {name!r} returned {_human(size)}, more than the limit of {_human(limit)} "
-            f"(max_variable_bytes / {MAX_BYTES_ENV}); return a reduced value, or mark the variable "
+            f"(the max_variable_bytes setting); return a reduced value, or mark the variable "
             "transient=True if it only feeds other variables")
 
 
@@ -169,8 +199,12 @@ def cell_record(name: str, cell: Cell, elapsed: float, limit: int) -> dict:
     if isinstance(preview, dict) and "dict" in preview:
         _check_plain(preview["dict"], name, "the xarray preview")
     summary_value = cell.summary_value
-    if summary_value is not None and not isinstance(summary_value, str):
+    if isinstance(summary_value, str):
+        check_text(summary_value, name, "the summary_value", limit)
+    elif summary_value is not None:
         summary_value = np.asarray(summary_value)
+    if isinstance(cell.units, str):
+        check_text(cell.units, name, "the units", limit)
     return {
         "name": name,
         "status": "ok",
@@ -192,7 +226,16 @@ def error_record(name: str, exc: BaseException, elapsed: float, tb: str = "") ->
         "name": name,
         "status": "error",
         "elapsed": float(elapsed),
-        "error_cls": type(exc).__name__,
-        "message": str(exc),
+        "error_cls": str(type(exc).__name__),
+        "message": exception_text(exc),
         "traceback": tb,
     }
+
+
+def exception_text(exc: BaseException) -> str:
+    """``str(exc)``, or a description if the exception's own ``__str__`` fails or returns a non-str."""
+    try:
+        text = str(exc)
+    except Exception as e:
+        return f"<the message of this {type(exc).__name__} could not be read: {type(e).__name__}>"
+    return text if type(text) is str else repr(text)

@@ -1,7 +1,9 @@
 """Long-lived worker: loads the context file once, then executes it for each requested run.
 
-Protocol (docs/design.md, contract 1): JSON-line requests on stdin; frames on the result fd, each an
-8-byte little-endian length followed by a protocol-4 pickle of a tuple of builtins/numpy objects.
+Protocol (docs/design.md, contract 1): JSON-line requests on stdin; frames on the result fd, each a
+protocol-5 pickle of a tuple of builtins/numpy objects whose large buffers (array data) travel out of
+band, so that handing a value over copies it neither here nor in the parent: the pickle's length and
+the number of buffers (``<QI``), each buffer's length (``<Q``), the pickle, then the buffers.
 While a run is processed, fds 1 and 2 point at that run's log file, so user prints land there too.
 """
 
@@ -30,17 +32,63 @@ log = logging.getLogger("ctxrunner")
 class FrameWriter:
     def __init__(self, fd: int):
         self.fd = fd
+        self.pid = os.getpid()
 
     def send(self, obj) -> None:
-        payload = pickle.dumps(obj, protocol=4)
-        self._write_all(struct.pack("<Q", len(payload)))
+        if os.getpid() != self.pid:
+            # A process forked by user code came back into the runner (it did not end with
+            # os._exit): it must neither send results nor go on with the run.
+            os._exit(0)
+        buffers: list[pickle.PickleBuffer] = []
+        payload = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+        raws = [b.raw() for b in buffers]
+        head = struct.pack("<QI", len(payload), len(raws)) + b"".join(
+            struct.pack("<Q", raw.nbytes) for raw in raws)
+        self._write_all(head)
         self._write_all(payload)
+        for raw in raws:
+            self._write_all(raw)
 
-    def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
+    def _write_all(self, data) -> None:
+        view = memoryview(data).cast("B")
         while view:
             written = os.write(self.fd, view)
             view = view[written:]
+
+
+class StandardStreams:
+    """Puts fds 1/2 and ``sys.stdout``/``sys.stderr`` back before each variable, so that one that
+    closes or replaces them costs no other variable its output (or the runner its log)."""
+
+    def __init__(self):
+        self.stdout, self.stderr = sys.stdout, sys.stderr
+        self.target: str | None = None  # the run's log, while a run is processed
+
+    def repair(self) -> None:
+        for fd in (1, 2):
+            try:
+                os.fstat(fd)
+            except OSError:  # closed by user code
+                new = os.open(self.target or os.devnull, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+                if new != fd:
+                    os.dup2(new, fd)
+                    os.close(new)
+        for attr, fd in (("stdout", 1), ("stderr", 2)):
+            own = getattr(self, attr)
+            if own is None or own.closed:
+                own = open(fd, "w", buffering=1, closefd=False, errors="backslashreplace")
+                setattr(self, attr, own)
+            setattr(sys, attr, own)
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is not self.stderr:
+                handler.acquire()  # (not setStream: it flushes the old stream, which may be closed)
+                try:
+                    handler.stream = self.stderr
+                finally:
+                    handler.release()
+
+
+STREAMS: StandardStreams | None = None
 
 
 @contextmanager
@@ -49,6 +97,7 @@ def output_to(path: str | None):
     if not path:
         yield
         return
+    _repair_streams()
     sys.stdout.flush()
     sys.stderr.flush()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -59,15 +108,28 @@ def output_to(path: str | None):
         os.dup2(fd, 2)
     finally:
         os.close(fd)
+    if STREAMS is not None:
+        STREAMS.target = path
     try:
         yield
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _repair_streams()
+        if STREAMS is not None:
+            STREAMS.target = None
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         os.close(saved[0])
         os.close(saved[1])
+
+
+def _repair_streams() -> None:
+    if STREAMS is not None:
+        STREAMS.repair()
 
 
 def rebuild_error(cls_name: str, message: str) -> Exception:
@@ -110,7 +172,7 @@ class Worker:
         with output_to(request.get("log_path")):
             try:
                 self._run(request)
-            except Exception as exc:  # the run itself could not be processed
+            except BaseException as exc:  # the run itself could not be processed
                 log.error("Processing run %s failed", run, exc_info=True)
                 self.out.send(("run_failed", run, error_info(exc, self.ctx.path)))
             finally:
@@ -135,9 +197,11 @@ class Worker:
                      for name, (cls, msg) in (request.get("prefailed") or {}).items()}
 
         def on_start(name):
+            _repair_streams()
             self.out.send(("var_start", name))
 
         def on_done(name, cell, exc, elapsed):
+            _repair_streams()
             if exc is None:
                 record = cell_record(name, cell, elapsed, self.limit)  # may raise: becomes an error
             else:
@@ -219,17 +283,19 @@ def _private_requests():
 
 
 def serve(context_path: Path, result_fd: int, *, max_variable_bytes: int | None = None) -> int:
+    global STREAMS
     os.set_inheritable(result_fd, False)  # processes started by user code must not write frames
     _exit_with_parent()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    STREAMS = StandardStreams()
     os.environ.setdefault("MPLBACKEND", "Agg")
     out = FrameWriter(result_fd)
     _warm_imports()
     context_path = Path(context_path).absolute()
     try:
         ctx = ContextFile.from_py_file(context_path)
-    except (Exception, SystemExit) as exc:
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt... in the context's own code
         out.send(("context_error", error_info(exc, str(context_path))))
         return 1
     _warm_figure_imports(ctx.code)

@@ -25,6 +25,7 @@ import ctx_compat
 import numpy as np
 from ctx_groups import assign_group_names, collect_groups, expand_groups
 from ctx_metadata import MetadataSource
+from ctx_storable import exception_text, unstorable_text
 from damnit_ctx import (
     Cell,
     ContextFileErrors,
@@ -46,6 +47,12 @@ ctx_compat.install()  # `from damnit.context import Variable` in context files
 
 MYMDC_FIELDS = ("sample_name", "run_type", "techniques")
 META_FIELDS = ("run_number", "proposal", "proposal_path")
+# Names the database and the run files use for a run's own metadata: a variable of that name would
+# silently overwrite it (``proposal``, ``run`` and ``added_at`` are kept apart instead, as the original).
+RESERVED_NAMES = {
+    "start_time": "the run's start time, which DAMNIT records for every run (the Timestamp column)",
+    "comment": "the run's comment, which users write in the run table",
+}
 _GLOB_CHARS = "*?["
 _module_counter = 0
 
@@ -186,6 +193,10 @@ class ContextFile:
         for name, var in self.vars.items():
             problems.extend(var.check())
             where = f"{var.location()}: variable {name!r}"
+            if name in RESERVED_NAMES:
+                problems.append(f"{where}: the name {name!r} is reserved for {RESERVED_NAMES[name]}; "
+                                "rename the function")
+            problems.extend(f"{where}: {problem}" for problem in _text_problems(var))
             for arg, ann in var.string_annotations().items():
                 kind, sep, field = ann.partition("#")
                 if not sep or kind not in ("var", "param", "meta", "mymdc"):
@@ -329,12 +340,13 @@ class ContextFile:
                                 label, name, ", ".join(missing_params))
                     continue
                 cell = var.evaluate(run, kwargs)
-                sys.stdout.flush()  # user prints land before our log line
+                _flush_stdout()  # user prints land before our log line
                 elapsed = time.perf_counter() - t0
                 if on_done is not None and not var.transient:
                     on_done(name, cell, None, elapsed)
-            except (Exception, SystemExit) as exc:  # sys.exit() in a variable fails only that variable
-                sys.stdout.flush()
+            except BaseException as exc:  # sys.exit(), KeyboardInterrupt... fail only that variable
+                _flush_stdout()
+                exc = _readable(exc)
                 elapsed = time.perf_counter() - t0
                 errors[name] = exc
                 cell = None
@@ -395,6 +407,18 @@ class ContextFile:
         return kwargs, missing_deps, missing_params
 
 
+def _text_problems(var: Variable) -> list[str]:
+    """Titles, descriptions, units and tags go to the database as text: they must be storable."""
+    fields = [("title", var.title), ("description", var.description), ("units", var.units)]
+    if isinstance(var.tags, (list, tuple)):
+        fields += [("tag", tag) for tag in var.tags]
+    problems = []
+    for field, value in fields:
+        if isinstance(value, str) and (reason := unstorable_text(value)):
+            problems.append(f"its {field} {value[:80]!r} {reason}")
+    return problems
+
+
 def build_context(variables: dict[str, Variable], groups=(), code: str = "", path: str = "<string>"
                   ) -> ContextFile:
     """A ContextFile from explicit variables and (named) group instances, as Pipelines assemble them."""
@@ -406,6 +430,26 @@ def build_context(variables: dict[str, Variable], groups=(), code: str = "", pat
     variables = dict(variables)
     variables.update(expand_groups(by_name, variables))
     return ContextFile(variables, code, path)
+
+
+def _readable(exc: BaseException) -> BaseException:
+    """``exc``, or a stand-in of the same class name if its message cannot be read (a ``__str__`` that
+    fails would otherwise break its dependents' error messages and the record)."""
+    try:
+        if type(str(exc)) is str:
+            return exc
+    except Exception:
+        pass
+    stand_in = type(type(exc).__name__, (Exception,), {})(exception_text(exc))
+    return stand_in.with_traceback(exc.__traceback__)
+
+
+def _flush_stdout() -> None:
+    """Flush user prints; a stdout the user closed or replaced is the worker's to repair, not an error."""
+    try:
+        sys.stdout.flush()
+    except Exception:
+        pass
 
 
 def _var_name(var: str | Variable) -> str:
@@ -528,7 +572,7 @@ def load_context_for_info(path: Path) -> dict:
     path = Path(path)
     try:
         ctx = ContextFile.from_py_file(path)
-    except (Exception, SystemExit) as exc:  # whatever the user's code raises is reported
+    except BaseException as exc:  # whatever the user's code raises is reported
         return {"error": error_info(exc, str(path.absolute()))}
     return {"variables": ctx.vars_to_dict(inc_transient=True)}
 

@@ -32,6 +32,13 @@ from backend.processing.requests import RunOutcome, RunRequest
 from backend.processing.workers import WorkerPool, load_context_info
 from backend.storage import h5format
 from backend.storage.database import DamnitDB
+from backend.storage.settings import (
+    CONTEXT_LOAD_TIMEOUT,
+    MAX_VARIABLE_BYTES,
+    VARIABLE_TIMEOUT,
+    SettingError,
+    effective,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +71,8 @@ def format_context_error(context_path: Path, info: dict) -> str:
     message = (info.get("message") or "").strip()
     text = f"Error in context file {where}: {cls}: {message}"
     tb = (info.get("traceback") or "").rstrip()
-    if tb:
-        text += "\n" + tb
+    if tb and not ("Traceback (most recent call last)" not in tb and tb.endswith(message)):
+        text += "\n" + tb  # (a bare "Cls: message" line would only repeat the message)
     return text
 
 
@@ -130,7 +137,7 @@ class RunProcessor:
         # Update messages go to the DB's topic; resolved once, as the heartbeat thread may not use the DB.
         self.topic = self.db.kafka_topic
         self.n_workers = n_workers
-        self.variable_timeout = variable_timeout
+        self.variable_timeout = variable_timeout  # None: the database's variable_timeout setting
         if producer is None:
             producer = UpdateProducer.from_env()
         self.producer = producer
@@ -148,11 +155,11 @@ class RunProcessor:
     def warm_up(self) -> None:
         """Start a context worker and read the context now, so that the first run does not wait for
         them (the listener does this when every run will be processed locally)."""
-        self._workers_for(1)
         try:
+            self._workers_for(1)
             self.read_context()
-        except ContextLoadError as e:  # said again, in the run's log, when a run comes
-            log.warning("The context file of %s does not load yet: %s", self.db_dir, e)
+        except NothingProcessed as e:  # said again, in the run's log, when a run comes
+            log.warning("Runs of %s cannot be processed yet: %s", self.db_dir, e)
 
     def __enter__(self) -> RunProcessor:
         return self
@@ -160,13 +167,32 @@ class RunProcessor:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def limits(self) -> tuple[float, float, int | None]:
+        """(variable_timeout, context_load_timeout, max_variable_bytes) from the database's settings,
+        read again for every batch of runs so that a long-lived processor (the listener's) follows
+        `damnit db-config` changes. A bad value stops processing before anything is written.
+        max_variable_bytes is None when unset: the worker then uses DAMNIT_MAX_VARIABLE_BYTES or the
+        default."""
+        settings = self.db.metameta.to_dict()
+        try:
+            timeout = self.variable_timeout or effective(settings, VARIABLE_TIMEOUT)
+            max_bytes = (effective(settings, MAX_VARIABLE_BYTES)
+                         if settings.get(MAX_VARIABLE_BYTES.key) not in (None, "") else None)
+            return timeout, effective(settings, CONTEXT_LOAD_TIMEOUT), max_bytes
+        except SettingError as e:
+            raise NothingProcessed(f"{self.db.path}: {e}") from None
+
     def _workers_for(self, n_workers: int) -> WorkerPool:
+        variable_timeout, load_timeout, max_bytes = self.limits()
         pool = self._pool
         python = self._python()
-        if pool is None or pool.n_workers < n_workers or pool.context_python != python:
+        if (pool is None or pool.n_workers < n_workers or pool.context_python != python
+                or pool.max_variable_bytes != max_bytes):
             self.close()
-            pool = self._pool = WorkerPool(self.db_dir, context_python=python,
-                                           n_workers=n_workers, variable_timeout=self.variable_timeout)
+            pool = self._pool = WorkerPool(self.db_dir, context_python=python, n_workers=n_workers,
+                                           variable_timeout=variable_timeout, load_timeout=load_timeout,
+                                           max_variable_bytes=max_bytes)
+        pool.variable_timeout, pool.load_timeout = variable_timeout, load_timeout
         return pool
 
     # -- context -------------------------------------------------------------------------------------
@@ -210,7 +236,7 @@ class RunProcessor:
         key = (st.st_mtime_ns, st.st_size, st.st_ino, python)
         if self._context_cache is not None and self._context_cache[0] == key:
             return self._context_cache[1]
-        info = load_context_info(self.db_dir, context_python=python)
+        info = load_context_info(self.db_dir, context_python=python, timeout=self.limits()[1])
         if info.get("error"):
             raise ContextLoadError(self.context_path, info["error"])
         self._context_cache = (key, info)
@@ -380,9 +406,18 @@ class RunProcessor:
         names = [r.name for r in results]
         path = h5format.run_file_path(self.db_dir, req.proposal, req.run)
         try:
-            h5format.write_results(path, results)
-            reduced = h5format.read_reduced(path, names)
-            self.db.set_variables(req.proposal, req.run, reduced, provenance=PROVENANCE)
+            # A value the database can't take becomes an error in the run file too, and the database is
+            # written before the new run file replaces the old one: the two always agree.
+            stored = h5format.write_results(
+                path, results, vet=lambda summaries: self.db.unstorable(req.proposal, req.run, summaries),
+                commit=lambda summaries: self.db.set_variables(req.proposal, req.run, summaries,
+                                                               provenance=PROVENANCE))
+            outcome.results = stored
+            for before, after in zip(results, stored):
+                if after is not before:
+                    _append_log(log_path, f"Variable {after.name!r} of r{req.run}: {after.error_cls}: "
+                                          f"{after.error}")
+                    log.error("p%s r%s: %s: %s", req.proposal, req.run, after.name, after.error)
         except Exception as e:
             outcome.run_error = {
                 "message": f"Could not store results: {e}", "cls": type(e).__name__,

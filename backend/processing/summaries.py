@@ -235,55 +235,71 @@ def _plotly_fallback_thumbnail(fig: dict) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------- trendlines
 
-def _trend_xy(data) -> tuple[np.ndarray, np.ndarray]:
+def _trend_axes(data) -> tuple[np.ndarray, np.ndarray | None]:
+    """(y values, x coordinate or None for positions), both views of the data: nothing is copied."""
     y = np.asarray(data.values if _is_dataarray(data) else data)
     x = None
     if _is_dataarray(data) and data.dims and data.dims[0] in data.coords:
         x = np.asarray(data.coords[data.dims[0]].values)
-        if x.shape != y.shape:
+        if x.shape != y.shape or not (np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.datetime64)):
             x = None
-    if x is None:
-        x = np.arange(y.size)
-    elif np.issubdtype(x.dtype, np.datetime64):
-        x = x.astype("datetime64[ns]").astype(np.int64) / 1e9
-    elif not np.issubdtype(x.dtype, np.number):
-        x = np.arange(y.size)
-    if np.iscomplexobj(y):
-        y = np.abs(y)
-    x = x.astype(np.float64)
-    y = y.astype(np.float64)
-    if x.size > 1 and np.any(np.diff(x) < 0):
-        order = np.argsort(x, kind="stable")
-        x, y = x[order], y[order]
-    return x, y
+    return y, x
 
 
-def downsample_extrema(x: np.ndarray, y: np.ndarray, points: int = TRENDLINE_POINTS):
-    """Reduce a line to about ``points`` points, keeping each bucket's minimum and maximum (in x order)
-    so that peaks and dips survive. Buckets that are all NaN keep their first point."""
+def _as_float(values: np.ndarray) -> np.ndarray:
+    values = np.abs(values) if np.iscomplexobj(values) else values
+    return values.astype(np.float64)
+
+
+def _x_as_float(x: np.ndarray) -> np.ndarray:
+    if np.issubdtype(x.dtype, np.datetime64):
+        return x.astype("datetime64[ns]").astype(np.int64) / 1e9
+    return x.astype(np.float64)
+
+
+def _is_sorted(x: np.ndarray, chunk: int = 1 << 20) -> bool:
+    """Whether x never decreases (NaN compares as in-order), checked a chunk at a time."""
+    for start in range(0, x.size - 1, chunk):
+        part = x[start:start + chunk + 1]
+        if np.any(part[1:] < part[:-1]):
+            return False
+    return True
+
+
+def extrema_positions(y: np.ndarray, order: np.ndarray | None = None, points: int = TRENDLINE_POINTS):
+    """Positions (in ``order``, if given) of about ``points`` points of y: each bucket's minimum and
+    maximum, in x order, so that peaks and dips survive. A bucket that is all NaN keeps its first
+    point. Works a bucket at a time, so a huge line costs no copy of itself."""
     n = y.size
     if n <= points:
-        return x, y
+        return np.arange(n)
     buckets = max(1, points // 2)
     edges = np.linspace(0, n, buckets + 1).astype(int)
     keep = []
-    for start, stop in zip(edges[:-1], edges[1:]):
-        chunk = y[start:stop]
-        if chunk.size == 0:
-            continue
-        if np.all(np.isnan(chunk)):
-            keep.append(start)
-            continue
-        lo, hi = start + int(np.nanargmin(chunk)), start + int(np.nanargmax(chunk))
-        keep.extend(sorted({lo, hi}))
-    idx = np.asarray(keep, dtype=int)
-    return x[idx], y[idx]
+    with quiet_nan_warnings():
+        for start, stop in zip(edges[:-1], edges[1:]):
+            if stop <= start:
+                continue
+            chunk = _as_float(y[start:stop] if order is None else y[order[start:stop]])
+            if np.all(np.isnan(chunk)):
+                keep.append(start)
+                continue
+            lo, hi = start + int(np.nanargmin(chunk)), start + int(np.nanargmax(chunk))
+            keep.extend(sorted({lo, hi}))
+    return np.asarray(keep, dtype=int)
 
 
 def trendline(data) -> np.ndarray:
-    x, y = _trend_xy(data)
-    xd, yd = downsample_extrema(x, y)
-    return np.vstack((xd, yd)).astype(np.float64)
+    """float64 [2, <= ~TRENDLINE_POINTS]: x (coordinate or position) and y of the line's extrema."""
+    y, x = _trend_axes(data)
+    y = y.ravel()
+    order = None
+    if x is not None and x.size > 1 and not _is_sorted(x):
+        order = np.argsort(x, kind="stable")
+    pos = extrema_positions(y, order)
+    idx = pos if order is None else order[pos]
+    xs = idx.astype(np.float64) if x is None else _x_as_float(x[idx])
+    return np.vstack((xs, _as_float(y[idx]))).astype(np.float64)
 
 
 # ------------------------------------------------------------------------------------- summaries
@@ -308,10 +324,24 @@ def default_summary(data, objtype: str | None, full_data=None):
         if data.ndim == 1:
             return _guard(trendline, data, "<trendline error>")
         if data.ndim == 2:
-            return _guard(array_thumbnail, data, "<thumbnail error>")
+            return _guard(array_thumbnail, _thumbnail_input(data), "<thumbnail error>")
         described = full_data if full_data is not None and hasattr(full_data, "dtype") else data
         return f"{described.dtype}: {described.shape}"
     return None
+
+
+THUMBNAIL_INPUT_SIDE = 1024  # px; larger images are subsampled before their thumbnail is drawn
+
+
+def _thumbnail_input(image):
+    """A large 2-D image, every k-th pixel on both axes (a view: aspect kept, nothing copied), so that
+    drawing its thumbnail costs memory in proportion to the thumbnail rather than to the image."""
+    step = -(-max(image.shape) // THUMBNAIL_INPUT_SIDE)
+    if step <= 1:
+        return image
+    if _is_dataarray(image):
+        return image.isel({dim: slice(None, None, step) for dim in image.dims})
+    return image[::step, ::step]
 
 
 def _guard(make, data, fallback):

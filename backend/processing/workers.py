@@ -9,6 +9,8 @@ so every other variable still gets its value.
 
 from __future__ import annotations
 
+import fcntl
+import io
 import json
 import logging
 import os
@@ -24,6 +26,8 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
+
 from backend.processing.requests import RunOutcome, RunRequest
 from backend.processing.summaries import summarise
 from backend.storage.records import VariableResult
@@ -31,9 +35,12 @@ from backend.storage.records import VariableResult
 log = logging.getLogger(__name__)
 
 CTXSUPPORT_DIR = Path(__file__).resolve().parent.parent / "ctxsupport"
-HEADER = struct.Struct("<Q")
-READ_CHUNK = 1 << 20
+FRAME_HEAD = struct.Struct("<QI")  # pickle length, number of out-of-band buffers
+BUFFER_SIZE = struct.Struct("<Q")
+PIPE_SIZE = 1 << 20  # bytes; larger pipes mean fewer system calls when large values are handed over
+F_SETPIPE_SZ = 1031  # fcntl command (Linux)
 DEFAULT_LOAD_TIMEOUT = 300.0  # s for a worker to start and load the context (imports can be slow)
+DEFAULT_MAX_VARIABLE_BYTES = 4 * 1024**3  # as the worker's (ctx_storable); also bounds frame sizes
 
 
 def worker_env() -> dict:
@@ -46,32 +53,66 @@ def worker_env() -> dict:
     return env
 
 
-def load_context_info(db_dir, *, context_python: str | None = None, timeout: float = 300) -> dict:
+def load_context_info(db_dir, *, context_python: str | None = None,
+                      timeout: float = DEFAULT_LOAD_TIMEOUT) -> dict:
     """Evaluate ``<db_dir>/context.py`` in ``context_python``.
 
     Returns ``{"variables": {name: {title, description, tags, data, cluster, transient, units,
-    type}}}`` (transient variables included, flagged) or ``{"error": error_info}``.
+    type}}}`` (transient variables included, flagged) or ``{"error": error_info}``. The evaluation runs
+    in its own process group, so that on timeout whatever the context started goes with it.
     """
     db_dir = Path(db_dir)
     python = context_python or sys.executable
+    context_path = db_dir / "context.py"
     fd, out_path = tempfile.mkstemp(prefix="damnit-ctx-", suffix=".json")
     os.close(fd)
     try:
-        try:
-            proc = subprocess.run(
-                [python, "-m", "ctxrunner", "ctx", str(db_dir / "context.py"), out_path],
-                cwd=db_dir, env=worker_env(), capture_output=True, text=True, timeout=timeout)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return {"error": _plain_error(type(exc).__name__,
-                                          f"could not evaluate the context file with {python}: {exc}")}
-        text = Path(out_path).read_text() if os.path.getsize(out_path) else ""
-        if proc.returncode != 0 or not text:
-            return {"error": _plain_error(
-                "RuntimeError", f"evaluating the context file with {python} failed "
-                f"(exit code {proc.returncode})", proc.stderr[-5000:])}
+        with tempfile.TemporaryFile() as output:
+            try:
+                proc = subprocess.Popen(
+                    [python, "-m", "ctxrunner", "ctx", str(context_path), out_path], cwd=db_dir,
+                    env=worker_env(), stdin=subprocess.DEVNULL, stdout=output, stderr=output,
+                    start_new_session=True)
+            except OSError as exc:
+                return {"error": _plain_error(type(exc).__name__,
+                                              f"could not evaluate the context file with {python}: {exc}")}
+            try:
+                returncode = proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                return {"error": _plain_error(
+                    "TimeoutError", f"loading the context file took longer than {timeout:g} s (the "
+                    "context_load_timeout setting): does its module-level code wait for something?",
+                    _tail(output), str(context_path))}
+            finally:
+                _kill_group(proc)  # anything it left running
+            text = Path(out_path).read_text() if os.path.getsize(out_path) else ""
+            if returncode != 0 or not text:
+                return {"error": _plain_error(
+                    "RuntimeError", f"evaluating the context file with {python} failed "
+                    f"({_describe_exit(returncode)})", _tail(output), str(context_path))}
         return json.loads(text)
     finally:
         os.unlink(out_path)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group that ``proc`` leads (it was started with start_new_session)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def _tail(output, limit: int = 5000) -> str:
+    """The last ``limit`` characters written to a temporary output file."""
+    try:
+        output.seek(0, os.SEEK_END)
+        output.seek(max(0, output.tell() - limit))
+        return output.read().decode(errors="replace")
+    except (OSError, ValueError):
+        return ""
 
 
 def _plain_error(cls: str, message: str, tb: str = "", filename=None) -> dict:
@@ -88,6 +129,108 @@ def _describe_exit(returncode: int | None) -> str:
         except ValueError:
             return f"killed by signal {-returncode}"
     return f"exit code {returncode}"
+
+
+class FrameError(ValueError):
+    """The worker sent something that is not a valid frame."""
+
+
+# What a frame may reconstruct (numpy arrays, scalars and dtypes, complex numbers; numpy 1 and 2 names):
+# nothing else, so that a context (perhaps sandboxed as another user) cannot make the parent run code.
+_FRAME_GLOBALS = {
+    ("builtins", "complex"), ("builtins", "bytearray"), ("builtins", "set"), ("builtins", "frozenset"),
+    ("numpy", "dtype"), ("numpy", "ndarray"),
+    *((f"numpy.{core}.{module}", name) for core in ("core", "_core")
+      for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))),
+}
+
+
+class _FrameUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _FRAME_GLOBALS:
+            raise pickle.UnpicklingError(f"a frame may not contain {module}.{name}")
+        return super().find_class(module, name)
+
+
+class FrameReader:
+    """Reassembles the worker's frames from a non-blocking pipe (docs/design.md, contract 1).
+
+    Each pickle and each out-of-band buffer is read straight into memory of its final size, and the
+    values are unpickled on top of those buffers, so a large array is received without being copied.
+    Sizes announced beyond ``max_bytes`` are refused (the pipe can be written to by user code, and
+    must not make the parent allocate whatever it claims).
+    """
+
+    def __init__(self, fd: int, max_bytes: int):
+        self.fd = fd
+        self.max_bytes = max_bytes
+        self._new_frame()
+
+    def _new_frame(self) -> None:
+        self._stage = "head"
+        self._target: bytearray | np.ndarray = bytearray(FRAME_HEAD.size)
+        self._pos = 0
+        self._payload = None
+        self._sizes: list[int] = []
+        self._buffers: list = []
+
+    def _expect(self, stage: str, size: int) -> None:
+        self._stage = stage
+        self._target = bytearray(size) if size < (1 << 16) else np.empty(size, dtype=np.uint8)
+        self._pos = 0
+
+    def read(self) -> tuple[list, bool, FrameError | None]:
+        """Frames now complete, whether the worker closed its end, and the error if a frame was bad
+        (the frames before it are returned; the reader is then unusable)."""
+        frames: list = []
+        while True:
+            try:
+                while self._pos == len(self._target):
+                    self._advance(frames)
+            except FrameError as exc:
+                return frames, False, exc
+            try:
+                n = os.readv(self.fd, [memoryview(self._target)[self._pos:]])
+            except BlockingIOError:
+                return frames, False, None
+            if n == 0:
+                return frames, True, None
+            self._pos += n
+
+    def _advance(self, frames: list) -> None:
+        if self._stage == "head":
+            payload_size, n_buffers = FRAME_HEAD.unpack(self._target)
+            if payload_size > self.max_bytes or n_buffers > 1_000_000:
+                raise FrameError(f"frame header announces {payload_size} bytes in {n_buffers} buffers")
+            self._payload_size = payload_size
+            self._expect("sizes", BUFFER_SIZE.size * n_buffers)
+        elif self._stage == "sizes":
+            self._sizes = [s for (s,) in BUFFER_SIZE.iter_unpack(self._target)]
+            if sum(self._sizes) + self._payload_size > self.max_bytes:
+                raise FrameError(f"frame announces {sum(self._sizes) + self._payload_size} bytes, more "
+                                 f"than the limit of {self.max_bytes}")
+            self._expect("payload", self._payload_size)
+        else:
+            if self._stage == "payload":
+                self._payload = self._target
+            else:
+                self._buffers.append(self._target)
+            if len(self._buffers) < len(self._sizes):
+                self._expect("buffer", self._sizes[len(self._buffers)])
+                return
+            payload, buffers = self._payload, self._buffers
+            self._new_frame()
+            try:
+                frames.append(_FrameUnpickler(io.BytesIO(payload), buffers=buffers).load())
+            except Exception as exc:
+                raise FrameError(f"could not decode a frame: {type(exc).__name__}: {exc}") from exc
+
+
+def max_variable_bytes(explicit: int | None = None) -> int:
+    """The worker's limit on one value, resolved as the worker resolves it."""
+    if explicit:
+        return int(explicit)
+    return int(os.environ.get("DAMNIT_MAX_VARIABLE_BYTES") or DEFAULT_MAX_VARIABLE_BYTES)
 
 
 class _Job:
@@ -120,7 +263,6 @@ class _Job:
 class _Worker:
     def __init__(self, pool: WorkerPool, index: int):
         self.index = index
-        self.buf = bytearray()
         self.job: _Job | None = None
         self.current_var: str | None = None
         self.var_started = 0.0
@@ -131,6 +273,10 @@ class _Worker:
         self.started = time.monotonic()
         self.output = tempfile.TemporaryFile()
         read_fd, write_fd = os.pipe()
+        try:
+            fcntl.fcntl(write_fd, F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # the system's limit for unprivileged users is lower: keep the default size
         cmd = [pool.context_python, "-u", "-m", "ctxrunner", "worker", "--context",
                str(pool.context_path), "--result-fd", str(write_fd)]
         if pool.max_variable_bytes:
@@ -143,6 +289,8 @@ class _Worker:
             os.close(write_fd)
         self.fd = read_fd
         os.set_blocking(read_fd, False)
+        # A frame holds one variable's data and preview (each within the limit) and a little more.
+        self.reader = FrameReader(read_fd, 3 * max_variable_bytes(pool.max_variable_bytes) + (256 << 20))
 
     @property
     def loading(self) -> bool:
@@ -167,44 +315,18 @@ class _Worker:
     def read_frames(self) -> tuple[list, bool, Exception | None]:
         """Frames now available, whether the worker closed its end (exited), and the error if a
         frame could not be decoded (the frames before it are returned)."""
-        eof = False
-        while True:
-            try:
-                chunk = os.read(self.fd, READ_CHUNK)
-            except BlockingIOError:
-                break
-            if not chunk:
-                eof = True
-                break
-            self.buf += chunk
-            if len(chunk) < READ_CHUNK:
-                break
-        frames = []
-        while len(self.buf) >= HEADER.size:
-            (size,) = HEADER.unpack_from(self.buf)
-            if len(self.buf) < HEADER.size + size:
-                break
-            try:
-                frames.append(pickle.loads(memoryview(self.buf)[HEADER.size:HEADER.size + size]))
-            except Exception as exc:
-                return frames, eof, exc
-            del self.buf[:HEADER.size + size]
-        return frames, eof, None
+        return self.reader.read()
 
     def output_tail(self, limit: int = 4000) -> str:
-        try:
-            self.output.seek(0, os.SEEK_END)
-            size = self.output.tell()
-            self.output.seek(max(0, size - limit))
-            return self.output.read().decode(errors="replace")
-        except (OSError, ValueError):
-            return ""
+        return _tail(self.output, limit)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
+        """Stop the worker and whatever user code started in its process group (even when the
+        worker itself has already exited: a process a variable left running goes too)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            if self.proc.poll() is None:
                 self.proc.kill()
         self.proc.wait()
         self._close()
@@ -491,7 +613,8 @@ class WorkerPool:
                 self._selector.unregister(worker.fd)
                 worker.kill()
                 worker.context_error = _plain_error(
-                    "TimeoutError", f"loading the context file took longer than {self.load_timeout:g} s",
+                    "TimeoutError", f"loading the context file took longer than {self.load_timeout:g} s "
+                    "(the context_load_timeout setting): does its module-level code wait for something?",
                     output, str(self.context_path))
         if self.variable_timeout is None:
             return []
@@ -504,7 +627,7 @@ class WorkerPool:
             job, var = worker.job, worker.current_var
             self._replace(worker)
             message = (f"variable {var!r} did not finish within the time limit of "
-                       f"{self.variable_timeout:g} s and was stopped")
+                       f"{self.variable_timeout:g} s (the variable_timeout setting) and was stopped")
             out.extend(self._retry(job, var, "TimeoutError", message))
         return out
 

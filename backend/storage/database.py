@@ -61,6 +61,22 @@ def _json_default(obj):
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
+def _db_text(text: str) -> str:
+    """Text as SQLite (UTF-8) can hold it. Bytes that are not UTF-8 (stored as they are in the run file,
+    and read back with surrogate escapes) become ``\\xNN`` escapes; other lone surrogates ``\\uXXXX``."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     msg = str(exc).lower()
     return "locked" in msg or "busy" in msg
@@ -331,6 +347,23 @@ class DamnitDB:
                 self.update_views()
         self.write(txn, f"set_variables p{proposal} r{run}")
 
+    def unstorable(self, proposal: int, run: int, values: Mapping[str, ReducedData]) -> dict[str, Exception]:
+        """The values of `values` that set_variables would refuse, with the reason (nothing is written)."""
+        refused = {}
+        max_length = self.conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+        for name, reduced in values.items():
+            try:
+                row = self._variable_row(proposal, run, name, reduced, "", 0.0)
+                for field in (row[4], row[-1]):  # value, attributes
+                    size = len(field.encode()) if isinstance(field, str) and not field.isascii() else (
+                        len(field) if isinstance(field, (str, bytes)) else 0)
+                    if size > max_length:
+                        raise ValueError(f"the summary is too large for the database ({size} bytes; "
+                                         f"SQLite's limit is {max_length})")
+            except Exception as e:
+                refused[name] = e
+        return refused
+
     @staticmethod
     def _variable_row(proposal, run, name, reduced: ReducedData, provenance, timestamp) -> tuple:
         value = reduced.value
@@ -341,6 +374,10 @@ class DamnitDB:
             value = value.item()
         if isinstance(value, (bytearray, memoryview)):
             value = bytes(value)
+        if isinstance(value, str):
+            value = _db_text(value)
+        elif isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**63:
+            value = float(value)  # SQLite integers are 64-bit; the run file keeps the exact value
         if isinstance(value, complex):
             value, summary_type = complex2blob(value), "complex"
         elif isinstance(value, np.ndarray):

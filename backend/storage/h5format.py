@@ -11,6 +11,7 @@ replaces *everything* stored under that name (an error replaces data and vice ve
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import glob
 import io
@@ -92,12 +93,14 @@ def _ensure_dir(directory: Path) -> None:
 
 
 def _atomic_update(path: Path, fill: Callable[[h5py.File], None], provenance: str | None,
-                   replaced: Iterable[str] = (), start_from: Path | None = None) -> None:
+                   replaced: Iterable[str] = (), start_from: Path | None = None,
+                   before_replace: Callable[[], None] | None = None) -> None:
     """Build the new version of `path` in a temp file, then swap it in with os.replace.
 
     The temp file starts as a copy of `start_from` (a fragment becoming the run file) or a repacked
     copy of `path` without the variables in `replaced` (so replacing large data never leaves dead space
-    behind); then `fill` writes the new content.
+    behind); then `fill` writes the new content. `before_replace` runs once the new file is complete;
+    if it raises, the old file stays as it was.
     """
     _ensure_dir(path.parent)
     # We hold the run's lock, so temp files of this run left behind are from a writer that died.
@@ -116,6 +119,8 @@ def _atomic_update(path: Path, fill: Callable[[h5py.File], None], provenance: st
             for group in SPECIAL_GROUPS:
                 f.require_group(group)
             fill(f)
+        if before_replace is not None:
+            before_replace()
         os.chmod(tmp, 0o666)
         os.replace(tmp, path)
     except BaseException:
@@ -149,25 +154,76 @@ def _copy_file_except(path: Path, fdst: h5py.File, skip: set[str]) -> None:
 
 # -- writing VariableResults -------------------------------------------------------------------------
 
-def write_results(path: str | os.PathLike, results: Iterable[VariableResult],
-                  provenance: str = "context.py") -> list[str]:
-    """Merge `results` into the run file at `path` (created if missing). Returns the names written.
+def write_results(path: str | os.PathLike, results: Iterable[VariableResult], provenance: str = "context.py",
+                  *, vet: Callable[[dict[str, ReducedData]], dict[str, Exception]] | None = None,
+                  commit: Callable[[dict[str, ReducedData]], None] | None = None) -> list[VariableResult]:
+    """Merge `results` into the run file at `path` (created if missing). Returns the results as stored.
 
-    `provenance` is recorded on the file when it is created (like the original's first fragment).
+    A value that HDF5 or NetCDF refuses becomes that variable's error (``could not store the value:
+    ...``, with the refusing exception's class) and the other variables are written as usual; the
+    returned list has the error in its place. `provenance` is recorded on the file when it is created
+    (like the original's first fragment).
+
+    For the database: `vet(summaries)` names values it cannot take ({name: exception}), which become
+    errors in the file too; `commit(summaries)` stores the summaries as written (read_reduced's form)
+    while the run's lock is held, before the new file replaces the old one, so that if it fails the
+    file stays as it was and the two still agree.
     """
     path = Path(path)
-    results = list(results)
-    for r in results:
+    stored = list(results)
+    for r in stored:
         _check_name(r.name)
+    names = [r.name for r in stored]
+    summaries: dict[str, ReducedData] = {}
+
+    def replace_with_error(f: h5py.File, i: int, exc: Exception, where: str = "") -> None:
+        delete_variable_objects(f, stored[i].name)  # whatever part of it was written
+        stored[i] = unstorable_result(stored[i].name, exc, where)
+        _write_result(f, stored[i])
 
     def fill(f: h5py.File) -> None:
-        for r in results:
+        for i, r in enumerate(stored):
             delete_variable_objects(f, r.name)  # a name given twice: the last result wins
-            _write_result(f, r)
+            try:
+                _write_result(f, r)
+            except Exception as e:
+                if r.is_error:
+                    raise
+                replace_with_error(f, i, e)
+        summaries.update(read_reduced(f, names))
+        refused = vet(summaries) if vet is not None else {}
+        for i, r in enumerate(stored):
+            if r.name in refused:
+                replace_with_error(f, i, refused[r.name], "in the database")
+        if refused:
+            summaries.update(read_reduced(f, list(refused)))
 
     with run_file_lock(path):
-        _atomic_update(path, fill, provenance, replaced=[r.name for r in results])
-    return [r.name for r in results]
+        _atomic_update(path, fill, provenance, replaced=names,
+                       before_replace=(lambda: commit(summaries)) if commit is not None else None)
+    return stored
+
+
+def unstorable_result(name: str, exc: BaseException, where: str = "") -> VariableResult:
+    """The error recorded for a value that could not be stored (``where``: e.g. "in the database")."""
+    cause = exc.__cause__ if isinstance(exc, _WriteError) and exc.__cause__ is not None else exc
+    where = f" {where}" if where else ""
+    return VariableResult(name=name, error=f"could not store the value{where}: {cause}",
+                          error_cls=type(cause).__name__)
+
+
+class _WriteError(Exception):
+    """Names the variable and file when writing one result fails (the cause is chained)."""
+
+
+def safe_text(text: str) -> str:
+    """``text`` as HDF5 and SQLite can hold it: NULs and lone surrogates written as escapes."""
+    text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _check_name(name: str) -> None:
@@ -186,8 +242,9 @@ def delete_variable_objects(f: h5py.File, name: str) -> None:
 def _write_result(f: h5py.File, r: VariableResult) -> None:
     try:
         if r.is_error:
-            ds = f[".errors"].create_dataset(r.name, data=str(r.error))
-            ds.attrs["type"] = r.error_cls or "Exception"
+            # Messages quote user data (exception texts): escape what HDF5 can't hold, never lose the error.
+            ds = f[".errors"].create_dataset(r.name, data=safe_text(str(r.error)))
+            ds.attrs["type"] = safe_text(r.error_cls or "Exception")
             return
         if r.summary is not None:
             _write_summary(f, r.name, r.summary, r.summary_attrs or {})
@@ -196,12 +253,7 @@ def _write_result(f: h5py.File, r: VariableResult) -> None:
         if r.data is not None:
             _write_object(f, r.name, r.data, r.objtype, as_group=True)
     except Exception as e:
-        msg = f"Could not write variable {r.name!r} to {f.filename}: {e}"
-        try:
-            wrapped = type(e)(msg)
-        except Exception:
-            wrapped = RuntimeError(msg)
-        raise wrapped from e
+        raise _WriteError(f"Could not write variable {r.name!r} to {f.filename}: {e}") from e
 
 
 def _summary_array(summary: Any) -> Any:
@@ -494,8 +546,10 @@ def _plain_attr(value: Any) -> Any:
     return value
 
 
-def read_reduced(path: str | os.PathLike, names: Iterable[str] | None = None) -> dict[str, ReducedData]:
-    """Summaries and errors of a run file as ReducedData for DamnitDB.set_variables (docs/spec.md "HDF5: from file to database").
+def read_reduced(path: str | os.PathLike | h5py.File,
+                 names: Iterable[str] | None = None) -> dict[str, ReducedData]:
+    """Summaries and errors of a run file (a path, or an open file) as ReducedData for
+    DamnitDB.set_variables (docs/spec.md "HDF5: from file to database").
 
     Strings → str, PNG thumbnails → bytes, 0-d → Python scalars (complex stays complex), other arrays →
     numpy; bold/background/units go to `attributes`. An error gives value None and attributes
@@ -503,7 +557,7 @@ def read_reduced(path: str | os.PathLike, names: Iterable[str] | None = None) ->
     """
     wanted = None if names is None else set(names)
     out: dict[str, ReducedData] = {}
-    with h5py.File(path, "r") as f:
+    with (contextlib.nullcontext(path) if isinstance(path, h5py.File) else h5py.File(path, "r")) as f:
         for name, ds in f.get(".reduced", {}).items():
             if wanted is not None and name not in wanted:
                 continue

@@ -139,17 +139,24 @@ def test_missing_database_is_a_clear_error(tmp_path):
 
 def test_idle_sources_are_unloaded_and_reopened(db, monkeypatch):
     monkeypatch.setenv("AMORE_BROKER", "none")
+    from app.pages.run_table.model import get_table_model
+
     src = get_source(db)
-    callback = src.subscribe(lambda ch: None) or (lambda ch: None)
-    assert unload_idle(0) == []  # a session is subscribed
-    src.unsubscribe(src._subscribers[0])
+    get_table_model(src)  # shared state of sessions: does not keep the source loaded
+
+    def session(change):
+        pass
+
+    src.subscribe(session)
+    assert unload_idle(0) == []  # a session follows it
+    src.unsubscribe(session)
     assert unload_idle(3600) == []  # used just now
     assert unload_idle(0) == [db.resolve()]
     assert src._stop.is_set()
     again = get_source(db)
     assert again is not src and again.run_keys() == src.run_keys()
+    assert get_table_model(again) is not get_table_model(src)
     unload_idle(0)
-    del callback
 
 
 # ---------------------------------------------------------------- rendering

@@ -16,11 +16,12 @@ from app.actions.context_check import (
     pyflakes_warnings,
     save_context,
 )
-from app.actions.processing_jobs import LogTail, RunSpecError, format_runs, parse_run_spec
+from app.actions.processing_jobs import LogTail, runs_selected
 from app.display import plots as vp
 from app.display.formatting import format_value
 from app.display.text import safe_text
 from app.pages.plots import aligned_arrays, histogram, numeric_columns, scatter_data
+from backend.base.runs import RunSpecError, format_runs
 
 # -- value plots --------------------------------------------------------------------------------------
 
@@ -223,12 +224,12 @@ def test_engine_check_reports_context_errors_with_line_numbers(tmp_path):
 
 
 def test_parse_run_spec():
-    assert parse_run_spec("1-3, 7 9") == [1, 2, 3, 7, 9]
-    assert parse_run_spec("all", [5, 3, 4]) == [3, 4, 5]
-    assert parse_run_spec("4-4,4") == [4]
+    assert runs_selected("1-3, 7 9", []) == [1, 2, 3, 7, 9]
+    assert runs_selected("all", [5, 3, 4]) == [3, 4, 5]
+    assert runs_selected("4-4,4", []) == [4]
     for bad in ("", "1-", "x", "5-2", "1,,b"):
         with pytest.raises(RunSpecError):
-            parse_run_spec(bad)
+            runs_selected(bad, [])
 
 
 def test_format_runs():

@@ -69,7 +69,7 @@ class TableModel:
         self._png: OrderedDict[tuple[int, str], tuple[str, bytes]] = OrderedDict()  # -> (version, png)
         self._specs: dict[str, ColumnSpec] | None = None
         # Subscribed first, so the cache is already invalidated when sessions hear about a change.
-        source.subscribe(self._on_change)
+        source.subscribe(self._on_change, session=False)
 
     def _on_change(self, change: Change) -> None:
         with self.lock:

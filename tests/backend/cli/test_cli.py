@@ -168,6 +168,35 @@ def test_db_config_view_set_delete(tmp_path, monkeypatch, capsys):
     assert "not a number" in capsys.readouterr().err
 
 
+def test_db_config_shows_and_checks_the_processing_limits(tmp_path, monkeypatch, capsys):
+    d = init_db(tmp_path / "db")
+    monkeypatch.chdir(d)
+    capsys.readouterr()
+    assert main(["db-config"]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert "variable_timeout=3600.0  (default)" in listing
+    assert "context_load_timeout=300.0  (default)" in listing
+    assert f"max_variable_bytes={4 * 1024**3}  (default)" in listing
+    assert main(["db-config", "variable_timeout"]) == 0
+    assert capsys.readouterr().out == "3600.0  (default)\n"
+
+    assert main(["db-config", "variable-timeout", "600"]) == 0  # stored as a number even without --num
+    assert DamnitDB.from_dir(d).metameta["variable_timeout"] == 600
+    assert main(["db-config", "variable_timeout", "2.5"]) == 0
+    assert main(["db-config"]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert "variable_timeout=2.5" in listing and not any(line.startswith("variable_timeout=3600") for line in listing)
+
+    for bad in ("soon", "0", "-5", "inf", "nan"):
+        assert main(["db-config", "variable_timeout", bad]) == 1
+        assert (f"variable_timeout must be a positive number of seconds, not {bad!r} (its default is 3600.0)"
+                in capsys.readouterr().err)
+    assert DamnitDB.from_dir(d).metameta["variable_timeout"] == 2.5
+    assert main(["db-config", "-d", "variable_timeout"]) == 0
+    assert main(["db-config", "variable_timeout"]) == 0
+    assert capsys.readouterr().out == "3600.0  (default)\n"
+
+
 def test_proposal_and_new_id(tmp_path, monkeypatch, capsys):
     d = init_db(tmp_path / "db")
     monkeypatch.chdir(d)

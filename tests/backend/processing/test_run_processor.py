@@ -17,7 +17,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from backend.processing.run_processor import ContextLoadError, RunProcessor
+from backend.processing.run_processor import ContextLoadError, NothingProcessed, RunProcessor
 from backend.processing.workers import RunRequest
 from backend.storage.database import DamnitDB
 from tests.infra import REPO
@@ -308,6 +308,72 @@ def test_python_m_extraction_bad_context_fails_with_location(tmp_path, make_mock
     assert db_rows(db_dir) == {}
     log = (db_dir / "process_logs" / f"r1-p{PROPOSAL}.out").read_text()
     assert "ZeroDivisionError" in log
+
+
+SLOW_CONTEXT = SIMPLE_CONTEXT + """
+import time
+
+@Variable(title="Slow")
+def slow(run):
+    time.sleep(4)
+    return "finished"
+
+@Variable(title="After slow")
+def after_slow(run, s: "var#slow"):
+    return s + "!"
+"""
+
+
+def test_variable_timeout_setting_is_followed_by_a_kept_processor(tmp_path, make_mock_runs):
+    """The listener keeps one RunProcessor: a changed `variable_timeout` applies from the next batch."""
+    make_mock_runs(PROPOSAL, [1, 2])
+    db_dir = make_db(tmp_path / "db", SLOW_CONTEXT)
+    DamnitDB.from_dir(db_dir).metameta["variable_timeout"] = 1
+    with RunProcessor(db_dir, producer=RecordingProducer(), n_workers=1) as processor:
+        outcomes = list(processor.process([RunRequest(proposal=PROPOSAL, run=r) for r in (1, 2)]))
+        assert all(o.run_error is None for o in outcomes)
+        rows = db_rows(db_dir)
+        for run in (1, 2):  # the second run is processed normally after the first one's timeout
+            slow = json.loads(rows[(run, "slow")][1])
+            assert slow["error_cls"] == "TimeoutError"
+            assert slow["error"] == ("variable 'slow' did not finish within the time limit of 1 s (the "
+                                     "variable_timeout setting) and was stopped")
+            assert json.loads(rows[(run, "after_slow")][1])["error_cls"] == "DependencyError"
+            assert rows[(run, "n_trains")][0] == 50 and rows[(run, "double_trains")][0] == 100
+        assert "TimeoutError: variable 'slow'" in (db_dir / "process_logs" / f"r1-p{PROPOSAL}.out").read_text()
+
+        DamnitDB.from_dir(db_dir).metameta["variable_timeout"] = "30"  # as `damnit db-config` without --num
+        list(processor.process([RunRequest(proposal=PROPOSAL, run=1)]))
+    rows = db_rows(db_dir)
+    assert rows[(1, "slow")][0] == "finished" and rows[(1, "after_slow")][0] == "finished!"
+
+
+def test_job_command_follows_the_variable_timeout_setting(tmp_path, make_mock_runs):
+    """What Slurm jobs (and `damnit process`) run obeys the database's time limit."""
+    make_mock_runs(PROPOSAL, 1)
+    db_dir = make_db(tmp_path / "db", SLOW_CONTEXT)
+    DamnitDB.from_dir(db_dir).metameta["variable_timeout"] = 1.5
+    res = subprocess.run(_module_cmd(PROPOSAL, 1, "all", "--db-dir", db_dir, "--update-vars"),
+                         capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "(3 variable errors)" in res.stderr  # `slow`, `after_slow` and `broken` (which always fails)
+    rows = db_rows(db_dir)
+    assert json.loads(rows[(1, "slow")][1])["error"].endswith("time limit of 1.5 s (the variable_timeout "
+                                                              "setting) and was stopped")
+    assert rows[(1, "sample_x")][0] is not None
+
+
+def test_bad_limit_setting_stops_processing_before_anything_is_written(tmp_path, make_mock_runs):
+    make_mock_runs(PROPOSAL, 1)
+    db_dir = make_db(tmp_path / "db", SIMPLE_CONTEXT)
+    DamnitDB.from_dir(db_dir).metameta["context_load_timeout"] = "soon"
+    processor = RunProcessor(db_dir, producer=RecordingProducer())
+    with pytest.raises(NothingProcessed, match=r"the context_load_timeout setting is 'soon', not a positive "
+                                               r"number of seconds; fix it with `damnit db-config --num "
+                                               r"context_load_timeout 300.0`"):
+        list(processor.process([RunRequest(proposal=PROPOSAL, run=1)]))
+    processor.warm_up()  # the listener's warm-up only logs it
+    assert db_rows(db_dir) == {} and not (db_dir / "extracted_data" / f"p{PROPOSAL}_r1.h5").exists()
 
 
 def test_processor_keeps_workers_and_follows_context_edits(tmp_path, make_mock_runs, monkeypatch):

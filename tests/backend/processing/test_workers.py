@@ -223,7 +223,8 @@ def test_errors_hangs_and_crashes_cost_only_their_variable(make_mock_runs, db_di
                                         "└ (fails) failed: ValueError: this variable is broken")
     hang = _by_name(outcomes[1])
     assert hang["hangs"].error_cls == "TimeoutError"
-    assert hang["hangs"].error == "variable 'hangs' did not finish within the time limit of 1.5 s and was stopped"
+    assert hang["hangs"].error == ("variable 'hangs' did not finish within the time limit of 1.5 s (the "
+                                   "variable_timeout setting) and was stopped")
     assert hang["after_hang"].error.startswith("Skipped due to missing dependency:\n└ (hangs) failed: "
                                                "TimeoutError")
     assert hang["crashes"].data == "no crash"
@@ -505,4 +506,6 @@ def test_context_that_hangs_while_loading(db_dir):
     with WorkerPool(db_dir, load_timeout=3) as pool:
         (outcome,) = pool.process([RunRequest(PROPOSAL, 1, mock=True)])
     assert outcome.run_error["cls"] == "TimeoutError"
-    assert outcome.run_error["message"] == "loading the context file took longer than 3 s"
+    assert outcome.run_error["message"] == ("loading the context file took longer than 3 s (the "
+                                            "context_load_timeout setting): does its module-level code "
+                                            "wait for something?")

@@ -146,6 +146,31 @@ def test_set_variables_rejects_bad_input(db):
     assert db.conn.execute("SELECT count(*) FROM run_variables").fetchone()[0] == 0
 
 
+def test_text_sqlite_cannot_hold_is_escaped_and_big_integers_become_floats(db):
+    # Non-UTF-8 bytes come back from a run file with surrogate escapes; other lone surrogates too.
+    db.set_variables(1234, 1, {"raw": ReducedData("ok \udcff\udcfe"), "odd": ReducedData("\ud800!"),
+                               "nul": ReducedData("a\x00b"), "huge": ReducedData(np.uint64(2**64 - 1)),
+                               "small": ReducedData(-2**63)})
+    values = dict(db.conn.execute("SELECT name, value FROM run_variables"))
+    assert values == {"raw": "ok \\xff\\xfe", "odd": "\\ud800!", "nul": "a\x00b", "huge": float(2**64 - 1),
+                      "small": -2**63}
+
+
+def test_unstorable_says_what_set_variables_would_refuse(db):
+    refused = db.unstorable(1234, 1, {"ok": ReducedData(1.0), "obj": ReducedData(object()),
+                                      "objarr": ReducedData(np.array([None, 1]))})
+    assert sorted(refused) == ["obj", "objarr"]
+    assert isinstance(refused["obj"], TypeError) and "'obj'" in str(refused["obj"])
+    limit = db.conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+    db.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1000)
+    try:
+        refused = db.unstorable(1234, 1, {"long": ReducedData("x" * 1001), "fits": ReducedData("é" * 500)})
+    finally:
+        db.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, limit)
+    assert list(refused) == ["long"] and "too large for the database" in str(refused["long"])
+    assert db.conn.execute("SELECT count(*) FROM run_variables").fetchone()[0] == 0
+
+
 def test_dotted_names_and_quotes_in_views(db):
     db.set_variables(1234, 1, {"grp.sub": ReducedData(1.0)})
     assert dict(db.conn.execute("SELECT * FROM runs").fetchone())["grp.sub"] == 1.0

@@ -64,7 +64,7 @@ def all_kinds() -> list[VR]:
 
 def test_layout_and_attributes(tmp_path):
     path = tmp_path / "p1234_r5.h5"
-    assert write_results(path, all_kinds(), provenance="context.py")[0] == "scalar"
+    assert write_results(path, all_kinds(), provenance="context.py")[0].name == "scalar"
     assert os.stat(path).st_mode & 0o777 == 0o666
     assert sorted(p.name for p in tmp_path.iterdir()) == [".p1234_r5.h5.lock", "p1234_r5.h5"]
     with h5py.File(path) as f:
@@ -161,17 +161,55 @@ def test_merge_replaces_everything_under_a_name(tmp_path):
     assert read_reduced(path)["x"].value == 3.0
 
 
-def test_failed_write_leaves_file_untouched(tmp_path):
+def test_unstorable_value_becomes_that_variables_error(tmp_path):
     path = tmp_path / "p1_r1.h5"
-    write_results(path, [VR("a", data=np.asarray(1.0), summary=1.0)])
-    before = path.read_bytes()
-    with pytest.raises(TypeError, match="Could not write variable 'b'.*object arrays"):
-        write_results(path, [VR("a", data=np.asarray(2.0), summary=2.0),
-                             VR("b", data=np.array([object(), 1], dtype=object))])
-    assert path.read_bytes() == before
+    write_results(path, [VR("a", data=np.asarray(1.0), summary=1.0), VR("b", data=np.asarray(1.0))])
+    stored = write_results(path, [VR("a", data=np.asarray(2.0), summary=2.0),
+                                  VR("b", data=np.array([object(), 1], dtype=object)),
+                                  VR("c", data="a\x00b", summary="a\x00b")])
+    assert [r.error_cls for r in stored] == [None, "TypeError", "ValueError"]
+    assert stored[1].error == "could not store the value: object arrays can't be stored in HDF5"
+    assert stored[2].error.startswith("could not store the value: ")
+    with h5py.File(path) as f:
+        assert f["a/data"][()] == 2.0
+        assert "b" not in f and "b" not in f[".reduced"] and "c" not in f and "c" not in f[".reduced"]
+        assert f[".errors/b"].attrs["type"] == "TypeError"
+    reduced = read_reduced(path)
+    assert reduced["a"].value == 2.0
+    assert reduced["b"].attributes["error_cls"] == "TypeError" and reduced["c"].value is None
     assert sorted(p.name for p in tmp_path.iterdir()) == [".p1_r1.h5.lock", "p1_r1.h5"]
     with pytest.raises(ValueError, match="'a/b'"):
         write_results(path, [VR("a/b", data=np.asarray(1))])
+
+
+def test_database_refusals_and_failures_keep_the_file_and_database_in_step(tmp_path):
+    path = tmp_path / "p1_r1.h5"
+    write_results(path, [VR("a", data=np.asarray(1.0), summary=1.0)])
+    committed = []
+    stored = write_results(path, [VR("a", data=np.asarray(2.0), summary=2.0), VR("b", data="x", summary="x")],
+                           vet=lambda summaries: {"b": TypeError("nope")} if "b" in summaries else {},
+                           commit=committed.append)
+    assert (stored[1].error, stored[1].error_cls) == ("could not store the value in the database: nope",
+                                                      "TypeError")
+    assert committed[0]["a"].value == 2.0 and committed[0]["b"].attributes == {
+        "error": "could not store the value in the database: nope", "error_cls": "TypeError"}
+    assert read_reduced(path) == committed[0]
+
+    def fail(summaries):
+        raise RuntimeError("database is locked")
+
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError, match="database is locked"):
+        write_results(path, [VR("a", data=np.asarray(3.0), summary=3.0)], commit=fail)
+    assert path.read_bytes() == before  # the database was not written, so neither is the file
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".p1_r1.h5.lock", "p1_r1.h5"]
+
+
+def test_error_messages_with_nul_and_surrogates_are_kept_escaped(tmp_path):
+    path = tmp_path / "p1_r1.h5"
+    write_results(path, [VR("e", error="bad \udcff and \x00 here", error_cls="Weird\x00Error")])
+    reduced = read_reduced(path)["e"]
+    assert reduced.attributes == {"error": "bad \\udcff and \\x00 here", "error_cls": "Weird\\x00Error"}
 
 
 def test_read_reduced_for_the_database(tmp_path):
@@ -307,3 +345,40 @@ def test_stale_temp_files_of_a_dead_writer_are_removed(tmp_path):
     other_run.write_bytes(b"someone else's")
     write_results(path, [VR("a", data=np.asarray(1.0), summary=1.0)])
     assert not stale.exists() and other_run.exists()
+
+
+KILLED_WRITER = """
+import sys
+import numpy as np
+from backend.storage import h5format
+from backend.storage.records import VariableResult
+
+def hang(*args, **kwargs):  # the writer is killed while the temporary copy is being written
+    print("writing", flush=True)
+    import time
+    time.sleep(600)
+
+h5format.write_netcdf_group = hang
+h5format.write_results(sys.argv[1], [VariableResult("big", data=np.ones(1_000_000), summary=1.0),
+                                     VariableResult("da", data=__import__("xarray").DataArray([1]),
+                                                    objtype="dataarray")])
+"""
+
+
+def test_temp_file_of_a_killed_writer_is_removed_by_the_next_write(tmp_path):
+    path = tmp_path / "extracted_data" / "p1_r1.h5"
+    write_results(path, [VR("a", data=np.asarray(1.0), summary=1.0)])
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert writer.stdout.readline() == "writing\n"
+        temps = [p for p in path.parent.iterdir() if p.suffix == ".tmp"]
+        assert len(temps) == 1 and temps[0].stat().st_size > 8_000_000  # the new data, half-way
+    finally:
+        writer.kill()
+        writer.wait()
+    assert temps[0].exists()  # SIGKILL: nothing could clean up
+
+    write_results(path, [VR("b", data=np.asarray(2.0), summary=2.0)])
+    assert sorted(p.name for p in path.parent.iterdir()) == [".p1_r1.h5.lock", "p1_r1.h5"]
+    assert sorted(read_reduced(path)) == ["a", "b"]
