@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from app.config import ENV_VAR, LOOPBACK, ServerConfig, resolve_database
+from app.server.demo import KEEP_RUNS, Demo
 
 SERVER_DIR = Path(__file__).resolve().parent
 REPO = SERVER_DIR.parents[1]
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="build a demo proposal from mock runs and keep adding runs (first-time tour)")
     p.add_argument("--demo-dir", default=None, help="where the demo lives (default ~/.cache/damnit-demo)")
     p.add_argument("--demo-interval", type=float, default=8.0, help="seconds between demo runs")
+    p.add_argument("--demo-keep-runs", type=int, default=KEEP_RUNS, metavar="N",
+                   help=f"keep the data files of the newest N demo runs only, about 2.5 MB each (default {KEEP_RUNS}; "
+                        "0 = keep all); older runs stay in the table")
     p.add_argument("--num-threads", type=int, default=None, help="Panel worker threads (default: none)")
     p.add_argument("--num-procs", type=int, default=1, metavar="N",
                    help="server processes sharing the port (each with its own copy of the open proposals and "
@@ -137,15 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(ours)
     if unknown:
         parser.error(f"unrecognised arguments: {' '.join(unknown)}")
+    if args.demo_keep_runs < 0:
+        parser.error(f"--demo-keep-runs must be 0 (keep all) or more, got {args.demo_keep_runs}")
     if args.prefix and not args.prefix.startswith("/"):
         parser.error(f"--prefix must start with '/', got {args.prefix!r}")
 
     demo = None
     databases: list[str] = []
     if args.demo:
-        from app.server.demo import Demo
-
-        demo = Demo(args.demo_dir, interval=args.demo_interval)
+        demo = Demo(args.demo_dir, interval=args.demo_interval, keep_runs=args.demo_keep_runs)
         databases.append(str(demo.prepare()))
     for d in args.databases:
         try:

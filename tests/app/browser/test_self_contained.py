@@ -22,7 +22,6 @@ import pytest
 
 from app.server.launcher import DashboardServer, free_port
 from backend.base import mockruns
-from backend.storage.synthetic import make_database
 from tests.app.browser.test_dashboard import NGINX_CONF
 from tests.infra import REPO
 
@@ -45,13 +44,14 @@ def proposal(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     root = tmp_path_factory.mktemp("offline")
     data_root = root / "exp"
     mockruns.make_proposal(data_root, PROPOSAL, range(1, 4), ntrains=20, with_proc=True)
-    db_dir = root / "amore"
+    # The proposal's official DAMNIT folder, so a server given no database finds it under the data root.
+    db_dir = mockruns.proposal_dir(data_root, PROPOSAL) / "usr" / "Shared" / "amore"
     context_file = root / "context.py"
     context_file.write_text(CONTEXT)
     env = {"EXTRA_DATA_DATA_ROOT": str(data_root), "AMORE_BROKER": "none"}
     full_env = {**os.environ, **env,
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    for args, cwd in ((["init", str(db_dir), "--proposal", str(PROPOSAL), "--context", str(context_file)], root),
+    for args, cwd in ((["init", str(PROPOSAL), "--context", str(context_file)], root),
                       (["reprocess", "--direct", "1-3"], db_dir)):
         res = subprocess.run([sys.executable, "-m", "backend.cli", *args], cwd=cwd, env=full_env,
                              capture_output=True, text=True, timeout=300)
@@ -190,19 +190,22 @@ def _server(databases, *flags, env, tmp_path, **kw) -> DashboardServer:
 
 
 def test_landing_page_and_every_page_fetch_nothing_from_outside(proposal, context, tmp_path):
+    """A facility's server (no database given: proposals found under the data root) from its landing page
+    on; the environment asks for CDN resources, which must not matter."""
     db_dir, env = proposal
-    other = make_database(tmp_path / "other", proposal=1234, n_runs=3, n_vars=4)
-    # An environment asking for CDN resources must not matter: the server always serves its own.
-    srv = _server([db_dir, other], env={**env, "BOKEH_RESOURCES": "cdn", "PANEL_AE5_CDN": "1"}, tmp_path=tmp_path)
+    srv = _server([], env={**env, "BOKEH_RESOURCES": "cdn", "PANEL_AE5_CDN": "1"}, tmp_path=tmp_path)
     try:
         log = RequestLog(context, f"http://127.0.0.1:{srv.port}")
         page = context.new_page()
         page.set_default_timeout(20_000)
         page.goto(srv.url)
-        landing = page.get_by_role("link", name=f"p{PROPOSAL}")
-        landing.wait_for()
+        link = page.locator(".damnit-proposals a", has_text=str(PROPOSAL))
+        link.wait_for(timeout=30_000)
+        page.get_by_placeholder("Search: proposal, instrument or cycle").fill("SPB")
+        for header in page.locator(".card-header").all():  # the new-database form
+            header.click()
         settle(page)
-        landing.click()
+        link.click()
         page.wait_for_url(f"**proposal={PROPOSAL}*")
         tour(page, page.url, writable=True, shot=tmp_path / "tour.png")
         _assert_toured(log)
