@@ -14,6 +14,7 @@ after ``max_runs`` runs the demo stops taking new ones.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -103,6 +104,7 @@ class Demo:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listener = None
+        self._events = None  # (event loop, producer) sending the run events
 
     # -- set-up -----------------------------------------------------------------------------------
     def prepare(self) -> Path:
@@ -241,8 +243,6 @@ class Demo:
         if not self._listener.wait_connected(60):
             log.warning("The demo listener is not connected yet; events will wait in the broker")
 
-        import asyncio
-
         loop = asyncio.new_event_loop()
         threading.Thread(target=loop.run_forever, name="damnit-demo-events", daemon=True).start()
 
@@ -252,6 +252,7 @@ class Demo:
             return p
 
         producer = asyncio.run_coroutine_threadsafe(make(), loop).result(30)
+        self._events = (loop, producer)
 
         def send(run: int) -> None:
             ev = {"event": "migration_complete", "proposal": DEMO_PROPOSAL, "run": run}
@@ -266,6 +267,13 @@ class Demo:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._events is not None:
+            loop, producer = self._events
+            try:
+                asyncio.run_coroutine_threadsafe(producer.stop(), loop).result(5)
+            except Exception as e:
+                log.debug("Stopping the demo's event producer: %s", e)
+            loop.call_soon_threadsafe(loop.stop)
         if self._listener is not None:
             try:
                 self._listener.stop()

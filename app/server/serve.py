@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true",
                    help="build a demo proposal from mock runs and keep adding runs (first-time tour)")
     p.add_argument("--demo-dir", default=None, help="where the demo lives (default ~/.cache/damnit-demo)")
-    p.add_argument("--demo-interval", type=float, default=8.0, help="seconds between demo runs")
+    p.add_argument("--demo-interval", type=float, default=8.0, help="seconds between demo runs (default 8)")
     p.add_argument("--demo-keep-runs", type=int, default=KEEP_RUNS, metavar="N",
                    help=f"keep the data files of the newest N demo runs only, about 2.5 MB each (default {KEEP_RUNS}; "
                         "0 = keep all); older runs stay in the table")
