@@ -19,8 +19,9 @@ from app.server.demo import KEEP_RUNS, Demo
 
 SERVER_DIR = Path(__file__).resolve().parent
 REPO = SERVER_DIR.parents[1]
+TEMPLATES = SERVER_DIR / "templates"
 AUTH_FLAGS = ("--oauth-", "--basic-auth", "--cookie-secret", "--basic-login-template", "--logout-template",
-              "--login-endpoint", "--logout-endpoint")
+              "--login-endpoint", "--logout-endpoint", "--auth-template")
 AUTH_SWITCHES = ("--oauth-optional", "--oauth-refresh-tokens")  # `panel serve` flags without a value
 AUTH_LISTS = ("--oauth-guest-endpoints",)                       # ... and with any number of values
 
@@ -48,6 +49,18 @@ def split_auth_args(argv: list[str]) -> tuple[list[str], list[str]]:
             if flag not in AUTH_LISTS:
                 break
     return ours, auth
+
+
+def own_auth_pages(auth: list[str]) -> list[str]:
+    """``panel serve`` options giving our sign-in, signed-out and sign-in error pages, for those the user
+    did not choose: Panel's own fetch a logo, an icon and fonts from the internet."""
+    given = {a.split("=", 1)[0] for a in auth}
+    if not auth:
+        return []
+    pages = [("--logout-template", "logout.html"), ("--auth-template", "error.html")]
+    if "--basic-auth" in given:
+        pages.append(("--basic-login-template", "login.html"))
+    return [arg for flag, name in pages if flag not in given for arg in (flag, str(TEMPLATES / name))]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd.append("--show")
     if cfg.prefix or args.user_header:
         cmd.append("--use-xheaders")
-    cmd += extra
+    cmd += extra + own_auth_pages(extra)
 
     env = dict(os.environ, **{ENV_VAR: cfg.to_env()})
     # Every script, stylesheet and font comes from this server, never from a CDN: facility networks have

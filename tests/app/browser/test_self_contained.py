@@ -10,6 +10,7 @@ test (and is aborted, so the tour never waits for a network that is not there)."
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import subprocess
@@ -263,3 +264,36 @@ def test_pages_behind_a_proxy_with_a_prefix_fetch_nothing_from_outside(proposal,
             srv.stop()
         proxy.terminate()
         proxy.wait(10)
+
+
+def test_sign_in_pages_fetch_nothing_from_outside(proposal, context, tmp_path):
+    """With --basic-auth the sign-in, wrong-password and signed-out pages are ours: Panel's fetch a logo,
+    an icon and fonts from the internet. Signed in as this test's user, a member of the proposal (the Unix
+    group owning the folders it made)."""
+    db_dir, env = proposal
+    user = getpass.getuser()
+    srv = _server([db_dir], "--basic-auth", "beamtime", "--cookie-secret", "s3cret-for-the-test", env=env,
+                  tmp_path=tmp_path)
+    try:
+        log = RequestLog(context, f"http://127.0.0.1:{srv.port}")
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        page.goto(srv.url)
+        page.get_by_role("heading", name="DAMNIT: sign in").wait_for()
+        page.get_by_label("User name").fill(user)
+        page.get_by_label("Password").fill("<b>wrong</b>")
+        page.get_by_role("button", name="Sign in").click()
+        page.locator("#error-message").wait_for()
+        page.get_by_label("User name").fill(user)
+        page.get_by_label("Password").fill("beamtime")
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_selector(".tabulator-row .tabulator-cell[tabulator-field='run']", timeout=60_000)
+        settle(page)
+        page.goto(srv.url.rsplit("/", 1)[0] + "/logout")
+        page.get_by_role("heading", name="DAMNIT: signed out").wait_for()
+        page.get_by_role("button", name="Sign in again").click()
+        page.get_by_role("heading", name="DAMNIT: sign in").wait_for()
+        settle(page)
+        log.assert_self_contained("--basic-auth sign-in pages")
+    finally:
+        srv.stop()
