@@ -10,14 +10,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import pandas as pd
 import panel as pn
 import param
 
-from app.config import get_config, zone_label
-from app.display.formatting import format_time, format_value
 from app.display.plots import plot_value
 from app.display.run_contents import StoredVariable, load_for_display, run_file, scan_run_file
+from app.display.run_summary import error_list, scalar_table
 from app.display.text import safe_text
 from app.live.records import Change
 from app.live.session import SessionState, in_background
@@ -89,34 +87,6 @@ def run_inspector(source: ProposalSource, run: int) -> pn.viewable.Viewable:
         parts.append(error_list(source, errors))
     parts.extend(variable_card(source, run, v) for v in plottable)
     return pn.Column(*parts, sizing_mode="stretch_width")
-
-
-def scalar_table(source: ProposalSource, run: int) -> pn.viewable.Viewable:
-    """The run's numbers and text as name/value pairs, formatted as the run table shows them (arrays and
-    thumbnails get plots, or live in the table)."""
-    tz = get_config().tz
-    items = []
-    start_time = source.start_time(run)
-    if start_time is not None:
-        items.append({"Variable": f"Timestamp ({zone_label(tz)})", "Value": format_time(start_time, tz)})
-    for name in ["comment", *source.column_names()]:
-        cell = source.cell(run, name)
-        if cell is None or cell.value is None:
-            continue
-        items.append({"Variable": source.variable(name).display_title, "Value": format_value(cell.value, cell.units)})
-    if not items:
-        return safe_text("")
-    # Tabulator's default formatter shows cells as text (not HTML): titles and values stay text.
-    return pn.widgets.Tabulator(pd.DataFrame(items), show_index=False, disabled=True, layout="fit_data_table",
-                                max_height=300, sizing_mode="stretch_width", css_classes=["damnit-scalars"],
-                                formatters={"Variable": {"type": "plaintext"}, "Value": {"type": "plaintext"}})
-
-
-def error_list(source: ProposalSource, errors: list[StoredVariable]) -> pn.viewable.Viewable:
-    lines = [f"{source.variable(v.name).display_title}: {v.error_cls or 'Error'}: {v.error}" for v in errors]
-    return pn.Card(safe_text("\n".join(lines), css_classes=["damnit-errors"]),
-                   title=f"{len(errors)} variable(s) failed or were skipped", collapsed=True,
-                   sizing_mode="stretch_width")
 
 
 def variable_card(source: ProposalSource, run: int, var: StoredVariable) -> pn.viewable.Viewable:

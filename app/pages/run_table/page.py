@@ -22,10 +22,18 @@ from app.display.formatting import format_editable, format_number
 from app.display.text import escape, safe_options, safe_text
 from app.live.records import Change
 from app.live.session import SessionState
+from app.pages.run_panel import RunPanel
 from app.pages.run_table import cells, export
 from app.pages.run_table.model import FIXED_COLUMNS, TableModel, get_table_model
 from app.pages.run_table.rows import RowFilter, category_texts, is_numeric, sort_rows
-from app.pages.run_table.tabulator import CellPatcher, RowOpener, RunTabulator, skeleton
+from app.pages.run_table.tabulator import (
+    CellPatcher,
+    KeyNavigator,
+    RowOpener,
+    RunTabulator,
+    SplitHandle,
+    skeleton,
+)
 from backend.storage.user_variables import value_types_by_name
 
 log = logging.getLogger(__name__)
@@ -33,6 +41,16 @@ LATENCY_LOG = logging.getLogger("app.latency")  # DEBUG: message → patch timin
 
 PAGE_SIZE = 50
 CELLS_PER_PAGE = 6000  # wide tables get shorter pages, so a page stays quick to send and draw
+# The run panel sits beside the table; on a narrow window it goes below it, full width.
+SPLIT_CSS = """
+:host { flex-wrap: nowrap; }
+@media (max-width: 1100px) {
+  :host { flex-wrap: wrap !important; }
+  .dmn-table-side { flex: 1 1 100% !important; }
+  .dmn-panel-side { flex: 1 1 100% !important; width: 100% !important; }
+  .dmn-handle-side { display: none !important; }
+}
+"""
 NEWEST_FIRST = [{"field": "run", "dir": "desc"}]  # page 1 is always a full page of the newest runs
 
 TABLE_CSS = cells.CSS + """
@@ -88,6 +106,11 @@ class RunTablePage(pn.viewable.Viewer):
         self.table.param.watch(self._on_selection, "selection")
         self.session.param.watch(self._show_selected, "selected_runs")
         self.opener = RowOpener(on_open=self._open_row, width=0, height=0, margin=0)
+        self.keys = KeyNavigator(on_step=self._step, width=0, height=0, margin=0)
+        self.run_panel = RunPanel(session=self.session)
+        self.handle = SplitHandle(width=8, sizing_mode="stretch_height", margin=0)
+        self.panel_toggle = pn.widgets.Toggle(label="Run panel", value=True, width=110, align="end")
+        self.panel_toggle.link(self.handle, value="open", bidirectional=True)
         self.inspect_btn.on_click(lambda e: self._inspect(self.session.selected_runs[-1:]))
         self.columns_choice.param.watch(lambda e: self._rebuild_columns(), "value")
         self.tag_choice.param.watch(lambda e: self._rebuild_columns(), "value")
@@ -334,6 +357,17 @@ class RunTablePage(pn.viewable.Viewer):
         if self.source.has_run(key):
             self._inspect([self.source.run_of(key)[1]])
 
+    def _step(self, step: int) -> None:
+        """Select the run before or after the selected one (arrow keys), turning the page if needed."""
+        keys = list(self.table.display_keys())
+        if not keys:
+            return
+        current = self.source.key_for(None, self.session.selected_runs[-1]) if self.session.selected_runs else None
+        at = keys.index(current) + step if current in keys else 0
+        key = keys[max(0, min(len(keys) - 1, at))]
+        if self.source.has_run(key):
+            self.session.selected_runs = [self.source.run_of(key)[1]]  # the table follows (_show_selected)
+
     def _inspect(self, runs: list[int]) -> None:
         if not runs:
             return
@@ -522,8 +556,17 @@ class RunTablePage(pn.viewable.Viewer):
             cards.append(pn.Card(self.add_variable_form(), title="Add user variable", collapsed=True,
                                  sizing_mode="stretch_width"))
         toolbar = pn.Row(self.jump, self.jump_btn, pn.Spacer(width=20), self.inspect_btn, pn.Spacer(width=20),
-                         self.follow, pn.HSpacer(),
+                         self.follow, self.panel_toggle, pn.HSpacer(),
                          pn.pane.HTML("<span style='line-height:40px'>Export:</span>"), *self.export_widgets(),
                          sizing_mode="stretch_width")
-        return pn.Column(toolbar, *cards, self.status, self.table, self.patcher, self.opener,
+        panel = pn.Column(self.run_panel, height=self.table.height, visible=self.handle.param.open, scroll=True,
+                          css_classes=["dmn-panel-side"],
+                          styles={"width": "var(--dmn-panel-width, 520px)", "flex": "0 0 var(--dmn-panel-width, 520px)"})
+        handle = pn.Column(self.handle, height=self.table.height, width=8, visible=self.handle.param.open,
+                           margin=0, css_classes=["dmn-handle-side"])
+        table = pn.Column(self.table, sizing_mode="stretch_width", css_classes=["dmn-table-side"],
+                          styles={"min-width": "0", "flex": "1 1 0"})
+        split = pn.Row(table, handle, panel, sizing_mode="stretch_width", css_classes=["dmn-split"],
+                       stylesheets=[SPLIT_CSS])
+        return pn.Column(toolbar, *cards, self.status, split, self.patcher, self.opener, self.keys,
                          sizing_mode="stretch_both")

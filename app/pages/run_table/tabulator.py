@@ -184,3 +184,25 @@ class RowOpener(pn.custom.JSComponent):
     def _handle_msg(self, msg) -> None:
         if isinstance(msg, dict):
             self._on_open(msg)
+
+
+class KeyNavigator(pn.custom.JSComponent):
+    """Reports the arrow keys (``{"step": 1 | -1}``) so the page can move the selection by one run."""
+
+    _esm = _TABLE_VIEWS + (JS / "key_navigator.js").read_text()
+
+    def __init__(self, on_step, **params):
+        super().__init__(**params)
+        self._on_step = on_step
+
+    def _handle_msg(self, msg) -> None:
+        if isinstance(msg, dict) and msg.get("step") in (1, -1):
+            self._on_step(msg["step"])
+
+
+class SplitHandle(pn.custom.JSComponent):
+    """The drag handle between the table and the run panel; ``open`` is remembered by the browser."""
+
+    open = param.Boolean(default=True, doc="Is the run panel shown")
+
+    _esm = (JS / "split_handle.js").read_text()
