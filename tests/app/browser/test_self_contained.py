@@ -105,7 +105,9 @@ def settle(page) -> None:
 
 def hover_plot(page) -> None:
     """Move the mouse over the first visible plot (Bokeh draws hover tooltips from there)."""
-    box = page.locator("canvas:visible").first.bounding_box()
+    canvas = page.locator("canvas:visible").first
+    canvas.wait_for(timeout=60_000)
+    box = canvas.bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=4)
     settle(page)
 
@@ -146,8 +148,7 @@ def _tour(page, url: str, *, writable: bool) -> list[str]:
         tabs.nth(i).click()
         settle(page)
         if title.startswith("Inspect"):
-            page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)  # plotly: loaded on demand
-            page.locator("canvas:visible").first.wait_for(timeout=30_000)
+            page.locator(".js-plotly-plot:visible").first.wait_for(timeout=120_000)  # plotly: loaded on demand
             hover_plot(page)
         elif title == "Plots":
             for kind in ("Scatter", "Line", "Histogram", "Scatter"):
@@ -157,7 +158,7 @@ def _tour(page, url: str, *, writable: bool) -> list[str]:
                     settle(page)
             hover_plot(page)
         elif title == "Context file":
-            page.locator(".ace_content").first.wait_for(timeout=30_000)  # the ace editor: loaded on demand
+            page.locator(".ace_content:visible").first.wait_for(timeout=30_000)  # the ace editor: loaded on demand
         settle(page)
     assert {"Run table", "Plots", "Processing", "Comments", "Context file"} <= set(titles), titles
 
