@@ -31,6 +31,7 @@ log = logging.getLogger("damnit.demo")
 DEMO_PROPOSAL = 990001
 FIRST_RUNS = 3
 KEEP_RUNS = 50  # runs whose files are kept (--demo-keep-runs)
+MAX_FAILURES = 5  # consecutive runs that could not be written before the demo gives up
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -189,26 +190,36 @@ class Demo:
                 from backend.processing.run_processor import RunProcessor
                 processor = RunProcessor(self.db_dir, n_workers=1)
             first = True
+            failures = 0
             while not self._stop.is_set():
-                run = self._next_run()
-                if run > self.max_runs:
+                nxt = self._next_run()
+                if nxt > self.max_runs:
                     print(f"Demo: {self.max_runs} runs taken, no more (delete {self.base} to start again)",
                           flush=True)
                     return
-                self._take_run(run)
-                if send is not None:
-                    send(run)
-                else:
-                    self._process_directly(processor, run)
-                if first:  # a few runs straight away, then one every `interval`
-                    for _ in range(FIRST_RUNS - 1):
-                        run = self._next_run()
+                batch = FIRST_RUNS if first else 1  # a few runs at once, at first
+                for run in range(nxt, min(nxt + batch, self.max_runs + 1)):
+                    try:
                         self._take_run(run)
-                        send(run) if send is not None else self._process_directly(processor, run)
-                    first = False
+                    except OSError as e:  # a busy disk or a file someone holds: try again next time
+                        failures += 1
+                        if failures >= MAX_FAILURES:
+                            raise
+                        log.warning("Demo: could not write run %d (%s); trying again in %g s", run, e,
+                                    self.interval)
+                        self._forget_run(run)
+                        break
+                    failures = 0
+                    send(run) if send is not None else self._process_directly(processor, run)
+                first = False
                 self._stop.wait(self.interval)
         except Exception:
             log.exception("The demo stopped taking runs")
+
+    def _forget_run(self, run: int) -> None:
+        """Remove what a failed attempt at writing ``run`` left, so the next attempt writes it again."""
+        for d in self.data_root.glob(f"*/*/p{DEMO_PROPOSAL:06d}/*/r{run:04d}"):
+            shutil.rmtree(d, ignore_errors=True)
 
     def _take_run(self, run: int) -> None:
         from backend.base import mockruns
