@@ -4,10 +4,12 @@ cap the demo grew by about 2.5 MB a run, 430 MB in 25 minutes."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from pathlib import Path
 
+import h5py
 import pytest
 
 from app.server.demo import DEMO_PROPOSAL
@@ -95,3 +97,35 @@ def _wait(pred, timeout: float) -> bool:
             return True
         time.sleep(0.2)
     return pred()
+
+
+def test_demo_tries_a_run_again_when_its_file_is_held(tmp_path, caplog):
+    """A run file another process holds (HDF5's lock) makes that run fail once: the demo says so and writes
+    it at the next interval, instead of stopping for good."""
+    import subprocess
+    import sys
+
+    from app.server.demo import Demo
+    from backend.base.mockruns import proposal_dir
+
+    demo = Demo(tmp_path / "demo", interval=0.5, keep_runs=0, max_runs=5)
+    demo.prepare()
+    # Run 1's proc file (a raw folder would change which run the demo takes next).
+    held = proposal_dir(demo.data_root, DEMO_PROPOSAL) / "proc" / "r0001" / "CORR-R0001-DA01-S00000.h5"
+    held.parent.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import h5py, sys, time; f = h5py.File(sys.argv[1], 'w'); "
+                               "print('holding', flush=True); time.sleep(3)", str(held)], stdout=subprocess.PIPE,
+                              text=True)
+    assert holder.stdout.readline().strip() == "holding"
+    caplog.set_level(logging.WARNING, logger="damnit.demo")
+    try:
+        demo.start()
+        assert _wait(lambda: _raw_runs(demo.base) == [1, 2, 3, 4, 5], 120), _raw_runs(demo.base)
+    finally:
+        demo.stop()
+        holder.wait(10)
+    retried = [r.getMessage() for r in caplog.records if "could not write run 1" in r.getMessage()]
+    assert retried, [r.getMessage() for r in caplog.records]
+    assert not [r for r in caplog.records if "stopped taking runs" in r.getMessage()]
+    with h5py.File(held) as f:  # written in full the second time
+        assert "INSTRUMENT" in f and "METADATA" in f and f["METADATA/dataFormatVersion"][0]
