@@ -16,6 +16,7 @@ from pathlib import Path
 
 from app.config import ENV_VAR, LOOPBACK, ServerConfig, resolve_database
 from app.server.demo import KEEP_RUNS, Demo
+from backend.base.messages import quiet_client_connection_logs
 
 SERVER_DIR = Path(__file__).resolve().parent
 REPO = SERVER_DIR.parents[1]
@@ -163,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     databases: list[str] = []
     if args.demo:
         demo = Demo(args.demo_dir, interval=args.demo_interval, keep_runs=args.demo_keep_runs)
+        # Ctrl-C reaches the demo's broker too: its clients would log every retry until they stop.
+        quiet_client_connection_logs()
         databases.append(str(demo.prepare()))
     for d in args.databases:
         try:

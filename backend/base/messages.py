@@ -47,7 +47,8 @@ RETRY_MAX_S = 10.0  # longest wait between a subscriber's attempts to reach a br
 # aiokafka logs every failed connection attempt (an error each time); a process that reports outages
 # itself (``UpdateSubscriber``, ``UpdateProducer``) hides these with ``quiet_client_connection_logs()``.
 _CLIENT_CONNECTION_NOISE = ("Unable connect to", "Unable to request metadata", "Unable to update metadata",
-                            "Failed fetch messages from", "Failed fetch offsets from")
+                            "Failed fetch messages from", "Failed fetch offsets from",
+                            "Got error produce response")
 
 
 class MessageError(ValueError):
