@@ -238,7 +238,12 @@ def test_pages_behind_a_proxy_with_a_prefix_fetch_nothing_from_outside(proposal,
     upstream, port = free_port(), free_port()
     ndir = tmp_path / "nginx"
     ndir.mkdir()
-    (ndir / "nginx.conf").write_text(NGINX_CONF.format(dir=ndir, port=port, upstream=upstream))
+    # No temporary files for big responses (plotly.js is 4.4 MB): nginx's workers, not root, cannot write
+    # into pytest's private temporary folder, and would cut such a response short.
+    conf = NGINX_CONF.format(dir=ndir, port=port, upstream=upstream).replace(
+        "http {", "http {\n  proxy_max_temp_file_size 0;", 1)
+    assert "proxy_max_temp_file_size 0;" in conf
+    (ndir / "nginx.conf").write_text(conf)
     proxy = subprocess.Popen([nginx, "-c", str(ndir / "nginx.conf"), "-p", str(ndir)],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     srv = None
