@@ -152,8 +152,9 @@ class PlotsPage(pn.viewable.Viewer):
     session = param.ClassSelector(class_=SessionState)
 
     def __panel__(self) -> pn.viewable.Viewable:
-        return pn.Column(SummaryPlot(self.session).layout, pn.layout.Divider(), RunOverlay(self.session).layout,
-                         sizing_mode="stretch_width", name=TITLE)
+        # <hr>, not pn.layout.Divider: Panel leaves the Divider's stylesheet on its CDN (no internet here)
+        return pn.Column(SummaryPlot(self.session).layout, pn.pane.HTML("<hr>", sizing_mode="stretch_width"),
+                         RunOverlay(self.session).layout, sizing_mode="stretch_width", name=TITLE)
 
 
 class SummaryPlot:

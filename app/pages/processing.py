@@ -39,9 +39,9 @@ class ProcessingPage(pn.viewable.Viewer):
         board = job_board(source.db_dir, source.proposal)
         return pn.Column(
             reprocess_form(self.session, board),
-            pn.layout.Divider(),
+            pn.pane.HTML("<hr>", sizing_mode="stretch_width"),
             job_list(self.session, board),
-            pn.layout.Divider(),
+            pn.pane.HTML("<hr>", sizing_mode="stretch_width"),
             log_viewer(self.session),
             sizing_mode="stretch_width", name=TITLE)
 
