@@ -23,6 +23,7 @@ from app.display.run_contents import run_file, scan_run_file
 from app.display.text import safe_text
 from app.live.session import SessionState
 from app.live.source import ProposalSource
+from app.pages.logbook import SendPlot
 from backend.storage.api import RunVariables
 
 TITLE = "Plots"
@@ -169,7 +170,8 @@ class SummaryPlot:
         self._rebuild()
         self.layout = pn.Column(
             pn.pane.Markdown("### Summary of all runs"),
-            pn.Row(self.y, pn.pane.HTML("vs.", align="end"), self.x, self.swap, self.kind, self.bins),
+            pn.Row(self.y, pn.pane.HTML("vs.", align="end"), self.x, self.swap, self.kind, self.bins,
+                   SendPlot(session=session, plot=lambda: self.plot_pane.object, name_hint="summary")),
             self.count, self.plot_pane, sizing_mode="stretch_width")
 
     def _label(self, name: str) -> str:
@@ -274,7 +276,9 @@ class RunOverlay:
         self._refresh_choices()
         self.layout = pn.Column(
             pn.pane.Markdown("### Per-run data for selected runs"),
-            pn.Row(self.y, pn.pane.HTML("vs.", align="end"), self.x, self.go), self.runs_text,
+            pn.Row(self.y, pn.pane.HTML("vs.", align="end"), self.x, self.go,
+                   SendPlot(session=session, plot=lambda: self.plot_pane.object, name_hint="per_run")),
+            self.runs_text,
             self.messages, self.plot_pane, sizing_mode="stretch_width")
 
     def _runs(self) -> list[int]:

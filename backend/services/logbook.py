@@ -272,16 +272,20 @@ class ProxyLogbook(Logbook):
         return self.http.request("POST", "/send_message", query={"topic": check_topic(topic)}, body=body,
                                  content_type=ctype)
 
+    # Each send first asks which stream (once per instance), as the original does before it sends:
+    # the answer names where the message went, and a wrong key is refused before anything is posted.
     def send(self, topic: str, content: str, *, stream: str | None = None) -> Posted:
         _check_content(content)
+        where = self.stream()
         data = self._send(topic, content, {})
-        return Posted(self._stream or "", check_topic(topic), _ids(data))
+        return Posted(where, check_topic(topic), _ids(data))
 
     def send_image(self, topic: str, caption: str, image: bytes, filename: str = "plot.png", *,
                    stream: str | None = None) -> Posted:
         _check_upload(image)
+        where = self.stream()
         data = self._send(topic, caption or "", {"image": (filename, image, "image/png")})
-        return Posted(self._stream or "", check_topic(topic), _ids(data))
+        return Posted(where, check_topic(topic), _ids(data))
 
 
 class ZulipLogbook(Logbook):
