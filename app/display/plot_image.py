@@ -15,7 +15,7 @@ from typing import Any
 
 import holoviews as hv
 
-DPI = 120
+DPI = 150  # as the original saves its figures for the logbook
 SIZE_INCHES = (9.0, 5.0)
 _lock = threading.Lock()
 
@@ -45,8 +45,8 @@ def plot_title(obj: Any) -> str:
 
 
 def plot_png(obj: Any, title: str | None = None) -> bytes:
-    """``obj`` (an element, overlay, live plot or HoloViews pane) as a PNG of about 1080x600 pixels.
-    Raises ValueError if there is nothing to draw."""
+    """``obj`` (an element, overlay, live plot or HoloViews pane) as a PNG of about 1050x650 pixels
+    (9x5 inches at 150 dpi, margins trimmed). Raises ValueError if there is nothing to draw."""
     # matplotlib is only needed here, and loading HoloViews' matplotlib backend takes a second or two:
     # imported on the first drawing, not when the dashboard starts.
     import matplotlib

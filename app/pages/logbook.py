@@ -169,7 +169,7 @@ class _LogbookDialog(pn.viewable.Viewer):
         else:
             last = actions.last_topic(self.session)
             known = list(dict.fromkeys([*info.topics, *([last] if last else [])]))
-            self.known_topics.options = ["", *known]  # a native <select>: labels are text
+            self.known_topics.options = {"(pick one)": "", **{t: t for t in known}}  # a native <select>: text
             self.known_topics.value = ""
             self.known_topics.visible = bool(known)
             topic = last or (info.topics[0] if info.topics else "")

@@ -97,7 +97,7 @@ def test_two_runs_go_to_the_stream_as_a_markdown_table(serve, db, zulip, page):
     topic = box.locator(".dmn-logbook-topic input")
     assert topic.input_value() == "beamtime"
     known = box.locator(".dmn-logbook-topics select")
-    assert known.locator("option").all_inner_texts() == ["", "beamtime", HOSTILE_TOPIC]  # offered as text
+    assert known.locator("option").all_inner_texts() == ["(pick one)", "beamtime", HOSTILE_TOPIC]  # offered as text
     known.select_option(HOSTILE_TOPIC)
     assert wait_for(lambda: topic.input_value() == HOSTILE_TOPIC)
     box.get_by_label("Title (optional)").fill("Good runs")
