@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from app.live.session import SessionState
-from backend.services.logbook import Posted, markdown_table, open_logbook
+from backend.services.logbook import LogbookError, Posted, markdown_table, open_logbook
 from backend.storage.logbook_settings import (
     LogbookSettingsError,
     read_logbook_settings,
@@ -79,6 +80,17 @@ def current_stream(session: SessionState) -> str:
     return _logbook(session).stream()
 
 
+@contextmanager
+def _refusals_logged(session: SessionState, what: str, topic: str):
+    """A send that fails is logged too (with the reason, never the key), then re-raised for the page."""
+    try:
+        yield
+    except (LogbookError, ValueError) as e:
+        log.warning("Logbook: %s could not send %s (topic %r) from %s: %s", session.user or "local user", what,
+                    topic, session.source.db_dir, e)
+        raise
+
+
 def _audit(session: SessionState, what: str, posted: Posted) -> None:
     log.info("Logbook: %s sent %s to stream %r, topic %r (messages %s) from %s", session.user or "local user",
              what, posted.stream, posted.topic, ", ".join(map(str, posted.message_ids)) or "?",
@@ -90,8 +102,8 @@ def send_table(session: SessionState, headers: Sequence[str], rows: Sequence[Seq
     """Post rows as a Markdown table (several messages when long). Raises PermissionError, ValueError
     (bad settings) or LogbookError (refused, unreachable, too long)."""
     session.check_write()
-    book = _logbook(session)
-    posted = book.send_all(topic, markdown_table(headers, rows, title=title), stream=stream)
+    with _refusals_logged(session, what, topic):
+        posted = _logbook(session).send_all(topic, markdown_table(headers, rows, title=title), stream=stream)
     _remember(session, posted)
     _audit(session, what, posted)
     return posted
@@ -101,7 +113,8 @@ def send_text(session: SessionState, content: str, *, topic: str, stream: str | 
               what: str = "a message") -> Posted:
     """Post one message as written (e.g. a table the sender edited)."""
     session.check_write()
-    posted = _logbook(session).send(topic, content, stream=stream)
+    with _refusals_logged(session, what, topic):
+        posted = _logbook(session).send(topic, content, stream=stream)
     _remember(session, posted)
     _audit(session, what, posted)
     return posted
@@ -111,7 +124,8 @@ def send_plot(session: SessionState, png: bytes, *, topic: str, caption: str = "
               filename: str = "plot.png", what: str = "a plot") -> Posted:
     """Upload a PNG and post it with a caption."""
     session.check_write()
-    posted = _logbook(session).send_image(topic, caption, png, filename, stream=stream)
+    with _refusals_logged(session, what, topic):
+        posted = _logbook(session).send_image(topic, caption, png, filename, stream=stream)
     _remember(session, posted)
     _audit(session, what, posted)
     return posted

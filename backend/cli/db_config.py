@@ -104,9 +104,12 @@ def _logbook_config(db_dir: Path, name: str, args: argparse.Namespace) -> int:
     if args.num:
         raise CLIError(f"--num does not apply to {full}")
     try:
-        current = read_logbook_settings(db_dir)
         if args.delete:
-            if not getattr(current, name):
+            try:
+                present = bool(getattr(read_logbook_settings(db_dir), name))
+            except LogbookSettingsError:
+                present = True  # a broken file: removing the key may be the fix
+            if not present:
                 raise CLIError(f"key {full} not found")
             update_logbook_settings(db_dir, **{name: None})
         elif args.value is not None:
@@ -116,10 +119,11 @@ def _logbook_config(db_dir: Path, name: str, args: argparse.Namespace) -> int:
                 if not value:
                     raise CLIError("no key on standard input")
             update_logbook_settings(db_dir, **{name: value})
-        elif getattr(current, name):
-            print(_shown(current, name) + (f"; it is in {settings_path(db_dir)}" if name == "key" else ""))
         else:
-            raise CLIError(f"key {full} not found")
+            current = read_logbook_settings(db_dir)
+            if not getattr(current, name):
+                raise CLIError(f"key {full} not found")
+            print(_shown(current, name) + (f"; it is in {settings_path(db_dir)}" if name == "key" else ""))
     except LogbookSettingsError as e:
         raise CLIError(str(e)) from None
     return 0

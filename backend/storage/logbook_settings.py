@@ -28,7 +28,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 FILE_NAME = "zulip.cfg"
@@ -125,25 +125,33 @@ def _check(name: str, value: str) -> str:
     return value
 
 
-def write_logbook_settings(db_dir: str | os.PathLike, settings: LogbookSettings) -> Path:
-    """Store ``settings`` in ``<db_dir>/zulip.cfg`` atomically (empty values are left out; a file left
-    with nothing in it is removed). Other sections and keys already in the file stay."""
-    path = settings_path(db_dir)
+def _serialised(name: str, value) -> str:
+    """A value as the file holds it ('' = leave the key out)."""
+    if name == "topics":
+        if isinstance(value, str):
+            value = parse_topics(value, "zulip.topics", lenient=True)
+        topics = list(dict.fromkeys(str(t).strip() for t in (value or ()) if str(t).strip()))
+        return json.dumps(topics) if topics else ""
+    return _check(name, "" if value is None else value)
+
+
+def _store(path: Path, values: dict[str, str]) -> None:
+    """Put ``values`` (serialised; '' removes a key) into the file at ``path``, atomically, keeping its
+    mode and everything else in it; a file left with nothing in it is removed."""
     parser = _parser()
     mode = NEW_FILE_MODE
     try:
         mode = path.stat().st_mode & 0o7777
-        parser.read(path, encoding="utf-8")
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f)
     except FileNotFoundError:
         pass
-    except (OSError, configparser.Error) as e:
-        raise LogbookSettingsError(f"{path}: cannot be updated: {e}") from None
+    except (OSError, UnicodeDecodeError, configparser.Error) as e:
+        raise LogbookSettingsError(f"{path}: cannot be updated, fix or remove it first: {e}") from None
     if not parser.has_section(SECTION):
         parser.add_section(SECTION)
-    for name in FIELDS:
-        value = getattr(settings, name)
-        value = json.dumps(list(value)) if name == "topics" else _check(name, value)
-        if value and (name != "topics" or settings.topics):
+    for name, value in values.items():
+        if value:
             parser.set(SECTION, name, value.replace("%", "%%"))
         else:
             parser.remove_option(SECTION, name)
@@ -151,7 +159,7 @@ def write_logbook_settings(db_dir: str | os.PathLike, settings: LogbookSettings)
         parser.remove_section(SECTION)
     if not parser.sections():
         path.unlink(missing_ok=True)
-        return path
+        return
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{FILE_NAME}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -161,23 +169,20 @@ def write_logbook_settings(db_dir: str | os.PathLike, settings: LogbookSettings)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_logbook_settings(db_dir: str | os.PathLike, settings: LogbookSettings) -> Path:
+    """Store all of ``settings`` in ``<db_dir>/zulip.cfg`` (empty values are left out)."""
+    path = settings_path(db_dir)
+    _store(path, {name: _serialised(name, getattr(settings, name)) for name in FIELDS})
     return path
 
 
-def update_logbook_settings(db_dir: str | os.PathLike, **changes: str | Iterable[str] | None) -> LogbookSettings:
-    """Change some settings (``None`` or '' removes one) and store them; returns the new settings."""
+def update_logbook_settings(db_dir: str | os.PathLike, **changes: str | Iterable[str] | None) -> None:
+    """Change some settings (``None`` or '' removes one), leaving the others as they are in the file
+    (so a broken value can be replaced or removed). Nothing is written if a new value is bad."""
     unknown = set(changes) - set(FIELDS)
     if unknown:
         raise LogbookSettingsError(f"unknown logbook setting(s): {', '.join(sorted(unknown))} "
                                    f"(known: {', '.join(FIELDS)})")
-    current = read_logbook_settings(db_dir)
-    clean: dict = {}
-    for name, value in changes.items():
-        if name == "topics":
-            clean[name] = parse_topics(value, "zulip.topics", lenient=True) if isinstance(value, str) else \
-                tuple(dict.fromkeys(str(t).strip() for t in (value or ()) if str(t).strip()))
-        else:
-            clean[name] = _check(name, value or "")
-    new = replace(current, **clean)
-    write_logbook_settings(db_dir, new)
-    return new
+    _store(settings_path(db_dir), {name: _serialised(name, value) for name, value in changes.items()})

@@ -15,6 +15,7 @@ from app.actions import logbook as actions
 from app.config import ServerConfig
 from app.live.source import ProposalSource
 from app.pages.logbook import SendPlot, SendTable, table_rows
+from backend.services.logbook import LogbookError
 from backend.storage.logbook_settings import read_logbook_settings, settings_path, update_logbook_settings
 from backend.storage.synthetic import make_database, set_value
 from tests.infra.zulip import FakeZulip
@@ -72,6 +73,16 @@ def test_an_edited_message_goes_as_written(source, zulip, monkeypatch):
     dialog.message.value = "Run 2 was **the** good one"
     dialog._send()
     assert zulip.messages[0].content == "Run 2 was **the** good one"
+
+
+def test_a_refused_send_is_logged_without_the_key(source, zulip, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="app.actions.logbook")
+    update_logbook_settings(source.db_dir, key="wrong-key-789")
+    session = session_for(source, monkeypatch)
+    with pytest.raises(LogbookError, match="401"):
+        actions.send_text(session, "x", topic="beamtime")
+    assert "local user could not send a message (topic 'beamtime')" in caplog.text and "401" in caplog.text
+    assert "wrong-key-789" not in caplog.text
 
 
 def test_read_only_sessions_cannot_send(source, zulip, monkeypatch):

@@ -235,7 +235,9 @@ def test_db_config_logbook_settings_in_zulip_cfg(tmp_path, monkeypatch, capsys):
     (d / "zulip.cfg").write_text("[ZULIP]\ntopics = [oops\n")
     assert main(["db-config"]) == 0  # the database's other settings still list
     assert "zulip.cfg: [ZULIP]: topics is not a valid JSON list" in capsys.readouterr().err
-    assert main(["db-config", "zulip.url", "https://x.example.org"]) == 1
+    assert main(["db-config", "zulip.topics"]) == 1
+    assert main(["db-config", "zulip.topics", "beamtime"]) == 0  # the fix
+    assert read_logbook_settings(d).topics == ("beamtime",)
 
 
 def test_proposal_and_new_id(tmp_path, monkeypatch, capsys):

@@ -142,8 +142,12 @@ def test_a_slow_server_times_out(zulip):
 
 def test_a_server_that_is_down():
     url = f"http://127.0.0.1:{free_port()}/proxy/api"
-    with pytest.raises(LogbookError, match=rf"could not reach the logbook at {url}/send_message: .*refused"):
+    with pytest.raises(LogbookError, match=rf"could not reach the logbook at {url}/me: .*refused"):
         open_logbook(LogbookSettings(url=url, key="k"), timeout=2).send("beamtime", "x")
+    base = url.removesuffix("/proxy/api")
+    with pytest.raises(LogbookError, match=rf"could not reach the logbook at {base}/api/v1/user_uploads: .*refused"):
+        open_logbook(LogbookSettings(url=base, key="k", email="bot@z.test", stream="s"), timeout=2).send_image(
+            "beamtime", "", png_bytes())
 
 
 def test_an_answer_that_is_not_json(zulip):

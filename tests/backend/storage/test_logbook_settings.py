@@ -62,9 +62,23 @@ def test_new_file_is_not_world_readable(tmp_path):
 
 
 def test_topics_as_a_list_or_comma_separated(tmp_path):
-    assert update_logbook_settings(tmp_path, topics="a, b,,a\nc").topics == ("a", "b", "c")
-    assert update_logbook_settings(tmp_path, topics=["x", " y "]).topics == ("x", "y")
+    update_logbook_settings(tmp_path, topics="a, b,,a\nc")
+    assert read_logbook_settings(tmp_path).topics == ("a", "b", "c")
+    update_logbook_settings(tmp_path, topics=["x", " y "])
+    assert read_logbook_settings(tmp_path).topics == ("x", "y")
     assert '["x", "y"]' in settings_path(tmp_path).read_text()
+
+
+def test_a_broken_value_can_be_replaced_or_removed(tmp_path):
+    settings_path(tmp_path).write_text(FACILITY_FILE.replace("topics = []", "topics = [oops"))
+    with pytest.raises(LogbookSettingsError):
+        read_logbook_settings(tmp_path)
+    update_logbook_settings(tmp_path, topics="beamtime")
+    assert read_logbook_settings(tmp_path).topics == ("beamtime",)
+    settings_path(tmp_path).write_text("no section header\n")
+    with pytest.raises(LogbookSettingsError, match="fix or remove it first"):
+        update_logbook_settings(tmp_path, topics="beamtime")
+    assert settings_path(tmp_path).read_text() == "no section header\n"
 
 
 def test_removing_everything_removes_the_file(tmp_path):
