@@ -282,7 +282,7 @@ class SendTable(_LogbookDialog):
 
     def __init__(self, **params):
         self.title = pn.widgets.TextInput(label="Title (optional)", width=330)
-        self.chosen = pn.widgets.MultiChoice(label="Columns", options={}, width=700)
+        self.chosen = pn.widgets.MultiChoice(label="Columns to send", options={}, width=700)
         self.message = pn.widgets.TextAreaInput(label="Message (Markdown; edit freely)", width=700, height=230,
                                                 css_classes=["dmn-logbook-message"])
         self._generated = ""
