@@ -64,7 +64,7 @@ class ScriptLoader(pn.custom.JSComponent):
     is on screen, instead of before anything is drawn; ``loaded`` turns True when they are in."""
 
     urls = param.List(default=[])
-    delay_ms = param.Integer(default=50, doc="Wait this long after the page is drawn (the table's first "
+    delay_ms = param.Integer(default=50, doc="Wait until the user has been idle this long (the table's "
                              "clicks should not queue behind parsing 5 MB of scripts)")
     hurry = param.Boolean(default=False, doc="Another page wants them now: do not wait for delay_ms")
     loaded = param.Boolean(default=False)
@@ -91,7 +91,11 @@ class ScriptLoader(pn.custom.JSComponent):
         }
         model.loaded = true
       }
-      setTimeout(go, model.delay_ms)
+      // Parsing them blocks the page for a second or more: wait until the user has left the page
+      // alone for delay_ms (each click or key press starts the wait again), unless a page hurries.
+      let timer = setTimeout(go, model.delay_ms)
+      const poke = () => { if (!started) { clearTimeout(timer); timer = setTimeout(go, model.delay_ms) } }
+      for (const type of ['pointerdown', 'keydown', 'wheel']) document.addEventListener(type, poke, true)
       model.on('hurry', go)
       if (model.hurry) go()
     }
@@ -219,7 +223,7 @@ def build_app() -> pn.viewable.Viewable:
 
     start = next((i for i, p in enumerate(pages) if p.slug == want), 0)
     loader = ScriptLoader(urls=deferred_script_urls(), width=0, height=0, margin=0,
-                          delay_ms=2000 if pages and pages[start].slug == "table" else 50)
+                          delay_ms=3000 if pages and pages[start].slug == "table" else 50)
 
     def fill(index: int) -> None:
         if 0 <= index < len(pages) and pages[index].slug != "table" and not loader.loaded:
@@ -238,7 +242,14 @@ def build_app() -> pn.viewable.Viewable:
                 slots[index].objects = [pn.pane.Alert(f"This page failed: {html.escape(repr(e))}",
                                                       alert_type="danger")]
 
-    tabs.param.watch(lambda ev: fill(ev.new), "active")
+    def on_tab(index: int) -> None:
+        fill(index)
+        if 0 <= index < len(pages):
+            session.active_page = pages[index].slug
+
+    tabs.param.watch(lambda ev: on_tab(ev.new), "active")
+    loader.param.watch(lambda ev: setattr(session, "scripts_loaded", ev.new), "loaded")
+    session.param.watch(lambda ev: setattr(loader, "hurry", True), "scripts_wanted")
 
     def bring_to_front(event) -> None:
         index = next((i for i, p in enumerate(pages) if p.slug == event.new), None)
@@ -247,5 +258,5 @@ def build_app() -> pn.viewable.Viewable:
 
     session.param.watch(bring_to_front, "open_page", onlychanged=False)
     tabs.active = start
-    fill(start)
+    on_tab(start)
     return pn.Column(header, tabs, loader, sizing_mode="stretch_both")

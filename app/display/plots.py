@@ -9,6 +9,7 @@ Large values are reduced in numpy before they reach the browser: at most ``MAX_P
 from __future__ import annotations
 
 import json
+import logging
 import math
 from typing import Any
 
@@ -361,3 +362,13 @@ def plotly_pane(fig: Any) -> pn.viewable.Viewable:
     if isinstance(fig, str):
         fig = json.loads(fig)
     return pn.pane.Plotly(fig, sizing_mode="stretch_width", height=PLOT_HEIGHT + 80)
+
+
+def warm_up() -> None:
+    """Draw an image and a line once, off screen: the first plot a process makes pays HoloViews' one-off
+    set-up (seconds), which should not land on a user's first click."""
+    try:
+        for value in (np.linspace(0, 1, 16).reshape(4, 4), np.arange(8.0)):
+            plot_value(value, title="warm-up").get_root()
+    except Exception:  # only an optimisation
+        logging.getLogger(__name__).debug("Plot warm-up failed", exc_info=True)

@@ -38,6 +38,11 @@ class SessionState(param.Parameterized):
     context_edit_denied_reason = param.String(default="", doc="Why can_edit_context is False, one line")
     open_page = param.String(default="", doc="Slug of a page a page asks the shell to bring to the front "
                              "(e.g. the run table's double click opens 'inspect'); set it again to repeat")
+    active_page = param.String(default="", doc="Slug of the page in front (set by the shell): pages that "
+                               "draw for the user (the run panel) wait while they are hidden")
+    scripts_loaded = param.Boolean(default=False, doc="The big scripts left out of the first page load "
+                                   "(plotly, ace) are in the browser (set by the shell)")
+    scripts_wanted = param.Event(doc="A page needs those scripts now (the shell loads them at once)")
 
     def on_change(self, callback: Callback) -> Callback:
         """Subscribe ``callback(change)`` to the source, run on THIS session's event loop with the

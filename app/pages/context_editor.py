@@ -45,6 +45,20 @@ DISK_CHECK_MS = 5000
 STATUS_COLOURS = {OK: "#2e7d32", WARNING: "#b26a00", ERROR: "#c62828", "busy": "#555"}
 
 
+class UnsavedGuard(pn.custom.JSComponent):
+    """Asks the browser to confirm leaving or reloading the page while the editor has unsaved edits."""
+
+    dirty = param.Boolean(default=False)
+
+    _esm = """
+    export function render({ model }) {
+      const guard = (event) => { if (model.dirty) { event.preventDefault(); event.returnValue = '' } }
+      window.addEventListener('beforeunload', guard)
+      model.on('remove', () => window.removeEventListener('beforeunload', guard))
+    }
+    """
+
+
 class ContextEditor:
     """The editor, its buttons and status for one session."""
 
@@ -61,6 +75,9 @@ class ContextEditor:
         self.save_btn = pn.widgets.Button(label="Save", color="primary", width=100,
                                           disabled=not session.can_edit_context, css_classes=["damnit-save"])
         self.reload_btn = pn.widgets.Button(label="Reload from disk", width=140)
+        self.discard_btn = pn.widgets.Button(label="Discard my edits and reload", color="danger", visible=False,
+                                             css_classes=["damnit-discard"])
+        self.guard = UnsavedGuard(width=0, height=0, margin=0)
         self.overwrite_btn = pn.widgets.Button(label="Overwrite the file on disk", color="danger",
                                                visible=False)
         self.status = safe_text("", css_classes=["damnit-context-status"], **{"font-weight": "bold"})
@@ -69,7 +86,8 @@ class ContextEditor:
         self.dirty = safe_text("", color="#c62828")
         self.validate_btn.on_click(self.on_validate)
         self.save_btn.on_click(self.on_save)
-        self.reload_btn.on_click(lambda _: self.load())
+        self.reload_btn.on_click(self.on_reload)
+        self.discard_btn.on_click(lambda _: self.load())
         self.overwrite_btn.on_click(self.on_overwrite)
         self.editor.param.watch(self._mark_dirty, "value")
         self.load()
@@ -80,8 +98,9 @@ class ContextEditor:
             **{"border-radius": "4px"})]
         self.layout = pn.Column(
             *note,
-            pn.Row(self.validate_btn, self.save_btn, self.reload_btn, self.overwrite_btn, self.dirty),
-            self.status, self.editor, self.details, sizing_mode="stretch_width", name=TITLE)
+            pn.Row(self.validate_btn, self.save_btn, self.reload_btn, self.discard_btn, self.overwrite_btn,
+                   self.dirty),
+            self.status, self.editor, self.details, self.guard, sizing_mode="stretch_width", name=TITLE)
         every(DISK_CHECK_MS, self.check_disk)
 
     # -- loading ------------------------------------------------------------------------------------
@@ -93,12 +112,23 @@ class ContextEditor:
         self.loaded_text = text
         self.loaded_fingerprint = file_fingerprint(self.path)
         self.editor.value = text
-        self.overwrite_btn.visible = False
+        self.overwrite_btn.visible = self.discard_btn.visible = False
         self._set_status("busy", f"Loaded {self.path}", "")
         self._mark_dirty()
 
+    def on_reload(self, _=None) -> None:
+        """Reload the file; with unsaved edits, ask first (they would be lost)."""
+        if self.editor.value == self.loaded_text:
+            self.load()
+            return
+        self.discard_btn.visible = True
+        self._set_status(WARNING, "You have unsaved edits: 'Discard my edits and reload' to lose them, "
+                                  "or save first", "")
+
     def _mark_dirty(self, *_: Any) -> None:
-        self.dirty.object = "unsaved changes" if self.editor.value != self.loaded_text else ""
+        changed = self.editor.value != self.loaded_text
+        self.dirty.object = "unsaved changes" if changed else ""
+        self.guard.dirty = changed  # the browser asks before the page is left or reloaded
 
     def check_disk(self) -> None:
         """Notice edits made elsewhere: reload silently if we have no changes, else warn."""

@@ -67,6 +67,8 @@ class RunPanel(pn.viewable.Viewer):
 
     session = param.ClassSelector(class_=SessionState)
     run = param.Integer(default=None, allow_None=True, doc="The run shown (follows the selection)")
+    showing = param.Boolean(default=True, doc="Is the panel on screen (open, its page in front)? While "
+                            "not, nothing is read or drawn; the run selected meanwhile is shown on return")
     generation = param.Integer(default=0, precedence=-1, doc="Bumped for each run shown: late reads of "
                                "an earlier one are dropped")
 
@@ -78,6 +80,10 @@ class RunPanel(pn.viewable.Viewer):
         self.open_inspect.on_click(lambda _: setattr(self.session, "open_page", "inspect"))
         self.session.param.watch(self._follow_selection, "selected_runs")
         self.session.on_change(self._on_change)
+        self.param.watch(self._on_showing, "showing")
+        self.session.param.watch(self._scripts_arrived, "scripts_loaded")
+        self._pending = False
+        self._held: tuple | None = None  # plots waiting for plotly.js: (generation, box, plots)
         selected = self.session.selected_runs
         self.run = selected[-1] if selected else None
         self._show()
@@ -93,8 +99,28 @@ class RunPanel(pn.viewable.Viewer):
         if self.run is not None and (change.reset or self.session.source.key_for(None, self.run) in change.changed):
             self._show()  # reprocessed: the new values
 
+    def _scripts_arrived(self, event) -> None:
+        held, self._held = self._held, None
+        if event.new and held is not None and held[0] == self.generation:
+            held[1].objects = held[2]
+
+    def _on_showing(self, event) -> None:
+        if event.new:
+            if self._pending:
+                self._show()
+        else:
+            # Off screen, its plots would still take part in every layout the browser does for the
+            # page in front (Inspect's cards arriving one by one cost seconds each): drop them.
+            self.generation += 1
+            self._pending = True
+            self.body.objects = []
+
     def _show(self) -> None:
-        self.generation += 1
+        self.generation += 1  # whatever is still loading is for a run no longer wanted
+        if not self.showing:
+            self._pending = True
+            return
+        self._pending = False
         generation, run, source = self.generation, self.run, self.session.source
         self.open_inspect.disabled = run is None
         if run is None:
@@ -114,7 +140,7 @@ class RunPanel(pn.viewable.Viewer):
 
         def show(result, error) -> None:
             if generation != self.generation:
-                return  # the user moved on
+                return  # the user moved on (or the panel went off screen)
             if error is not None:
                 self.body.objects = [safe_text(f"Cannot read run {run}: {type(error).__name__}: {error}",
                                                color="#b00")]
@@ -164,6 +190,14 @@ class RunPanel(pn.viewable.Viewer):
             if error is not None:
                 box.objects = [safe_text(f"Cannot plot run {run}: {type(error).__name__}: {error}", color="#b00")]
                 return
+            held = [] if self.session.scripts_loaded else [p for p in plots if p.select(pn.pane.Plotly)]
+            if held:
+                # A Plotly figure drawn before plotly.js is in the browser stays blank: the others are
+                # shown now, these once the script is in (asked for at once).
+                self._held = (generation, box, plots)
+                plots = [pn.Column(pn.indicators.LoadingSpinner(value=True, size=24), sizing_mode="stretch_width")
+                         if p in held else p for p in plots]
+                self.session.param.trigger("scripts_wanted")
             box.objects = plots
 
         in_background(load, apply)

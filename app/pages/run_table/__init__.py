@@ -4,8 +4,7 @@
 
 from __future__ import annotations
 
-from app.pages.run_table.page import RunTablePage
+from app.pages.run_table.page import SLUG, TITLE, RunTablePage
 
-TITLE = "Run table"
-SLUG = "table"
 PAGE = RunTablePage
+__all__ = ["PAGE", "SLUG", "TITLE"]

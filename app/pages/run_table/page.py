@@ -40,6 +40,8 @@ from backend.storage.user_variables import value_types_by_name
 log = logging.getLogger(__name__)
 LATENCY_LOG = logging.getLogger("app.latency")  # DEBUG: message → patch timings per session
 
+TITLE = "Run table"
+SLUG = "table"
 PAGE_SIZE = 50
 CELLS_PER_PAGE = 6000  # wide tables get shorter pages, so a page stays quick to send and draw
 # The run panel sits beside the table; on a narrow window it goes below it, full width.
@@ -112,6 +114,8 @@ class RunTablePage(pn.viewable.Viewer):
         self.handle = SplitHandle(width=8, sizing_mode="stretch_height", margin=0)
         self.panel_toggle = pn.widgets.Toggle(label="Run panel", value=True, width=110, align="end")
         self.panel_toggle.link(self.handle, value="open", bidirectional=True)
+        self.handle.param.watch(self._panel_showing, "open")
+        self.session.param.watch(self._panel_showing, "active_page")
         self.inspect_btn.on_click(lambda e: self._inspect(self.session.selected_runs[-1:]))
         self.columns_choice.param.watch(lambda e: self._rebuild_columns(), "value")
         self.tag_choice.param.watch(lambda e: self._rebuild_columns(), "value")
@@ -357,6 +361,9 @@ class RunTablePage(pn.viewable.Viewer):
             return
         if self.source.has_run(key):
             self._inspect([self.source.run_of(key)[1]])
+
+    def _panel_showing(self, *_) -> None:
+        self.run_panel.showing = self.handle.open and self.session.active_page in ("", SLUG)
 
     def _step(self, step: int) -> None:
         """Select the run before or after the selected one (arrow keys), turning the page if needed."""

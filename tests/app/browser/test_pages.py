@@ -363,9 +363,34 @@ def test_saving_a_valid_context_updates_the_variable_list_and_edits_on_disk_are_
     page.get_by_role("button", name="Save").click()
     status.get_by_text(re.compile("changed on disk")).wait_for(timeout=30_000)
     assert ctx_path.read_text().endswith("# edited on disk\n")
-    page.get_by_role("button", name="Reload from disk").click()
+    page.get_by_role("button", name="Reload from disk").click()  # the edits would be lost: asks first
+    status.get_by_text(re.compile("unsaved edits")).wait_for(timeout=10_000)
+    assert page.locator(".damnit-context-editor").get_by_text("# edited in the browser").count() == 1
+    page.get_by_role("button", name="Discard my edits and reload").click()
     page.locator(".damnit-context-editor").get_by_text("# edited on disk").wait_for()
     ctx_path.write_text(original)  # leave the context as the other tests expect it
+
+
+def test_leaving_with_unsaved_context_edits_asks_first(dashboard, page):
+    ctx_path = dashboard.db_dir / "context.py"
+    page.goto(dashboard.page_url("context_editor"))
+    page.locator(".damnit-context-editor .ace_content").wait_for()
+    dialogs = []
+    page.on("dialog", lambda d: (dialogs.append(d.type), d.dismiss()))  # dismiss = stay on the page
+    page.reload()  # no edits: no question
+    page.locator(".damnit-context-editor .ace_content").wait_for()
+    assert dialogs == []
+    page.locator(".damnit-context-editor .ace_text-input").focus()
+    page.keyboard.press("Control+End")
+    page.keyboard.insert_text("\n# not saved yet\n")
+    page.get_by_text("unsaved changes").wait_for(timeout=10_000)
+    try:
+        page.reload(timeout=3000)
+    except PlaywrightTimeout:
+        pass  # the reload was cancelled by dismissing the question
+    assert dialogs == ["beforeunload"]
+    assert page.locator(".damnit-context-editor").get_by_text("# not saved yet").count() == 1  # still here
+    assert "# not saved yet" not in ctx_path.read_text()
 
 
 def test_reprocess_from_the_page_puts_new_values_in_the_table(dashboard, page):

@@ -84,8 +84,9 @@ def test_a_click_shows_the_runs_plots_beside_the_table(server, page):
     t0 = time.monotonic()
     cell(page, 3, "start_time").click()
     assert wait_for(lambda: panel_title(page) == "Run 3", timeout=5)
-    assert wait_for(lambda: visible_canvases(page) >= 2, timeout=5 - (time.monotonic() - t0)), \
-        "two plots of run 3 within 5 s"
+    drawn = wait_for(lambda: visible_canvases(page) >= 2, timeout=30)
+    elapsed = time.monotonic() - t0
+    assert drawn and elapsed < 5, f"two plots of run 3 within 5 s: {elapsed:.1f} s (load {os.getloadavg()[0]:.1f})"
     assert page.locator(".tabulator-row").first.is_visible()  # the table is still in view
     assert page.locator(".dmn-panel-run-3.damnit-plot-ready").count() >= 2
     page.keyboard.press("ArrowDown")
