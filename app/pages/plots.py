@@ -25,6 +25,7 @@ from app.display.run_contents import run_file, scan_run_file
 from app.display.text import safe_text
 from app.live.session import SessionState, in_background
 from app.live.source import ProposalSource
+from app.pages.logbook import SendPlot
 from backend.storage.api import RunVariables
 
 TITLE = "Plots"
@@ -187,7 +188,8 @@ class SummaryPlot:
         self._rebuild()
         self.layout = pn.Column(
             pn.pane.Markdown("### Summary of all runs"),
-            pn.Row(self.y, pn.pane.HTML("vs.", align="end"), self.x, self.swap, self.kind, self.bins),
+            pn.Row(self.y, pn.pane.HTML("vs.", align="end"), self.x, self.swap, self.kind, self.bins,
+                   SendPlot(session=session, plot=lambda: self.plot_pane.object, name_hint="summary")),
             self.count, self.plot_pane, sizing_mode="stretch_width")
 
     def _follow_request(self, request: dict | None) -> None:
@@ -312,6 +314,7 @@ class RunOverlay:
                                    css_classes=["damnit-overlay-plot"])
         self._drawing = False
         self._again = False
+        self.shown: Any = None  # what is drawn now, as HoloViews (sent to the logbook)
         self.go.on_click(lambda _: self.draw())
         for w in (self.y, self.x, self.trains):
             w.param.watch(lambda _: self.draw(), "value")
@@ -321,8 +324,9 @@ class RunOverlay:
         self.draw()
         self.layout = pn.Column(
             pn.pane.Markdown("### Per-run data for selected runs"),
-            pn.Row(self.y, pn.pane.HTML("vs.", align="end"), self.x, self.trains, self.go), self.runs_text,
-            self.messages, self.plot_area, sizing_mode="stretch_width")
+            pn.Row(self.y, pn.pane.HTML("vs.", align="end"), self.x, self.trains, self.go,
+                   SendPlot(session=session, plot=lambda: self.shown, name_hint="per_run")),
+            self.runs_text, self.messages, self.plot_area, sizing_mode="stretch_width")
 
     def _runs(self) -> list[int]:
         runs = parse_runs_for_overlay(self.session.selected_runs)
@@ -403,9 +407,12 @@ class RunOverlay:
         shown = [r for r, _ in items]
         self.messages.object = "\n".join(problems)
         with set_curdoc(self.doc):
+            self.shown = None
             if not items:
                 self.plot_area.objects = []
             elif image:
+                elements = [getattr(p, "object", None) for _, p in items]
+                self.shown = hv.Layout([e for e in elements if isinstance(e, hv.core.Dimensioned)]) or None
                 # A grid of page-wide columns: plots of a fixed size are not laid out inside the
                 # shell's stretching tabs (Bokeh leaves their frame empty), responsive ones are.
                 self.plot_area.objects = [pn.GridBox(*[element_pane for _, element_pane in items],
@@ -414,6 +421,7 @@ class RunOverlay:
                 overlay = hv.Overlay([curve for _, curve in items]).opts(
                     responsive=True, height=PLOT_HEIGHT + 60, legend_position="right", title=f"{title} per run")
                 self.plot_area.objects = [pn.pane.HoloViews(overlay, sizing_mode="stretch_width", linked_axes=False)]
+                self.shown = overlay
         listed = ", ".join(map(str, shown))
         if not shown:
             self.runs_text.object = f"Nothing to draw for run{'s' if len(runs) > 1 else ''} {', '.join(map(str, runs))}"
