@@ -11,6 +11,7 @@ import param
 
 from app.access import may_see
 from app.config import ServerConfig, get_config
+from app.display import theme
 from app.live.session import SessionState, every
 from app.live.source import ProposalSource, get_source
 from app.pages import load_pages
@@ -180,6 +181,13 @@ def pick_source(cfg: ServerConfig, user: str) -> tuple[ProposalSource | None, st
 def build_app() -> pn.viewable.Viewable:
     """One session's page."""
     cfg = get_config()
+    args = pn.state.session_args or {}
+    bigscreen = (args.get("mode") or [b""])[0] == b"bigscreen"
+    # The theme first: components take it when they are created. A wall display is dark unless its URL
+    # says otherwise (its URL alone defines it); other pages follow the browser's remembered choice.
+    chosen, explicit = theme.choose(args, pn.state.cookies, theme.DARK if bigscreen else theme.LIGHT,
+                                    remembered=not bigscreen)
+    theme.apply(chosen)
     user = session_user(cfg)
     try:
         source, message = pick_source(cfg, user)
@@ -189,8 +197,8 @@ def build_app() -> pn.viewable.Viewable:
     if source is None:
         return ProposalDirectory(cfg=cfg, user=user, message=message)
     session = make_session(source, cfg)
-    if (pn.state.session_args or {}).get("mode", [b""])[0] == b"bigscreen":
-        return BigScreen(session=session)  # a wall display: that page alone, without tabs or edit pages
+    if bigscreen:
+        return BigScreen(session=session, fill=True)  # a wall display: that page alone, no tabs or edits
 
     badge = ConnectionBadge(state=source.connection, height=24, width=110)
     session.on_change(lambda ch: setattr(badge, "state", source.connection) if ch.connection else None)
@@ -205,21 +213,21 @@ def build_app() -> pn.viewable.Viewable:
         mode = ""
     title = html.escape(f"DAMNIT: {source.title}")
     header = pn.Row(
-        pn.pane.HTML(f"<b style='font-size:18px'>{title}</b> <span style='color:#666'>"
+        pn.pane.HTML(f"<b style='font-size:18px'>{title}</b> <span style='opacity:0.65'>"
                      f"{html.escape(str(source.db_dir))}</span>"),
         pn.HSpacer(),
         pn.pane.HTML(f"{who} {mode}", margin=(8, 10)),
+        theme.ThemeToggle(theme=chosen, explicit=explicit, height=28, width=90, margin=(4, 10)),
         badge,
         sizing_mode="stretch_width",
     )
     if len(cfg.databases) > 1 or cfg.allow_lookup:
-        header.insert(1, pn.pane.HTML("<a href='?'>all proposals</a>", margin=(8, 10)))
+        header.insert(1, pn.pane.HTML("<a href='?' style='color:inherit'>all proposals</a>", margin=(8, 10)))
 
     pages = load_pages()
-    args = pn.state.session_args or {}
     want = (args.get("page") or [b""])[0].decode()
     slots = [pn.Column(sizing_mode="stretch_both", name=p.title) for p in pages]
-    tabs = pn.Tabs(*slots, sizing_mode="stretch_both", dynamic=False)
+    tabs = pn.Tabs(*slots, sizing_mode="stretch_both", dynamic=False, stylesheets=[theme.TABS_CSS])
 
     start = next((i for i, p in enumerate(pages) if p.slug == want), 0)
     loader = ScriptLoader(urls=deferred_script_urls(), width=0, height=0, margin=0,

@@ -132,14 +132,14 @@ def camera_frames(run):
     return run[CAMERA, "data.image.pixels"].xarray().astype(np.float32)
 
 
-@Variable(title="Camera/Mean image", tags=["camera"])
+@Variable(title="Camera/Mean image", units="counts", tags=["camera"])
 def camera_image(run, frames: "var#camera_frames"):
     """Mean camera image over the run."""
     image = frames.mean("trainId")
     return image.rename({image.dims[0]: "y", image.dims[1]: "x"})
 
 
-@Variable(title="Camera/Intensity", summary="mean", tags=["camera"])
+@Variable(title="Camera/Intensity", units="counts", summary="mean", tags=["camera"])
 def camera_intensity(run, frames: "var#camera_frames"):
     """Background-subtracted camera intensity per train."""
     per_train = frames.sum(dim=frames.dims[1:])
@@ -159,7 +159,7 @@ def spot_centre(run, image: "var#camera_image"):
     return complex((img * xx).sum() / total, (img * yy).sum() / total)
 
 
-@Variable(title="Camera/Yield per uJ", tags=["camera"])
+@Variable(title="Camera/Yield per uJ", units="counts/uJ", tags=["camera"])
 def yield_per_uj(run, intensity: "var#camera_intensity", energy: "var#xgm.mean_energy"):
     """Mean camera intensity normalised by the XGM energy (end of a three-step chain)."""
     return Cell(float(intensity.mean()) / energy, summary_value=round(float(intensity.mean()) / energy, 2))
@@ -175,7 +175,7 @@ def spot_quality(run, image: "var#camera_image"):
     return Cell(ratio, bold=good, background="#b6e3b6" if good else "#f4b6b6")
 
 
-@Variable(title="Camera/Profile", tags=["camera"])
+@Variable(title="Camera/Profile", units="counts", tags=["camera"])
 def camera_profile(run, image: "var#camera_image"):
     """Horizontal profile (sum over rows), with the mean image as preview."""
     profile = image.sum("y")
@@ -195,7 +195,7 @@ def spectrum_peak(run):
     return float(energy[np.argmax(spectrum)])
 
 
-@Variable(title="Spectrometer/Mean spectrum", data="proc", tags=["spectrometer"])
+@Variable(title="Spectrometer/Mean spectrum", units="counts", data="proc", tags=["spectrometer"])
 def mean_spectrum(run, peak: "var#spectrum_peak"):
     spectrum = run[SPECTROMETER, "data.spectrum"].ndarray().mean(axis=0)
     energy = run[SPECTROMETER, "data.photonEnergy"].ndarray()[0]

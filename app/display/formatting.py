@@ -48,6 +48,14 @@ def format_value(value: Any, units: str | None = None) -> str:
     return f"{text} {units}" if units and numeric else text
 
 
+def format_summary(value: Any, units: str | None = None, *, boolean: bool = False) -> str:
+    """A run's summary value as the table shows it; ``boolean``: the variable holds booleans, which
+    runs.sqlite keeps as 0/1, shown as true/false."""
+    if boolean and isinstance(value, (int, float, np.integer, np.floating)) and value in (0, 1):
+        value = bool(value)
+    return format_value(value, units)
+
+
 def format_editable(value: Any) -> str:
     """A value of an editable column (comment, user variable) as the text its editor starts from."""
     if value is None or (isinstance(value, float) and math.isnan(value)):

@@ -4,22 +4,34 @@ Pure functions with no database access, so the run inspector, the summary plots 
 one way of drawing a value and the choices (downsampling, colour limits, axes) are unit-testable.
 Large values are reduced in numpy before they reach the browser: at most ``MAX_POINTS`` points per line
 (min/max envelope, so spikes survive) and ``MAX_PIXELS`` pixels per image side (block means).
+
+Images are true to their data: 2-D values are drawn with square pixels (or one coordinate unit as long
+on both axes) at any size of the plot, and RGB(A) values such as matplotlib figures are shown as
+stored, pixel for pixel. ``PlotStyle`` says whether a plot sits in a page or fills a wall display.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import logging
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import holoviews as hv
 import holoviews.plotting.bokeh  # noqa: F401  (registers the Bokeh backend for .opts())
 import numpy as np
 import panel as pn
+import param
+from bokeh.models import DataRange1d
+from bokeh.palettes import viridis
 
-from app.display.formatting import format_number, format_value
+from app.display.formatting import format_value
 from app.display.text import safe_text
+from app.display.theme import TABLE_CSS
 from backend.processing.summaries import quiet_nan_warnings
 
 hv.Store.set_current_backend("bokeh")
@@ -125,6 +137,45 @@ def describe_value(value: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
+# Style: a card in a page, or a wall display
+# --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PlotStyle:
+    """How a value is drawn: in a page's card (fixed height, the toolkit's type sizes, view options) or
+    on a wall display (``height=None``: fill the box the page gives it; type scaled to the screen; no
+    controls)."""
+
+    height: int | None = PLOT_HEIGHT
+    font_px: int | None = None  # tick labels in px; axis labels and titles scaled from it
+    controls: bool = True  # image/lines and aspect toggles for 2-D values; Bokeh's toolbar
+    titles: bool = True  # a title in the plot (the big screen shows it above, larger)
+
+    def size(self, height: int | None = None) -> dict:
+        """HoloViews options for the plot's size (``height`` overrides the style's fixed height) and type."""
+        opts: dict[str, Any] = {"responsive": True}
+        if self.height is not None:
+            opts["height"] = height or self.height
+        if not self.controls:
+            opts["toolbar"] = None
+        if self.font_px:
+            t = self.font_px
+            opts["fontsize"] = {"ticks": f"{t}px", "labels": f"{round(t * 1.15)}px",
+                                "title": f"{round(t * 1.3)}px", "legend": f"{t}px"}
+        return opts
+
+    def title(self, title: str) -> str:
+        return title if self.titles else ""
+
+    def pane(self, **extra: Any) -> dict:
+        """Panel sizing for a pane holding one plot: page width at a fixed height, or the whole box."""
+        return {"sizing_mode": "stretch_width" if self.height is not None else "stretch_both", **extra}
+
+
+PAGE_STYLE = PlotStyle()
+
+
+# --------------------------------------------------------------------------------------------------
 # Elements
 # --------------------------------------------------------------------------------------------------
 
@@ -133,64 +184,88 @@ def _dim(name: str, units: str | None = None, label: str | None = None) -> hv.Di
 
 
 def line_element(x: np.ndarray, y: np.ndarray, *, xdim: hv.Dimension, ydim: hv.Dimension,
-                 title: str = "") -> hv.Element:
+                 title: str = "", style: PlotStyle = PAGE_STYLE) -> hv.Element:
     """A line with dots for short traces; thinned with an envelope for long ones."""
     x, y = downsample_1d(np.asarray(x), np.asarray(y))
     if np.iscomplexobj(y):
         y = np.abs(y)
         ydim = hv.Dimension(ydim.name, label=f"|{ydim.label}|", unit=ydim.unit)
-    opts = dict(responsive=True, height=PLOT_HEIGHT, tools=["hover"], title=title, show_grid=True)
+    opts = dict(tools=["hover"], title=style.title(title), show_grid=True, **style.size())
     if np.asarray(x).dtype.kind in "iu":
         opts["xformatter"] = "%d"  # train IDs (~1e9) as integers, not 1.0002e+9
+    if style.font_px:
+        opts["line_width"] = max(1.5, style.font_px / 9)  # seen from across a room
     curve = hv.Curve((x, y), kdims=[xdim], vdims=[ydim]).opts(**opts)
     if len(y) <= 2000:
-        return curve * hv.Scatter((x, y), kdims=[xdim], vdims=[ydim]).opts(size=4, tools=["hover"])
+        dot = 4 if style.font_px is None else max(4, style.font_px // 3)
+        return curve * hv.Scatter((x, y), kdims=[xdim], vdims=[ydim]).opts(size=dot, tools=["hover"])
     return curve
 
 
-def image_element(data: np.ndarray, *, xs: np.ndarray | None = None, ys: np.ndarray | None = None,
-                  xdim: hv.Dimension | None = None, ydim: hv.Dimension | None = None,
-                  zdim: hv.Dimension | None = None, title: str = "", flip_y: bool = True) -> hv.Element:
-    """A 2-D image with a colour bar and 1-99 % colour limits, block-averaged to MAX_PIXELS per side.
+@dataclass
+class Image2D:
+    """A 2-D value ready to draw: the (reduced) data, its pixel centres and dimensions.
 
-    Plain arrays are shown like matplotlib's imshow (row 0 at the top); arrays with coordinates are
-    placed on those coordinates (row 0 at the bottom, as xarray plots them).
+    ``origin_top``: row 0 at the top, as cameras and matplotlib's imshow show arrays; values with
+    coordinates are drawn as xarray plots them (row 0 at the bottom). ``data_aspect``: the coordinates
+    of both axes are in the same units, so a unit on one axis is as long as on the other; otherwise
+    pixels are square.
     """
-    data = np.asarray(data)
-    if np.iscomplexobj(data):
-        data = np.abs(data)
-    if data.dtype == bool:
-        data = data.astype(np.uint8)
-    reduced, f = downsample_2d(data)
-    xdim = xdim or _dim("x")
-    ydim = ydim or _dim("y")
-    zdim = zdim or _dim("value")
-    if f > 1:
-        title = f"{title} (shown at 1/{f} resolution)".strip()
-    if xs is None:
-        xs = np.arange(reduced.shape[1]) * f
-    else:
-        xs = np.asarray(xs)[: reduced.shape[1] * f : f]
-    if ys is None:
-        ys = np.arange(reduced.shape[0]) * f
-    else:
-        ys = np.asarray(ys)[: reduced.shape[0] * f : f]
-    if flip_y:
-        # Display row 0 on top: feed HoloViews the rows bottom-up and invert the axis.
-        element = hv.Image((xs, ys, reduced), kdims=[xdim, ydim], vdims=[zdim])
-        opts = dict(invert_yaxis=True)
-    elif _regular(xs) and _regular(ys):
-        element = hv.Image((xs, ys, reduced), kdims=[xdim, ydim], vdims=[zdim])
-        opts = {}
-    else:
-        element = hv.QuadMesh((xs, ys, reduced), kdims=[xdim, ydim], vdims=[zdim])
-        opts = {}
-    clim = robust_clim(reduced)
-    aspect = reduced.shape[1] / max(reduced.shape[0], 1)
-    return element.opts(
-        colorbar=True, cmap=IMAGE_CMAP, clim=clim or (np.nan, np.nan), tools=["hover"],
-        responsive=True, height=PLOT_HEIGHT + 80 if aspect < 4 else PLOT_HEIGHT, title=title,
-        **opts)
+
+    data: np.ndarray
+    xs: np.ndarray
+    ys: np.ndarray
+    xdim: hv.Dimension
+    ydim: hv.Dimension
+    zdim: hv.Dimension
+    title: str = ""
+    origin_top: bool = True
+    data_aspect: bool = False
+
+    @classmethod
+    def from_array(cls, data: np.ndarray, *, xs: np.ndarray | None = None, ys: np.ndarray | None = None,
+                   xdim: hv.Dimension | None = None, ydim: hv.Dimension | None = None,
+                   zdim: hv.Dimension | None = None, title: str = "", origin_top: bool = True,
+                   data_aspect: bool = False) -> Image2D:
+        """Complex values as magnitudes, booleans as 0/1, reduced to MAX_PIXELS per side by block means."""
+        data = np.asarray(data)
+        if np.iscomplexobj(data):
+            data = np.abs(data)
+        if data.dtype == bool:
+            data = data.astype(np.uint8)
+        reduced, f = downsample_2d(data)
+        if f > 1:
+            title = f"{title} (shown at 1/{f} resolution)".strip()
+        xs = np.arange(data.shape[1]) if xs is None else np.asarray(xs)
+        ys = np.arange(data.shape[0]) if ys is None else np.asarray(ys)
+        xs, ys = xs[: reduced.shape[1] * f: f], ys[: reduced.shape[0] * f: f]
+        return cls(reduced, xs, ys, xdim or _dim("x"), ydim or _dim("y"), zdim or _dim("value"), title,
+                   origin_top, data_aspect and _numeric(xs) and _numeric(ys))
+
+    @property
+    def shown_aspect(self) -> float:
+        """Width / height of the image as it will be drawn."""
+        if self.data_aspect:
+            return _extent(self.xs) / max(_extent(self.ys), 1e-300)
+        return self.data.shape[1] / max(self.data.shape[0], 1)
+
+    @property
+    def elongated(self) -> bool:
+        """More than 4 times wider than high (or the reverse): DAMNIT stretches such images to fill the
+        plot by default ("dynamic aspect ratio"), or they would be a thin strip."""
+        return not 0.25 <= self.shown_aspect <= 4
+
+
+def _numeric(coords: np.ndarray) -> bool:
+    return np.issubdtype(np.asarray(coords).dtype, np.number) and len(coords) > 0
+
+
+def _extent(coords: np.ndarray) -> float:
+    """Width covered by pixels centred on ``coords`` (a pixel counts as one step)."""
+    c = np.asarray(coords, dtype=float)
+    if len(c) < 2:
+        return 1.0
+    return abs(c[-1] - c[0]) * len(c) / (len(c) - 1)
 
 
 def _regular(coords: np.ndarray) -> bool:
@@ -200,24 +275,169 @@ def _regular(coords: np.ndarray) -> bool:
     return bool(np.allclose(steps, steps[0], rtol=1e-3, atol=0))
 
 
-def rgb_element(data: np.ndarray, *, title: str = "") -> hv.Element:
-    """An RGB(A) image (e.g. a stored matplotlib figure), reduced to MAX_PIXELS per side."""
-    reduced, f = downsample_2d(np.asarray(data))
-    if np.issubdtype(reduced.dtype, np.floating):
-        reduced = np.clip(reduced, 0, 1)
+def _image_ranges(flip_y: bool, aspect_scale: float | None) -> Callable[[Any, Any], None]:
+    """A HoloViews hook giving an image plot ranges that fit the image exactly, row 0 at the top when
+    ``flip_y``, and with ``aspect_scale`` (width of one x unit / height of one y unit on screen) kept at
+    any size of the plot: Bokeh's ``match_aspect`` on data ranges widens the x or the y range to the
+    plot's shape instead of stretching the image. ``None`` stretches the image over the whole plot."""
+    def hook(plot: Any, element: Any) -> None:
+        fig = plot.state
+        fig.x_range = DataRange1d(range_padding=0)
+        fig.y_range = DataRange1d(range_padding=0, flipped=flip_y)
+        fig.match_aspect = aspect_scale is not None
+        fig.aspect_scale = aspect_scale or 1.0
+    return hook
+
+
+def image_element(img: Image2D, *, stretch: bool = False, style: PlotStyle = PAGE_STYLE) -> hv.Element:
+    """A 2-D image with a colour bar and 1-99 % colour limits, drawn with square pixels (or, for
+    coordinates in the same units on both axes, one unit as long on both), unless ``stretch``."""
+    xs, ys = img.xs, img.ys
+    if _regular(xs) and _regular(ys):
+        element = hv.Image((xs, ys, img.data), kdims=[img.xdim, img.ydim], vdims=[img.zdim])
+    else:
+        element = hv.QuadMesh((xs, ys, img.data), kdims=[img.xdim, img.ydim], vdims=[img.zdim])
+    if stretch:
+        aspect_scale = None
+    elif img.data_aspect:
+        aspect_scale = 1.0
+    else:  # one pixel as wide as high: (y step) / (x step) in data units
+        xstep = _extent(xs) / len(xs) if _numeric(xs) else 1.0
+        ystep = _extent(ys) / len(ys) if _numeric(ys) else 1.0
+        aspect_scale = ystep / xstep if xstep > 0 and ystep > 0 else 1.0
+    clim = robust_clim(img.data)
+    opts: dict[str, Any] = dict(colorbar=True, cmap=IMAGE_CMAP, clim=clim or (np.nan, np.nan), tools=["hover"],
+                                title=style.title(img.title), hooks=[_image_ranges(img.origin_top, aspect_scale)],
+                                **style.size(_image_height(img, stretch, style)))
+    for axis, coords in (("xformatter", xs), ("yformatter", ys)):
+        if np.asarray(coords).dtype.kind in "iu" and np.abs(coords).max(initial=0) > 1e5:
+            opts[axis] = "%d"  # train IDs
+    return element.opts(**opts)
+
+
+def _image_height(img: Image2D, stretch: bool, style: PlotStyle) -> int | None:
+    """Height of an image plot in a page: tall enough that a square image is not a stamp, lower for
+    wide images (they then fill the width)."""
+    if style.height is None:
+        return None
+    if stretch:
+        return style.height
+    return int(np.clip(700 / max(img.shown_aspect, 1e-9), style.height, style.height + 200))
+
+
+def lines_element(img: Image2D, *, style: PlotStyle = PAGE_STYLE, max_lines: int = 100) -> hv.Element:
+    """DAMNIT's "plot as lines" view of a 2-D value: each row a line against the x axis, coloured in
+    order (a legend for up to 10 rows); at most ``max_lines`` evenly spaced rows."""
+    n = img.data.shape[0]
+    rows = np.unique(np.linspace(0, n - 1, min(n, max_lines)).round().astype(int))
+    colours = viridis(max(len(rows), 3))[: len(rows)] if len(rows) > 1 else ["#1f77b4"]
+    title = img.title + (f" (every {n / len(rows):.3g}th of {n} rows)" if len(rows) < n else "")
+    curves = {}
+    for colour, r in zip(colours, rows):
+        label = img.ys[r].item() if hasattr(img.ys[r], "item") else img.ys[r]
+        curves[label] = hv.Curve((img.xs, img.data[r]), kdims=[img.xdim], vdims=[img.zdim]).opts(
+            color=colour, tools=["hover"])
+    return hv.NdOverlay(curves, kdims=[img.ydim]).opts(
+        show_legend=len(rows) <= 10, legend_position="right", title=style.title(title), show_grid=True,
+        **style.size())
+
+
+def image_view(img: Image2D, *, style: PlotStyle = PAGE_STYLE) -> pn.viewable.Viewable:
+    """A 2-D value as an image with square pixels, and in a page the choice to see its rows as lines
+    or the image stretched to the plot (on by default for images more than 4 times longer than high)."""
+    def draw(as_lines: bool, stretch: bool) -> pn.viewable.Viewable:
+        if as_lines:
+            return pn.pane.HoloViews(lines_element(img, style=style), linked_axes=False,
+                                     **style.pane(css_classes=["damnit-image-lines"]))
+        extra = {}
+        height = _image_height(img, stretch, style)
+        if height is not None and not stretch:  # no wider than the image needs (axes, colour bar: ~260 px)
+            extra["max_width"] = int((height - 75) * img.shown_aspect + 260)
+        return pn.pane.HoloViews(image_element(img, stretch=stretch, style=style), linked_axes=False,
+                                 **style.pane(css_classes=["damnit-image"], **extra))
+
+    if not style.controls:
+        return draw(False, img.elongated)
+    mode = pn.widgets.RadioButtonGroup(options=["Image", "Lines"], value="Image",
+                                       css_classes=["damnit-image-mode"],
+                                       description="Lines: each row of the 2-D value as a line")
+    stretch = pn.widgets.Checkbox(label="Stretch to fit", value=img.elongated, css_classes=["damnit-stretch"])
+    return pn.Column(pn.Row(mode, stretch), pn.bind(draw, pn.bind(lambda m: m == "Lines", mode), stretch),
+                     **style.pane())
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """An RGB(A) image (uint8, or floats in 0..1) as PNG, pixel for pixel."""
+    from PIL import Image  # heavy, and only needed when an image is shown
+
+    arr = np.asarray(rgb)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(np.nan_to_num(arr.astype(float)), 0, 1) * 255).round().astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr), mode="RGBA" if arr.shape[-1] == 4 else "RGB").save(out, "PNG")
+    return out.getvalue()
+
+
+class StoredImage(pn.custom.JSComponent):
+    """An image exactly as stored (a matplotlib figure, any RGB(A) array): a PNG shown whole, upright
+    and at its own aspect ratio. In a page it is drawn at its own size, or smaller when the page is
+    narrower; with ``fill`` it is as large as its box allows, enlarged by a whole factor only (each
+    stored pixel becomes an exact block of screen pixels: no blur from resampling)."""
+
+    src = param.String(default="", doc="data: URL of the PNG")
+    natural_width = param.Integer(default=1)
+    natural_height = param.Integer(default=1)
+    fill = param.Boolean(default=False)
+    alt = param.String(default="")
+
+    _esm = """
+    export function render({ model, el }) {
+      const img = document.createElement('img')
+      img.className = 'damnit-stored-image'
+      img.style.display = 'block'
+      img.style.margin = '0 auto'
+      el.appendChild(img)
+      function size() {
+        const w = model.natural_width, h = model.natural_height
+        const boxW = el.clientWidth || w
+        const boxH = model.fill ? (el.clientHeight || h) : Infinity
+        let s = Math.min(boxW / w, boxH / h)
+        if (!(s > 0) || !isFinite(s)) s = 1
+        if (s >= 1) s = model.fill ? Math.floor(s) : 1
+        img.style.width = Math.max(1, Math.floor(w * s)) + 'px'
+        img.style.height = Math.max(1, Math.floor(h * s)) + 'px'
+        img.style.imageRendering = s > 1 ? 'pixelated' : 'auto'
+      }
+      function load() { img.src = model.src; img.alt = model.alt; size() }
+      if (model.fill) { el.style.height = '100%'; el.style.display = 'flex'; el.style.alignItems = 'center' }
+      const observer = new ResizeObserver(size)
+      observer.observe(el)
+      model.on(['src', 'alt', 'natural_width', 'natural_height'], load)
+      model.on('remove', () => observer.disconnect())
+      load()
+    }
+    """
+
+
+def rgb_view(data: np.ndarray, *, title: str = "", style: PlotStyle = PAGE_STYLE) -> pn.viewable.Viewable:
+    """An RGB(A) image (e.g. a stored matplotlib figure) as it was stored: see ``StoredImage``. Images
+    larger than MAX_PIXELS per side are reduced by block means first."""
+    reduced, _ = downsample_2d(np.asarray(data))
     h, w = reduced.shape[:2]
-    width = min(w, 900) if w >= 300 else 300
-    return hv.RGB(reduced, bounds=(0, 0, w, h)).opts(
-        frame_width=width, frame_height=max(int(width * h / max(w, 1)), 50), xaxis=None, yaxis=None,
-        title=title, toolbar="right")
+    src = "data:image/png;base64," + base64.b64encode(png_bytes(reduced)).decode()
+    image = StoredImage(src=src, natural_width=w, natural_height=h, fill=style.height is None, alt=title,
+                        css_classes=["damnit-rgb"], **style.pane())
+    if style.height is None or not style.titles:
+        return image
+    return pn.Column(safe_text(title, **{"font-weight": "bold"}), image, sizing_mode="stretch_width")
 
 
 # --------------------------------------------------------------------------------------------------
 # Dispatch: value -> viewable
 # --------------------------------------------------------------------------------------------------
 
-def plot_value(value: Any, *, title: str = "", units: str | None = None,
-               objtype: str | None = None) -> pn.viewable.Viewable:
+def plot_value(value: Any, *, title: str = "", units: str | None = None, objtype: str | None = None,
+               style: PlotStyle = PAGE_STYLE) -> pn.viewable.Viewable:
     """The most useful view of one variable's value: a plot for arrays, text for scalars and strings.
 
     ``objtype`` is the stored ``_damnit_objtype`` hint ("image", "PlotlyFigure", ...) when known.
@@ -225,52 +445,74 @@ def plot_value(value: Any, *, title: str = "", units: str | None = None,
     if value is None:
         return safe_text("No data", color="grey")
     if objtype == "PlotlyFigure" and isinstance(value, (str, bytes)):
-        return plotly_pane(value)
+        return plotly_pane(value, style=style)
     if _is_plotly_figure(value):
-        return plotly_pane(value)
+        return plotly_pane(value, style=style)
     if _is_xarray(value, "Dataset"):
-        return dataset_view(value, title=title)
+        return dataset_view(value, title=title, style=style)
     if _is_xarray(value, "DataArray"):
-        return pn.pane.HoloViews(dataarray_element(value, title=title, units=units),
-                                 sizing_mode="stretch_width", linked_axes=False)
+        return dataarray_view(value, title=title, units=units, style=style)
     if _is_pandas(value, "DataFrame"):
         return dataframe_view(value)
     if _is_pandas(value, "Series"):
-        return series_view(value, title=title, units=units)
+        return series_view(value, title=title, units=units, style=style)
     if isinstance(value, (bytes, bytearray)) and bytes(value[:8]) == b"\x89PNG\r\n\x1a\n":
-        return pn.pane.PNG(bytes(value), sizing_mode="scale_width", max_width=800)
+        return png_view(bytes(value), title=title, style=style)
     if isinstance(value, np.ndarray) and value.ndim > 0:
         if value.dtype.kind in "USO":
             return safe_text("\n".join(map(str, value.ravel()[:1000])))
-        if objtype == "image" or (is_rgb_image(value) and value.dtype == np.uint8):
-            return pn.pane.HoloViews(rgb_element(value, title=title), sizing_mode="stretch_width")
-        return pn.pane.HoloViews(array_element(value, title=title, units=units),
-                                 sizing_mode="stretch_width", linked_axes=False)
+        return array_view(value, title=title, units=units, objtype=objtype, style=style)
     return scalar_view(value, units=units)
 
 
 def scalar_view(value: Any, *, units: str | None = None, font_size: str = "1.6em") -> pn.viewable.Viewable:
-    """A number or text as plain (escaped) text."""
+    """A number or text as plain (escaped) text, formatted as the run table does."""
     if isinstance(value, np.ndarray):
         value = value.item()
     if isinstance(value, bytes):
         value = value.decode("utf-8", "surrogateescape")
-    return safe_text(format_value(value, units), **{"font-size": font_size})
+    return safe_text(format_value(value, units), css_classes=["damnit-scalar"], **{"font-size": font_size})
 
 
-def array_element(arr: np.ndarray, *, title: str = "", units: str | None = None) -> hv.Element:
-    """Plain numpy arrays: 1-D against index, 2-D as image, RGB(A) as colour, higher dims as a slice."""
+def png_view(data: bytes, *, title: str = "", style: PlotStyle = PAGE_STYLE) -> pn.viewable.Viewable:
+    """A stored PNG (e.g. a 2-D preview), decoded and shown as stored."""
+    from PIL import Image  # heavy, and only needed when an image is shown
+
+    with Image.open(io.BytesIO(data)) as im:
+        rgba = np.asarray(im.convert("RGBA"))
+    return rgb_view(rgba, title=title, style=style)
+
+
+def array_view(arr: np.ndarray, *, title: str = "", units: str | None = None, objtype: str | None = None,
+               style: PlotStyle = PAGE_STYLE) -> pn.viewable.Viewable:
+    """Plain numpy arrays: 1-D against index, 2-D as an image, RGB(A) as stored, higher dims as slices."""
+    squeezed = np.squeeze(arr) if arr.ndim > 2 and 1 in arr.shape else arr
+    if objtype == "image" or is_rgb_image(squeezed) and (squeezed.dtype == np.uint8 or objtype == "image"):
+        return rgb_view(squeezed, title=title, style=style)
+    if squeezed.ndim == 2:
+        return image_view(Image2D.from_array(squeezed, zdim=_dim("value", units), title=title), style=style)
+    return pn.pane.HoloViews(array_element(squeezed, title=title, units=units, style=style), linked_axes=False,
+                             **style.pane())
+
+
+def array_element(arr: np.ndarray, *, title: str = "", units: str | None = None,
+                  style: PlotStyle = PAGE_STYLE) -> hv.Element:
+    """Plain numpy arrays as one HoloViews element: 1-D against index, 2-D as image, RGB(A) as colour,
+    higher dims as a slider over the first axis."""
     arr = np.squeeze(arr) if arr.ndim > 2 and 1 in arr.shape else arr
     if arr.ndim == 1:
         return line_element(np.arange(len(arr)), arr, xdim=_dim("index"),
-                            ydim=_dim("value", units, title or "value"), title=title)
+                            ydim=_dim("value", units, title or "value"), title=title, style=style)
     if arr.ndim == 2:
-        return image_element(arr, zdim=_dim("value", units), title=title)
+        return image_element(Image2D.from_array(arr, zdim=_dim("value", units), title=title), style=style)
     if is_rgb_image(arr):
-        return rgb_element(arr, title=title)
+        reduced, _ = downsample_2d(arr)
+        h, w = reduced.shape[:2]
+        return hv.RGB(reduced, bounds=(0, 0, w, h)).opts(
+            xaxis=None, yaxis=None, title=style.title(title), data_aspect=1, **style.size())
     # >2-D: a HoloMap over the first axis (frames computed on demand, each one an image).
     n = arr.shape[0]
-    frames = {i: array_element(arr[i], title=title) for i in _frame_indices(n)}
+    frames = {i: array_element(arr[i], title=title, units=units, style=style) for i in _frame_indices(n)}
     return hv.HoloMap(frames, kdims=[hv.Dimension("index 0", label=f"axis 0 (of {n})")])
 
 
@@ -281,51 +523,87 @@ def _frame_indices(n: int, limit: int = 50) -> list[int]:
     return sorted({int(round(i)) for i in np.linspace(0, n - 1, limit)})
 
 
-def dataarray_element(da: Any, *, title: str = "", units: str | None = None) -> hv.Element:
+def _dataarray_image(da: Any, *, title: str, units: str | None) -> Image2D:
+    """A 2-D DataArray on its coordinates: one unit as long on both axes when both axes have
+    coordinates in the same units, else square pixels."""
+    name = _value_label(da, title)
+    vunits = da.attrs.get("units") or units
+    ydim_name, xdim_name = da.dims
+    (xs, xdim, xu), (ys, ydim, yu) = _coords(da, xdim_name), _coords(da, ydim_name)
+    both = xdim_name in da.coords and ydim_name in da.coords
+    return Image2D.from_array(np.asarray(da.values), xs=xs, ys=ys, xdim=xdim, ydim=ydim,
+                              zdim=_dim(name, vunits), title=title or name, origin_top=False,
+                              data_aspect=both and xu == yu)
+
+
+def _coords(da: Any, dim: str) -> tuple[np.ndarray, hv.Dimension, str | None]:
+    if dim in da.coords:
+        c = da.coords[dim]
+        units = c.attrs.get("units")
+        return np.asarray(c.values), _dim(dim, units), units
+    return np.arange(da.sizes[dim]), _dim(dim), None
+
+
+def _value_label(da: Any, title: str) -> str:
+    """The value axis of a DataArray: the variable's title (extra-data names arrays after their source
+    and key, e.g. ``SA1_XTD2_XGM/DOOCS/MAIN.pulseEnergy.photonFlux``: too long for an axis)."""
+    return title or (str(da.name) if da.name is not None else "value")
+
+
+def dataarray_view(da: Any, *, title: str = "", units: str | None = None,
+                   style: PlotStyle = PAGE_STYLE) -> pn.viewable.Viewable:
+    """A DataArray: 0-d as its value, 2-D as an image (with the lines option), RGB as stored, else one
+    element (lines, or slices of higher dims)."""
+    squeezed = da.squeeze() if da.ndim > 2 else da
+    if squeezed.ndim == 0:
+        return scalar_view(squeezed.values, units=da.attrs.get("units") or units)
+    if squeezed.ndim == 2:
+        return image_view(_dataarray_image(squeezed, title=title, units=units), style=style)
+    if squeezed.ndim == 3 and squeezed.shape[-1] in (3, 4) and squeezed.dtype == np.uint8:
+        return rgb_view(np.asarray(squeezed.values), title=title or _value_label(da, title), style=style)
+    return pn.pane.HoloViews(dataarray_element(da, title=title, units=units, style=style), linked_axes=False,
+                             **style.pane())
+
+
+def dataarray_element(da: Any, *, title: str = "", units: str | None = None,
+                      style: PlotStyle = PAGE_STYLE) -> hv.Element:
     """DataArrays on their own dims, coordinates and units (1-D line, 2-D image, else slices)."""
     da = da.squeeze() if da.ndim > 2 else da
-    name = str(da.name) if da.name is not None else (title or "value")
+    name = _value_label(da, title)
     vunits = da.attrs.get("units") or units
     title = title or name
 
-    def coord_values(dim: str) -> tuple[np.ndarray, hv.Dimension]:
-        if dim in da.coords:
-            c = da.coords[dim]
-            return np.asarray(c.values), _dim(dim, c.attrs.get("units"))
-        return np.arange(da.sizes[dim]), _dim(dim)
-
     if da.ndim == 0:
-        return hv.Text(0, 0, format_number(da.values.item()))
+        return hv.Text(0, 0, format_value(da.values.item(), vunits))
     if da.ndim == 1:
-        x, xdim = coord_values(da.dims[0])
-        return line_element(x, np.asarray(da.values), xdim=xdim, ydim=_dim(name, vunits), title=title)
+        x, xdim, _ = _coords(da, da.dims[0])
+        return line_element(x, np.asarray(da.values), xdim=xdim, ydim=_dim(name, vunits), title=title,
+                            style=style)
     if da.ndim == 2:
-        ydim_name, xdim_name = da.dims
-        xs, xdim = coord_values(xdim_name)
-        ys, ydim = coord_values(ydim_name)
-        return image_element(np.asarray(da.values), xs=xs, ys=ys, xdim=xdim, ydim=ydim,
-                             zdim=_dim(name, vunits), title=title, flip_y=False)
+        return image_element(_dataarray_image(da, title=title, units=units), style=style)
     if da.ndim == 3 and da.shape[-1] in (3, 4) and da.dtype == np.uint8:
-        return rgb_element(np.asarray(da.values), title=title)
+        return array_element(np.asarray(da.values), title=title, style=style)
     first = da.dims[0]
     idx = _frame_indices(da.sizes[first])
     coords = da.coords[first].values if first in da.coords else np.arange(da.sizes[first])
     frames = {coords[i].item() if hasattr(coords[i], "item") else coords[i]:
-              dataarray_element(da.isel({first: i}), title=title, units=units) for i in idx}
+              dataarray_element(da.isel({first: i}), title=title, units=units, style=style) for i in idx}
     return hv.HoloMap(frames, kdims=[hv.Dimension(str(first))])
 
 
-def dataset_view(ds: Any, *, title: str = "") -> pn.viewable.Viewable:
-    """A Dataset: pick one of its data variables to plot; dims and attributes listed as text."""
+def dataset_view(ds: Any, *, title: str = "", style: PlotStyle = PAGE_STYLE) -> pn.viewable.Viewable:
+    """A Dataset: pick one of its data variables to plot (the first one without controls); dims and
+    attributes listed as text."""
     names = [str(n) for n in ds.data_vars]
     if not names:
         return safe_text(f"Empty Dataset {dict(ds.sizes)}")
-    choice = pn.widgets.Select(label="Variable", options=names, value=names[0], width=250)
 
     def show(name: str) -> pn.viewable.Viewable:
-        return pn.pane.HoloViews(dataarray_element(ds[name], title=f"{title}: {name}" if title else name),
-                                 sizing_mode="stretch_width", linked_axes=False)
+        return dataarray_view(ds[name], title=f"{title}: {name}" if title else name, style=style)
 
+    if not style.controls:
+        return show(names[0])
+    choice = pn.widgets.Select(label="Variable", options=names, value=names[0], width=250)
     info = safe_text(describe_value(ds), color="grey")
     return pn.Column(pn.Row(choice, info), pn.bind(show, choice), sizing_mode="stretch_width")
 
@@ -338,11 +616,12 @@ def dataframe_view(df: Any) -> pn.viewable.Viewable:
     """A DataFrame as a read-only table, paged on the server (a frame may have millions of rows)."""
     info = safe_text(f"DataFrame: {len(df)} rows x {len(df.columns)} columns", color="grey")
     table = pn.widgets.Tabulator(df, disabled=True, pagination="remote", page_size=20, show_index=True,
-                                 sizing_mode="stretch_width", max_height=600)
+                                 sizing_mode="stretch_width", max_height=600, stylesheets=[TABLE_CSS])
     return pn.Column(info, table, sizing_mode="stretch_width")
 
 
-def series_view(series: Any, *, title: str = "", units: str | None = None) -> pn.viewable.Viewable:
+def series_view(series: Any, *, title: str = "", units: str | None = None,
+                style: PlotStyle = PAGE_STYLE) -> pn.viewable.Viewable:
     """A Series: numbers plotted against its index (when numeric), anything else listed."""
     values = series.to_numpy()
     if values.dtype.kind not in "fiucb":
@@ -352,16 +631,18 @@ def series_view(series: Any, *, title: str = "", units: str | None = None) -> pn
     xname = str(series.index.name) if series.index.name is not None and x is index else "index"
     yname = str(series.name) if series.name is not None else "value"
     return pn.pane.HoloViews(line_element(x, values, xdim=_dim(xname), ydim=_dim(yname, units, title or yname),
-                                          title=title), sizing_mode="stretch_width", linked_axes=False)
+                                          title=title, style=style), linked_axes=False, **style.pane())
 
 
-def plotly_pane(fig: Any) -> pn.viewable.Viewable:
+def plotly_pane(fig: Any, *, style: PlotStyle = PAGE_STYLE) -> pn.viewable.Viewable:
     """A plotly figure (object or its JSON) as an interactive plotly pane."""
     if isinstance(fig, (bytes, bytearray)):
         fig = bytes(fig).decode()
     if isinstance(fig, str):
         fig = json.loads(fig)
-    return pn.pane.Plotly(fig, sizing_mode="stretch_width", height=PLOT_HEIGHT + 80)
+    if style.height is None:
+        return pn.pane.Plotly(fig, sizing_mode="stretch_both")
+    return pn.pane.Plotly(fig, sizing_mode="stretch_width", height=style.height + 80)
 
 
 def warm_up() -> None:

@@ -102,6 +102,12 @@ def scan_run_file(path: Path) -> dict[str, StoredVariable]:
     return out
 
 
+def holds_booleans(variable_type: str | None, stored: StoredVariable | None) -> bool:
+    """A user variable of type boolean, or a value stored as a boolean in the run's file (runs.sqlite
+    has no booleans: it keeps them as 0/1)."""
+    return variable_type == "boolean" or (stored is not None and stored.dtype in ("b1", "?"))
+
+
 @dataclass
 class LoadedValue:
     """What the inspector displays for one variable: the value and how it was obtained."""

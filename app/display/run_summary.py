@@ -6,23 +6,25 @@ from __future__ import annotations
 import panel as pn
 
 from app.config import get_config, zone_label
-from app.display.formatting import format_time, format_value
-from app.display.run_contents import StoredVariable
+from app.display.formatting import format_summary, format_time
+from app.display.run_contents import StoredVariable, holds_booleans
 from app.display.text import escape, safe_text
 from app.live.source import ProposalSource
 
 SCALARS_CSS = """
 .damnit-scalars { border-collapse: collapse; width: 100%; }
-.damnit-scalars td { padding: 2px 8px; border-bottom: 1px solid var(--dmn-border, #e0e0e0);
+.damnit-scalars td { padding: 2px 8px; border-bottom: 1px solid var(--panel-border-color, #e0e0e0);
                      vertical-align: top; white-space: pre-wrap; overflow-wrap: anywhere; }
-.damnit-scalars td:first-child { color: var(--dmn-muted, #555); width: 40%; }
+.damnit-scalars td:first-child { opacity: 0.75; width: 40%; }
 """
 
 
-def scalar_table(source: ProposalSource, run: int) -> pn.viewable.Viewable:
+def scalar_table(source: ProposalSource, run: int,
+                 stored: dict[str, StoredVariable] | None = None) -> pn.viewable.Viewable:
     """The run's numbers and text as name/value rows, formatted as the run table shows them (arrays get
     plots). Plain HTML with every title and value escaped: a second Tabulator per run shown costs the
-    browser far more than the list is worth."""
+    browser far more than the list is worth. ``stored`` (the run file's metadata) tells booleans, which
+    runs.sqlite keeps as 0/1, from numbers."""
     tz = get_config().tz
     rows = []
     start_time = source.start_time(run)
@@ -32,7 +34,8 @@ def scalar_table(source: ProposalSource, run: int) -> pn.viewable.Viewable:
         cell = source.cell(run, name)
         if cell is None or cell.value is None:
             continue
-        rows.append((source.variable(name).display_title, format_value(cell.value, cell.units)))
+        boolean = holds_booleans(source.variable(name).type, (stored or {}).get(name))
+        rows.append((source.variable(name).display_title, format_summary(cell.value, cell.units, boolean=boolean)))
     if not rows:
         return safe_text("")
     body = "".join(f"<tr><td>{escape(name)}</td><td>{escape(value)}</td></tr>" for name, value in rows)

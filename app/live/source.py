@@ -443,7 +443,8 @@ class ProposalSource:
         if not self.db_id:
             return
         try:
-            self._subscriber = UpdateSubscriber(self.db_id, self.handle_message, broker=self._broker)
+            self._subscriber = UpdateSubscriber(self.db_id, self.handle_message, broker=self._broker,
+                                                on_down=self._broker_down, on_up=self._broker_up)
             if self._subscriber.online:
                 self._subscriber.start(wait=None)
             else:
@@ -451,6 +452,17 @@ class ProposalSource:
         except Exception as e:
             log.warning("No Kafka updates for %s (%s); polling the database", self.db_dir, e)
             self._subscriber = None
+
+    def _broker_down(self, error: BaseException) -> None:
+        """Said once per outage (the subscriber retries quietly, see backend.base.messages)."""
+        brokers = ",".join(self._subscriber.brokers) if self._subscriber else "?"
+        log.warning("Kafka broker %s unreachable (%s): polling %s every %.1f s instead until it answers",
+                    brokers, str(error) or type(error).__name__, self.db_path, POLL_INTERVAL_OFFLINE)
+        self._wake.set()
+
+    def _broker_up(self) -> None:
+        brokers = ",".join(self._subscriber.brokers) if self._subscriber else "?"
+        log.info("Kafka broker %s answers again: live updates for %s", brokers, self.db_path)
 
     def _loop(self) -> None:
         last_poll = last_expiry = 0.0

@@ -1,24 +1,37 @@
 """Big-screen mode for a control-room display: the newest run in large type, its plots rotating.
 
-Open ``/<app>?mode=bigscreen`` for the wall display: this page alone, without the tabs and their edit
-controls (``?page=bigscreen`` shows it as a tab of the normal dashboard). Optional URL parameters:
-``vars=name1,name2`` key variables to show (default: the first numbers of the newest run),
-``plots=name1,name2`` plots to rotate through (default: every plottable variable of the newest run),
-``interval=15`` seconds per plot. It follows new runs by itself, has no edit controls, and reloads
-itself when the server comes back after a restart (a heartbeat stops → poll until it answers → reload).
+Open ``/?mode=bigscreen`` (or ``/main?mode=bigscreen``, under ``--prefix`` too) for the wall display:
+this page alone, filling the window without scrolling, without the tabs and their edit controls
+(``?page=bigscreen`` shows it as a tab of the normal dashboard). The URL says what a screen shows, so a
+bookmark recreates it and several screens can show different things:
+
+- ``vars=name1,name2``: key variables (default: the first numbers of the newest run);
+- ``plots=name1,name2``: plots to rotate through (default: every plottable variable of the newest run);
+- ``interval=15``: seconds per plot (at least 3);
+- ``theme=light``: the light theme (default dark: control rooms are dim);
+- ``old=60``: minutes after which the age of the newest data is shown as old (default 60).
+
+Type scales with the screen (CSS viewport units; plot ticks from the window height the browser
+reports), so a 3840x2160 TV shows the same layout as a 1920x1080 one. The connection state and the age
+of the newest data are always in view; when the server stops answering the screen says so in red and
+reloads itself once the server is back (a stalled screen is noticed).
 """
 
 from __future__ import annotations
 
+import math
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import panel as pn
 import param
+from panel.io.state import set_curdoc
 
 from app.config import get_config, zone_label
-from app.display.formatting import format_time, format_value
-from app.display.plots import plot_value
-from app.display.run_contents import load_for_display, run_file, scan_run_file
+from app.display.formatting import format_summary, format_time
+from app.display.plots import PlotStyle, plot_value
+from app.display.run_contents import StoredVariable, holds_booleans, load_for_display, run_file, scan_run_file
 from app.display.text import safe_text
 from app.live.session import SessionState, in_background
 from app.live.source import ProposalSource
@@ -28,27 +41,183 @@ SLUG = "bigscreen"
 HEARTBEAT_MS = 3000
 DEFAULT_INTERVAL_S = 12
 MAX_KEY_VARS = 8
-
-BIG = {  # large type, readable across a control room
-    "run": {"font-size": "64px", "font-weight": "bold"},
-    "time": {"font-size": "28px", "color": "#555", "margin-top": "30px"},
-    "name": {"font-size": "22px", "color": "#555"},
-    "value": {"font-size": "44px", "font-weight": "bold"},
-    "plot_title": {"font-size": "28px", "font-weight": "bold"},
-}
+TICK_FRACTION = 0.02  # plot tick labels: 2 % of the window height (an axis readable from metres away)
 
 
-class ServerWatchdog(pn.custom.JSComponent):
-    """Reloads the page once the server answers again after the heartbeat stopped (server restart)."""
+@dataclass(frozen=True)
+class ScreenSettings:
+    """What one screen shows, from its URL (see the module docstring)."""
 
+    variables: tuple[str, ...] = ()
+    plots: tuple[str, ...] = ()
+    interval_s: int = DEFAULT_INTERVAL_S
+    old_after_min: float = 60
+
+    @classmethod
+    def from_args(cls, args: dict[str, list] | None) -> ScreenSettings:
+        def arg(name: str) -> str:
+            v = ((args or {}).get(name) or [b""])[0]
+            return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+
+        def names(text: str) -> tuple[str, ...]:
+            return tuple(n.strip() for n in text.split(",") if n.strip())
+
+        try:
+            interval = max(3, int(arg("interval") or DEFAULT_INTERVAL_S))
+        except ValueError:
+            interval = DEFAULT_INTERVAL_S
+        try:
+            old = float(arg("old") or 60)
+            old = old if math.isfinite(old) and old > 0 else 60
+        except ValueError:
+            old = 60
+        return cls(names(arg("vars")), names(arg("plots")), interval, old)
+
+
+def key_values(source: ProposalSource, run: int, wanted: tuple[str, ...] | list[str],
+               stored: dict[str, StoredVariable] | None = None) -> list[tuple[str, str]]:
+    """(title, formatted value) of the key variables of one run: the wanted names, else the first numbers.
+    ``stored`` (the run file's metadata) tells booleans from numbers."""
+    if not source.has_run(run):
+        return []
+    cells = {n: source.cell(run, n) for n in (wanted or source.column_names())}
+    names = list(wanted) or [n for n, c in cells.items() if c is not None and isinstance(c.value, (int, float))
+                             and not isinstance(c.value, bool)][:MAX_KEY_VARS]
+    out = []
+    for n in names:
+        cell = cells.get(n)
+        info = source.variable(n)
+        if cell is None or cell.value is None:
+            text = "–"
+        else:
+            text = format_summary(cell.value, cell.units, boolean=holds_booleans(info.type, (stored or {}).get(n)))
+        out.append((info.display_title, text))
+    return out
+
+
+def newest_data_time(source: ProposalSource, run: int) -> float | None:
+    """When the newest value of ``run`` was written (epoch s; its start time if none is stored yet)."""
+    stamps = [c.timestamp for n in source.column_names() if (c := source.cell(run, n)) is not None
+              and c.timestamp is not None and math.isfinite(c.timestamp)]
+    return max(stamps) if stamps else source.start_time(run)
+
+
+def stored_variables(source: ProposalSource, run: int) -> dict[str, StoredVariable]:
+    """The run file's metadata (no values read)."""
+    if source.proposal is None:
+        return {}
+    return scan_run_file(run_file(source.db_dir, source.proposal, run))
+
+
+def plot_names(source: Any, run: int, wanted: tuple[str, ...] | list[str],
+               stored: dict[str, StoredVariable] | None = None) -> list[str]:
+    """The plots to rotate through: the wanted ones this run has, else every plottable variable."""
+    stored = stored_variables(source, run) if stored is None else stored
+    if wanted:
+        return [n for n in wanted if n in stored and stored[n].error is None]
+    names = [v.name for v in stored.values() if v.is_plottable]
+    return sorted(names, key=lambda n: source.variable(n).display_title.casefold())
+
+
+class WallLayout(pn.custom.JSComponent):
+    """The screen's grid: run, start time and status across the top, key values on the left, the
+    plot in the rest. In ``fill`` mode exactly the browser window (no scrolling); reports the window's
+    size, from which plot type is scaled."""
+
+    run = pn.custom.Child()
+    started = pn.custom.Child()
+    status = pn.custom.Child()
+    values = pn.custom.Child()
+    plot_title = pn.custom.Child()
+    plot = pn.custom.Child()
+    fill = param.Boolean(default=True)
+    viewport_width = param.Integer(default=0)
+    viewport_height = param.Integer(default=0)
+
+    _esm = """
+    function box(cls, ...children) {
+      const d = document.createElement('div')
+      d.className = cls
+      for (const c of children) if (c) d.append(c)
+      return d
+    }
+    export function render({ model, el }) {
+      const wall = box('dmn-wall ' + (model.fill ? 'dmn-wall-fill' : 'dmn-wall-tab'),
+        box('dmn-wall-head', box('dmn-wall-run', model.get_child('run')),
+            box('dmn-wall-started', model.get_child('started')),
+            box('dmn-wall-status', model.get_child('status'))),
+        box('dmn-wall-values', model.get_child('values')),
+        box('dmn-wall-title', model.get_child('plot_title')),
+        box('dmn-wall-plot', model.get_child('plot')))
+      wall.setAttribute('data-testid', 'bigscreen')
+      let timer = null
+      const report = () => {
+        model.viewport_width = window.innerWidth
+        model.viewport_height = window.innerHeight
+      }
+      const later = () => { clearTimeout(timer); timer = setTimeout(report, 300) }
+      window.addEventListener('resize', later)
+      model.on('remove', () => window.removeEventListener('resize', later))
+      report()
+      return wall
+    }
+    """
+
+    _stylesheets = ["""
+    :host { width: 100%; }
+    .dmn-wall { display: grid; box-sizing: border-box; overflow: hidden;
+                grid-template-columns: minmax(0, 27fr) minmax(0, 73fr);
+                grid-template-rows: auto auto minmax(0, 1fr);
+                grid-template-areas: "head head" "values title" "values plot";
+                column-gap: 2.5vw; row-gap: 1vh; padding: 1.5vh 2vw 2vh 2vw;
+                background: var(--panel-background-color); color: var(--panel-on-background-color); }
+    .dmn-wall-fill { width: 100vw; height: 100vh; }
+    .dmn-wall-tab { width: 100%; height: calc(100vh - 110px); min-height: 500px; }
+    .dmn-wall-head { grid-area: head; display: flex; align-items: center; gap: 3vw; min-width: 0;
+                     border-bottom: 0.3vh solid var(--panel-border-color); padding-bottom: 1vh; }
+    .dmn-wall-status { margin-left: auto; }
+    .dmn-wall-values { grid-area: values; min-height: 0; overflow: hidden; display: flex; flex-direction: column;
+                       justify-content: flex-start; }
+    .dmn-wall-title { grid-area: title; min-width: 0; }
+    .dmn-wall-plot { grid-area: plot; min-height: 0; min-width: 0; position: relative; }
+    .dmn-wall-plot > * { position: absolute; inset: 0; width: 100%; height: 100%; }
+    """]
+
+
+class WallStatus(pn.custom.JSComponent):
+    """Connection state and age of the newest data, in view from across the room. The browser decides
+    "disconnected" itself (no heartbeat for ``stale_after_ms``): then a red frame surrounds the screen,
+    and the page reloads once the server answers again (after a restart)."""
+
+    connection = param.String(default="starting")
     heartbeat = param.Integer(default=0)
+    server_time = param.Number(default=0.0, doc="The server's clock at the last heartbeat (epoch s)")
+    newest_data = param.Number(default=0.0, doc="When the newest value was written (epoch s; 0 = none)")
+    old_after_s = param.Number(default=3600.0)
     stale_after_ms = param.Integer(default=10_000)
 
     _esm = """
+    function ago(s) {
+      s = Math.max(0, s)
+      if (s < 60) return Math.round(s) + ' s'
+      if (s < 3600) return Math.floor(s / 60) + ' min'
+      if (s < 86400) return Math.floor(s / 3600) + ' h ' + Math.floor((s % 3600) / 60) + ' min'
+      return Math.floor(s / 86400) + ' d ' + Math.floor((s % 86400) / 3600) + ' h'
+    }
+    const LABELS = { live: 'LIVE', polling: 'POLLING', starting: 'STARTING', disconnected: 'NO CONNECTION' }
     export function render({ model, el }) {
-      let last = Date.now()
+      const box = document.createElement('div')
+      box.className = 'dmn-ws'
+      box.setAttribute('data-testid', 'bigscreen-status')
+      const pill = document.createElement('span')
+      const age = document.createElement('span')
+      age.className = 'dmn-ws-age'
+      const frame = document.createElement('div')
+      frame.className = 'dmn-ws-frame'
+      box.append(pill, age, frame)
+      el.append(box)
+      let lastBeat = Date.now()
       let probing = false
-      model.on('heartbeat', () => { last = Date.now() })
       const probe = async () => {
         try {
           await fetch(window.location.href, { method: 'HEAD', cache: 'no-store' })
@@ -57,126 +226,162 @@ class ServerWatchdog(pn.custom.JSComponent):
           setTimeout(probe, 3000)
         }
       }
-      const timer = setInterval(() => {
-        if (!probing && Date.now() - last > model.stale_after_ms) {
-          probing = true
-          el.textContent = 'Connection lost: reconnecting…'
-          probe()
+      function draw() {
+        const since = (Date.now() - lastBeat) / 1000
+        const stale = since * 1000 > model.stale_after_ms
+        const state = stale ? 'disconnected' : model.connection
+        pill.textContent = '\\u25CF ' + (LABELS[state] || state.toUpperCase())
+        pill.className = 'dmn-ws-pill dmn-ws-' + state
+        pill.title = stale ? 'No contact with the dashboard server' :
+          (state === 'live' ? 'Updates arrive through Kafka' : 'Updates by polling the database')
+        box.classList.toggle('dmn-ws-stalled', stale)
+        if (stale) {
+          age.textContent = 'no update for ' + ago(since)
+          if (!probing) { probing = true; probe() }
+        } else if (model.newest_data > 0) {
+          const a = model.server_time - model.newest_data + since
+          age.textContent = 'newest data ' + ago(a) + ' ago'
+          age.classList.toggle('dmn-ws-old', a > model.old_after_s)
+        } else {
+          age.textContent = 'no data yet'
         }
-      }, 1000)
+      }
+      model.on('heartbeat', () => { lastBeat = Date.now(); draw() })
+      model.on(['connection', 'newest_data'], draw)
+      const timer = setInterval(draw, 1000)
       model.on('remove', () => clearInterval(timer))
-      el.setAttribute('data-testid', 'bigscreen-watchdog')
+      draw()
     }
     """
 
-
-def _arg(name: str) -> str:
-    args = pn.state.session_args or {}
-    values = args.get(name) or [b""]
-    v = values[0]
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def _names(text: str) -> list[str]:
-    return [n.strip() for n in text.split(",") if n.strip()]
-
-
-def key_values(source: ProposalSource, run: int, wanted: list[str]) -> list[tuple[str, str]]:
-    """(title, formatted value) of the key variables of one run: the wanted names, else the first numbers."""
-    if not source.has_run(run):
-        return []
-    cells = {n: source.cell(run, n) for n in (wanted or source.column_names())}
-    names = wanted or [n for n, c in cells.items() if c is not None and isinstance(c.value, (int, float))
-                       and not isinstance(c.value, bool)][:MAX_KEY_VARS]
-    out = []
-    for n in names:
-        cell = cells.get(n)
-        text = "–" if cell is None or cell.value is None else format_value(cell.value, cell.units)
-        out.append((source.variable(n).display_title, text))
-    return out
-
-
-def plot_names(source: Any, run: int, wanted: list[str]) -> list[str]:
-    if source.proposal is None:
-        return []
-    stored = scan_run_file(run_file(source.db_dir, source.proposal, run))
-    if wanted:
-        return [n for n in wanted if n in stored and stored[n].error is None]
-    names = [v.name for v in stored.values() if v.is_plottable]
-    return sorted(names, key=lambda n: source.variable(n).display_title.casefold())
+    _stylesheets = ["""
+    .dmn-ws { display: flex; align-items: center; gap: 1.5vw; font-family: sans-serif; font-size: 3vh;
+              white-space: nowrap; }
+    .dmn-ws-pill { padding: 0.3vh 1.2vw; border-radius: 3vh; font-weight: bold; color: white; }
+    .dmn-ws-live { background: #2e7d32; }
+    .dmn-ws-polling { background: #f9a825; color: black; }
+    .dmn-ws-starting { background: #777; }
+    .dmn-ws-disconnected { background: #c62828; }
+    .dmn-ws-age { opacity: 0.85; }
+    .dmn-ws-old { color: #f9a825; opacity: 1; font-weight: bold; }
+    .dmn-ws-stalled .dmn-ws-age { color: #ef5350; opacity: 1; font-weight: bold; }
+    .dmn-ws-frame { display: none; }
+    .dmn-ws-stalled .dmn-ws-frame { display: block; position: fixed; inset: 0; pointer-events: none;
+                                   border: 1.2vh solid #c62828; z-index: 1000; }
+    """]
 
 
 class BigScreen(pn.viewable.Viewer):
     """The newest run's key values and plots for a wall display (see the module docstring)."""
 
     session = param.ClassSelector(class_=SessionState)
+    fill = param.Boolean(default=False, doc="Fill the browser window (mode=bigscreen), else a tab's box")
 
     def __panel__(self) -> pn.viewable.Viewable:
-        return view(self.session)
+        return view(self.session, fill=self.fill)
 
 
-def view(session: SessionState) -> pn.viewable.Viewable:
+def _text(text: str, classes: list[str], **styles: str) -> pn.viewable.Viewable:
+    """Escaped text without the default margins (the wall's layout is in viewport units)."""
+    pane = safe_text(text, classes, **styles)
+    pane.margin = 0
+    return pane
+
+
+VALUES_WIDTH_VW = 25.0  # the key values' column, in % of the window's width (grid: 27 of 100 parts)
+BOLD_CHAR_EM = 0.6  # average width of a bold character (digits are 0.56 em in Liberation/Arial)
+
+
+def _value_sizes(n: int, texts: list[str], scale: float = 1.0) -> tuple[str, list[str]]:
+    """Font sizes of the key values: the names', and each value's. As large as ``n`` values allow in the
+    left column's height (about 82 % of the window's; a value takes 1.75 times its size with its name
+    and a 1 vh gap), and each value no larger than fits the column's width on one line."""
+    value_vh = min(6.5, max(2.6, (82.0 / max(n, 1) - 1.2) / 1.75)) * scale
+    sizes = [f"min({value_vh:.2f}vh, {VALUES_WIDTH_VW / (max(len(t), 1) * BOLD_CHAR_EM):.2f}vw)" for t in texts]
+    return f"{value_vh * 0.5:.2f}vh", sizes
+
+
+def view(session: SessionState, *, fill: bool = False) -> pn.viewable.Viewable:
     source = session.source
     tz = get_config().tz
-    wanted_vars = _names(_arg("vars"))
-    wanted_plots = _names(_arg("plots"))
-    try:
-        interval = max(3, int(_arg("interval") or DEFAULT_INTERVAL_S))
-    except ValueError:
-        interval = DEFAULT_INTERVAL_S
+    settings = ScreenSettings.from_args(pn.state.session_args)
+    doc = pn.state.curdoc
 
-    run_text = safe_text("", **BIG["run"])
-    time_text = safe_text("", **BIG["time"])
-    values_box = pn.FlexBox(sizing_mode="stretch_width")
-    plot_title = safe_text("", **BIG["plot_title"])
-    plot_box = pn.Column(sizing_mode="stretch_width", min_height=500)
-    watchdog = ServerWatchdog(height=20, sizing_mode="stretch_width")
-    state = {"run": None, "plots": [], "index": 0, "loading": False}
+    scale = 1.0 if fill else 0.85  # as a tab, under the dashboard's header: a little smaller
+    run_text = _text("", ["dmn-wall-runnumber"], **{"font-size": f"{9 * scale:.2f}vh", "font-weight": "bold",
+                                                      "line-height": "1.05", "white-space": "nowrap"})
+    time_text = _text("", ["dmn-wall-time"], **{"font-size": f"{3 * scale:.2f}vh", "opacity": "0.85"})
+    values_box = pn.Column(sizing_mode="stretch_width", margin=0)
+    plot_title = _text("", ["dmn-wall-plottitle"], **{"font-size": f"{3.4 * scale:.2f}vh", "font-weight": "bold",
+                                                      "white-space": "nowrap", "overflow": "hidden"})
+    plot_box = pn.Column(sizing_mode="stretch_both", margin=0, css_classes=["dmn-wall-plotbox"])
+    status = WallStatus(connection=source.connection, server_time=time.time(),
+                        old_after_s=settings.old_after_min * 60)
+    layout = WallLayout(run=run_text, started=time_text, status=status, values=values_box, plot_title=plot_title,
+                        plot=plot_box, fill=fill, name=TITLE, css_classes=["dmn-bigscreen"],
+                        sizing_mode="stretch_both" if fill else "stretch_width")
+    state: dict[str, Any] = {"run": None, "plots": [], "stored": {}, "index": 0, "loading": False,
+                             "drawn_font": None}
 
     def newest() -> int | None:
         keys = source.run_keys()
         return keys[-1] if keys else None
 
+    def font_px() -> int:
+        return max(12, round(TICK_FRACTION * (layout.viewport_height or 1080)))
+
     def draw_header() -> None:
         run = state["run"]
         if run is None:
             run_text.object, time_text.object, values_box.objects = "Waiting for the first run…", "", []
+            status.newest_data = 0.0
             return
-        run_text.object = f"Run {run}"
+        run_text.object = f"Run {source.run_of(run)[1]}" if source.has_run(run) else f"Run {run}"
         start = source.start_time(run)
-        time_text.object = "" if start is None else f"{format_time(start, tz)} ({zone_label(tz)})"
+        time_text.object = "" if start is None else f"started {format_time(start, tz)} {zone_label(tz)}"
+        pairs = key_values(source, run, settings.variables, state["stored"])
+        name_size, value_sizes = _value_sizes(len(pairs), [v for _, v in pairs], scale)
         values_box.objects = [
-            pn.Column(safe_text(title, **BIG["name"]), safe_text(value, **BIG["value"]),
-                      margin=(10, 30), css_classes=["dmn-big-var"])
-            for title, value in key_values(source, run, wanted_vars)]
+            pn.Column(_text(title, ["dmn-wall-name"], **{"font-size": name_size, "opacity": "0.8",
+                                                         "line-height": "1.2", "white-space": "nowrap",
+                                                         "overflow": "hidden", "text-overflow": "ellipsis"}),
+                      _text(value, ["dmn-wall-value"], **{"font-size": size, "font-weight": "bold",
+                                                          "line-height": "1.15", "overflow-wrap": "anywhere"}),
+                      margin=0, styles={"margin-bottom": "1vh"}, sizing_mode="stretch_width",
+                      css_classes=["dmn-big-var"])
+            for (title, value), size in zip(pairs, value_sizes)]
+        status.newest_data = newest_data_time(source, run) or 0.0
 
     def show_plot() -> None:
         run, plots = state["run"], state["plots"]
         if run is None or not plots:
-            plot_title.object, plot_box.objects = "", []
+            plot_title.object, plot_box.objects = "" if run is None else "No plots for this run", []
             return
         if state["loading"]:
             return
         name = plots[state["index"] % len(plots)]
         where = f"   ({state['index'] % len(plots) + 1}/{len(plots)})" if len(plots) > 1 else ""
         state["loading"] = True
+        style = PlotStyle(height=None, font_px=font_px(), controls=False, titles=False)
 
         def work() -> Any:
             loaded = load_for_display(source.db_dir, run, name)
             value = loaded.value
             if type(value).__name__ == "Dataset" and value.data_vars:  # no picker on a wall screen
                 value = value[next(iter(value.data_vars))]
-            return plot_value(value, title=source.variable(name).display_title, units=loaded.units,
-                              objtype=loaded.objtype)
+            with set_curdoc(doc):  # this session's theme for the plot
+                return plot_value(value, title=source.variable(name).display_title, units=loaded.units,
+                                  objtype=loaded.objtype, style=style)
 
         def apply(plot: Any, error: BaseException | None) -> None:
             state["loading"] = False
             if state["run"] != run:
                 return  # a newer run arrived meanwhile
             if error is not None:
-                plot = safe_text(f"Cannot show {name}: {type(error).__name__}: {error}")
+                plot = safe_text(f"Cannot show {name}: {type(error).__name__}: {error}", **{"font-size": "3vh"})
             plot_title.object = f"{source.variable(name).display_title}{where}"
             plot_box.objects = [plot]
+            state["drawn_font"] = style.font_px
 
         in_background(work, apply)
 
@@ -185,16 +390,21 @@ def view(session: SessionState) -> pn.viewable.Viewable:
         if run != state["run"] or force:
             state["run"] = run
             state["index"] = 0
-            state["plots"] = plot_names(source, run, wanted_plots) if run is not None else []
+            state["stored"] = stored_variables(source, run) if run is not None else {}
+            state["plots"] = plot_names(source, run, settings.plots, state["stored"]) if run is not None else []
             draw_header()
-            show_plot()
+            if layout.viewport_height or not in_server:  # else: once the browser said how big it is
+                show_plot()
 
     def on_change(change: Any) -> None:
+        if change.connection:
+            status.connection = source.connection
         if change.new_runs or change.reset:
             follow()
         elif state["run"] in change.changed:
             before = list(state["plots"])
-            state["plots"] = plot_names(source, state["run"], wanted_plots)
+            state["stored"] = stored_variables(source, state["run"])
+            state["plots"] = plot_names(source, state["run"], settings.plots, state["stored"])
             draw_header()
             if state["plots"] != before:
                 show_plot()
@@ -204,15 +414,23 @@ def view(session: SessionState) -> pn.viewable.Viewable:
             state["index"] += 1
             show_plot()
 
+    def on_viewport(_event: Any) -> None:
+        drawn = state["drawn_font"]
+        if drawn is None or abs(font_px() - drawn) > 0.1 * drawn:
+            show_plot()  # first size known, or the window changed enough to rescale the plot's type
+
+    def beat() -> None:
+        status.param.update(server_time=time.time(), connection=source.connection, heartbeat=status.heartbeat + 1)
+
+    in_server = doc is not None and doc.session_context is not None
+    layout.param.watch(on_viewport, "viewport_height")
     session.on_change(on_change)
     follow(force=True)
-    if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
-        beat = pn.state.add_periodic_callback(lambda: setattr(watchdog, "heartbeat", watchdog.heartbeat + 1),
-                                              HEARTBEAT_MS)
-        turn = pn.state.add_periodic_callback(rotate, interval * 1000)
-        pn.state.on_session_destroyed(lambda ctx: (beat.stop(), turn.stop()))
-    return pn.Column(pn.Row(run_text, pn.Spacer(width=40), time_text), values_box, plot_title, plot_box,
-                     watchdog, sizing_mode="stretch_width", name=TITLE, css_classes=["dmn-bigscreen"])
+    if in_server:
+        beats = pn.state.add_periodic_callback(beat, HEARTBEAT_MS)
+        turn = pn.state.add_periodic_callback(rotate, settings.interval_s * 1000)
+        pn.state.on_session_destroyed(lambda ctx: (beats.stop(), turn.stop()))
+    return layout
 
 
 PAGE = BigScreen

@@ -17,18 +17,20 @@ from app.actions import edits
 from app.config import get_config, zone_label
 from app.display.formatting import format_time
 from app.display.text import safe_text
+from app.display.theme import TABLE_CSS
 from app.live.records import Change
 from app.live.session import SessionState
 
 TITLE = "Comments"
 SLUG = "comments"
 COLUMNS = ["#", "Timestamp", "Comment"]
-TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+# Sorting the Timestamp column by time (its text, as everywhere, is formatting.TIME_FORMAT: day after hour).
+TIME_SORTER = {"field": "Timestamp", "sorter": "datetime", "sorterParams": {"format": "HH:mm:ss dd/MM/yyyy"}}
 
 
 def comments_frame(comments: list[dict], tz: dt.tzinfo) -> pd.DataFrame:
     """Standalone comments, newest first, times as text in ``tz``."""
-    df = pd.DataFrame([{"#": c["id"], "Timestamp": format_time(c["timestamp"], tz, TIME_FORMAT),
+    df = pd.DataFrame([{"#": c["id"], "Timestamp": format_time(c["timestamp"], tz),
                         "Comment": c["comment"] or ""} for c in comments], columns=COLUMNS)
     return df.iloc[::-1].reset_index(drop=True)
 
@@ -46,8 +48,8 @@ class CommentsPage(pn.viewable.Viewer):
             self._frame(), show_index=False, sizing_mode="stretch_width", layout="fit_data_stretch",
             editors={"#": None, "Timestamp": None, "Comment": "textarea" if can_write else None},
             disabled=not can_write, widths={"Comment": "60%"}, max_height=500, css_classes=["damnit-comments"],
-            titles={"Timestamp": f"Timestamp ({zone_label(self.tz)})"},
-            configuration={"columnDefaults": {"headerSort": True}})
+            titles={"Timestamp": f"Timestamp ({zone_label(self.tz)})"}, stylesheets=[TABLE_CSS],
+            configuration={"columnDefaults": {"headerSort": True}, "columns": [TIME_SORTER]})
         self.when = pn.widgets.DatetimePicker(label=f"Time ({zone_label(self.tz)})", value=self._now(), width=220)
         self.text = pn.widgets.TextAreaInput(label="Comment", placeholder="What happened?",
                                              sizing_mode="stretch_width", height=80,

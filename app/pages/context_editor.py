@@ -33,6 +33,7 @@ from app.actions.context_check import (
     save_context,
     update_variable_list,
 )
+from app.display import theme
 from app.display.text import safe_text
 from app.live.session import SessionState, every
 from app.pages.run_states_view import StaleContextOffer
@@ -45,6 +46,9 @@ TITLE = "Context file"
 SLUG = "context_editor"
 DISK_CHECK_MS = 5000
 STATUS_COLOURS = {OK: "#2e7d32", WARNING: "#b26a00", ERROR: "#c62828", "busy": "#555"}
+
+
+EDITOR_THEMES = {theme.LIGHT: "chrome", theme.DARK: "tomorrow_night"}  # ace themes bundled with Panel
 
 
 class UnsavedGuard(pn.custom.JSComponent):
@@ -70,7 +74,7 @@ class ContextEditor:
         self.loaded_fingerprint: str | None = None
         self.loaded_text = ""
         self.editor = pn.widgets.CodeEditor(language="python", sizing_mode="stretch_width", height=520,
-                                            theme="chrome", css_classes=["damnit-context-editor"],
+                                            theme=EDITOR_THEMES[theme.current()], css_classes=["damnit-context-editor"],
                                             readonly=not session.can_edit_context)
         self.validate_btn = pn.widgets.Button(label="Validate", color="default", width=100,
                                               disabled=not session.can_edit_context)

@@ -12,6 +12,7 @@ from typing import Any
 
 import panel as pn
 import param
+from panel.io.state import set_curdoc
 
 from app.display.plots import plot_value
 from app.display.run_contents import StoredVariable, load_for_display, run_file, scan_run_file
@@ -81,7 +82,7 @@ def run_inspector(source: ProposalSource, run: int) -> pn.viewable.Viewable:
     plottable.sort(key=lambda v: source.variable(v.name).display_title.casefold())
     header = safe_text(f"Run {int(run)}" + ("" if stored else " — no processed data yet"),
                        css_classes=["damnit-inspect-title"], **{"font-size": "1.4em", "font-weight": "bold"})
-    parts: list[pn.viewable.Viewable] = [header, scalar_table(source, run)]
+    parts: list[pn.viewable.Viewable] = [header, scalar_table(source, run, stored)]
     errors = [v for v in stored.values() if v.error is not None]
     if errors:
         parts.append(error_list(source, errors))
@@ -94,11 +95,13 @@ def variable_card(source: ProposalSource, run: int, var: StoredVariable) -> pn.v
     title = source.variable(var.name).display_title
     content = pn.Column(pn.indicators.LoadingSpinner(value=True, size=30, name="Loading…"),
                         sizing_mode="stretch_width")
+    doc = pn.state.curdoc
 
     def load(prefer_preview: bool = True) -> None:
         def work() -> tuple[Any, bool]:
             loaded = load_for_display(source.db_dir, run, var.name, prefer_preview=prefer_preview)
-            plot = plot_value(loaded.value, title=title, units=loaded.units, objtype=loaded.objtype)
+            with set_curdoc(doc):  # built in this session's theme
+                plot = plot_value(loaded.value, title=title, units=loaded.units, objtype=loaded.objtype)
             return plot, loaded.is_preview
 
         def apply(result: tuple[Any, bool] | None, error: BaseException | None) -> None:

@@ -3,12 +3,13 @@
 The scatter/line/histogram reads only the live run table (no file access) and is fed through a
 HoloViews ``Pipe``, so a new run adds a point without redrawing the axes. Selecting points (tap or box
 select) selects those runs in the run table. The overlay reads each selected run's arrays from HDF5 in
-a worker thread and aligns them on ``trainId`` when both are DataArrays.
+a worker thread: 1-D values as a line per run, per-train data counted from each run's first train (or
+on absolute train IDs), two DataArrays aligned on their common ``trainId``; 2-D values as an image
+per run, with square pixels.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import holoviews as hv
@@ -16,13 +17,15 @@ import numpy as np
 import pandas as pd
 import panel as pn
 import param
+from panel.io.state import set_curdoc
 
 from app.config import get_config, zone_label
-from app.display.plots import PLOT_HEIGHT, downsample_1d
+from app.display.plots import PLOT_HEIGHT, PlotStyle, downsample_1d, plot_value
 from app.display.run_contents import run_file, scan_run_file
 from app.display.text import safe_text
-from app.live.session import SessionState
+from app.live.session import SessionState, in_background
 from app.live.source import ProposalSource
+from app.pages.logbook import SendPlot
 from backend.storage.api import RunVariables
 
 TITLE = "Plots"
@@ -75,10 +78,18 @@ def parse_runs_for_overlay(selected: list[int], limit: int = 20) -> list[int]:
     return sorted(set(int(r) for r in selected))[:limit]
 
 
-def aligned_arrays(yval: Any, xval: Any | None) -> tuple[np.ndarray, np.ndarray, str]:
+TRAIN_INDEX, ABSOLUTE_TRAINS = "Train in run", "Absolute trainId"
+
+
+def _is_train_dim(name: Any) -> bool:
+    return "train" in str(name).lower()
+
+
+def aligned_arrays(yval: Any, xval: Any | None, *, relative: bool = True) -> tuple[np.ndarray, np.ndarray, str]:
     """x and y of one run for the overlay, and the x label.
 
-    - no x: y against its trainId (or first) coordinate, else its index;
+    - no x: y against its first coordinate, else its index; train IDs count from the run's first train
+      (``relative``), so runs taken hours apart lie on top of each other, or as absolute train IDs;
     - two DataArrays sharing a dimension: inner-aligned on it (common trainIds);
     - two plain arrays: must have the same length.
     Raises ValueError saying why two values cannot be plotted against each other.
@@ -89,7 +100,10 @@ def aligned_arrays(yval: Any, xval: Any | None) -> tuple[np.ndarray, np.ndarray,
     if xval is None:
         dims = getattr(yval, "dims", ())
         if dims and dims[0] in getattr(yval, "coords", {}):
-            return np.asarray(yval.coords[dims[0]].values), yarr, str(dims[0])
+            coords = np.asarray(yval.coords[dims[0]].values)
+            if relative and _is_train_dim(dims[0]) and coords.dtype.kind in "iuf" and len(coords):
+                return coords - coords.min(), yarr, f"{dims[0]} − first {dims[0]} of the run"
+            return coords, yarr, str(dims[0])
         return np.arange(len(yarr)), yarr, "index"
     xarr = np.asarray(getattr(xval, "values", xval))
     if xarr.ndim != 1:
@@ -107,20 +121,22 @@ def aligned_arrays(yval: Any, xval: Any | None) -> tuple[np.ndarray, np.ndarray,
     return xarr, yarr, ""
 
 
-def array_variables(db_dir: Any, proposal: int | None, runs: list[int]) -> list[str]:
-    """Names of 1-D array variables (candidates for the overlay) in the given runs' files."""
-    names: set[str] = set()
+def array_variables(db_dir: Any, proposal: int | None, runs: list[int]) -> dict[str, int]:
+    """Array variables of the given runs' files that the overlay can draw: name → 1 (a line per run)
+    or 2 (an image per run)."""
+    found: dict[str, int] = {}
     for run in runs:
         if proposal is None:
             break
         for var in scan_run_file(run_file(db_dir, proposal, run)).values():
-            if var.objtype in ("PlotlyFigure", "image", "dataset"):
+            if var.error is not None or var.objtype in ("PlotlyFigure", "image", "dataset", "dataframe", "series"):
                 continue
-            if var.error is None and (len(var.shape) == 1 and var.shape[0] > 1 or
-                                      var.objtype == "dataarray" and any(len(s) == 1 for s in
-                                                                         var.netcdf_vars.values())):
-                names.add(var.name)
-    return sorted(names)
+            shapes = list(var.netcdf_vars.values()) if var.objtype == "dataarray" else [var.shape]
+            shape = max(shapes, key=lambda sh: int(np.prod(sh)), default=())  # the data, not a coordinate
+            ndim = sum(1 for n in shape if n > 1)
+            if ndim in (1, 2):
+                found.setdefault(var.name, ndim)
+    return dict(sorted(found.items()))
 
 
 def read_value(db_dir: Any, run: int, name: str) -> Any:
@@ -137,8 +153,9 @@ class PlotsPage(pn.viewable.Viewer):
     session = param.ClassSelector(class_=SessionState)
 
     def __panel__(self) -> pn.viewable.Viewable:
-        return pn.Column(SummaryPlot(self.session).layout, pn.layout.Divider(), RunOverlay(self.session).layout,
-                         sizing_mode="stretch_width", name=TITLE)
+        # <hr>, not pn.layout.Divider: Panel leaves the Divider's stylesheet on its CDN (no internet here)
+        return pn.Column(SummaryPlot(self.session).layout, pn.pane.HTML("<hr>", sizing_mode="stretch_width"),
+                         RunOverlay(self.session).layout, sizing_mode="stretch_width", name=TITLE)
 
 
 class SummaryPlot:
@@ -153,15 +170,15 @@ class SummaryPlot:
         default_y = next((c for c in cols if c not in ("run", "start_time")), "run")
         self.x = pn.widgets.Select(label="X", options=options, value="run", width=220)
         self.y = pn.widgets.Select(label="Y", options=options, value=default_y, width=220)
-        self.swap = pn.widgets.Button(label="⇄ swap", width=70, align="end")
+        self.swap = pn.widgets.Button(label="⇄ swap", width=70, align="end", css_classes=["damnit-summary-swap"])
         self.kind = pn.widgets.RadioButtonGroup(options=["Scatter", "Line", "Histogram"], value="Scatter",
-                                                align="end")
+                                                align="end", css_classes=["damnit-summary-kind"])
         self.bins = pn.widgets.IntInput(label="Bins", value=30, start=5, end=100_000, step=25, width=90)
         self._follow_request(session.plot_request)
-        self.count = safe_text("", color="grey")
+        self.count = safe_text("", color="grey", css_classes=["damnit-summary-count"])
         self.pipe = hv.streams.Pipe(data=self._data())
         self.plot_pane = pn.pane.HoloViews(sizing_mode="stretch_width", min_height=PLOT_HEIGHT + 80,
-                                           css_classes=["damnit-summary-plot"])
+                                           css_classes=["damnit-summary-plot"], linked_axes=False)
         self.swap.on_click(self._swap)
         for w in (self.x, self.y, self.kind):
             w.param.watch(self._rebuild, "value")
@@ -171,7 +188,8 @@ class SummaryPlot:
         self._rebuild()
         self.layout = pn.Column(
             pn.pane.Markdown("### Summary of all runs"),
-            pn.Row(self.y, pn.pane.HTML("vs.", align="end"), self.x, self.swap, self.kind, self.bins),
+            pn.Row(self.y, pn.pane.HTML("vs.", align="end"), self.x, self.swap, self.kind, self.bins,
+                   SendPlot(session=session, plot=lambda: self.plot_pane.object, name_hint="summary")),
             self.count, self.plot_pane, sizing_mode="stretch_width")
 
     def _follow_request(self, request: dict | None) -> None:
@@ -204,7 +222,8 @@ class SummaryPlot:
     def _push(self) -> None:
         data = self._data()
         n_total = len(self.source.run_keys())
-        self.count.object = f"{len(data)} runs plotted ({n_total - len(data)} without values)"
+        shown = "in the histogram" if self.kind.value == "Histogram" else "plotted"
+        self.count.object = f"{len(data)} runs {shown} ({n_total - len(data)} without values)"
         self.pipe.send(data)
 
     def _swap(self, _=None) -> None:
@@ -270,25 +289,44 @@ class SummaryPlot:
 
 
 class RunOverlay:
-    """One array variable (optionally against another) for each selected run, one line per run."""
+    """One array variable for each selected run (the newest run when none is): 1-D values as one line
+    per run (optionally against another variable), 2-D values as one image per run. Drawn again when
+    the selection or a choice changes; the text above says which runs are drawn."""
+
+    MAX_IMAGES = 6
 
     def __init__(self, session: SessionState):
         self.session = session
         self.source = session.source
-        self.y = pn.widgets.Select(label="Array (Y)", options=[], width=220)
+        self.doc = pn.state.curdoc
+        self.ndims: dict[str, int] = {}
+        self.y = pn.widgets.Select(label="Array (Y)", options=[], width=240)
         self.x = pn.widgets.Select(label="Against (X)", options=[INDEX_X], value=INDEX_X, width=220)
+        self.trains = pn.widgets.RadioButtonGroup(options=[TRAIN_INDEX, ABSOLUTE_TRAINS], value=TRAIN_INDEX,
+                                                  align="end", css_classes=["damnit-overlay-trains"],
+                                                  description="Per-train data of different runs: on top of each "
+                                                              "other (trains counted from each run's first) or "
+                                                              "one after the other (absolute train IDs)")
         self.go = pn.widgets.Button(label="Plot selected runs", color="primary", align="end")
         self.runs_text = safe_text("", color="grey", css_classes=["damnit-overlay-runs"])
         self.messages = safe_text("", color="#a60")
-        self.plot_pane = pn.pane.HoloViews(sizing_mode="stretch_width", min_height=PLOT_HEIGHT,
-                                           css_classes=["damnit-overlay-plot"])
-        self.go.on_click(self._plot)
-        session.param.watch(lambda e: self._refresh_choices(), "selected_runs")
+        self.plot_area = pn.Column(sizing_mode="stretch_width", min_height=PLOT_HEIGHT,
+                                   css_classes=["damnit-overlay-plot"])
+        self._drawing = False
+        self._again = False
+        self.shown: Any = None  # what is drawn now, as HoloViews (sent to the logbook)
+        self.go.on_click(lambda _: self.draw())
+        for w in (self.y, self.x, self.trains):
+            w.param.watch(lambda _: self.draw(), "value")
+        session.param.watch(lambda e: self._on_selection(), "selected_runs")
+        session.on_change(self._on_change)
         self._refresh_choices()
+        self.draw()
         self.layout = pn.Column(
             pn.pane.Markdown("### Per-run data for selected runs"),
-            pn.Row(self.y, pn.pane.HTML("vs.", align="end"), self.x, self.go), self.runs_text,
-            self.messages, self.plot_pane, sizing_mode="stretch_width")
+            pn.Row(self.y, pn.pane.HTML("vs.", align="end"), self.x, self.trains, self.go,
+                   SendPlot(session=session, plot=lambda: self.shown, name_hint="per_run")),
+            self.runs_text, self.messages, self.plot_area, sizing_mode="stretch_width")
 
     def _runs(self) -> list[int]:
         runs = parse_runs_for_overlay(self.session.selected_runs)
@@ -296,48 +334,113 @@ class RunOverlay:
             runs = [self.source.run_keys()[-1]]
         return runs
 
+    def _on_selection(self) -> None:
+        self._refresh_choices()
+        self.draw()
+
+    def _on_change(self, change: Any) -> None:
+        if not self.session.selected_runs and (change.new_runs or change.reset):
+            self._on_selection()  # showing the newest run: follow it
+        elif set(self._runs()) & set(change.changed):
+            self.draw()  # a run shown was (re)processed
+
     def _refresh_choices(self) -> None:
         runs = self._runs()
-        names = array_variables(self.source.db_dir, self.source.proposal, runs[-3:])
-        options = {self.source.variable(n).display_title: n for n in names}  # a <select>: labels are text
+        self.ndims = array_variables(self.source.db_dir, self.source.proposal, runs[-3:])
+
+        def label(n: str) -> str:
+            title = self.source.variable(n).display_title
+            return f"{title} (image)" if self.ndims[n] == 2 else title
+
+        options = {label(n): n for n in self.ndims}  # a <select>: labels are text
+        lines = {label(n): n for n, d in self.ndims.items() if d == 1}
         current_y, current_x = self.y.value, self.x.value
         self.y.options = options
-        self.x.options = {INDEX_X: INDEX_X, **options}
+        self.x.options = {INDEX_X: INDEX_X, **lines}
         if current_y in options.values():
             self.y.value = current_y
         elif options:
             self.y.value = next(iter(options.values()))
         if current_x in self.x.options.values():
             self.x.value = current_x
-        shown = ", ".join(map(str, runs))
-        self.runs_text.object = (f"Runs: {shown}" if self.session.selected_runs
-                                 else f"No runs selected in the table; showing the newest run ({shown})")
 
-    async def _plot(self, _=None) -> None:
-        name, xname, runs = self.y.value, self.x.value, self._runs()
-        if not name:
-            self.messages.object = "No array variables in the selected runs."
+    def draw(self) -> None:
+        """(Re)draw for the current runs and choices, in a worker thread; one drawing at a time."""
+        if self._drawing:
+            self._again = True
             return
+        name, xname, runs = self.y.value, self.x.value, self._runs()
+        image = self.ndims.get(name) == 2
+        self.x.disabled = image
+        self.trains.disabled = image or xname != INDEX_X
+        if not name:
+            self.plot_area.objects = []
+            self.runs_text.object = ""
+            self.messages.object = ("No runs yet." if not runs else
+                                    f"No array variables in run{'s' if len(runs) > 1 else ''} "
+                                    f"{', '.join(map(str, runs))}.")
+            return
+        self._drawing = True
         self.go.loading = True
-        try:
-            curves, problems = await asyncio.to_thread(self._load, runs, name, xname)
-        finally:
-            self.go.loading = False
-        self.messages.object = "\n".join(problems)
-        if curves:
-            overlay = hv.Overlay(curves).opts(responsive=True, height=PLOT_HEIGHT + 60, legend_position="right",
-                                              title=f"{self.source.variable(name).display_title} per run")
-            self.plot_pane.object = overlay
+        relative = self.trains.value == TRAIN_INDEX
 
-    def _load(self, runs: list[int], name: str, xname: str) -> tuple[list[hv.Element], list[str]]:
+        def work() -> tuple[list[Any], list[str]]:
+            if image:
+                return self._load_images(runs[-self.MAX_IMAGES:], name)
+            return self._load(runs, name, xname, relative)
+
+        def apply(result: tuple[list[Any], list[str]] | None, error: BaseException | None) -> None:
+            self._drawing = False
+            self.go.loading = False
+            if error is not None:
+                result = ([], [f"Cannot plot {name}: {type(error).__name__}: {error}"])
+            items, problems = result
+            self._show(name, runs, items, problems, image)
+            if self._again:
+                self._again = False
+                self.draw()
+
+        in_background(work, apply)
+
+    def _show(self, name: str, runs: list[int], items: list[Any], problems: list[str], image: bool) -> None:
+        title = self.source.variable(name).display_title
+        shown = [r for r, _ in items]
+        self.messages.object = "\n".join(problems)
+        with set_curdoc(self.doc):
+            self.shown = None
+            if not items:
+                self.plot_area.objects = []
+            elif image:
+                elements = [getattr(p, "object", None) for _, p in items]
+                self.shown = hv.Layout([e for e in elements if isinstance(e, hv.core.Dimensioned)]) or None
+                # A grid of page-wide columns: plots of a fixed size are not laid out inside the
+                # shell's stretching tabs (Bokeh leaves their frame empty), responsive ones are.
+                self.plot_area.objects = [pn.GridBox(*[element_pane for _, element_pane in items],
+                                                     ncols=min(len(items), 3), sizing_mode="stretch_width")]
+            else:
+                overlay = hv.Overlay([curve for _, curve in items]).opts(
+                    responsive=True, height=PLOT_HEIGHT + 60, legend_position="right", title=f"{title} per run")
+                self.plot_area.objects = [pn.pane.HoloViews(overlay, sizing_mode="stretch_width", linked_axes=False)]
+                self.shown = overlay
+        listed = ", ".join(map(str, shown))
+        if not shown:
+            self.runs_text.object = f"Nothing to draw for run{'s' if len(runs) > 1 else ''} {', '.join(map(str, runs))}"
+        elif self.session.selected_runs:
+            skipped = len(parse_runs_for_overlay(self.session.selected_runs)) - len(runs)
+            self.runs_text.object = f"Runs: {listed}" + (f" (the first {len(runs)} selected)" if skipped > 0 else "") \
+                + (f"; images of the last {len(shown)}" if image and len(shown) < len(runs) else "")
+        else:
+            self.runs_text.object = f"No runs selected in the table; showing the newest run ({listed})"
+
+    def _load(self, runs: list[int], name: str, xname: str, relative: bool) -> tuple[list[Any], list[str]]:
         curves, problems = [], []
-        ylabel = self.source.variable(name).display_title
+        ylabel, yunits = self.source.variable(name).display_title, self.source.units(name)
         xlabel = self.source.variable(xname).display_title if xname != INDEX_X else None
         for run in runs:
             try:
                 yval = read_value(self.source.db_dir, run, name)
                 xval = read_value(self.source.db_dir, run, xname) if xname != INDEX_X else None
-                x, y, auto_label = aligned_arrays(yval, xval)
+                x, y, auto_label = aligned_arrays(yval, xval, relative=relative)
             except KeyError:
                 problems.append(f"Run {run}: no {name!r}" + (f" or {xname!r}" if xname != INDEX_X else ""))
                 continue
@@ -346,9 +449,33 @@ class RunOverlay:
                 continue
             x, y = downsample_1d(x, y)
             xdim = hv.Dimension("x", label=xlabel or auto_label or "index")
-            curves.append(hv.Curve((x, y), kdims=[xdim], vdims=[hv.Dimension("y", label=ylabel)],
-                                   label=f"run {run}").opts(tools=["hover"]))
+            opts: dict[str, Any] = {"tools": ["hover"]}
+            if x.dtype.kind in "iu":
+                opts["xformatter"] = "%d"  # absolute train IDs as integers, not 1.0002e+9
+            curves.append((run, hv.Curve((x, y), kdims=[xdim], vdims=[hv.Dimension("y", label=ylabel, unit=yunits)],
+                                         label=f"run {run}").opts(**opts)))
         return curves, problems
+
+    def _load_images(self, runs: list[int], name: str) -> tuple[list[Any], list[str]]:
+        """One image per run with square pixels, each in a pane of its own (same colour map)."""
+        panes, problems = [], []
+        title = self.source.variable(name).display_title
+        for run in runs:
+            try:
+                value = read_value(self.source.db_dir, run, name)
+            except KeyError:
+                problems.append(f"Run {run}: no {name!r}")
+                continue
+            except (ValueError, OSError) as e:
+                problems.append(f"Run {run}: {e}")
+                continue
+            with set_curdoc(self.doc):  # this session's theme
+                view = plot_value(value, title=f"{title}: run {run}", style=IMAGE_STYLE)
+            panes.append((run, pn.Column(view, css_classes=["damnit-overlay-image"], sizing_mode="stretch_width")))
+        return panes, problems
+
+
+IMAGE_STYLE = PlotStyle(height=PLOT_HEIGHT + 100, controls=False)  # one image per run, side by side
 
 
 PAGE = PlotsPage

@@ -19,6 +19,7 @@ from app.actions.processing_jobs import (
 from app.config import get_config, zone_label
 from app.display.formatting import format_time
 from app.display.text import safe_options, safe_text
+from app.display.theme import TABLE_CSS
 from app.live.session import SessionState, every
 from app.pages.run_states_view import StaleContextOffer, failed_runs, waiting_runs
 from backend.base.paths import run_log_path
@@ -40,12 +41,12 @@ class ProcessingPage(pn.viewable.Viewer):
         board = job_board(source.db_dir, source.proposal)
         return pn.Column(
             reprocess_form(self.session, board),
-            pn.layout.Divider(),
+            pn.pane.HTML("<hr>", sizing_mode="stretch_width"),
             job_list(self.session, board),
             StaleContextOffer(self.session).layout,
             waiting_runs(self.session),
             failed_runs(self.session),
-            pn.layout.Divider(),
+            pn.pane.HTML("<hr>", sizing_mode="stretch_width"),
             log_viewer(self.session),
             sizing_mode="stretch_width", name=TITLE)
 
@@ -129,7 +130,7 @@ def job_list(session: Any, board: Any) -> pn.viewable.Viewable:
     table = pn.widgets.Tabulator(pd.DataFrame(), show_index=False, disabled=True, selectable=1,
                                  titles={"Started": f"Started ({zone_label(tz)})"},
                                  sizing_mode="stretch_width", layout="fit_data_stretch", max_height=300,
-                                 css_classes=["damnit-jobs"])
+                                 css_classes=["damnit-jobs"], stylesheets=[TABLE_CSS])
     cancel = pn.widgets.Button(label="Cancel selected job", color="danger", disabled=True)
     message = safe_text("")
 
@@ -185,7 +186,8 @@ def log_viewer(session: Any) -> pn.viewable.Viewable:
     log_text = safe_text("", css_classes=["damnit-log"], sizing_mode="stretch_width",
                          **{"font-size": "12px", "margin": "0", "font-family": "monospace"})
     box = pn.Column(log_text, height=350, scroll=True, sizing_mode="stretch_width",
-                    styles={"border": "1px solid #ccc", "background": "#fafafa"})
+                    styles={"border": "1px solid var(--panel-border-color, #ccc)",
+                            "background": "var(--panel-surface-color, #fafafa)"})
 
 
     def show(value: str) -> None:

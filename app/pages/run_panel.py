@@ -17,6 +17,7 @@ from collections import OrderedDict
 
 import panel as pn
 import param
+from panel.io.state import set_curdoc
 
 from app.display.plots import plot_value
 from app.display.run_contents import LoadedValue, StoredVariable, load_for_display, run_file, scan_run_file
@@ -84,6 +85,7 @@ class RunPanel(pn.viewable.Viewer):
         self.session.param.watch(self._scripts_arrived, "scripts_loaded")
         self._pending = False
         self._held: tuple | None = None  # plots waiting for plotly.js: (generation, box, plots)
+        self._doc = pn.state.curdoc  # plots are built in a worker thread, in this session's theme
         selected = self.session.selected_runs
         self.run = selected[-1] if selected else None
         self._show()
@@ -130,13 +132,13 @@ class RunPanel(pn.viewable.Viewer):
         self.title.object = f"Run {run}"
         self.body.objects = [pn.indicators.LoadingSpinner(value=True, size=30, name=f"Loading run {run}…")]
 
-        def scan() -> tuple[list[StoredVariable], list[StoredVariable]]:
+        def scan() -> tuple[list[StoredVariable], list[StoredVariable], dict[str, StoredVariable]]:
             if generation != self.generation:
-                return [], []  # the user moved on before this started: skip the read
+                return [], [], {}  # the user moved on before this started: skip the read
             stored = scan_run_file(run_file(source.db_dir, source.proposal, run)) if source.proposal is not None else {}
             plottable = sorted((v for v in stored.values() if v.is_plottable),
                                key=lambda v: source.variable(v.name).display_title.casefold())
-            return plottable, [v for v in stored.values() if v.error is not None]
+            return plottable, [v for v in stored.values() if v.error is not None], stored
 
         def show(result, error) -> None:
             if generation != self.generation:
@@ -145,8 +147,8 @@ class RunPanel(pn.viewable.Viewer):
                 self.body.objects = [safe_text(f"Cannot read run {run}: {type(error).__name__}: {error}",
                                                color="#b00")]
                 return
-            plottable, errors = result
-            parts: list = [scalar_table(source, run)]
+            plottable, errors, stored = result
+            parts: list = [scalar_table(source, run, stored)]
             if errors:
                 parts.append(error_list(source, errors))
             if plottable:
@@ -176,7 +178,8 @@ class RunPanel(pn.viewable.Viewer):
                 title = source.variable(var.name).display_title
                 try:
                     loaded = VALUES.load(source.db_dir, source.proposal, run, var.name)
-                    plot = plot_value(loaded.value, title=title, units=loaded.units, objtype=loaded.objtype)
+                    with set_curdoc(self._doc):
+                        plot = plot_value(loaded.value, title=title, units=loaded.units, objtype=loaded.objtype)
                 except Exception as e:  # one unreadable value must not hide the others
                     log.warning("Run %s, %s: cannot plot: %s", run, var.name, e)
                     plot = safe_text(f"{title}: {type(e).__name__}: {e}", color="#b00")

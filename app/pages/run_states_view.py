@@ -20,6 +20,7 @@ from app.actions.requeue import QueueUnreachable, drop, listener_folder, requeue
 from app.config import get_config, zone_label
 from app.display.formatting import format_time
 from app.display.text import safe_text
+from app.display.theme import TABLE_CSS
 from app.live.records import Change
 from app.live.session import SessionState, every, in_background
 from app.pages.run_table.cells import FAILURE_KINDS
@@ -53,7 +54,7 @@ def _table(columns: list[str], css_class: str) -> pn.widgets.Tabulator:
     return pn.widgets.Tabulator(pd.DataFrame(columns=columns), show_index=False, disabled=True, selectable=True,
                                 layout="fit_data_stretch", max_height=260, sizing_mode="stretch_width",
                                 formatters={"Why": {"type": "textarea"}}, widths={"Why": REASON_WIDTH},
-                                css_classes=[css_class])
+                                css_classes=[css_class], stylesheets=[TABLE_CSS])
 
 
 def _show(table: pn.widgets.Tabulator, df: pd.DataFrame) -> None:
@@ -87,7 +88,7 @@ def waiting_runs(session: SessionState) -> pn.viewable.Viewable:
     columns = ["Run", "Data", f"Waiting since ({zone})", "Attempts", f"Next attempt ({zone})", "Why"]
     table = _table(columns, "damnit-waiting")
     heading = pn.pane.Markdown("### Waiting for Slurm")
-    about = safe_text("", css_classes=["damnit-waiting-about"], color="#555", **{"font-size": "13px"})
+    about = safe_text("", css_classes=["damnit-waiting-about"], opacity="0.75", **{"font-size": "13px"})
     retry = pn.widgets.Button(label="Retry now", disabled=True, css_classes=["damnit-retry-waiting"],
                               description="Ask the listener to submit the selected runs now, not at its next try")
     dropper = pn.widgets.Button(label="Drop", color="danger", disabled=True, css_classes=["damnit-drop-waiting"],
@@ -238,7 +239,8 @@ class StaleContextOffer:
         self.message = safe_text("", css_classes=["damnit-stale-context-message"])
         self.layout = pn.Column(pn.Row(self.text, self.button), self.message, visible=False,
                                 sizing_mode="stretch_width", css_classes=["damnit-stale-context"],
-                                styles={"background": "#fff3e0", "border": "1px solid #e65100",
+                                styles={"background": "color-mix(in srgb, #e65100 12%, var(--panel-background-color))",
+                                        "border": "1px solid #e65100",
                                         "border-radius": "4px", "padding": "4px"})
         self.button.on_click(self.on_click)
         _on_run_states(session, self.refresh)

@@ -84,7 +84,7 @@ def test_local_job_runs_and_cancel_stops_it(db_dir, monkeypatch):
     monkeypatch.setenv("AMORE_BROKER", "none")
     board = JobBoard(db_dir, PROPOSAL)
     job = board.submit([1, 2], backend="local", user="tester")
-    assert _wait(board, job) == "DONE"
+    assert _wait(board, job) == "DONE", board.output_tail(job)
     assert _values(db_dir, "version") == {1: "v1", 2: "v1"}
     assert _values(db_dir, "n_trains") == {1: 5, 2: 5}
 

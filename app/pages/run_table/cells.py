@@ -26,7 +26,7 @@ from backend.storage.processing_state import ProcessingFailure, WaitingRun
 
 CSS = """
 .dmn-num { font-variant-numeric: tabular-nums; }
-.dmn-units { font-style: italic; color: #666; margin-left: 2px; }
+.dmn-units { font-style: italic; opacity: 0.65; margin-left: 2px; }
 .dmn-err, .dmn-skip { display: inline-block; width: 14px; height: 14px; border-radius: 2px; vertical-align: middle; }
 .dmn-err { background: #f57c00; }
 .dmn-skip { background: #c8c8c8; }

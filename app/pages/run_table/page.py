@@ -26,10 +26,12 @@ import param
 from app.actions import edits
 from app.actions.processing_jobs import format_runs, job_board, runs_with_data, slurm_available
 from app.config import get_config
+from app.display import theme
 from app.display.formatting import format_editable
 from app.display.text import escape, safe_options, safe_text
 from app.live.records import Change
 from app.live.session import SessionState, in_background
+from app.pages.logbook import SendTable
 from app.pages.run_panel import RunPanel
 from app.pages.run_table import cells, export
 from app.pages.run_table.filter_panel import FilterPanel
@@ -69,7 +71,7 @@ NEWEST_FIRST = [{"field": "run", "dir": "desc"}]  # page 1 is always a full page
 FIXED_WIDTHS = {"run": 80, "start_time": 150, "comment": 220}
 STORAGE_PREFIX = "damnit-web/table-layout/"
 
-TABLE_CSS = cells.CSS + """
+TABLE_CSS = cells.CSS + theme.TABLE_CSS + """
 .tabulator-cell { padding: 2px 4px !important; }
 .tabulator .tabulator-header .tabulator-col .tabulator-col-title { white-space: normal; }
 .tabulator-menu .tabulator-menu-item { padding: 4px 12px; }
@@ -985,7 +987,9 @@ class RunTablePage(pn.viewable.Viewer):
             cards.append(pn.Card(self.precreate_form(), title="Pre-create runs", collapsed=True,
                                  sizing_mode="stretch_width"))
         toolbar = pn.Row(self.jump, self.jump_btn, pn.Spacer(width=20), self.inspect_btn, pn.Spacer(width=20),
-                         self.follow, self.panel_toggle, pn.HSpacer(),
+                         self.follow, self.panel_toggle,
+                         SendTable(session=self.session, columns=lambda: list(self.table.value.columns)),
+                         pn.HSpacer(),
                          pn.pane.HTML("<span style='line-height:40px'>Export:</span>"), *self.export_widgets(),
                          sizing_mode="stretch_width")
         panel = pn.Column(self.run_panel, height=self.table.height, visible=self.handle.param.open, scroll=True,

@@ -2,8 +2,8 @@
 
 One real setup for the module: extra-data mock runs, a DAMNIT database made with ``damnit init``, runs
 processed with ``damnit reprocess --direct`` (the real engine), and ``panel serve app/server/main.py`` on a free
-loopback port, driven by Debian's Chromium through Playwright. Set ``DAMNIT_UPDATE_SCREENSHOTS=1`` to
-refresh ``docs/screenshot-<page>.png``.
+loopback port, driven by Debian's Chromium through Playwright. (The screenshots in ``docs/`` are taken
+by ``scripts/screenshots.py``.)
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ pytestmark = pytest.mark.browser
 
 
 PROPOSAL = 4321
-DOCS = REPO / "docs"
 
 CONTEXT = '''\
 import numpy as np
@@ -175,12 +174,6 @@ def dashboard(tmp_path_factory):
     dash.stop()
 
 
-def _screenshot(page, slug: str) -> None:
-    if os.environ.get("DAMNIT_UPDATE_SCREENSHOTS"):
-        DOCS.mkdir(exist_ok=True)
-        page.screenshot(path=str(DOCS / f"screenshot-{slug}.png"), full_page=True)
-
-
 def _newest_run(dashboard: Dashboard) -> int:
     runs = [int(p.stem.split("_r")[1]) for p in (dashboard.db_dir / "extracted_data").glob("p*_r*.h5")]
     return max(runs)
@@ -271,10 +264,9 @@ def test_row_click_shows_a_plot_for_each_array_variable(dashboard, page):
     for name in plottable:
         card = page.locator(f".damnit-var-{name} .damnit-plot-ready")
         card.wait_for(timeout=30_000)
-        drawn = card.locator("canvas, .js-plotly-plot, svg.main-svg")
+        drawn = card.locator("canvas, .js-plotly-plot, svg.main-svg, img.damnit-stored-image")
         assert drawn.count() > 0, f"no plot drawn for {name}"
     assert not page.locator("text=Could not load").count()
-    _screenshot(page, "inspect")
     # camera_profile stored a preview (the image): shown first, the full data (a 1-D profile) on request
     profile = page.locator(".damnit-var-camera_profile")
     assert profile.get_by_text("Preview", exact=True).count() == 1
@@ -313,7 +305,6 @@ def test_summary_plot_gains_a_point_when_a_run_is_processed(dashboard, page):
     # ... which the per-run overlay then draws, one line per run.
     page.get_by_role("button", name="Plot selected runs").click()
     page.locator(".damnit-overlay-plot canvas").first.wait_for(timeout=20_000)
-    _screenshot(page, "plots")
 
 
 def test_saving_a_context_with_a_syntax_error_is_refused_with_its_line(dashboard, page):
@@ -322,7 +313,6 @@ def test_saving_a_context_with_a_syntax_error_is_refused_with_its_line(dashboard
     page.goto(dashboard.page_url("context_editor"))
     editor = page.locator(".damnit-context-editor .ace_content")
     editor.wait_for()
-    _screenshot(page, "context_editor")
     page.locator(".damnit-context-editor .ace_text-input").focus()
     page.keyboard.press("Control+A")
     page.keyboard.press("Delete")
@@ -413,7 +403,6 @@ def test_reprocess_from_the_page_puts_new_values_in_the_table(dashboard, page):
     page.get_by_role("button", name="Reprocess").click()
     page.get_by_text(re.compile("Launched processing for 1 runs")).wait_for()
     page.locator(".damnit-jobs").get_by_text("DONE").wait_for(timeout=120_000)
-    _screenshot(page, "processing")
     _tab(page, "Run table").click()
     page.get_by_text("v2-from-page").first.wait_for(timeout=20_000)
 
@@ -427,7 +416,6 @@ def test_standalone_comment_can_be_added(dashboard, page):
     page.locator(".damnit-comments").get_by_text("Beam dump <b>not</b> bold at 12:00").wait_for()
     with DamnitDB.from_dir(dashboard.db_dir) as db:
         assert [c["comment"] for c in db.standalone_comments()][-1] == "Beam dump <b>not</b> bold at 12:00"
-    _screenshot(page, "comments")
 
 
 def test_bigscreen_follows_a_new_run_and_reloads_after_a_server_restart(dashboard, page):
@@ -439,7 +427,6 @@ def test_bigscreen_follows_a_new_run_and_reloads_after_a_server_restart(dashboar
     dashboard.process(newest + 1)
     page.get_by_text(f"Run {newest + 1}", exact=True).wait_for(timeout=20_000)
     assert page.evaluate("() => window.__still_same_page === true")  # followed without a reload
-    _screenshot(page, "bigscreen")
 
     dashboard.stop()
     dashboard.start()
