@@ -4,6 +4,7 @@
 #   chromium fonts-*               headless browser for the dashboard tests (driven by Playwright)
 #   nginx                          optional reverse proxy in front of the dashboard
 #   python3 python3-venv           when no other Python 3.10+ is available
+#   tzdata                         the time zones the dashboard shows times in (zoneinfo reads them)
 # WITH_DBD=1 also installs slurmdbd + MariaDB, needed only for `sacct`.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -12,7 +13,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 packages=(
-  ca-certificates procps git
+  ca-certificates procps git tzdata
   python3 python3-venv python3-pip
   slurm-wlm slurm-client munge
   chromium fonts-dejavu-core fonts-liberation

@@ -25,6 +25,7 @@ from app.display.run_contents import run_file, scan_run_file
 from app.display.text import plot_text, plot_title, safe_text
 from app.live.session import SessionState, in_background
 from app.live.source import ProposalSource
+from app.pages.logbook import SendPlot
 from backend.storage.api import RunVariables
 
 TITLE = "Plots"
@@ -150,12 +151,60 @@ class PlotsPage(pn.viewable.Viewer):
     """A summary plot of all runs, and per-run data of the selected runs."""
 
     session = param.ClassSelector(class_=SessionState)
+    view = param.Dict(default={}, doc="The choices made on this page, as a view link keeps them")
+
+    LINK_PARAMS = ("view",)  # app/pages/view_links.py
+    LINK_KEYS = ("x", "y", "kind", "bins", "array", "against", "trains")
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.summary = SummaryPlot(self.session)
+        self.overlay = RunOverlay(self.session)
+        self._defaults = {key: w.value for key, w in self._choices().items()}
+        for widget in self._choices().values():
+            widget.param.watch(lambda e: self._note_view(), "value")
+
+    def _choices(self) -> dict[str, pn.widgets.Widget]:
+        s, o = self.summary, self.overlay
+        return {"x": s.x, "y": s.y, "kind": s.kind, "bins": s.bins, "array": o.y, "against": o.x, "trains": o.trains}
+
+    def _note_view(self) -> None:
+        self.view = {key: w.value for key, w in self._choices().items()}
+
+    def to_link(self) -> dict[str, str]:
+        """The choices that differ from what the page opens with."""
+        return {key: str(w.value) for key, w in self._choices().items() if w.value != self._defaults.get(key)}
+
+    def from_link(self, query: dict[str, str]) -> list[str]:
+        """Show the plots a link names; returns the parts this proposal can't show."""
+        problems = []
+        with pn.io.hold():
+            for key, widget in self._choices().items():
+                if key not in query:
+                    continue
+                text = query[key]
+                if isinstance(widget, pn.widgets.IntInput):
+                    try:
+                        number = int(text)
+                    except ValueError:
+                        number = None
+                    if number is None or not widget.start <= number <= widget.end:
+                        problems.append(f"{key}: {text[:40]}")
+                    else:
+                        widget.value = number
+                    continue
+                options = widget.options
+                names = list(options.values()) if isinstance(options, dict) else list(options)
+                if text in names:
+                    widget.value = text
+                else:
+                    problems.append(f"{key}: {text[:40]}")
+        return problems
 
     def __panel__(self) -> pn.viewable.Viewable:
-        # <hr>, not pn.layout.Divider: Panel 1.9 gives it a stylesheet from its CDN (a request off our server).
-        return pn.Column(SummaryPlot(self.session).layout, pn.pane.HTML("<hr>", sizing_mode="stretch_width"),
-                         RunOverlay(self.session).layout,
-                         sizing_mode="stretch_width", name=TITLE)
+        # <hr>, not pn.layout.Divider: Panel leaves the Divider's stylesheet on its CDN (no internet here)
+        return pn.Column(self.summary.layout, pn.pane.HTML("<hr>", sizing_mode="stretch_width"),
+                         self.overlay.layout, sizing_mode="stretch_width", name=TITLE)
 
 
 class SummaryPlot:
@@ -188,7 +237,8 @@ class SummaryPlot:
         self._rebuild()
         self.layout = pn.Column(
             pn.pane.Markdown("### Summary of all runs"),
-            pn.Row(self.y, pn.pane.HTML("vs.", align="end"), self.x, self.swap, self.kind, self.bins),
+            pn.Row(self.y, pn.pane.HTML("vs.", align="end"), self.x, self.swap, self.kind, self.bins,
+                   SendPlot(session=session, plot=lambda: self.plot_pane.object, name_hint="summary")),
             self.count, self.plot_pane, sizing_mode="stretch_width")
 
     def _follow_request(self, request: dict | None) -> None:
@@ -313,6 +363,7 @@ class RunOverlay:
                                    css_classes=["damnit-overlay-plot"])
         self._drawing = False
         self._again = False
+        self.shown: Any = None  # what is drawn now, as HoloViews (sent to the logbook)
         self.go.on_click(lambda _: self.draw())
         for w in (self.y, self.x, self.trains):
             w.param.watch(lambda _: self.draw(), "value")
@@ -322,8 +373,9 @@ class RunOverlay:
         self.draw()
         self.layout = pn.Column(
             pn.pane.Markdown("### Per-run data for selected runs"),
-            pn.Row(self.y, pn.pane.HTML("vs.", align="end"), self.x, self.trains, self.go), self.runs_text,
-            self.messages, self.plot_area, sizing_mode="stretch_width")
+            pn.Row(self.y, pn.pane.HTML("vs.", align="end"), self.x, self.trains, self.go,
+                   SendPlot(session=session, plot=lambda: self.shown, name_hint="per_run")),
+            self.runs_text, self.messages, self.plot_area, sizing_mode="stretch_width")
 
     def _runs(self) -> list[int]:
         runs = parse_runs_for_overlay(self.session.selected_runs)
@@ -404,9 +456,12 @@ class RunOverlay:
         shown = [r for r, _ in items]
         self.messages.object = "\n".join(problems)
         with set_curdoc(self.doc):
+            self.shown = None
             if not items:
                 self.plot_area.objects = []
             elif image:
+                elements = [getattr(p, "object", None) for _, p in items]
+                self.shown = hv.Layout([e for e in elements if isinstance(e, hv.core.Dimensioned)]) or None
                 # A grid of page-wide columns: plots of a fixed size are not laid out inside the
                 # shell's stretching tabs (Bokeh leaves their frame empty), responsive ones are.
                 self.plot_area.objects = [pn.GridBox(*[element_pane for _, element_pane in items],
@@ -416,6 +471,7 @@ class RunOverlay:
                     responsive=True, height=PLOT_HEIGHT + 60, legend_position="right",
                     title=plot_title(f"{title} per run"))
                 self.plot_area.objects = [pn.pane.HoloViews(overlay, sizing_mode="stretch_width", linked_axes=False)]
+                self.shown = overlay
         listed = ", ".join(map(str, shown))
         if not shown:
             self.runs_text.object = f"Nothing to draw for run{'s' if len(runs) > 1 else ''} {', '.join(map(str, runs))}"

@@ -1,4 +1,5 @@
-"""Processing: reprocess runs, watch and cancel jobs, follow a run's processing log live."""
+"""Processing: reprocess runs, watch and cancel jobs, see the runs waiting for Slurm and those whose
+processing failed (and re-queue them), follow a run's processing log live."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from app.display.formatting import format_time
 from app.display.text import safe_options, safe_text
 from app.display.theme import TABLE_CSS
 from app.live.session import SessionState, every
+from app.pages.run_states_view import StaleContextOffer, failed_runs, waiting_runs
 from backend.base.paths import run_log_path
 from backend.base.runs import RunSpecError, format_runs
 
@@ -37,11 +39,14 @@ class ProcessingPage(pn.viewable.Viewer):
     def __panel__(self) -> pn.viewable.Viewable:
         source = self.session.source
         board = job_board(source.db_dir, source.proposal)
-        # <hr>, not pn.layout.Divider: Panel 1.9 gives it a stylesheet from its CDN (a request off our server).
+        # <hr>, not pn.layout.Divider: Panel leaves the Divider's stylesheet on its CDN (no internet here)
         return pn.Column(
             reprocess_form(self.session, board),
             pn.pane.HTML("<hr>", sizing_mode="stretch_width"),
             job_list(self.session, board),
+            StaleContextOffer(self.session).layout,
+            waiting_runs(self.session),
+            failed_runs(self.session),
             pn.pane.HTML("<hr>", sizing_mode="stretch_width"),
             log_viewer(self.session),
             sizing_mode="stretch_width", name=TITLE)

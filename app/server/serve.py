@@ -15,11 +15,14 @@ import sys
 from pathlib import Path
 
 from app.config import ENV_VAR, LOOPBACK, ServerConfig, resolve_database, zone, zone_label
+from app.server.demo import KEEP_RUNS, Demo
+from backend.base.messages import quiet_client_connection_logs
 
 SERVER_DIR = Path(__file__).resolve().parent
 REPO = SERVER_DIR.parents[1]
+TEMPLATES = SERVER_DIR / "templates"
 AUTH_FLAGS = ("--oauth-", "--basic-auth", "--cookie-secret", "--basic-login-template", "--logout-template",
-              "--login-endpoint", "--logout-endpoint")
+              "--login-endpoint", "--logout-endpoint", "--auth-template")
 AUTH_SWITCHES = ("--oauth-optional", "--oauth-refresh-tokens")  # `panel serve` flags without a value
 AUTH_LISTS = ("--oauth-guest-endpoints",)                       # ... and with any number of values
 
@@ -49,6 +52,18 @@ def split_auth_args(argv: list[str]) -> tuple[list[str], list[str]]:
     return ours, auth
 
 
+def own_auth_pages(auth: list[str]) -> list[str]:
+    """``panel serve`` options giving our sign-in, signed-out and sign-in error pages, for those the user
+    did not choose: Panel's own fetch a logo, an icon and fonts from the internet."""
+    given = {a.split("=", 1)[0] for a in auth}
+    if not auth:
+        return []
+    pages = [("--logout-template", "logout.html"), ("--auth-template", "error.html")]
+    if "--basic-auth" in given:
+        pages.append(("--basic-login-template", "login.html"))
+    return [arg for flag, name in pages if flag not in given for arg in (flag, str(TEMPLATES / name))]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="panel_serve.sh",
@@ -74,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true",
                    help="build a demo proposal from mock runs and keep adding runs (first-time tour)")
     p.add_argument("--demo-dir", default=None, help="where the demo lives (default ~/.cache/damnit-demo)")
-    p.add_argument("--demo-interval", type=float, default=8.0, help="seconds between demo runs")
+    p.add_argument("--demo-interval", type=float, default=8.0, help="seconds between demo runs (default 8)")
+    p.add_argument("--demo-keep-runs", type=int, default=KEEP_RUNS, metavar="N",
+                   help=f"keep the data files of the newest N demo runs only, about 2.5 MB each (default {KEEP_RUNS}; "
+                        "0 = keep all); older runs stay in the table")
     p.add_argument("--timezone", default="", metavar="ZONE",
                    help="time zone of every time shown or exported, e.g. Europe/Berlin or UTC "
                         "(default: this machine's zone)")
@@ -142,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(ours)
     if unknown:
         parser.error(f"unrecognised arguments: {' '.join(unknown)}")
+    if args.demo_keep_runs < 0:
+        parser.error(f"--demo-keep-runs must be 0 (keep all) or more, got {args.demo_keep_runs}")
     if args.prefix and not args.prefix.startswith("/"):
         parser.error(f"--prefix must start with '/', got {args.prefix!r}")
     if args.timezone:
@@ -153,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     demo = None
     databases: list[str] = []
     if args.demo:
-        from app.server.demo import Demo
-
-        demo = Demo(args.demo_dir, interval=args.demo_interval)
+        demo = Demo(args.demo_dir, interval=args.demo_interval, keep_runs=args.demo_keep_runs)
+        # Ctrl-C reaches the demo's broker too: its clients would log every retry until they stop.
+        quiet_client_connection_logs()
         databases.append(str(demo.prepare()))
     for d in args.databases:
         try:
@@ -195,9 +215,13 @@ def main(argv: list[str] | None = None) -> int:
         cmd.append("--show")
     if cfg.prefix or args.user_header:
         cmd.append("--use-xheaders")
-    cmd += extra
+    cmd += extra + own_auth_pages(extra)
 
     env = dict(os.environ, **{ENV_VAR: cfg.to_env()})
+    # Every script, stylesheet and font comes from this server, never from a CDN: facility networks have
+    # no internet. Bokeh and Panel would take a CDN from the environment (BOKEH_RESOURCES, PANEL_AE5_CDN).
+    env["BOKEH_RESOURCES"] = "server"
+    env.pop("PANEL_AE5_CDN", None)
     if demo is not None:
         env.update(demo.env())
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)

@@ -12,10 +12,14 @@ from app.config import get_config
 from app.display.plots import warm_up as warm_up_plots
 from app.live.source import get_source, unload_idle
 from app.pages.run_table.model import get_table_model
+from backend.base.messages import quiet_client_connection_logs
 
 log = logging.getLogger("app.setup")
-# What the dashboard does (proposals opened and unloaded, refusals, edits) is in the server's log.
+# What the dashboard does (proposals opened and unloaded, refusals, edits, the broker going away and
+# coming back) is in the server's log. A broker's outage is said once, by the live sources and the edit
+# producer: aiokafka's error for every retry is hidden.
 logging.getLogger("app").setLevel(logging.INFO)
+quiet_client_connection_logs()
 if os.environ.get("DAMNIT_LOG_LATENCY"):  # benchmarks: per-session message → patch timings on stderr
     _h = logging.StreamHandler()
     _h.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))

@@ -42,6 +42,13 @@ KNOWN_KINDS = frozenset({RUN_VALUES_UPDATED, VARIABLE_SET, PROCESSING_STATE_SET,
 # How long a producer may take to reach the broker before it gives up and runs offline.
 CONNECT_TIMEOUT_S = 5.0
 RECONNECT_INTERVAL_S = 10.0  # how often a producer whose broker was down tries again
+RETRY_MAX_S = 10.0  # longest wait between a subscriber's attempts to reach a broker that is away
+
+# aiokafka logs every failed connection attempt (an error each time); a process that reports outages
+# itself (``UpdateSubscriber``, ``UpdateProducer``) hides these with ``quiet_client_connection_logs()``.
+_CLIENT_CONNECTION_NOISE = ("Unable connect to", "Unable to request metadata", "Unable to update metadata",
+                            "Failed fetch messages from", "Failed fetch offsets from",
+                            "Got error produce response")
 
 
 class MessageError(ValueError):
@@ -154,6 +161,30 @@ def _username() -> str:
         return str(os.getuid())
 
 
+def _describe(error: BaseException) -> str:
+    return str(error) or type(error).__name__  # aiokafka's errors name their class already
+
+
+class _ConnectionNoise(logging.Filter):
+    """Drops aiokafka's per-attempt connection errors unless its logger is at debug level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return (record.levelno > logging.ERROR or not str(record.msg).startswith(_CLIENT_CONNECTION_NOISE)
+                or logging.getLogger(record.name).isEnabledFor(logging.DEBUG))
+
+
+def quiet_client_connection_logs() -> None:
+    """Hide aiokafka's error for every failed attempt to reach a broker, in this process (idempotent).
+
+    For a process whose producer and subscribers report outages themselves: once when the broker is
+    away, once when it answers again; without this, a broker that is down fills the log every few
+    seconds with the same news."""
+    for name in ("aiokafka", "aiokafka.conn", "aiokafka.consumer.fetcher", "aiokafka.producer.sender"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _ConnectionNoise) for f in logger.filters):
+            logger.addFilter(_ConnectionNoise())
+
+
 # ---------------------------------------------------------------- the shared event loop thread
 
 class _LoopThread:
@@ -203,8 +234,8 @@ class UpdateProducer:
             self._producer = self._loop.submit(self._start(brokers, connect_timeout)).result(
                 connect_timeout + 5)
         except Exception as e:
-            log.warning("Kafka broker %s unreachable (%s); update messages are dropped until it is back",
-                        ",".join(brokers), e)
+            log.warning("Kafka broker %s unreachable (%s): update messages are dropped until it answers "
+                        "(retrying quietly)", ",".join(brokers), _describe(e))
             self._producer = None
 
     def _maybe_reconnect(self) -> None:
@@ -346,18 +377,22 @@ async def _topic_partitions(consumer, topic: str, timeout: float = 5.0) -> set[i
 
 async def iter_messages(topics: str | Iterable[str], brokers: list[str], *, from_beginning: bool = False,
                         stop: asyncio.Event | None = None, on_ready: Callable[[], None] | None = None,
+                        on_down: Callable[[BaseException], None] | None = None,
                         ) -> AsyncIterator[tuple[str, dict]]:
     """Yield ``(kind, data)`` for each valid DAMNIT message on ``topics``; bad messages are logged.
 
     Reads every partition directly (no consumer group, nothing committed), like a GUI watching a
-    database. ``on_ready`` is called once positions are fixed: nothing sent after that is missed.
-    Reconnects with back-off while the broker is away, resuming where it stopped.
+    database. ``on_ready`` is called each time positions are fixed (at the start and after every
+    reconnection): nothing sent after that is missed. While the broker is away it retries with back-off
+    (at most every RETRY_MAX_S), resuming where it stopped, and says so once per outage: ``on_down(error)``
+    at the first failed attempt (a warning when not given); the retries after it log at debug level only.
     """
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.errors import KafkaError
 
     topics = [topics] if isinstance(topics, str) else list(topics)
     delay = 0.5
+    down = False
     positions: dict = {}
     while stop is None or not stop.is_set():
         # fetch_max_wait_ms: a broker that does not wake a waiting fetch early (Tansu) would
@@ -376,9 +411,9 @@ async def iter_messages(topics: str | Iterable[str], brokers: list[str], *, from
                 else:
                     await consumer.seek_to_end(tp)
                 positions[tp] = await consumer.position(tp)
+            down = False
             if on_ready is not None:
                 on_ready()
-                on_ready = None
             delay = 0.5
             while stop is None or not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=200)
@@ -394,34 +429,47 @@ async def iter_messages(topics: str | Iterable[str], brokers: list[str], *, from
                         yield parsed
             return
         except (KafkaError, OSError, TimeoutError) as e:
-            log.warning("Kafka subscription to %s failed (%s); retrying in %.1f s", topics, e, delay)
+            if down:
+                log.debug("Kafka subscription to %s still failing (%s); retrying in %.1f s", topics, e, delay)
+            elif on_down is not None:
+                on_down(e)
+            else:
+                log.warning("Kafka subscription to %s failed (%s); retrying quietly until the broker answers",
+                            topics, e)
+            down = True
         finally:
             try:
                 await consumer.stop()
             except Exception:
                 pass
         await asyncio.sleep(delay)
-        delay = min(delay * 2, 10)
+        delay = min(delay * 2, RETRY_MAX_S)
 
 
 @dataclass
 class UpdateSubscriber:
     """Calls ``callback(kind, data)`` (from a background thread) for each message on a DB's topic.
 
-    Offline (no thread, ``online`` False) when the broker is ``none``; callers then poll the DB.
+    Offline (no thread, ``online`` False) when the broker is ``none``; callers then poll the DB. While
+    the broker is unreachable, ``ready`` is clear and it retries quietly: ``on_down(error)`` is called
+    once per outage (default: a warning) and ``on_up()`` when the broker answers again (default: an
+    info line), from the Kafka thread.
     """
 
     db: Any
     callback: Callable[[str, dict], None]
     broker: str | None = None
     from_beginning: bool = False
+    on_down: Callable[[BaseException], None] | None = None
+    on_up: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         self.topic = update_topic(self.db)
         self.brokers = brokers_from_env(self.broker)
         self._future: Future | None = None
         self._stop: asyncio.Event | None = None
-        self.ready = threading.Event()  # set once the consumer has its partitions
+        self._was_down = False
+        self.ready = threading.Event()  # set while the consumer has its partitions
 
     @property
     def online(self) -> bool:
@@ -437,10 +485,28 @@ class UpdateSubscriber:
             log.warning("Kafka subscription to %s not ready after %.0f s; still trying", self.topic, wait)
         return self
 
+    def _ready(self) -> None:
+        if self._was_down:
+            self._was_down = False
+            if self.on_up is not None:
+                self.on_up()
+            else:
+                log.info("Kafka broker %s answers again: subscribed to %s", ",".join(self.brokers), self.topic)
+        self.ready.set()
+
+    def _down(self, error: BaseException) -> None:
+        self.ready.clear()
+        self._was_down = True
+        if self.on_down is not None:
+            self.on_down(error)
+        else:
+            log.warning("Kafka broker %s unreachable (%s): no updates from %s until it answers "
+                        "(retrying quietly)", ",".join(self.brokers), _describe(error), self.topic)
+
     async def _run(self) -> None:
         self._stop = asyncio.Event()
         async for kind, data in iter_messages(self.topic, self.brokers, from_beginning=self.from_beginning,
-                                              stop=self._stop, on_ready=self.ready.set):
+                                              stop=self._stop, on_ready=self._ready, on_down=self._down):
             try:
                 self.callback(kind, data)
             except Exception:

@@ -15,6 +15,7 @@ which check the session's rights again.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import time
 from functools import partial
@@ -31,6 +32,7 @@ from app.display.formatting import format_editable
 from app.display.text import escape, safe_options, safe_text
 from app.live.records import Change
 from app.live.session import SessionState, in_background
+from app.pages.logbook import SendTable
 from app.pages.run_panel import RunPanel
 from app.pages.run_table import cells, export
 from app.pages.run_table.filter_panel import FilterPanel
@@ -102,6 +104,8 @@ class RunTablePage(pn.viewable.Viewer):
     hierarchical_headers = param.Boolean(default=True, doc="Titles with '/' as grouped headers, else flat")
     show_processing = param.Boolean(default=True, doc="The ⚙/⋮ processing marks in the Run column")
 
+    LINK_PARAMS = ("sorters", "filters", "hidden_columns")  # a view link carries these (app/pages/view_links.py)
+    LINK_KEYS = ("sort", "filter", "hide")
     LAYOUT_PARAMS = ("column_order", "hidden_columns", "column_widths", "hierarchical_headers", "show_processing")
 
     def __init__(self, **params):
@@ -426,6 +430,61 @@ class RunTablePage(pn.viewable.Viewer):
     def clear_filters(self, column: str | None = None) -> None:
         self.filters = [f for f in self.filters if column is not None and f.column != column]
         self.table.refresh_page()
+
+    # -- view links ---------------------------------------------------------------------------------
+    def to_link(self) -> dict[str, str]:
+        """This table's view for the address bar (sort, filters, hidden columns; defaults left out)."""
+        out = {}
+        if self.sorters and self.sorters != NEWEST_FIRST:
+            out["sort"] = ",".join(f"{s['field']}:{s.get('dir', 'asc')}" for s in self.sorters)
+        if self.filters:
+            out["filter"] = json.dumps([f.to_link() for f in self.filters], separators=(",", ":"))
+        if self.hidden_columns:
+            out["hide"] = ",".join(self.hidden_columns)
+        return out
+
+    def from_link(self, query: dict[str, str]) -> list[str]:
+        """Show what a link says; returns the parts that could not be used (unknown columns, bad syntax)."""
+        specs, problems = self.model.specs(), []
+        if "sort" in query:
+            sorters = []
+            for part in filter(None, query["sort"].split(",")):
+                field, _, direction = part.partition(":")
+                if field in specs and direction in ("asc", "desc", ""):
+                    sorters.append({"field": field, "dir": direction or "asc"})
+                else:
+                    problems.append(f"sort: {part}")
+            if sorters:
+                self.sorters = sorters
+        if "filter" in query:
+            try:
+                wanted = json.loads(query["filter"])
+                if not isinstance(wanted, list):
+                    raise ValueError("not a list")
+            except ValueError as e:
+                problems.append(f"filter: {e}")
+                wanted = []
+            filters = []
+            for item in wanted[:50]:
+                try:
+                    filters.append(RowFilter.from_link(item, specs))
+                except (ValueError, TypeError, KeyError) as e:
+                    problems.append(f"filter: {e}")
+            if filters:
+                self.filters = filters
+                self.table.page = 1
+                self.table.refresh_page()
+        if "hide" in query:
+            hidden = [c for c in query["hide"].split(",") if c]
+            known = [c for c in hidden if c in specs and c != "run"]
+            problems.extend(f"hide: {c}" for c in hidden if c not in known)
+            if known != list(self.hidden_columns):
+                self._layout_from = "loading"  # a colleague's view is shown, not saved as this user's layout
+                try:
+                    self.hidden_columns = known
+                finally:
+                    self._layout_from = "link"
+        return problems
 
     def _filters_changed(self) -> None:
         self.table.filter_version += 1
@@ -986,7 +1045,9 @@ class RunTablePage(pn.viewable.Viewer):
             cards.append(pn.Card(self.precreate_form(), title="Pre-create runs", collapsed=True,
                                  sizing_mode="stretch_width"))
         toolbar = pn.Row(self.jump, self.jump_btn, pn.Spacer(width=20), self.inspect_btn, pn.Spacer(width=20),
-                         self.follow, self.panel_toggle, pn.HSpacer(),
+                         self.follow, self.panel_toggle,
+                         SendTable(session=self.session, columns=lambda: list(self.table.value.columns)),
+                         pn.HSpacer(),
                          pn.pane.HTML("<span style='line-height:40px'>Export:</span>"), *self.export_widgets(),
                          sizing_mode="stretch_width")
         panel = pn.Column(self.run_panel, height=self.table.height, visible=self.handle.param.open, scroll=True,

@@ -6,6 +6,7 @@ extra-data mock runs); one test runs the installed command as a subprocess.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import pytest
 
 from backend.cli import main
 from backend.storage.database import DamnitDB
+from backend.storage.logbook_settings import read_logbook_settings
 from backend.storage.user_variables import UserEditableVariable
 from tests.infra import REPO
 
@@ -195,6 +197,47 @@ def test_db_config_shows_and_checks_the_processing_limits(tmp_path, monkeypatch,
     assert main(["db-config", "-d", "variable_timeout"]) == 0
     assert main(["db-config", "variable_timeout"]) == 0
     assert capsys.readouterr().out == "3600.0  (default)\n"
+
+
+def test_db_config_logbook_settings_in_zulip_cfg(tmp_path, monkeypatch, capsys):
+    """zulip.* are the logbook settings the original reads from zulip.cfg; the key is never printed."""
+    d = init_db(tmp_path / "db")
+    monkeypatch.chdir(d)
+    assert main(["db-config", "zulip.url", "https://proxy.example.org/api"]) == 0
+    monkeypatch.setattr(sys, "stdin", io.StringIO("s3cret-token\n"))
+    assert main(["db-config", "zulip.key", "-"]) == 0
+    assert main(["db-config", "zulip.topics", "beamtime, alignment"]) == 0
+    assert "[ZULIP]" in (d / "zulip.cfg").read_text()
+    assert read_logbook_settings(d).topics == ("beamtime", "alignment")
+    assert "zulip" not in json.dumps(DamnitDB.from_dir(d).metameta.to_dict())  # not in metameta
+    capsys.readouterr()
+    assert main(["db-config"]) == 0
+    listing = capsys.readouterr().out
+    assert "zulip.url='https://proxy.example.org/api'\n" in listing
+    assert "zulip.key=(set, not shown)\n" in listing and "s3cret" not in listing
+    assert "zulip.topics=['beamtime', 'alignment']\n" in listing
+    assert main(["db-config", "zulip.key"]) == 0
+    out = capsys.readouterr().out
+    assert "s3cret" not in out and "zulip.cfg" in out
+    assert main(["db-config", "zulip.topics"]) == 0
+    assert capsys.readouterr().out == "['beamtime', 'alignment']\n"
+
+    assert main(["db-config", "zulip.url", "proxy.example.org"]) == 1
+    assert "must start with http" in capsys.readouterr().err
+    assert main(["db-config", "zulip.colour", "red"]) == 1
+    assert "unknown logbook setting zulip.colour" in capsys.readouterr().err
+    assert main(["db-config", "--num", "zulip.url", "5"]) == 1
+    assert main(["db-config", "zulip.stream"]) == 1
+    assert "key zulip.stream not found" in capsys.readouterr().err
+    assert main(["db-config", "-d", "zulip.key"]) == 0
+    assert read_logbook_settings(d).key == "" and read_logbook_settings(d).url == "https://proxy.example.org/api"
+
+    (d / "zulip.cfg").write_text("[ZULIP]\ntopics = [oops\n")
+    assert main(["db-config"]) == 0  # the database's other settings still list
+    assert "zulip.cfg: [ZULIP]: topics is not a valid JSON list" in capsys.readouterr().err
+    assert main(["db-config", "zulip.topics"]) == 1
+    assert main(["db-config", "zulip.topics", "beamtime"]) == 0  # the fix
+    assert read_logbook_settings(d).topics == ("beamtime",)
 
 
 def test_proposal_and_new_id(tmp_path, monkeypatch, capsys):
