@@ -466,7 +466,7 @@ def test_run_table_headers_cells_panel_and_controls(servers, guarded, mode):
 
     # The column and tag choosers list titles and tags as text.
     page.get_by_text("Columns", exact=True).click()
-    chooser = page.locator(".choices").first
+    chooser = page.locator(".choices >> visible=true").first
     chooser.wait_for()
     chooser.click()
     options = g.text(".choices__list--dropdown .choices__item")
@@ -476,7 +476,10 @@ def test_run_table_headers_cells_panel_and_controls(servers, guarded, mode):
     page.get_by_text("Row filters", exact=True).click()
     page.get_by_label("Filter column").select_option(label="String img")
     g.check("choosers opened")
-    page.locator(".choices").last.click()  # the filter's values (the column choosers come first)
+    values = page.locator(".bk-input-group").filter(has=page.locator("label", has_text=re.compile(r"^\s*values\s*$"))
+                                                     ).locator(".choices")  # the filter's values
+    values.wait_for()
+    values.click()
     option = page.locator(".choices__list--dropdown .choices__item--selectable >> visible=true").filter(
         has_text="XSS01").first
     option.click()
@@ -490,10 +493,13 @@ def test_run_table_headers_cells_panel_and_controls(servers, guarded, mode):
 
     def edit(run: int, field: str, text: str) -> None:
         """Type into a cell's editor (a click while the page is redrawn can be lost: click again)."""
-        cell = page.locator(".tabulator-row").filter(has=page.locator(
-            ".tabulator-cell[tabulator-field='run']", has_text=re.compile(rf"^\s*{run}\s*$"))).locator(
-            f".tabulator-cell[tabulator-field='{field}']")
         show_column(field)
+        # The run's cell of that column, found through Tabulator (the run column may be out of view).
+        page.evaluate(f"""([run, field]) => {{ const t = ({find})();
+            for (const el of document.querySelectorAll('[data-hostile-edit]')) el.removeAttribute('data-hostile-edit');
+            const row = t.getRows().find(r => String(r.getData().run).replace(/<[^>]*>/g, '').trim() == String(run));
+            row.getCell(field).getElement().setAttribute('data-hostile-edit', '1') }}""", [run, field])
+        cell = page.locator("[data-hostile-edit]")
         for _ in range(5):
             cell.click()
             if wait_for(lambda: cell.locator("input").count() > 0, timeout=2):
@@ -622,7 +628,7 @@ def test_processing_log_and_jobs(servers, guarded, hostile, mode):
         runs.fill("1")
         runs.press("Enter")
         page.get_by_text("1 runs selected").wait_for()
-        page.locator(".choices").first.click()
+        page.locator(".choices >> visible=true").first.click()
         options = g.text(".choices__list--dropdown .choices__item")
         g.assert_literal(SHORT, "variables to reprocess", options)
         page.keyboard.press("Escape")
