@@ -14,6 +14,7 @@ which check the session's rights again.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -372,13 +373,16 @@ class RunTablePage(pn.viewable.Viewer):
         layout = TableLayout.from_json(stored)
         if layout == self.layout():
             return
-        if layout is not None and self._layout_from == "default":
+        if layout is not None and self._layout_from in ("default", "link"):
+            from_link = self._layout_from == "link"
+            if from_link:  # the link says which columns are hidden; order and widths stay this user's
+                layout = dataclasses.replace(layout, hidden=list(self.hidden_columns))
             self._layout_from = "loading"
             try:
                 self.apply_layout(layout)
             finally:
-                self._layout_from = "browser"
-            if self._signed_in():
+                self._layout_from = "link" if from_link else "browser"
+            if self._signed_in() and not from_link:
                 layout_store().save(self.session.user, self._table_key, layout)
         elif self._layout_from in ("server", "user"):
             self.bridge.send({"kind": "store", "layout": self.layout().to_json()})
