@@ -6,13 +6,13 @@ usual. The rows, their order and the page's cells come from the page (``rows_for
 order, filtered and sorted on the live table's arrays) and the table model (``render``: cached HTML).
 
 Panel internals overridden, checked against the Panel versions pinned in pyproject.toml
-(``panel>=1.8,<1.10``; tested with 1.9): ``Tabulator._get_data`` (the page's data),
-``_get_column_definitions`` (one shared formatter and editor model instead of three per column),
-``_process_data`` (the page coming back after an edit: only edited cells are taken), ``_get_properties``
-(the selection a page opens with, as positions on the page sent), and the attributes ``_processed`` (rows
-in display order),
-``_old_value`` (cleared: the old value of an edit is the page's), ``_models`` (the browser-side models, to address cell patches) and ``_rename`` (our parameters are not
-Bokeh properties). ``tests/app/test_run_table_widget.py`` exercises each.
+(``panel>=1.9,<1.10``): ``Tabulator._get_data`` (the page's data), ``_get_column_definitions`` (one
+shared formatter and editor model instead of three per column), ``_process_data`` (the page coming back
+after an edit: only edited cells are taken), ``_get_properties`` (the selection a page opens with, as
+positions on the page sent), and the attributes ``_processed`` (rows in display order), ``_old_value``
+(cleared: the old value of an edit is the page's), ``_models`` (the browser-side models, to address cell
+patches) and ``_rename`` (our parameters are not Bokeh properties). ``tests/app/test_live_table.py`` (paging, sorting, filtering, the first selection) and
+``tests/app/browser/test_dashboard.py`` (edits, patches) exercise them.
 """
 
 from __future__ import annotations
