@@ -512,10 +512,16 @@ def array_element(arr: np.ndarray, *, title: str = "", units: str | None = None,
         h, w = reduced.shape[:2]
         return hv.RGB(reduced, bounds=(0, 0, w, h)).opts(
             xaxis=None, yaxis=None, title=style.title(title), data_aspect=1, **style.size())
-    # >2-D: a HoloMap over the first axis (frames computed on demand, each one an image).
-    n = arr.shape[0]
-    frames = {i: array_element(arr[i], title=title, units=units, style=style) for i in _frame_indices(n)}
-    return hv.HoloMap(frames, kdims=[hv.Dimension("index 0", label=f"axis 0 (of {n})")])
+    # >2-D: a HoloMap of images over the first axis; more leading axes are taken as one (frames in C
+    # order), since a map of maps makes HoloViews recurse without end.
+    label = f"axis 0 (of {arr.shape[0]})"
+    frame_dims = 3 if arr.ndim > 3 and is_rgb_image(arr.reshape(-1, *arr.shape[-3:])[0]) else 2
+    if arr.ndim > frame_dims + 1:
+        lead = arr.shape[:-frame_dims]
+        label = f"frame (axes 0-{len(lead) - 1} of shape {lead}, in order; {int(np.prod(lead))})"
+        arr = arr.reshape(-1, *arr.shape[-frame_dims:])
+    frames = {i: array_element(arr[i], title=title, units=units, style=style) for i in _frame_indices(arr.shape[0])}
+    return hv.HoloMap(frames, kdims=[hv.Dimension("index 0", label=label)])
 
 
 def _frame_indices(n: int, limit: int = 50) -> list[int]:

@@ -3,6 +3,7 @@ gets, the big screen's URL settings and type sizes, booleans and images as the d
 
 from __future__ import annotations
 
+import holoviews as hv
 import numpy as np
 import pytest
 import xarray as xr
@@ -124,3 +125,13 @@ def test_stored_figures_are_shown_pixel_for_pixel():
 def test_zero_d_dataarray_is_a_formatted_value():
     view = vp.plot_value(xr.DataArray(np.float64(2.5), attrs={"units": "mJ"}))
     assert "2.5000 mJ" in view.get_root().text
+
+
+@pytest.mark.parametrize("shape, frames, kind", [((3, 4, 5, 6), 12, hv.Image), ((2, 3, 4, 5, 6), 24, hv.Image),
+                                                 ((4, 5, 6), 4, hv.Image), ((2, 5, 8, 8, 3), 10, hv.RGB)])
+def test_values_of_more_than_three_dimensions_are_frames_not_a_recursion(shape, frames, kind):
+    """4-D and higher: the leading axes become one frame axis (a map of maps made HoloViews recurse)."""
+    element = vp.array_element(np.arange(np.prod(shape), dtype=float).reshape(shape))
+    assert isinstance(element, hv.HoloMap) and len(element) == frames and isinstance(element.last, kind)
+    first = np.asarray(element[0].dimension_values(2 if kind is hv.Image else 0, flat=False))
+    assert first.size and np.isfinite(first).all()
