@@ -3,13 +3,12 @@ first page is quick even for a 5000-run proposal, and connect the update produce
 
 import logging
 import os
-import threading
 
 import panel as pn
 
 from app.actions.edits import warm_producer
 from app.config import get_config
-from app.display.plots import warm_up as warm_up_plots
+from app.display.plots import warm_up_in_background
 from app.live.source import get_source, unload_idle
 from app.pages.run_table.model import get_table_model
 from backend.base.messages import quiet_client_connection_logs
@@ -37,9 +36,9 @@ for db_dir in get_config().databases:
         log.error("Cannot open %s: %s", db_dir, e)
 if not get_config().read_only:
     warm_producer()
-# The first plot a process draws costs seconds of one-off set-up in HoloViews: pay it now, not on the
-# first visitor's first click.
-threading.Thread(target=warm_up_plots, name="damnit-warm-up-plots", daemon=True).start()
+# The first plot a process draws costs seconds of one-off set-up in HoloViews: pay it before the first
+# visitor's first click, but after their table is drawn (app.shell says when), or in 20 s if nobody came.
+warm_up_in_background(at_latest=20)
 if get_config().unload_after > 0:
     # Proposals nobody looks at give their memory and Kafka subscription back (a facility's server).
     after = get_config().unload_after
