@@ -18,6 +18,7 @@ from app.live.source import ProposalSource, get_source
 from app.pages import load_pages
 from app.pages.bigscreen import BigScreen
 from app.pages.landing import ProposalDirectory
+from app.pages.view_links import PAGE_KEY, ViewLinks, first_values
 from backend.base.paths import find_database_dir
 
 log = logging.getLogger(__name__)
@@ -226,7 +227,10 @@ def build_app() -> pn.viewable.Viewable:
         header.insert(1, pn.pane.HTML("<a href='?' style='color:inherit'>all proposals</a>", margin=(8, 10)))
 
     pages = load_pages()
-    want = (args.get("page") or [b""])[0].decode()
+    opened_with = first_values(args)
+    want = opened_with.get(PAGE_KEY, "")
+    links = ViewLinks(session, opened_with)
+    header.insert(len(header.objects) - 2, links.address)
     slots = [pn.Column(sizing_mode="stretch_both", name=p.title) for p in pages]
     tabs = pn.Tabs(*slots, sizing_mode="stretch_both", dynamic=False, stylesheets=[theme.TABS_CSS])
 
@@ -245,16 +249,18 @@ def build_app() -> pn.viewable.Viewable:
         if 0 <= index < len(pages) and (not slots[index].objects or isinstance(
                 slots[index].objects[0], pn.indicators.LoadingSpinner)):
             try:
-                slots[index].objects = [pages[index].view(session)]
+                view = pages[index].view(session)
+                slots[index].objects = [view]
+                links.attach(view)  # shows the view the link names; its changes change the link
             except Exception as e:
                 log.exception("Page %s failed", pages[index].slug)
                 slots[index].objects = [pn.pane.Alert(f"This page failed: {html.escape(repr(e))}",
                                                       alert_type="danger")]
 
     def on_tab(index: int) -> None:
-        fill(index)
         if 0 <= index < len(pages):
             session.active_page = pages[index].slug
+        fill(index)
 
     tabs.param.watch(lambda ev: on_tab(ev.new), "active")
     loader.param.watch(lambda ev: setattr(session, "scripts_loaded", ev.new), "loaded")

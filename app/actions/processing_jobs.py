@@ -3,7 +3,8 @@
 One ``JobBoard`` per database per server process, so every session sees the same jobs and Slurm is
 asked about them at most once per ``SQUEUE_CACHE_S`` however many browsers watch. Jobs go to Slurm
 (``backend.services.slurm.submit_reprocess``) when ``sbatch`` exists and ``DAMNIT_SLURM`` is not ``off``, else to
-a local ``damnit reprocess --direct`` subprocess.
+a local ``damnit reprocess --direct`` subprocess; ``backend="auto"`` also falls back to the local
+process when Slurm does not answer (its controller is down), so a user's reprocess is never lost.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ def runs_with_data(proposal: int | None) -> set[int] | None:
         return runs_on_disk(int(proposal))
     except FileNotFoundError:
         return None
+
+
+class SlurmDown(RuntimeError):
+    """Slurm did not answer (an outage), as opposed to refusing the job."""
 
 
 @dataclass
@@ -89,16 +94,26 @@ class JobBoard:
     # -- launching ----------------------------------------------------------------------------------
     def submit(self, runs: Sequence[int], variables: Sequence[str] = (), *, backend: str = "auto",
                user: str = "") -> Job:
-        """Start reprocessing; raises RuntimeError with the submitter's message if it is refused."""
+        """Start reprocessing; raises RuntimeError with the submitter's message if it is refused.
+        ``"auto"``: Slurm when it is installed and answers, else this machine."""
         if not runs:
             raise RuntimeError("no runs to process")
         if self.proposal is None:
             raise RuntimeError(f"the database in {self.db_dir} has no proposal number")
+        fallback = backend == "auto"
         if backend == "auto":
             backend = "slurm" if slurm_available() else "local"
         job = Job(uuid.uuid4().hex[:8], sorted(runs), list(variables), backend, user=user)
         if backend == "slurm":
-            self._submit_slurm(job)
+            try:
+                self._submit_slurm(job)
+            except SlurmDown as e:
+                if not fallback:
+                    raise
+                log.warning("Processing %s on this machine: %s", job.runs_text, e)
+                job.backend = "local"
+                self._submit_local(job)
+                job.message = f"{job.message}; {e}, so on this machine"
         else:
             self._submit_local(job)
         with self.lock:
@@ -113,6 +128,8 @@ class JobBoard:
         try:
             submitted = slurm.submit_reprocess(self.db_dir, self.proposal, job.runs, variables=job.variables,
                                                producer=producer)
+        except slurm.SlurmUnavailable as e:
+            raise SlurmDown(f"Slurm did not answer ({e})") from e
         except slurm.SubmissionError as e:
             raise RuntimeError(f"Slurm refused the job: {e}") from e
         finally:

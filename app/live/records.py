@@ -11,6 +11,8 @@ class Change:
 
     ``new_runs``/``changed`` hold row keys; ``changed`` maps key → names whose cells changed (including
     ``start_time`` and ``comment``). ``processing`` lists row keys whose processing state changed.
+    ``run_states`` means the source's failed or waiting runs (``ProposalSource.run_states``) changed,
+    or the context file did (which failures are worth reprocessing); their row keys are in ``processing``.
     ``reset`` means "reload everything" (first load or the DB was replaced).
     """
 
@@ -19,10 +21,11 @@ class Change:
     variables: bool = False
     comments: bool = False  # standalone comments changed
     processing: list[int] = field(default_factory=list)
+    run_states: bool = False
     connection: bool = False
     reset: bool = False
     message_time: float | None = None  # wall time the triggering message arrived (latency tracing)
 
     def __bool__(self) -> bool:
         return bool(self.new_runs or self.changed or self.variables or self.comments or self.processing
-                    or self.connection or self.reset)
+                    or self.run_states or self.connection or self.reset)

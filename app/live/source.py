@@ -7,6 +7,9 @@ sessions cost one consumer and one database read per update. Every read goes thr
 ``backend.storage`` (columnar, short-lived connections, so the dashboard never holds a lock that would
 make processing fail with "database is locked").
 
+It also holds the runs whose processing failed and those waiting for Slurm (``run_states``), read
+again whenever the poll sees the database or the context file change (``app/live/run_states.py``).
+
 ``get_source(db_dir)`` opens a source on first use; ``unload_idle(after)`` closes sources no session
 has used for a while (their subscription too), so one server can serve a whole facility's proposals.
 """
@@ -26,12 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from app.live.records import Change
+from app.live.run_states import RunStates, read_run_states
 from app.live.table import STATIC_COLUMNS, LiveTable, TableCell
 from backend.base.messages import UpdateSubscriber
 from backend.base.paths import DB_NAME
 from backend.storage import catalog
 from backend.storage.arrow_reader import ArrowReader
 from backend.storage.catalog import VariableInfo
+from backend.storage.processing_state import ProcessingFailure, WaitingRun
 from backend.storage.run_values import read_blobs, read_run_values
 
 log = logging.getLogger(__name__)
@@ -68,6 +73,7 @@ class ProposalSource:
         self.variables: dict[str, VariableInfo] = {}
         self.processing: dict[str, dict] = {}  # processing_id -> processing_state_set data
         self.comments: list[dict] = []  # standalone comments {id, timestamp, comment}, oldest first
+        self.run_states = RunStates()  # failed runs and runs waiting for Slurm
         self.proposal: int | None = None
         self.db_id: str | None = None
         self.connection = STARTING
@@ -143,6 +149,14 @@ class ProposalSource:
         with self.lock:
             return [d for d in self.processing.values()
                     if self.key_for(d.get("proposal"), d.get("run", -1)) == key]
+
+    def failure_for(self, key: int) -> ProcessingFailure | None:
+        """Why the run's last processing failed (None: it did not)."""
+        return self.run_states.failures.get(key)
+
+    def waiting_for(self, key: int) -> WaitingRun | None:
+        """The run's entry in the listener's queue of runs waiting for Slurm (None: not waiting)."""
+        return self.run_states.waiting.get(key)
 
     def blobs(self, cells: Iterable[tuple[int, str]], head: int | None = None) -> dict[tuple[int, str], bytes]:
         """The stored blobs (thumbnail PNGs, trendline arrays) of the given (row key, name) cells, or their
@@ -228,6 +242,7 @@ class ProposalSource:
             values = read_run_values(reader, details=True)
         proposal = settings.get("proposal")
         table = LiveTable(int(proposal) if proposal not in (None, "") else None)
+        run_states = self._read_run_states(table.key_for) or RunStates()
         table.set_runs(runs)
         table.put(values, report=False)
         with self.lock:
@@ -236,6 +251,7 @@ class ProposalSource:
             self.variables = variables
             self.comments = comments
             self.table = table
+            self.run_states = run_states
             self._blobs.clear()
             self._hwm_ts = _nanmax(values.timestamp)
             self._signature = signature
@@ -307,14 +323,34 @@ class ProposalSource:
                 change.variables = True
 
     def _file_signature(self) -> tuple:
+        """runs.sqlite, its WAL and context.py (whose version decides which failed runs to offer)."""
         sig = []
-        for suffix in ("", "-wal"):
+        for path in (self.db_path, self.db_path.parent / (self.db_path.name + "-wal"), self.db_dir / "context.py"):
             try:
-                st = (self.db_path.parent / (self.db_path.name + suffix)).stat()
+                st = path.stat()
                 sig.append((st.st_mtime_ns, st.st_size))
             except FileNotFoundError:
                 sig.append(None)
         return tuple(sig)
+
+    def _read_run_states(self, key_for) -> RunStates | None:
+        """Failed and waiting runs now (None if they could not be read: the last ones stay)."""
+        try:
+            return read_run_states(self.db_dir, key_for)
+        except (sqlite3.Error, OSError) as e:
+            log.warning("Could not read failed and waiting runs of %s: %s", self.db_path, e)
+            return None
+
+    def _update_run_states(self, change: Change) -> None:
+        """Read failed and waiting runs again; note in ``change`` the run cells that differ."""
+        states = self._read_run_states(self.key_for)
+        if states is None:
+            return
+        with self.lock:
+            before, self.run_states = self.run_states, states
+        if states != before:
+            change.run_states = True
+            change.processing = sorted(set(change.processing) | states.changed_keys(before))
 
     def poll(self, force: bool = False) -> Change:
         """Check for anything new since the last look, reading only new rows. Skipped (one stat call)
@@ -357,6 +393,7 @@ class ProposalSource:
             self._signature = signature
             change.new_runs = sorted(new_runs)
             change.changed = {k: v for k, v in changed.items() if k not in new_runs}
+        self._update_run_states(change)
         self._emit(change)
         return change
 
@@ -388,6 +425,7 @@ class ProposalSource:
                 if d is not None:
                     self._emit(Change(processing=[self.key_for(d.get("proposal"), int(d["run"]))],
                                       message_time=t))
+                self.wake()  # a job ended: its run may have been marked failed, or its mark cleared
         except (KeyError, TypeError, ValueError) as e:
             log.warning("Ignoring malformed %s message %r: %s", kind, data, e)
         except (sqlite3.Error, OSError) as e:

@@ -33,7 +33,7 @@ from app.display.formatting import format_summary, format_time
 from app.display.plots import PlotStyle, plot_value
 from app.display.run_contents import StoredVariable, holds_booleans, load_for_display, run_file, scan_run_file
 from app.display.text import safe_text
-from app.live.session import SessionState, in_background
+from app.live.session import SessionState, every, in_background
 from app.live.source import ProposalSource
 
 TITLE = "Big screen"
@@ -271,16 +271,6 @@ class WallStatus(pn.custom.JSComponent):
     """]
 
 
-class BigScreen(pn.viewable.Viewer):
-    """The newest run's key values and plots for a wall display (see the module docstring)."""
-
-    session = param.ClassSelector(class_=SessionState)
-    fill = param.Boolean(default=False, doc="Fill the browser window (mode=bigscreen), else a tab's box")
-
-    def __panel__(self) -> pn.viewable.Viewable:
-        return view(self.session, fill=self.fill)
-
-
 def _text(text: str, classes: list[str], **styles: str) -> pn.viewable.Viewable:
     """Escaped text without the default margins (the wall's layout is in viewport units)."""
     pane = safe_text(text, classes, **styles)
@@ -301,47 +291,79 @@ def _value_sizes(n: int, texts: list[str], scale: float = 1.0) -> tuple[str, lis
     return f"{value_vh * 0.5:.2f}vh", sizes
 
 
-def view(session: SessionState, *, fill: bool = False) -> pn.viewable.Viewable:
-    source = session.source
-    tz = get_config().tz
-    settings = ScreenSettings.from_args(pn.state.session_args)
-    doc = pn.state.curdoc
+class BigScreen(pn.viewable.Viewer):
+    """The newest run's key values and plots for a wall display (see the module docstring).
 
-    scale = 1.0 if fill else 0.85  # as a tab, under the dashboard's header: a little smaller
-    run_text = _text("", ["dmn-wall-runnumber"], **{"font-size": f"{9 * scale:.2f}vh", "font-weight": "bold",
-                                                      "line-height": "1.05", "white-space": "nowrap"})
-    time_text = _text("", ["dmn-wall-time"], **{"font-size": f"{3 * scale:.2f}vh", "opacity": "0.85"})
-    values_box = pn.Column(sizing_mode="stretch_width", margin=0)
-    plot_title = _text("", ["dmn-wall-plottitle"], **{"font-size": f"{3.4 * scale:.2f}vh", "font-weight": "bold",
-                                                      "white-space": "nowrap", "overflow": "hidden"})
-    plot_box = pn.Column(sizing_mode="stretch_both", margin=0, css_classes=["dmn-wall-plotbox"])
-    status = WallStatus(connection=source.connection, server_time=time.time(),
-                        old_after_s=settings.old_after_min * 60)
-    layout = WallLayout(run=run_text, started=time_text, status=status, values=values_box, plot_title=plot_title,
-                        plot=plot_box, fill=fill, name=TITLE, css_classes=["dmn-bigscreen"],
-                        sizing_mode="stretch_both" if fill else "stretch_width")
-    state: dict[str, Any] = {"run": None, "plots": [], "stored": {}, "index": 0, "loading": False,
-                             "drawn_font": None}
+    The header (run number, start time, key values, age of the newest data) is derived from ``run``
+    and ``refreshed``; the plot is read off the event loop and rotates on a timer."""
 
-    def newest() -> int | None:
-        keys = source.run_keys()
-        return keys[-1] if keys else None
+    session = param.ClassSelector(class_=SessionState)
+    fill = param.Boolean(default=False, doc="Fill the browser window (mode=bigscreen), else a tab's box")
+    run = param.Integer(default=None, allow_None=True, doc="The run shown: the newest")
+    refreshed = param.Event(doc="The run shown was reprocessed: its values are shown again")
 
-    def font_px() -> int:
-        return max(12, round(TICK_FRACTION * (layout.viewport_height or 1080)))
+    def __init__(self, **params):
+        super().__init__(**params)
+        source = self.session.source
+        self.settings = ScreenSettings.from_args(pn.state.session_args)
+        self._doc = pn.state.curdoc
+        self._in_server = self._doc is not None and self._doc.session_context is not None
+        self._tz = get_config().tz
+        self.stored: dict[str, StoredVariable] = {}  # the shown run file's metadata
+        self.plots: list[str] = []  # the names rotating through
+        self.index = 0  # which of them is in view
+        self._loading = False
+        self._drawn_font: int | None = None
+        self._take(self._newest())
 
-    def draw_header() -> None:
-        run = state["run"]
+        scale = self._scale = 1.0 if self.fill else 0.85  # as a tab, under the dashboard's header: smaller
+        run_text = _text("", ["dmn-wall-runnumber"], **{"font-size": f"{9 * scale:.2f}vh", "font-weight": "bold",
+                                                          "line-height": "1.05", "white-space": "nowrap"})
+        run_text.object = self._run_label
+        time_text = _text("", ["dmn-wall-time"], **{"font-size": f"{3 * scale:.2f}vh", "opacity": "0.85"})
+        time_text.object = self._started
+        values_box = pn.Column(objects=self._values, sizing_mode="stretch_width", margin=0)
+        self.plot_title = _text("", ["dmn-wall-plottitle"], **{
+            "font-size": f"{3.4 * scale:.2f}vh", "font-weight": "bold", "white-space": "nowrap",
+            "overflow": "hidden"})
+        self.plot_box = pn.Column(sizing_mode="stretch_both", margin=0, css_classes=["dmn-wall-plotbox"])
+        self.status = WallStatus(connection=source.connection, server_time=time.time(),
+                                 old_after_s=self.settings.old_after_min * 60, newest_data=self._newest_data)
+        self.layout = WallLayout(run=run_text, started=time_text, status=self.status, values=values_box,
+                                 plot_title=self.plot_title, plot=self.plot_box, fill=self.fill, name=TITLE,
+                                 css_classes=["dmn-bigscreen"],
+                                 sizing_mode="stretch_both" if self.fill else "stretch_width")
+        # A new size is work to do (the plot drawn again with larger type), not a derived view.
+        self.layout.param.watch(self._on_viewport, "viewport_height")
+        self.session.on_change(self._on_change)
+        if not self._in_server:
+            self._show_plot()  # in a server: once the browser said how big it is
+        every(HEARTBEAT_MS, self._beat)
+        every(self.settings.interval_s * 1000, self._rotate)
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return self.layout
+
+    # -- derived views ------------------------------------------------------------------------------
+    @param.depends("run")
+    def _run_label(self) -> str:
+        source, run = self.session.source, self.run
         if run is None:
-            run_text.object, time_text.object, values_box.objects = "Waiting for the first run…", "", []
-            status.newest_data = 0.0
-            return
-        run_text.object = f"Run {source.run_of(run)[1]}" if source.has_run(run) else f"Run {run}"
-        start = source.start_time(run)
-        time_text.object = "" if start is None else f"started {format_time(start, tz)} {zone_label(tz)}"
-        pairs = key_values(source, run, settings.variables, state["stored"])
-        name_size, value_sizes = _value_sizes(len(pairs), [v for _, v in pairs], scale)
-        values_box.objects = [
+            return "Waiting for the first run…"
+        return f"Run {source.run_of(run)[1]}" if source.has_run(run) else f"Run {run}"
+
+    @param.depends("run")
+    def _started(self) -> str:
+        start = None if self.run is None else self.session.source.start_time(self.run)
+        return "" if start is None else f"started {format_time(start, self._tz)} {zone_label(self._tz)}"
+
+    @param.depends("run", "refreshed")
+    def _values(self) -> list[pn.viewable.Viewable]:
+        if self.run is None:
+            return []
+        pairs = key_values(self.session.source, self.run, self.settings.variables, self.stored)
+        name_size, value_sizes = _value_sizes(len(pairs), [v for _, v in pairs], self._scale)
+        return [
             pn.Column(_text(title, ["dmn-wall-name"], **{"font-size": name_size, "opacity": "0.8",
                                                          "line-height": "1.2", "white-space": "nowrap",
                                                          "overflow": "hidden", "text-overflow": "ellipsis"}),
@@ -350,19 +372,58 @@ def view(session: SessionState, *, fill: bool = False) -> pn.viewable.Viewable:
                       margin=0, styles={"margin-bottom": "1vh"}, sizing_mode="stretch_width",
                       css_classes=["dmn-big-var"])
             for (title, value), size in zip(pairs, value_sizes)]
-        status.newest_data = newest_data_time(source, run) or 0.0
 
-    def show_plot() -> None:
-        run, plots = state["run"], state["plots"]
+    @param.depends("run", "refreshed")
+    def _newest_data(self) -> float:
+        return 0.0 if self.run is None else newest_data_time(self.session.source, self.run) or 0.0
+
+    # -- following the newest run -------------------------------------------------------------------
+    def _newest(self) -> int | None:
+        keys = self.session.source.run_keys()
+        return keys[-1] if keys else None
+
+    def _take(self, run: int | None) -> None:
+        """Show ``run`` from its first plot (its metadata read before the views that use it)."""
+        source = self.session.source
+        self.index = 0
+        self.stored = stored_variables(source, run) if run is not None else {}
+        self.plots = plot_names(source, run, self.settings.plots, self.stored) if run is not None else []
+        self.run = run
+
+    def _on_change(self, change: Any) -> None:
+        source = self.session.source
+        if change.connection:
+            self.status.connection = source.connection
+        if change.new_runs or change.reset:
+            run = self._newest()
+            if run != self.run:
+                self._take(run)
+                if self.layout.viewport_height or not self._in_server:
+                    self._show_plot()
+        elif self.run in change.changed:
+            before = list(self.plots)
+            self.stored = stored_variables(source, self.run)
+            self.plots = plot_names(source, self.run, self.settings.plots, self.stored)
+            self.param.trigger("refreshed")
+            if self.plots != before:
+                self._show_plot()
+
+    # -- the plot -----------------------------------------------------------------------------------
+    def _font_px(self) -> int:
+        return max(12, round(TICK_FRACTION * (self.layout.viewport_height or 1080)))
+
+    def _show_plot(self) -> None:
+        source, run, plots = self.session.source, self.run, self.plots
         if run is None or not plots:
-            plot_title.object, plot_box.objects = "" if run is None else "No plots for this run", []
+            self.plot_title.object, self.plot_box.objects = "" if run is None else "No plots for this run", []
             return
-        if state["loading"]:
+        if self._loading:
             return
-        name = plots[state["index"] % len(plots)]
-        where = f"   ({state['index'] % len(plots) + 1}/{len(plots)})" if len(plots) > 1 else ""
-        state["loading"] = True
-        style = PlotStyle(height=None, font_px=font_px(), controls=False, titles=False)
+        name = plots[self.index % len(plots)]
+        where = f"   ({self.index % len(plots) + 1}/{len(plots)})" if len(plots) > 1 else ""
+        self._loading = True
+        style = PlotStyle(height=None, font_px=self._font_px(), controls=False, titles=False)
+        doc = self._doc
 
         def work() -> Any:
             loaded = load_for_display(source.db_dir, run, name)
@@ -374,63 +435,30 @@ def view(session: SessionState, *, fill: bool = False) -> pn.viewable.Viewable:
                                   objtype=loaded.objtype, style=style)
 
         def apply(plot: Any, error: BaseException | None) -> None:
-            state["loading"] = False
-            if state["run"] != run:
+            self._loading = False
+            if self.run != run:
                 return  # a newer run arrived meanwhile
             if error is not None:
                 plot = safe_text(f"Cannot show {name}: {type(error).__name__}: {error}", **{"font-size": "3vh"})
-            plot_title.object = f"{source.variable(name).display_title}{where}"
-            plot_box.objects = [plot]
-            state["drawn_font"] = style.font_px
+            self.plot_title.object = f"{source.variable(name).display_title}{where}"
+            self.plot_box.objects = [plot]
+            self._drawn_font = style.font_px
 
         in_background(work, apply)
 
-    def follow(force: bool = False) -> None:
-        run = newest()
-        if run != state["run"] or force:
-            state["run"] = run
-            state["index"] = 0
-            state["stored"] = stored_variables(source, run) if run is not None else {}
-            state["plots"] = plot_names(source, run, settings.plots, state["stored"]) if run is not None else []
-            draw_header()
-            if layout.viewport_height or not in_server:  # else: once the browser said how big it is
-                show_plot()
+    def _rotate(self) -> None:
+        if len(self.plots) > 1:
+            self.index += 1
+            self._show_plot()
 
-    def on_change(change: Any) -> None:
-        if change.connection:
-            status.connection = source.connection
-        if change.new_runs or change.reset:
-            follow()
-        elif state["run"] in change.changed:
-            before = list(state["plots"])
-            state["stored"] = stored_variables(source, state["run"])
-            state["plots"] = plot_names(source, state["run"], settings.plots, state["stored"])
-            draw_header()
-            if state["plots"] != before:
-                show_plot()
+    def _on_viewport(self, _event: Any) -> None:
+        drawn = self._drawn_font
+        if drawn is None or abs(self._font_px() - drawn) > 0.1 * drawn:
+            self._show_plot()  # first size known, or the window changed enough to rescale the plot's type
 
-    def rotate() -> None:
-        if len(state["plots"]) > 1:
-            state["index"] += 1
-            show_plot()
-
-    def on_viewport(_event: Any) -> None:
-        drawn = state["drawn_font"]
-        if drawn is None or abs(font_px() - drawn) > 0.1 * drawn:
-            show_plot()  # first size known, or the window changed enough to rescale the plot's type
-
-    def beat() -> None:
-        status.param.update(server_time=time.time(), connection=source.connection, heartbeat=status.heartbeat + 1)
-
-    in_server = doc is not None and doc.session_context is not None
-    layout.param.watch(on_viewport, "viewport_height")
-    session.on_change(on_change)
-    follow(force=True)
-    if in_server:
-        beats = pn.state.add_periodic_callback(beat, HEARTBEAT_MS)
-        turn = pn.state.add_periodic_callback(rotate, settings.interval_s * 1000)
-        pn.state.on_session_destroyed(lambda ctx: (beats.stop(), turn.stop()))
-    return layout
+    def _beat(self) -> None:
+        self.status.param.update(server_time=time.time(), connection=self.session.source.connection,
+                                 heartbeat=self.status.heartbeat + 1)
 
 
 PAGE = BigScreen

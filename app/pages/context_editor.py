@@ -3,7 +3,8 @@
 Validation and saving run in a worker thread (the engine check starts the context's own Python). A save
 is refused when validation finds an error (the message names the line), allowed with pyflakes warnings,
 and stopped with a choice (reload / overwrite) when the file changed on disk since it was loaded.
-After a save the variable list is updated (``damnit read-context``).
+After a save the variable list is updated (``damnit read-context``), and runs that failed because an
+earlier version of the file did not load are offered for reprocessing.
 
 The context file is code the backend runs, so saving (and validating, which runs the code) needs
 ``session.can_edit_context`` (see ``--context-editors``), checked here on the server. Every save is
@@ -35,6 +36,7 @@ from app.actions.context_check import (
 from app.display import theme
 from app.display.text import safe_text
 from app.live.session import SessionState, every
+from app.pages.run_states_view import StaleContextOffer
 
 log = logging.getLogger(__name__)
 if log.level == logging.NOTSET:
@@ -88,6 +90,7 @@ class ContextEditor:
         self.details = safe_text("", css_classes=["damnit-context-details"],
                                  **{"font-size": "12px", "font-family": "monospace"})
         self.dirty = safe_text("", color="#c62828")
+        self.offer = StaleContextOffer(session, armed=False)  # shown after a save, while such runs exist
         self.validate_btn.on_click(self.on_validate)
         self.save_btn.on_click(self.on_save)
         self.reload_btn.on_click(self.on_reload)
@@ -104,7 +107,8 @@ class ContextEditor:
             *note,
             pn.Row(self.validate_btn, self.save_btn, self.reload_btn, self.discard_btn, self.overwrite_btn,
                    self.dirty),
-            self.status, self.editor, self.details, self.guard, sizing_mode="stretch_width", name=TITLE)
+            self.status, self.offer.layout, self.editor, self.details, self.guard, sizing_mode="stretch_width",
+            name=TITLE)
         every(DISK_CHECK_MS, self.check_disk)
 
     # -- loading ------------------------------------------------------------------------------------
@@ -209,6 +213,7 @@ class ContextEditor:
                 self._set_status(result.status, f"{saved}. Variable list updated.", result.message)
             else:
                 self._set_status(WARNING, f"{saved}, but updating the variable list failed", output)
+            self.offer.arm()
         finally:
             self.save_btn.disabled = not self.session.can_edit_context
 

@@ -31,44 +31,43 @@ class InspectPage(pn.viewable.Viewer):
 
     session = param.ClassSelector(class_=SessionState)
     run = param.Integer(default=None, allow_None=True, doc="The run shown")
+    reload = param.Event(doc="Read the run shown again (the Reload button; the run was reprocessed)")
 
     def __init__(self, **params):
         super().__init__(**params)
-        source = self.session.source
         self.run_select = pn.widgets.Select(label="Run", options=self._run_options(), width=160)
-        self.refresh = pn.widgets.Button(label="Reload", color="default", width=90, align="end")
-        self.body = pn.Column(sizing_mode="stretch_width")
+        self.refresh = pn.widgets.Button.from_param(self.param.reload, label="Reload", color="default",
+                                                    width=90, align="end")
         if self.session.selected_runs:
             self.run = self.session.selected_runs[-1]
         elif self.run_select.options:
             self.run = list(self.run_select.options.values())[-1]
         self.run_select.value = self.run
         self.run_select.link(self, value="run", bidirectional=True)
-        self.refresh.on_click(lambda _: self._show())
-        self.session.param.watch(self._on_selected, "selected_runs")
+        self.body = pn.Column(objects=self._contents, sizing_mode="stretch_width")
         self.session.on_change(self._on_change)
-        self.param.watch(lambda _: self._show(), "run")
-        self.source: ProposalSource = source
-        self._show()
 
     def _run_options(self) -> dict[str, int]:
         return {f"Run {k}": k for k in self.session.source.run_keys()}
 
-    def _show(self) -> None:
-        self.body.objects = [run_inspector(self.session.source, self.run)] if self.run is not None else [
+    @param.depends("run", "reload")
+    def _contents(self) -> list[pn.viewable.Viewable]:
+        return [run_inspector(self.session.source, self.run)] if self.run is not None else [
             safe_text("No runs yet.")]
 
-    def _on_selected(self, event) -> None:
-        if event.new and event.new[-1] != self.run:
-            if event.new[-1] not in self.run_select.options.values():
+    @param.depends("session.selected_runs", watch=True)
+    def _on_selected(self) -> None:
+        runs = self.session.selected_runs
+        if runs and runs[-1] != self.run:
+            if runs[-1] not in self.run_select.options.values():
                 self.run_select.options = self._run_options()
-            self.run = event.new[-1]
+            self.run = runs[-1]
 
     def _on_change(self, change: Change) -> None:
         if change.new_runs or change.reset:
             self.run_select.options = self._run_options()
         if self.run is not None and self.run in change.changed:
-            self._show()  # the run shown was reprocessed: redraw with the new values
+            self.param.trigger("reload")  # the run shown was reprocessed: redraw with the new values
 
     def __panel__(self) -> pn.viewable.Viewable:
         return pn.Column(pn.Row(self.run_select, self.refresh), self.body, sizing_mode="stretch_width", name=TITLE)

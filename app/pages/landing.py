@@ -95,13 +95,13 @@ class ProposalDirectory(pn.viewable.Viewer):
         self.listed = served_proposals(self.cfg, self.user)
         self.search = pn.widgets.TextInput(placeholder="Search: proposal, instrument or cycle", width=320)
         self.table = pn.widgets.Tabulator(
-            self._frame(""), show_index=False, disabled=True, sizing_mode="stretch_width", layout="fit_data_stretch",
+            pn.bind(self._frame, self.search.param.value_input),  # the rows follow the search as it is typed
+            show_index=False, disabled=True, sizing_mode="stretch_width", layout="fit_data_stretch",
             pagination="local", page_size=25, css_classes=["damnit-proposals"],
             formatters={"Proposal": {"type": "link", "urlField": "Link", "target": "_self"},
                         "Instrument": {"type": "plaintext"}, "Cycle": {"type": "plaintext"},
                         "Folder": {"type": "plaintext"}},
             hidden_columns=["Link"])
-        self.search.param.watch(lambda e: setattr(self.table, "value", self._frame(e.new)), "value_input")
 
     def _frame(self, text: str) -> pd.DataFrame:
         text = (text or "").strip().lower()

@@ -288,20 +288,21 @@ class SendTable(_LogbookDialog):
         self._generated = ""
         self._messages: list[str] = []
         super().__init__(**params)
-        self.open_button.description = "Post the selected runs to the experiment's Zulip stream as a table"
-        self.title.param.watch(lambda e: self._compose(), "value_input")  # the preview follows typing
-        self.chosen.param.watch(lambda e: self._compose(), "value")
-        self.session.param.watch(lambda e: self._selection_changed(), "selected_runs")
-        self._selection_changed()
+        selected = self.session.param.selected_runs
+        self.open_button.param.update(
+            description="Post the selected runs to the experiment's Zulip stream as a table",
+            label=pn.bind(self._open_label, selected), disabled=selected.rx.not_())
+        # The preview follows typing and the choice of columns.
+        pn.bind(lambda *_: self._compose(), self.title.param.value_input, self.chosen.param.value, watch=True)
 
     def _content(self) -> list:
         return [self.title, self.chosen, self.message]
 
+    def _open_label(self, runs: list[int]) -> str:
+        return f"Send {len(runs)} run{'s' if len(runs) != 1 else ''} to logbook" if runs else self.LABEL
+
+    @param.depends("session.selected_runs", watch=True)
     def _selection_changed(self) -> None:
-        runs = self.session.selected_runs
-        self.open_button.disabled = not runs
-        self.open_button.label = f"Send {len(runs)} run{'s' if len(runs) != 1 else ''} to logbook" if runs \
-            else self.LABEL
         if self.dialog.visible:
             self._prepare()
 

@@ -151,11 +151,60 @@ class PlotsPage(pn.viewable.Viewer):
     """A summary plot of all runs, and per-run data of the selected runs."""
 
     session = param.ClassSelector(class_=SessionState)
+    view = param.Dict(default={}, doc="The choices made on this page, as a view link keeps them")
+
+    LINK_PARAMS = ("view",)  # app/pages/view_links.py
+    LINK_KEYS = ("x", "y", "kind", "bins", "array", "against", "trains")
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.summary = SummaryPlot(self.session)
+        self.overlay = RunOverlay(self.session)
+        self._defaults = {key: w.value for key, w in self._choices().items()}
+        for widget in self._choices().values():
+            widget.param.watch(lambda e: self._note_view(), "value")
+
+    def _choices(self) -> dict[str, pn.widgets.Widget]:
+        s, o = self.summary, self.overlay
+        return {"x": s.x, "y": s.y, "kind": s.kind, "bins": s.bins, "array": o.y, "against": o.x, "trains": o.trains}
+
+    def _note_view(self) -> None:
+        self.view = {key: w.value for key, w in self._choices().items()}
+
+    def to_link(self) -> dict[str, str]:
+        """The choices that differ from what the page opens with."""
+        return {key: str(w.value) for key, w in self._choices().items() if w.value != self._defaults.get(key)}
+
+    def from_link(self, query: dict[str, str]) -> list[str]:
+        """Show the plots a link names; returns the parts this proposal can't show."""
+        problems = []
+        with pn.io.hold():
+            for key, widget in self._choices().items():
+                if key not in query:
+                    continue
+                text = query[key]
+                if isinstance(widget, pn.widgets.IntInput):
+                    try:
+                        number = int(text)
+                    except ValueError:
+                        number = None
+                    if number is None or not widget.start <= number <= widget.end:
+                        problems.append(f"{key}: {text[:40]}")
+                    else:
+                        widget.value = number
+                    continue
+                options = widget.options
+                names = list(options.values()) if isinstance(options, dict) else list(options)
+                if text in names:
+                    widget.value = text
+                else:
+                    problems.append(f"{key}: {text[:40]}")
+        return problems
 
     def __panel__(self) -> pn.viewable.Viewable:
         # <hr>, not pn.layout.Divider: Panel leaves the Divider's stylesheet on its CDN (no internet here)
-        return pn.Column(SummaryPlot(self.session).layout, pn.pane.HTML("<hr>", sizing_mode="stretch_width"),
-                         RunOverlay(self.session).layout, sizing_mode="stretch_width", name=TITLE)
+        return pn.Column(self.summary.layout, pn.pane.HTML("<hr>", sizing_mode="stretch_width"),
+                         self.overlay.layout, sizing_mode="stretch_width", name=TITLE)
 
 
 class SummaryPlot:

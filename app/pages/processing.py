@@ -1,4 +1,5 @@
-"""Processing: reprocess runs, watch and cancel jobs, follow a run's processing log live."""
+"""Processing: reprocess runs, watch and cancel jobs, see the runs waiting for Slurm and those whose
+processing failed (and re-queue them), follow a run's processing log live."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from app.display.formatting import format_time
 from app.display.text import safe_options, safe_text
 from app.display.theme import TABLE_CSS
 from app.live.session import SessionState, every
+from app.pages.run_states_view import StaleContextOffer, failed_runs, waiting_runs
 from backend.base.paths import run_log_path
 from backend.base.runs import RunSpecError, format_runs
 
@@ -41,6 +43,9 @@ class ProcessingPage(pn.viewable.Viewer):
             reprocess_form(self.session, board),
             pn.pane.HTML("<hr>", sizing_mode="stretch_width"),
             job_list(self.session, board),
+            StaleContextOffer(self.session).layout,
+            waiting_runs(self.session),
+            failed_runs(self.session),
             pn.pane.HTML("<hr>", sizing_mode="stretch_width"),
             log_viewer(self.session),
             sizing_mode="stretch_width", name=TITLE)

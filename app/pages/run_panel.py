@@ -74,40 +74,46 @@ class RunPanel(pn.viewable.Viewer):
                                "an earlier one are dropped")
 
     def __init__(self, **params):
+        selected = params["session"].selected_runs
+        params.setdefault("run", selected[-1] if selected else None)
         super().__init__(**params)
         self.title = safe_text("", css_classes=["dmn-panel-title"], **{"font-size": "1.3em", "font-weight": "bold"})
-        self.open_inspect = pn.widgets.Button(label="Open in Inspect", width=140, disabled=True)
+        self.title.object = self._title
+        self.open_inspect = pn.widgets.Button(label="Open in Inspect", width=140, disabled=self.param.run.rx.is_(None))
         self.body = pn.Column(sizing_mode="stretch_width", css_classes=["dmn-run-panel-body"])
         self.open_inspect.on_click(lambda _: setattr(self.session, "open_page", "inspect"))
-        self.session.param.watch(self._follow_selection, "selected_runs")
         self.session.on_change(self._on_change)
-        self.param.watch(self._on_showing, "showing")
-        self.session.param.watch(self._scripts_arrived, "scripts_loaded")
         self._pending = False
         self._held: tuple | None = None  # plots waiting for plotly.js: (generation, box, plots)
         self._doc = pn.state.curdoc  # plots are built in a worker thread, in this session's theme
-        selected = self.session.selected_runs
-        self.run = selected[-1] if selected else None
         self._show()
 
-    def _follow_selection(self, event) -> None:
-        runs = event.new or []
-        run = runs[-1] if runs else None
-        if run != self.run:
-            self.run = run
-            self._show()
+    @param.depends("run")
+    def _title(self) -> str:
+        return "No run selected" if self.run is None else f"Run {self.run}"
+
+    @param.depends("session.selected_runs", watch=True)
+    def _follow_selection(self) -> None:
+        runs = self.session.selected_runs
+        self.run = runs[-1] if runs else None  # a change redraws (_on_run)
+
+    @param.depends("run", watch=True)
+    def _on_run(self) -> None:
+        self._show()
 
     def _on_change(self, change: Change) -> None:
         if self.run is not None and (change.reset or self.session.source.key_for(None, self.run) in change.changed):
             self._show()  # reprocessed: the new values
 
-    def _scripts_arrived(self, event) -> None:
+    @param.depends("session.scripts_loaded", watch=True)
+    def _scripts_arrived(self) -> None:
         held, self._held = self._held, None
-        if event.new and held is not None and held[0] == self.generation:
+        if self.session.scripts_loaded and held is not None and held[0] == self.generation:
             held[1].objects = held[2]
 
-    def _on_showing(self, event) -> None:
-        if event.new:
+    @param.depends("showing", watch=True)
+    def _on_showing(self) -> None:
+        if self.showing:
             if self._pending:
                 self._show()
         else:
@@ -124,12 +130,9 @@ class RunPanel(pn.viewable.Viewer):
             return
         self._pending = False
         generation, run, source = self.generation, self.run, self.session.source
-        self.open_inspect.disabled = run is None
         if run is None:
-            self.title.object = "No run selected"
             self.body.objects = [safe_text("Click a run in the table to see its plots here.", color="grey")]
             return
-        self.title.object = f"Run {run}"
         self.body.objects = [pn.indicators.LoadingSpinner(value=True, size=30, name=f"Loading run {run}…")]
 
         def scan() -> tuple[list[StoredVariable], list[StoredVariable], dict[str, StoredVariable]]:

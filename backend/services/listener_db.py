@@ -297,11 +297,16 @@ class ListenerDB:
         """Not due before ``next_attempt`` (without counting a failed attempt)."""
         self._write("UPDATE waiting_runs SET reason=?, next_attempt=? WHERE id=?", (reason, next_attempt, entry_id))
 
-    def retry_waiting_now(self, ask_listener: bool = True) -> int:
-        """Make every waiting run due at once; returns how many. ``ask_listener``: also ask a running
-        listener to try Slurm now rather than at its back-off (`damnit listener waiting --retry`)."""
+    def retry_waiting_now(self, ask_listener: bool = True, ids: list[int] | None = None) -> int:
+        """Make every waiting run (or those with these ``ids``) due at once; returns how many.
+        ``ask_listener``: also ask a running listener to try Slurm now rather than at its back-off
+        (`damnit listener waiting --retry`, the dashboard's "Retry now")."""
         with self._lock, self.conn:
-            n = self.conn.execute("UPDATE waiting_runs SET next_attempt=0").rowcount
+            if ids is None:
+                n = self.conn.execute("UPDATE waiting_runs SET next_attempt=0").rowcount
+            else:
+                n = sum(self.conn.execute("UPDATE waiting_runs SET next_attempt=0 WHERE id=?", (int(i),)).rowcount
+                        for i in ids)
             if ask_listener:
                 self.conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)",
                                   (RETRY_REQUEST_KEY, time.time()))

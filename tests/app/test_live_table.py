@@ -410,3 +410,35 @@ def test_page_opens_newest_first_with_filters_sorting_and_columns(source):
     cols = list(page.table.value.columns)
     assert cols[:3] == ["run", "start_time", "comment"] and "v003" in cols and "v000" not in cols
     assert page.table.editable_columns == [] and all(e is None for e in page.table.editors.values())
+
+
+def test_a_view_link_round_trips_and_opens_with_the_right_rows_selected(source):
+    """Runs, sort, filters and hidden columns from a link; a new view highlights the linked runs
+    (Panel alone would highlight the rows at those positions of the unsorted frame)."""
+    from bokeh.document import Document
+
+    from app.pages.run_table import RunTablePage
+    from app.pages.view_links import ViewLinks
+
+    session = SessionState(source=source, can_write=False)
+    link = {"page": "table", "runs": "3,5", "sort": "run:desc", "hide": "v002,nonexistent",
+            "filter": '[{"c":"v001","k":"range","lo":-1e300,"hi":1e300}]', "proposal": "1"}
+    links = ViewLinks(session, link)
+    assert session.selected_runs == [3, 5]
+    page = RunTablePage(session=session)
+    links.attach(page)
+    assert "hide: nonexistent" in links.problems and len(links.problems) == 1
+    assert page.hidden_columns == ["v002"] and len(page.filters) == 1
+    model = page.table.get_root(Document())
+    shown = [page.table.page_keys()[i] for i in model.source.selected.indices]
+    assert sorted(source.run_of(k)[1] for k in shown) == [3, 5]
+    query = dict(p.split("=", 1) for p in links.address.query.split("&"))
+    assert query["runs"] == "3%2C5" and query["hide"] == "v002" and query["proposal"] == "1"
+    assert "sort" not in query  # newest first is the default view
+    # Hostile or broken parts are reported, never applied or raised.
+    bad = ViewLinks(SessionState(source=source, can_write=False),
+                    {"runs": "<script>", "sort": "x:up", "filter": "{", "hide": "run"})
+    page2 = RunTablePage(session=bad.session)
+    bad.attach(page2)
+    assert bad.session.selected_runs == [] and len(bad.problems) == 4
+    assert page2.hidden_columns == [] and page2.filters == []

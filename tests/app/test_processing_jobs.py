@@ -146,3 +146,71 @@ def test_damnit_slurm_off_keeps_jobs_on_this_machine(tmp_path, monkeypatch):
     assert slurm_available()
     monkeypatch.setenv("DAMNIT_SLURM", "off")
     assert not slurm_available()
+
+
+def _source_and_session(db_dir: Path):
+    from app.live.session import SessionState
+    from app.live.source import ProposalSource
+
+    source = ProposalSource(db_dir, broker="none", start=False)
+    return source, SessionState(source=source, can_write=True, user="tester")
+
+
+@pytest.mark.slurm
+def test_cancelled_slurm_job_marks_the_run_failed_and_the_dashboard_requeues_it(db_dir, slurm_cluster, monkeypatch):
+    from app.actions.processing_jobs import job_board
+    from app.actions.requeue import requeue
+    from backend.storage import processing_state as ps
+
+    monkeypatch.setenv("AMORE_BROKER", "none")
+    monkeypatch.delenv("DAMNIT_SLURM", raising=False)
+    _set_context(db_dir, "v-slurm", slow=60)
+    board = job_board(db_dir, PROPOSAL)
+    job = board.submit([3], backend="slurm")
+    deadline = time.monotonic() + 60
+    while job.state not in ("RUNNING", "PENDING") and time.monotonic() < deadline:
+        board._last_squeue = 0
+        board.refresh()
+        time.sleep(0.5)
+    assert "Cancelled 1 Slurm task" in board.cancel(job.id)
+
+    source, session = _source_and_session(db_dir)
+    try:
+        failure = source.failure_for(source.key_for(PROPOSAL, 3))
+        assert failure is not None and failure.kind == ps.CANCELLED, failure
+        assert failure.slurm_job_id == job.slurm_ids[3] and "was cancelled by" in failure.reason
+
+        (db_dir / "context.py").write_text(CONTEXT.replace('"v1"', '"v-again"'))
+        done = requeue(session, [3])
+        assert done.job.backend == "slurm" and done.message.startswith("Launched processing for 3 (Slurm job")
+        assert _wait(board, done.job, 180) == "DONE", board.output_tail(done.job)
+        assert _values(db_dir, "version")[3] == "v-again"
+        change = source.poll(force=True)
+        assert change.run_states and source.failure_for(source.key_for(PROPOSAL, 3)) is None
+    finally:
+        source.stop()
+
+
+@pytest.mark.slurm
+def test_reprocessing_falls_back_to_this_machine_while_slurm_does_not_answer(db_dir, slurm_cluster, monkeypatch):
+    from app.actions.requeue import requeue
+
+    monkeypatch.setenv("AMORE_BROKER", "none")
+    monkeypatch.delenv("DAMNIT_SLURM", raising=False)
+    _set_context(db_dir, "v-local")
+    source, session = _source_and_session(db_dir)
+    slurm_cluster.stop_controller()
+    try:
+        done = requeue(session, [2])
+        assert done.job.backend == "local"
+        assert "Slurm did not answer" in done.job.message and "so on this machine" in done.job.message
+        board = JobBoard(db_dir, PROPOSAL)
+        with pytest.raises(RuntimeError, match="Slurm did not answer"):  # asked for Slurm: no fallback
+            board.submit([1], backend="slurm")
+    finally:
+        slurm_cluster.start_controller()
+        source.stop()
+    from app.actions.processing_jobs import job_board
+
+    assert _wait(job_board(db_dir, PROPOSAL), done.job, 120) == "DONE"
+    assert _values(db_dir, "version")[2] == "v-local"

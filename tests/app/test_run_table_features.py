@@ -257,8 +257,8 @@ def test_reprocess_from_the_menu_asks_first_and_needs_write_rights(source, monke
             submitted.append((runs, variables, user))
             return type("Job", (), {"runs": runs, "message": "local job 1"})()
 
-    monkeypatch.setattr("app.pages.run_table.page.job_board", lambda *a: Board())
-    monkeypatch.setattr("app.pages.run_table.page.runs_with_data", lambda proposal: {10, 12})
+    monkeypatch.setattr("app.pages.run_table.menus.job_board", lambda *a: Board())
+    monkeypatch.setattr("app.pages.run_table.menus.runs_with_data", lambda proposal: {10, 12})
     page = RunTablePage(session=session(source, user="alice"))
     bridge = Bridge(page)
     page.table.page_keys = lambda: [12, 11, 10]

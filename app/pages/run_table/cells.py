@@ -8,6 +8,7 @@ decides what markup reaches a run-table cell; nothing else builds cell HTML.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import io
 import logging
@@ -15,10 +16,13 @@ import struct
 
 import numpy as np
 
-from app.display.formatting import format_number, join_numbers
+from app.config import zone_label
+from app.display.formatting import format_number, format_time, join_numbers
 from app.display.text import escape
 from app.live.table import TableCell
+from backend.storage import processing_state
 from backend.storage.blobs import NPY_MAGIC, blob2numpy
+from backend.storage.processing_state import ProcessingFailure, WaitingRun
 
 CSS = """
 .dmn-num { font-variant-numeric: tabular-nums; }
@@ -30,6 +34,7 @@ CSS = """
 .dmn-prov { display: inline-block; width: 0; height: 0; border-top: 7px solid var(--dmn-prov, #888);
             border-left: 7px solid transparent; float: right; }
 .dmn-run-proc .dmn-proc-mark { color: #1565c0; }
+.dmn-fail-mark { color: #c62828; font-weight: bold; }
 @keyframes dmn-flash-kf { from { background: #fff59d; } to { background: transparent; } }
 .dmn-flash { animation: dmn-flash-kf 3s ease-out 1; display: block; }
 .dmn-cell { display: block; padding: 0 2px; }
@@ -219,11 +224,49 @@ def cell_html(cell: TableCell | None, blob: bytes | None = None, image_url: str 
     return f"<span class='dmn-cell'{style_attr}>{inner}</span>"
 
 
-def run_html(run: int, processing: list[dict]) -> str:
-    """The Run cell: the number, plus ⚙ (running) or ⋮ (queued) with who/where as a tooltip. The mark
-    is a ``dmn-proc-mark`` of its own, which a page hides when its user hides the processing status."""
-    if not processing:
-        return f"<b>{int(run)}</b>"
+# What failed, in words (``ProcessingFailure.kind``).
+FAILURE_KINDS = {
+    processing_state.CONTEXT: "the context file did not load",
+    processing_state.RUN: "the run could not be processed",
+    processing_state.JOB: "the Slurm job failed",
+    processing_state.CANCELLED: "the Slurm job was cancelled",
+    processing_state.PROCESSING: "processing could not start",
+}
+
+
+def failure_text(failure: ProcessingFailure, tz: dt.tzinfo) -> str:
+    """A failure for people, in one paragraph of plain text (what, when, why)."""
+    what = FAILURE_KINDS.get(failure.kind, failure.kind)
+    text = (f"Processing failed: {what} ({format_time(failure.failed_at, tz)} {zone_label(tz)})."
+            f"\n{failure.reason}")
+    if failure.slurm_job_id and failure.slurm_job_id not in failure.reason:
+        text += f"\nSlurm job {failure.slurm_job_id}"
+    return text
+
+
+def waiting_text(waiting: WaitingRun, tz: dt.tzinfo) -> str:
+    """A run waiting in the listener's queue, in plain text (since when, tries, next try, why)."""
+    zone = zone_label(tz)
+    tries = f"{waiting.attempts} attempt{'s' if waiting.attempts != 1 else ''} so far"
+    nxt = (f"next at {format_time(waiting.next_attempt, tz)} {zone}" if waiting.next_attempt
+           else "next when Slurm answers")
+    return (f"Waiting for Slurm since {format_time(waiting.since, tz)} {zone} ({tries}, {nxt})."
+            f"\n{waiting.reason}")
+
+
+def run_html(run: int, processing: list[dict], failure: ProcessingFailure | None = None,
+             waiting: WaitingRun | None = None, tz: dt.tzinfo = dt.timezone.utc) -> str:
+    """The Run cell: the number, plus ⚙ (running), ⏳ (waiting in the listener's queue for Slurm) or ⋮
+    (queued) with who/where/why as a tooltip, and ✕ when its last processing failed, with why.
+
+    The ⚙/⏳/⋮ mark is a ``dmn-proc-mark`` of its own, which a page hides when its user hides the
+    processing status; the failed mark (``dmn-fail-mark``) stays: it is the state of the run's data,
+    like a variable's error, and stays until the run is processed successfully."""
+    fail = ""
+    if failure is not None:
+        tip = failure_text(failure, tz) + "\nRight-click the row to reprocess it."
+        fail = (f"<span class='dmn-fail-mark' data-failed='{escape(failure.kind)}' "
+                f"title='{escape(tip)}'> ✕</span>")
     running = [p for p in processing if p.get("status") == "RUNNING"]
     if running:
         p = running[0]
@@ -233,6 +276,11 @@ def run_html(run: int, processing: list[dict]) -> str:
         if len(processing) > 1:
             tip = f"Processing in {len(processing)} jobs"
         return (f"<b class='dmn-run-proc' data-processing='running'>{int(run)}"
-                f"<span class='dmn-proc-mark' title='{escape(tip)}'> ⚙️</span></b>")
-    return (f"<b class='dmn-run-proc' data-processing='queued'>{int(run)}"
-            f"<span class='dmn-proc-mark' title='Processing is queued'> ⋮</span></b>")
+                f"<span class='dmn-proc-mark' title='{escape(tip)}'> ⚙️</span>{fail}</b>")
+    if waiting is not None:
+        return (f"<b class='dmn-run-proc' data-processing='waiting'>{int(run)}"
+                f"<span class='dmn-proc-mark' title='{escape(waiting_text(waiting, tz))}'> ⏳</span>{fail}</b>")
+    if processing:
+        return (f"<b class='dmn-run-proc' data-processing='queued'>{int(run)}"
+                f"<span class='dmn-proc-mark' title='Processing is queued'> ⋮</span>{fail}</b>")
+    return f"<b>{int(run)}{fail}</b>"

@@ -97,7 +97,8 @@ class TableModel:
                 return self._specs
         src = self.source
         specs = {
-            "run": ColumnSpec("run", "Run", "Run number (⚙ processing, ⋮ queued)", (), None),
+            "run": ColumnSpec("run", "Run", "Run number (⚙ processing, ⋮ queued, ⏳ waiting for Slurm, "
+                                           "✕ processing failed: hover for why)", (), None),
             "start_time": ColumnSpec("start_time", "Timestamp", f"Start of the run ({zone_label(self.tz)})",
                                      (), None),
             "comment": ColumnSpec("comment", "Comment", "Free-text comment on the run (editable)", (), "comment"),
@@ -152,7 +153,8 @@ class TableModel:
         for key, name in wanted:
             cell = decoded[(key, name)]
             if name == "run":
-                out.append(cells.run_html(src.run_of(key)[1] if src.has_run(key) else key, src.processing_for(key)))
+                out.append(cells.run_html(src.run_of(key)[1] if src.has_run(key) else key, src.processing_for(key),
+                                          src.failure_for(key), src.waiting_for(key), self.tz))
             elif name == "start_time":
                 out.append(format_time(src.start_time(key), self.tz))
             elif name == "comment" or (name in specs and specs[name].editable_type is not None):

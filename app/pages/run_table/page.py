@@ -14,7 +14,9 @@ which check the session's rights again.
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import logging
 import time
 from functools import partial
@@ -24,20 +26,21 @@ import panel as pn
 import param
 
 from app.actions import edits
-from app.actions.processing_jobs import format_runs, job_board, runs_with_data, slurm_available
+from app.actions.processing_jobs import format_runs
 from app.config import get_config
 from app.display import theme
 from app.display.formatting import format_editable
 from app.display.text import escape, safe_options, safe_text
 from app.live.records import Change
-from app.live.session import SessionState, in_background
+from app.live.session import SessionState
 from app.pages.logbook import SendTable
 from app.pages.run_panel import RunPanel
 from app.pages.run_table import cells, export
 from app.pages.run_table.filter_panel import FilterPanel
 from app.pages.run_table.layouts import TableLayout, layout_store, table_key
+from app.pages.run_table.menus import TableMenus
 from app.pages.run_table.model import FIXED_COLUMNS, TableModel, get_table_model
-from app.pages.run_table.rows import RowFilter, is_numeric, sort_rows
+from app.pages.run_table.rows import RowFilter, sort_rows
 from app.pages.run_table.tabulator import (
     HEADER_MENU,
     ROW_MENU,
@@ -90,7 +93,7 @@ def css_string(text: str) -> str:
     return "".join(c if c.isascii() and (c.isalnum() or c in "_-.") else f"\\{ord(c):x} " for c in text)
 
 
-class RunTablePage(pn.viewable.Viewer):
+class RunTablePage(TableMenus, pn.viewable.Viewer):
     """One session's run table and its controls."""
 
     session = param.ClassSelector(class_=SessionState)
@@ -103,6 +106,8 @@ class RunTablePage(pn.viewable.Viewer):
     hierarchical_headers = param.Boolean(default=True, doc="Titles with '/' as grouped headers, else flat")
     show_processing = param.Boolean(default=True, doc="The ⚙/⋮ processing marks in the Run column")
 
+    LINK_PARAMS = ("sorters", "filters", "hidden_columns")  # a view link carries these (app/pages/view_links.py)
+    LINK_KEYS = ("sort", "filter", "hide")
     LAYOUT_PARAMS = ("column_order", "hidden_columns", "column_widths", "hierarchical_headers", "show_processing")
 
     def __init__(self, **params):
@@ -369,13 +374,16 @@ class RunTablePage(pn.viewable.Viewer):
         layout = TableLayout.from_json(stored)
         if layout == self.layout():
             return
-        if layout is not None and self._layout_from == "default":
+        if layout is not None and self._layout_from in ("default", "link"):
+            from_link = self._layout_from == "link"
+            if from_link:  # the link says which columns are hidden; order and widths stay this user's
+                layout = dataclasses.replace(layout, hidden=list(self.hidden_columns))
             self._layout_from = "loading"
             try:
                 self.apply_layout(layout)
             finally:
-                self._layout_from = "browser"
-            if self._signed_in():
+                self._layout_from = "link" if from_link else "browser"
+            if self._signed_in() and not from_link:
                 layout_store().save(self.session.user, self._table_key, layout)
         elif self._layout_from in ("server", "user"):
             self.bridge.send({"kind": "store", "layout": self.layout().to_json()})
@@ -427,6 +435,61 @@ class RunTablePage(pn.viewable.Viewer):
     def clear_filters(self, column: str | None = None) -> None:
         self.filters = [f for f in self.filters if column is not None and f.column != column]
         self.table.refresh_page()
+
+    # -- view links ---------------------------------------------------------------------------------
+    def to_link(self) -> dict[str, str]:
+        """This table's view for the address bar (sort, filters, hidden columns; defaults left out)."""
+        out = {}
+        if self.sorters and self.sorters != NEWEST_FIRST:
+            out["sort"] = ",".join(f"{s['field']}:{s.get('dir', 'asc')}" for s in self.sorters)
+        if self.filters:
+            out["filter"] = json.dumps([f.to_link() for f in self.filters], separators=(",", ":"))
+        if self.hidden_columns:
+            out["hide"] = ",".join(self.hidden_columns)
+        return out
+
+    def from_link(self, query: dict[str, str]) -> list[str]:
+        """Show what a link says; returns the parts that could not be used (unknown columns, bad syntax)."""
+        specs, problems = self.model.specs(), []
+        if "sort" in query:
+            sorters = []
+            for part in filter(None, query["sort"].split(",")):
+                field, _, direction = part.partition(":")
+                if field in specs and direction in ("asc", "desc", ""):
+                    sorters.append({"field": field, "dir": direction or "asc"})
+                else:
+                    problems.append(f"sort: {part}")
+            if sorters:
+                self.sorters = sorters
+        if "filter" in query:
+            try:
+                wanted = json.loads(query["filter"])
+                if not isinstance(wanted, list):
+                    raise ValueError("not a list")
+            except ValueError as e:
+                problems.append(f"filter: {e}")
+                wanted = []
+            filters = []
+            for item in wanted[:50]:
+                try:
+                    filters.append(RowFilter.from_link(item, specs))
+                except (ValueError, TypeError, KeyError) as e:
+                    problems.append(f"filter: {e}")
+            if filters:
+                self.filters = filters
+                self.table.page = 1
+                self.table.refresh_page()
+        if "hide" in query:
+            hidden = [c for c in query["hide"].split(",") if c]
+            known = [c for c in hidden if c in specs and c != "run"]
+            problems.extend(f"hide: {c}" for c in hidden if c not in known)
+            if known != list(self.hidden_columns):
+                self._layout_from = "loading"  # a colleague's view is shown, not saved as this user's layout
+                try:
+                    self.hidden_columns = known
+                finally:
+                    self._layout_from = "link"
+        return problems
 
     def _filters_changed(self) -> None:
         self.table.filter_version += 1
@@ -550,226 +613,6 @@ class RunTablePage(pn.viewable.Viewer):
             doc.add_next_tick_callback(partial(fn, *args))
         except Exception:  # the session closed meanwhile
             pass
-
-    # -- what the browser asks (TableBridge) --------------------------------------------------------
-    def _on_bridge(self, msg: dict) -> None:
-        """One message from the browser: its stored layout, a column dragged, or a menu action. Anything
-        not about this page's table, or malformed, is ignored; rights are checked where it writes."""
-        kind = msg.get("kind")
-        if kind == "stored-layout":
-            self._browser_layout(msg.get("layout"))
-            return
-        if msg.get("table") not in self._table_ids():
-            return
-        try:
-            handler = self._BRIDGE_ACTIONS[kind]
-        except KeyError:
-            return
-        try:
-            handler(self, msg)
-        except PermissionError as e:
-            self.say(f"Not allowed: {e}", "error")
-        except (TypeError, ValueError, KeyError, IndexError) as e:
-            log.debug("Ignoring a malformed %s message %r: %s", kind, msg, e)
-
-    def _table_ids(self) -> set[str]:
-        """Ids of this page's table in the browser (one per view of it)."""
-        return {model.ref["id"] for model, _ in self.table._models.values()}
-
-    def _keys(self, indices) -> list[int]:
-        """Row keys of positions on the page shown (``_index`` of the browser's rows)."""
-        page = list(self.table.page_keys())
-        at = sorted({i for i in list(indices)[:PAGE_SIZE] if isinstance(i, int) and 0 <= i < len(page)})
-        return [int(page[i]) for i in at if self.source.has_run(page[i])]
-
-    def _runs(self, keys: list[int]) -> list[int]:
-        return [self.source.run_of(k)[1] for k in keys]
-
-    def _column(self, msg: dict) -> str:
-        field = msg.get("field")
-        if not isinstance(field, str) or field not in self.model.specs():
-            raise KeyError(field)
-        return field
-
-    def _on_open(self, msg: dict) -> None:
-        """A double click on a row (not on a cell being edited): select that run and inspect it."""
-        if msg.get("field") in self.table.editable_columns:
-            return
-        self._inspect(self._runs(self._keys([msg.get("index")])))
-
-    def _on_inspect(self, msg: dict) -> None:
-        self._inspect(self._runs(self._keys([msg.get("index")])))
-
-    def _on_logs(self, msg: dict) -> None:
-        """The Processing page's log viewer, on that run."""
-        runs = self._runs(self._keys([msg.get("index")]))
-        if runs:
-            self.session.selected_runs = runs
-            self.session.open_page = "processing"
-
-    def _on_copy(self, msg: dict) -> None:
-        """The runs as a Markdown table of the visible columns (what the browser puts on the clipboard)."""
-        keys = self._keys(msg.get("indices") or [])
-        text = self.markdown(keys) if keys else ""
-        self.bridge.send({"kind": "clipboard", "request": msg.get("request"), "text": text})
-        if keys:
-            runs = self._runs(keys)
-            self.say(f"Copied {'run ' + str(runs[0]) if len(runs) == 1 else f'{len(runs)} runs'} as Markdown")
-
-    def markdown(self, keys: list[int]) -> str:
-        specs = self.model.specs()
-        df = export.export_frame(self.source, list(self.table.value.columns),
-                                 {n: s.title for n, s in specs.items()}, self.tz, keys=keys)
-        return export.to_markdown(df)
-
-    def _on_sort(self, msg: dict) -> None:
-        self.sorters = [{"field": self._column(msg), "dir": "desc" if msg.get("dir") == "desc" else "asc"}]
-
-    def _on_hide(self, msg: dict) -> None:
-        self.hide_column(self._column(msg))
-
-    def _on_filter(self, msg: dict) -> None:
-        self.filters_card.collapsed = False
-        self.filter_panel.show(self._column(msg))
-
-    def _on_plot(self, msg: dict) -> None:
-        """Plots, with this column against run."""
-        name = self._column(msg)
-        with self.source.lock:
-            numeric = is_numeric(self.source.table, name)
-        if not numeric:
-            title = self.model.specs()[name].title
-            self.say(f"“{title}” has no numbers to plot against run (open Inspect for images and arrays)",
-                     "warning")
-            return
-        self.session.plot_request = {"x": "run", "y": name}
-        self.session.open_page = "plots"
-
-    def _on_reprocess(self, msg: dict) -> None:
-        self.ask_reprocess(self._runs(self._keys(msg.get("indices") or [])))
-
-    def _on_delete(self, msg: dict) -> None:
-        self.ask_delete(self._column(msg))
-
-    def _on_resized(self, msg: dict) -> None:
-        """A column resized by dragging: already that wide in the browser, so only remembered."""
-        name, width = self._column(msg), msg.get("width")
-        if not isinstance(width, (int, float)) or isinstance(width, bool):
-            return
-        width = int(TableLayout.from_json({"widths": {name: width}}).widths[name])
-        with param.discard_events(self.table):
-            self.table.widths = {**self.table.widths, name: width}
-        self._quiet = True
-        try:
-            self.column_widths = {**self.column_widths, name: width}
-        finally:
-            self._quiet = False
-
-    def _on_moved(self, msg: dict) -> None:
-        """Columns dragged to a new order: already so in the browser, so only remembered (and the
-        skeleton's columns put in that order for Panel's later column updates)."""
-        shown = [c for c in msg.get("order") or [] if isinstance(c, str)]
-        order = self._merge_order(shown)
-        self._quiet = True
-        try:
-            self.column_order = order
-        finally:
-            self._quiet = False
-        self.table.replace_value(self.table.value[[c for c in self._visible_columns() if c in self.table.value]])
-
-    _BRIDGE_ACTIONS = {"open": _on_open, "inspect": _on_inspect, "logs": _on_logs, "copy": _on_copy,
-                       "sort": _on_sort, "hide": _on_hide, "filter": _on_filter, "plot": _on_plot,
-                       "reprocess": _on_reprocess, "delete": _on_delete, "resized": _on_resized,
-                       "moved": _on_moved}
-
-    # -- confirmations ----------------------------------------------------------------------------
-    def _ask(self, question: str | None, yes: str = "", action=None) -> None:
-        """Show ``question`` with a button ``yes`` that runs ``action`` (None: close the question)."""
-        self._confirmed = action
-        self.confirm_text.object = question or ""
-        self.confirm_yes.label = yes or "Yes"
-        self.confirm_bar.visible = question is not None
-
-    def _on_confirm(self, _=None) -> None:
-        action, self._confirmed = self._confirmed, None
-        self._ask(None)
-        if action is not None:
-            action()
-
-    def ask_reprocess(self, runs: list[int]) -> None:
-        """Reprocess runs from the table, after a confirmation (all variables; the Processing page
-        chooses variables)."""
-        if not runs:
-            return
-        try:
-            self.session.check_write()
-        except PermissionError as e:
-            self.say(f"Not allowed: {e}", "error")
-            return
-        on_disk = runs_with_data(self.source.proposal)
-        missing = sorted(set(runs) - on_disk) if on_disk is not None else []
-        ok = sorted(r for r in set(runs) if r not in missing)
-        if not ok:
-            self.say(f"No raw data on disk for run{'s' if len(missing) > 1 else ''} {format_runs(missing)}",
-                     "warning")
-            return
-        where = "Slurm" if slurm_available() else "this machine"
-        note = f" (no raw data for {format_runs(missing)})" if missing else ""
-        self._ask(f"Reprocess run{'s' if len(ok) > 1 else ''} {format_runs(ok)} with every variable on "
-                  f"{where}?{note}", "Reprocess", partial(self._reprocess, ok))
-
-    def _reprocess(self, runs: list[int]) -> None:
-        self.session.check_write()
-        board = job_board(self.source.db_dir, self.source.proposal)
-        self.say(f"Starting processing of {format_runs(runs)}…")
-
-        def done(job, error):
-            if error is not None:
-                self.say(f"Could not start processing: {error}", "error")
-            else:
-                self.say(f"Launched processing for {len(job.runs)} runs ({job.message}); "
-                         "follow it on the Processing page")
-
-        in_background(lambda: board.submit(runs, [], backend="auto", user=self.session.user), done)
-
-    def ask_delete(self, name: str) -> None:
-        """Delete a variable with all its data, after a confirmation that names it and says how many
-        runs lose a value (only for sessions that may change the context file)."""
-        try:
-            self.session.check_context_edit()
-        except PermissionError as e:
-            self.say(f"Deleting variables is not allowed: {e}", "error")
-            return
-        spec = self.model.specs().get(name)
-        if spec is None or name in FIXED_COLUMNS:
-            return
-        n = edits.runs_with_values(self.session, name)
-        self._ask(f"Delete the variable “{spec.title}” ({name}) with all its data? {n} run{'' if n == 1 else 's'} "
-                  f"lose{'s' if n == 1 else ''} its value, in the database and in every run's HDF5 file. This "
-                  "cannot be undone; if the context file still defines it, the next processing computes it again.",
-                  "Delete variable", partial(self._delete, name, spec.title))
-
-    def _delete(self, name: str, title: str) -> None:
-        self.say(f"Deleting “{title}”…")
-
-        shown = [0.0]
-
-        def progress(done: int, total: int) -> None:  # from the worker: at most a few updates a second
-            if done == total or time.monotonic() - shown[0] > 0.3:
-                shown[0] = time.monotonic()
-                self._later(self.say, f"Deleting “{title}” from the run files: {done} of {total}")
-
-        def finished(result, error):
-            if error is not None:
-                self.say(f"“{title}” was not deleted: {error}", "error")
-            elif result.files_failed:
-                bad = ", ".join(sorted(result.files_failed)[:5])
-                self.say(f"“{title}” deleted from the database and {result.files_changed} run files; "
-                         f"{len(result.files_failed)} could not be changed ({bad})", "warning")
-            else:
-                self.say(f"“{title}” deleted: {result.runs} runs, {result.files_changed} run files")
-
-        in_background(lambda: edits.delete_variable(self.session, name, progress), finished)
 
     # -- runs ahead -------------------------------------------------------------------------------
     def precreate_form(self) -> pn.viewable.Viewable:

@@ -7,6 +7,7 @@ last whatever the direction; several sorters apply from the last to the first (a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -92,6 +93,44 @@ class RowFilter(param.Parameterized):
             wanted = set(self.categories)
             ok = np.array([text in wanted for text in category_texts(table, self.column, rows)], dtype=bool)
         return ok | (empty & self.include_empty)
+
+    def to_link(self) -> dict:
+        """This filter as a view link keeps it (app/pages/view_links.py): short keys, defaults left out."""
+        out: dict = {"c": self.column, "k": self.kind}
+        if self.kind == "range":
+            out.update(lo=self.low, hi=self.high)
+        elif self.kind == "categories":
+            out["v"] = list(self.categories)
+        else:
+            out["h"] = int(self.has_value)
+        if self.include_empty:
+            out["e"] = 1
+        return out
+
+    @classmethod
+    def from_link(cls, item: dict, specs: dict) -> RowFilter:
+        """The filter a link describes; ValueError/TypeError/KeyError when it is not one of this table's
+        (a link is typed or pasted by people, and may be hostile)."""
+        if not isinstance(item, dict) or "c" not in item or "k" not in item:
+            raise ValueError("a filter needs a column (c) and a kind (k)")
+        column, kind = str(item["c"]), str(item["k"])
+        if column not in specs:
+            raise ValueError(f"no column {column!r}")
+        if kind not in ("range", "categories", "presence"):
+            raise ValueError(f"no filter kind {kind!r}")
+
+        def number(key: str) -> float | None:
+            value = item.get(key)
+            if value is None:
+                return None
+            value = float(value)
+            if not math.isfinite(value):
+                raise ValueError(f"{key} is not a finite number")
+            return value
+
+        return cls(column=column, title=specs[column].title, kind=kind, low=number("lo"), high=number("hi"),
+                   categories=[str(v) for v in item.get("v", [])][:1000] if kind == "categories" else [],
+                   include_empty=bool(item.get("e")), has_value=bool(item.get("h", 1)))
 
     def label(self) -> str:
         if self.kind == "presence":

@@ -6,11 +6,13 @@ usual. The rows, their order and the page's cells come from the page (``rows_for
 order, filtered and sorted on the live table's arrays) and the table model (``render``: cached HTML).
 
 Panel internals overridden, checked against the Panel versions pinned in pyproject.toml
-(``panel>=1.8,<1.10``; tested with 1.9): ``Tabulator._get_data`` (the page's data),
-``_get_column_definitions`` (one shared formatter and editor model instead of three per column),
-``_process_data`` (the page coming back after an edit: only edited cells are taken), and the attributes ``_processed`` (rows in display order),
-``_old_value`` (cleared: the old value of an edit is the page's), ``_models`` (the browser-side models, to address cell patches) and ``_rename`` (our parameters are not
-Bokeh properties). ``tests/app/test_run_table_widget.py`` exercises each.
+(``panel>=1.9,<1.10``): ``Tabulator._get_data`` (the page's data), ``_get_column_definitions`` (one
+shared formatter and editor model instead of three per column), ``_process_data`` (the page coming back
+after an edit: only edited cells are taken), ``_get_properties`` (the selection a page opens with, as
+positions on the page sent), and the attributes ``_processed`` (rows in display order), ``_old_value``
+(cleared: the old value of an edit is the page's), ``_models`` (the browser-side models, to address cell
+patches) and ``_rename`` (our parameters are not Bokeh properties). ``tests/app/test_live_table.py`` (paging, sorting, filtering, the first selection) and
+``tests/app/browser/test_dashboard.py`` (edits, patches) exercise them.
 """
 
 from __future__ import annotations
@@ -63,6 +65,21 @@ class RunTabulator(pn.widgets.Tabulator):
         nrows = self.page_size or self.initial_page_size
         start = (self.page - 1) * nrows
         return processed.index[start:start + nrows]
+
+    def page_selection(self) -> list[int]:
+        """The selected rows as positions on the page the browser shows."""
+        if self.value is None or not self.selection:
+            return []
+        size = len(self.value.index)
+        wanted = set(self.value.index[[i for i in self.selection if 0 <= i < size]])
+        return [i for i, key in enumerate(self.page_keys()) if key in wanted]
+
+    def _get_properties(self, doc=None):
+        # Panel hands ``selection`` (positions in ``value``) to a new view unmapped; on a sorted, paged
+        # table those are other rows (a link's runs 3,5 highlighted 28 and 26).
+        properties = super()._get_properties(doc)
+        properties["source"].selected.indices = self.page_selection()
+        return properties
 
     def _get_column_definitions(self, col_names, df):
         """One shared formatter model and one editor model per kind instead of one each per column.

@@ -180,6 +180,11 @@ def test_widths_hidden_columns_and_order_survive_a_reload(serve, small_db, page)
     page.locator("label", has_text="Timestamp").locator("input").uncheck()
     page.locator("label", has_text="Comment").locator("input").uncheck()
     assert wait_for(lambda: header(page, "start_time").count() == 0 and header(page, "comment").count() == 0)
+
+    def kept() -> dict:
+        return json.loads(page.evaluate(f"() => localStorage.getItem('{STORAGE_KEY}')") or "{}")
+    # The browser stores what the server sends it: reload once it has arrived (slow on a busy machine).
+    assert wait_for(lambda: not kept().get("hierarchical", True) and "comment" in kept().get("hidden", []))
     page.reload()
     page.wait_for_selector(".tabulator-row .tabulator-cell[tabulator-field='run']", timeout=30000)
     assert wait_for(lambda: page.locator(".tabulator-col-group").count() == 0)
