@@ -16,6 +16,7 @@ from enum import IntEnum
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .arrow_reader import ArrowReader
 
@@ -114,7 +115,9 @@ def read_run_values(reader: ArrowReader, *, details: bool = False, since: float 
     ``versions``: read the version column (True), leave it out and say every row is version 1
     (False: for a caller that notices a cell given twice and reads again), or decide by looking
     (None)."""
-    where, params = ["proposal IS NOT NULL AND run IS NOT NULL AND name IS NOT NULL"], []
+    # Rows without proposal, run or name are left out: by SQL for a partial read, afterwards for the
+    # whole table (testing three columns of every row in SQL costs 6 % of a scan that is mostly not NULL).
+    where, params = ["1"], []
     if since is not None:
         where.append("timestamp >= ?")
         params.append(float(since))
@@ -131,6 +134,8 @@ def read_run_values(reader: ArrowReader, *, details: bool = False, since: float 
         where.append(f"name IN ({', '.join('?' * len(names))})")
         params += names
     whole = since is None and runs is None and names is None
+    if not whole:
+        where[0] = "proposal IS NOT NULL AND run IS NOT NULL AND name IS NOT NULL"
     # Only rows with several versions of one cell need the version column (the unique index includes it):
     # DAMNIT writes version 1, so for the whole table a quick look at the index usually saves it.
     if versions is None:
@@ -148,6 +153,9 @@ def read_run_values(reader: ArrowReader, *, details: bool = False, since: float 
             raise
         log.info("Reading %s with casts (%s)", reader.path, e)
         table = _query(reader, f"SELECT {_CAST_VALUE_COLUMNS}{tail}", schema, params, whole)
+    keys = [table.column(c) for c in ("proposal", "run", "name")]
+    if any(k.null_count for k in keys):
+        table = table.filter(pc.and_(pc.and_(pc.is_valid(keys[0]), pc.is_valid(keys[1])), pc.is_valid(keys[2])))
     return _from_table(table, details)
 
 
