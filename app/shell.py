@@ -3,7 +3,6 @@ tabs under a header with the proposal, the connection state and the user's write
 
 from __future__ import annotations
 
-import html
 import logging
 
 import panel as pn
@@ -13,6 +12,7 @@ from app.access import may_see
 from app.config import ServerConfig, get_config
 from app.display import theme
 from app.display.plots import warm_up_now
+from app.display.text import escape
 from app.live.session import SessionState, every
 from app.live.source import ProposalSource, get_source
 from app.pages import load_pages
@@ -206,17 +206,17 @@ def build_app() -> pn.viewable.Viewable:
     session.on_change(lambda ch: setattr(badge, "state", source.connection) if ch.connection else None)
     every(2000, lambda: setattr(badge, "heartbeat", badge.heartbeat + 1))
 
-    who = html.escape(session.user) if session.user else ""
+    who = escape(session.user) if session.user else ""
     if session.read_only:
         mode = "<span title='Started with --read-only' style='color:#a00'>read-only</span>"
     elif not session.can_write:
-        mode = f"<span title='{html.escape(session.write_denied_reason, quote=True)}' style='color:#a00'>view only</span>"
+        mode = f"<span title='{escape(session.write_denied_reason)}' style='color:#a00'>view only</span>"
     else:
         mode = ""
-    title = html.escape(f"DAMNIT: {source.title}")
+    title = escape(f"DAMNIT: {source.title}")
     header = pn.Row(
         pn.pane.HTML(f"<b style='font-size:18px'>{title}</b> <span style='opacity:0.65'>"
-                     f"{html.escape(str(source.db_dir))}</span>"),
+                     f"{escape(str(source.db_dir))}</span>"),
         pn.HSpacer(),
         pn.pane.HTML(f"{who} {mode}", margin=(8, 10)),
         theme.ThemeToggle(theme=chosen, explicit=explicit, height=28, width=90, margin=(4, 10)),
@@ -254,7 +254,7 @@ def build_app() -> pn.viewable.Viewable:
                 links.attach(view)  # shows the view the link names; its changes change the link
             except Exception as e:
                 log.exception("Page %s failed", pages[index].slug)
-                slots[index].objects = [pn.pane.Alert(f"This page failed: {html.escape(repr(e))}",
+                slots[index].objects = [pn.pane.Alert(f"This page failed: {escape(repr(e))}",
                                                       alert_type="danger")]
 
     def on_tab(index: int) -> None:

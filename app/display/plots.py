@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import math
+import numbers
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from bokeh.models import DataRange1d
 from bokeh.palettes import viridis
 
 from app.display.formatting import format_value
-from app.display.text import safe_text
+from app.display.text import escape, plot_name, plot_text, plot_title, safe_table, safe_text
 from app.display.theme import TABLE_CSS
 from backend.processing.summaries import quiet_nan_warnings
 
@@ -166,7 +167,8 @@ class PlotStyle:
         return opts
 
     def title(self, title: str) -> str:
-        return title if self.titles else ""
+        """``title`` as a HoloViews title option (a format string: see ``plot_title``)."""
+        return plot_title(title) if self.titles else ""
 
     def pane(self, **extra: Any) -> dict:
         """Panel sizing for a pane holding one plot: page width at a fixed height, or the whole box."""
@@ -181,7 +183,8 @@ PAGE_STYLE = PlotStyle()
 # --------------------------------------------------------------------------------------------------
 
 def _dim(name: str, units: str | None = None, label: str | None = None) -> hv.Dimension:
-    return hv.Dimension(str(name), label=label or str(name), unit=units or None)
+    """A dimension named from data: its label and unit drawn as written (``plot_text``)."""
+    return hv.Dimension(plot_name(name), label=plot_text(label or name), unit=plot_text(units) or None)
 
 
 def line_element(x: np.ndarray, y: np.ndarray, *, xdim: hv.Dimension, ydim: hv.Dimension,
@@ -492,8 +495,7 @@ def array_view(arr: np.ndarray, *, title: str = "", units: str | None = None, ob
         return rgb_view(squeezed, title=title, style=style)
     if squeezed.ndim == 2:
         return image_view(Image2D.from_array(squeezed, zdim=_dim("value", units), title=title), style=style)
-    return pn.pane.HoloViews(array_element(squeezed, title=title, units=units, style=style), linked_axes=False,
-                             **style.pane())
+    return element_view(array_element(squeezed, title=title, units=units, style=style), style=style)
 
 
 def array_element(arr: np.ndarray, *, title: str = "", units: str | None = None,
@@ -562,8 +564,22 @@ def dataarray_view(da: Any, *, title: str = "", units: str | None = None,
         return image_view(_dataarray_image(squeezed, title=title, units=units), style=style)
     if squeezed.ndim == 3 and squeezed.shape[-1] in (3, 4) and squeezed.dtype == np.uint8:
         return rgb_view(np.asarray(squeezed.values), title=title or _value_label(da, title), style=style)
-    return pn.pane.HoloViews(dataarray_element(da, title=title, units=units, style=style), linked_axes=False,
-                             **style.pane())
+    return element_view(dataarray_element(da, title=title, units=units, style=style), style=style)
+
+
+def element_view(element: hv.core.Dimensioned, *, style: PlotStyle = PAGE_STYLE) -> pn.viewable.Viewable:
+    """A HoloViews element, or frames (a HoloMap) with the widget that picks one: in a page the pane's
+    layout, since a pane put into a Column alone loses its widgets (the big screen shows the first frame).
+    Panel's slider over numeric frame keys puts its label into HTML: there it is escaped (a list of
+    frames shows it as text)."""
+    widgets = {}
+    if isinstance(element, hv.HoloMap):
+        for dim in element.kdims:
+            keys = set(element.dimension_values(dim, expanded=False))
+            if len(keys) > 1 and all(isinstance(k, numbers.Number) for k in keys):
+                widgets[dim.name] = {"label": escape(dim.pprint_label)}
+    pane = pn.pane.HoloViews(element, linked_axes=False, widgets=widgets, **style.pane())
+    return pane.layout if style.controls and isinstance(element, hv.HoloMap) else pane
 
 
 def dataarray_element(da: Any, *, title: str = "", units: str | None = None,
@@ -589,7 +605,7 @@ def dataarray_element(da: Any, *, title: str = "", units: str | None = None,
     coords = da.coords[first].values if first in da.coords else np.arange(da.sizes[first])
     frames = {coords[i].item() if hasattr(coords[i], "item") else coords[i]:
               dataarray_element(da.isel({first: i}), title=title, units=units, style=style) for i in idx}
-    return hv.HoloMap(frames, kdims=[hv.Dimension(str(first))])
+    return hv.HoloMap(frames, kdims=[_dim(first)])
 
 
 def dataset_view(ds: Any, *, title: str = "", style: PlotStyle = PAGE_STYLE) -> pn.viewable.Viewable:
@@ -616,8 +632,10 @@ def _is_pandas(value: Any, kind: str) -> bool:
 def dataframe_view(df: Any) -> pn.viewable.Viewable:
     """A DataFrame as a read-only table, paged on the server (a frame may have millions of rows)."""
     info = safe_text(f"DataFrame: {len(df)} rows x {len(df.columns)} columns", color="grey")
-    table = pn.widgets.Tabulator(df, disabled=True, pagination="remote", page_size=20, show_index=True,
-                                 sizing_mode="stretch_width", max_height=600, stylesheets=[TABLE_CSS])
+    shown, titles = safe_table(df)  # column names are data: Tabulator renders titles as HTML
+    table = pn.widgets.Tabulator(shown, titles=titles, disabled=True, pagination="remote", page_size=20,
+                                 show_index=True, sizing_mode="stretch_width", max_height=600,
+                                 stylesheets=[TABLE_CSS])
     return pn.Column(info, table, sizing_mode="stretch_width")
 
 

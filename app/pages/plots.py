@@ -22,7 +22,7 @@ from panel.io.state import set_curdoc
 from app.config import get_config, zone_label
 from app.display.plots import PLOT_HEIGHT, PlotStyle, downsample_1d, plot_value
 from app.display.run_contents import run_file, scan_run_file
-from app.display.text import safe_text
+from app.display.text import plot_text, plot_title, safe_text
 from app.live.session import SessionState, in_background
 from app.live.source import ProposalSource
 from app.pages.logbook import SendPlot
@@ -295,15 +295,15 @@ class SummaryPlot:
         self.x.disabled = kind == "Histogram"
         xlabel, ylabel = self._label(x), self._label(y)
         xu, yu = self.source.units(x), self.source.units(y)
-        xdim = hv.Dimension("x", label=xlabel, unit=xu)
-        ydim = hv.Dimension("y", label=ylabel, unit=yu)
+        xdim = hv.Dimension("x", label=plot_text(xlabel), unit=plot_text(xu) or None)
+        ydim = hv.Dimension("y", label=plot_text(ylabel), unit=plot_text(yu) or None)
 
         if kind == "Histogram":
             def element(data: pd.DataFrame) -> hv.Element:
                 edges, density = histogram(data["y"].to_numpy() if len(data) else np.array([]), self.bins.value)
                 return hv.Histogram((edges, density), kdims=[ydim], vdims=["density"]).opts(
                     responsive=True, height=PLOT_HEIGHT + 80, framewise=True, tools=["hover"],
-                    title=f"{ylabel}: distribution over runs")
+                    title=plot_title(f"{ylabel}: distribution over runs"))
         else:
             def element(data: pd.DataFrame) -> hv.Element:
                 times = {c for c in ("x", "y") if {"x": x, "y": y}[c] == "start_time"}
@@ -313,7 +313,7 @@ class SummaryPlot:
                 points = hv.Points(data, kdims=[xdim, ydim], vdims=["run"]).opts(
                     size=8, tools=["hover", "tap", "box_select", "lasso_select"], responsive=True,
                     height=PLOT_HEIGHT + 80, framewise=True, show_grid=True, nonselection_alpha=0.3,
-                    title=f"{ylabel} vs. {xlabel}", active_tools=["box_select"])
+                    title=plot_title(f"{ylabel} vs. {xlabel}"), active_tools=["box_select"])
                 if kind == "Line":
                     return hv.Curve(data, kdims=[xdim], vdims=[ydim]).opts(framewise=True) * points
                 return points
@@ -468,7 +468,8 @@ class RunOverlay:
                                                      ncols=min(len(items), 3), sizing_mode="stretch_width")]
             else:
                 overlay = hv.Overlay([curve for _, curve in items]).opts(
-                    responsive=True, height=PLOT_HEIGHT + 60, legend_position="right", title=f"{title} per run")
+                    responsive=True, height=PLOT_HEIGHT + 60, legend_position="right",
+                    title=plot_title(f"{title} per run"))
                 self.plot_area.objects = [pn.pane.HoloViews(overlay, sizing_mode="stretch_width", linked_axes=False)]
                 self.shown = overlay
         listed = ", ".join(map(str, shown))
@@ -497,11 +498,11 @@ class RunOverlay:
                 problems.append(f"Run {run}: {e}")
                 continue
             x, y = downsample_1d(x, y)
-            xdim = hv.Dimension("x", label=xlabel or auto_label or "index")
+            xdim = hv.Dimension("x", label=plot_text(xlabel or auto_label or "index"))
             opts: dict[str, Any] = {"tools": ["hover"]}
             if x.dtype.kind in "iu":
                 opts["xformatter"] = "%d"  # absolute train IDs as integers, not 1.0002e+9
-            curves.append((run, hv.Curve((x, y), kdims=[xdim], vdims=[hv.Dimension("y", label=ylabel, unit=yunits)],
+            curves.append((run, hv.Curve((x, y), kdims=[xdim], vdims=[hv.Dimension("y", label=plot_text(ylabel), unit=plot_text(yunits) or None)],
                                          label=f"run {run}").opts(**opts)))
         return curves, problems
 

@@ -39,6 +39,7 @@ class ProcessingPage(pn.viewable.Viewer):
     def __panel__(self) -> pn.viewable.Viewable:
         source = self.session.source
         board = job_board(source.db_dir, source.proposal)
+        # <hr>, not pn.layout.Divider: Panel leaves the Divider's stylesheet on its CDN (no internet here)
         return pn.Column(
             reprocess_form(self.session, board),
             pn.pane.HTML("<hr>", sizing_mode="stretch_width"),

@@ -12,7 +12,6 @@ whenever a linked param changes. Query keys the dashboard does not own (``propos
 
 from __future__ import annotations
 
-import html
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -21,6 +20,7 @@ from urllib.parse import urlencode
 import panel as pn
 import param
 
+from app.display.text import escape
 from app.live.session import SessionState
 from backend.base.runs import RunSpecError, format_runs, parse_run_spec
 
@@ -145,7 +145,7 @@ class ViewLinks:
         if not problems:
             return
         self.problems.extend(problems)
-        text = html.escape(("Parts of this link were not used: " + "; ".join(problems))[:500])
+        text = escape(("Parts of this link were not used: " + "; ".join(problems))[:500])
 
         def show() -> None:
             if pn.state.notifications is not None:

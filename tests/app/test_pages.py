@@ -146,7 +146,9 @@ def test_pandas_values_in_the_inspector(tmp_path):
     assert isinstance(loaded.value, pd.DataFrame) and loaded.objtype == "dataframe"
     view = vp.plot_value(loaded.value, objtype=loaded.objtype)
     table = view.objects[1]
-    assert table.value["label"].tolist() == ["<b>a</b>", "b", "c"] and table.disabled
+    # Fields are c0, c1, ... (app/display/text.py safe_table), the names are the titles.
+    assert table.titles["c1"] == "label" and table.disabled
+    assert table.value["c1"].tolist() == ["<b>a</b>", "b", "c"]
     kinds, _ = _bokeh_models(vp.plot_value(load_for_display(db_dir, 1, "series").value, title="Squares"))
     assert "GlyphRenderer" in kinds  # a line, against the index
     kinds, _ = _bokeh_models(vp.plot_value(pd.Series(["x", "y"])))
