@@ -11,8 +11,14 @@ PY="${PYTHON:-python3}"
 # This checkout's code, whichever Python runs it.
 export PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}"
 
+# The project's dependencies (pyproject.toml), looked up without importing them: importing Panel alone
+# would cost a second of every start.
+STACK="numpy h5py xarray netCDF4 h5netcdf pandas extra_data aiokafka supervisor panel holoviews bokeh param
+       tqdm pyflakes openpyxl tabulate matplotlib PIL pyarrow adbc_driver_sqlite"
 has_stack() {
-    "$1" -c "import panel, backend.storage.database, app.server.serve" >/dev/null 2>&1
+    # shellcheck disable=SC2086
+    "$1" -c 'import importlib.util as u, sys
+sys.exit(sys.version_info < (3, 10) or any(u.find_spec(m) is None for m in sys.argv[1:]))' $STACK >/dev/null 2>&1
 }
 
 die() {

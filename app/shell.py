@@ -11,6 +11,7 @@ import param
 from app.access import may_see
 from app.config import ServerConfig, get_config
 from app.display import theme
+from app.display.plots import warm_up_now
 from app.display.text import escape
 from app.live.session import SessionState, every
 from app.live.source import ProposalSource, get_source
@@ -263,6 +264,8 @@ def build_app() -> pn.viewable.Viewable:
 
     tabs.param.watch(lambda ev: on_tab(ev.new), "active")
     loader.param.watch(lambda ev: setattr(session, "scripts_loaded", ev.new), "loaded")
+    # The page is drawn and the browser idle: time for the server's one-off plot set-up (app/server/setup.py).
+    loader.param.watch(lambda ev: warm_up_now() if ev.new else None, "loaded")
     session.param.watch(lambda ev: setattr(loader, "hurry", True), "scripts_wanted")
 
     def bring_to_front(event) -> None:

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import numbers
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -677,3 +678,24 @@ def warm_up() -> None:
             plot_value(value, title="warm-up").get_root()
     except Exception:  # only an optimisation
         logging.getLogger(__name__).debug("Plot warm-up failed", exc_info=True)
+
+
+_WARM_UP_NOW = threading.Event()
+
+
+def warm_up_now() -> None:
+    """A page is on screen and idle: the warm-up may take the CPU now (see ``warm_up_in_background``)."""
+    _WARM_UP_NOW.set()
+
+
+def warm_up_in_background(at_latest: float) -> threading.Thread:
+    """``warm_up`` in a thread, once a session says its page is drawn (``warm_up_now``) or after
+    ``at_latest`` seconds: not while the first visitor's page is being built, whose CPU it would take
+    (0.7 s of it, holding the GIL)."""
+    def run() -> None:
+        _WARM_UP_NOW.wait(at_latest)
+        warm_up()
+
+    thread = threading.Thread(target=run, name="damnit-warm-up-plots", daemon=True)
+    thread.start()
+    return thread

@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                        context_editors=[u.strip() for u in args.context_editors.split(",") if u.strip()],
                        unload_after=max(0.0, args.unload_after), timezone=args.timezone)
 
-    cmd = [sys.executable, "-m", "panel", "serve", str(SERVER_DIR / "main.py"),
+    # `panel serve`, through app/server/process.py: it opens the databases while Panel is imported.
+    cmd = [sys.executable, "-m", "app.server.process", "serve", str(SERVER_DIR / "main.py"),
            "--port", str(args.port), "--address", args.address,
            "--setup", str(SERVER_DIR / "setup.py"), "--plugins", "app.server.routes",
            "--check-unused-sessions", "5000", "--unused-session-lifetime", "15000"]

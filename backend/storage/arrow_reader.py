@@ -98,11 +98,15 @@ class ArrowReader:
         ``sql`` must end with ``WHERE <condition>`` (use ``WHERE 1`` for all rows); the rowid range is
         appended to it.
         """
-        first, last, count = self.query(
-            f"SELECT min(rowid), max(rowid), count(*) FROM {table}",
-            pa.schema([("lo", pa.int64()), ("hi", pa.int64()), ("n", pa.int64())])).to_pylist()[0].values()
+        if self.via != "adbc":
+            return self.query(sql, schema, params)
+        # Two subqueries: SQLite answers a lone min() or max() of the rowid from the b-tree's ends, but
+        # scans the whole table for both in one SELECT. The rowid span stands in for the row count.
+        first, last = self.query(
+            f"SELECT (SELECT min(rowid) FROM {table}), (SELECT max(rowid) FROM {table})",
+            pa.schema([("lo", pa.int64()), ("hi", pa.int64())])).to_pylist()[0].values()
         parts = READ_THREADS
-        if self.via != "adbc" or not count or count < PARALLEL_MIN_ROWS:
+        if first is None or last - first + 1 < PARALLEL_MIN_ROWS:
             return self.query(sql, schema, params)
         bounds = [first - 1 + (last - first + 1) * i // parts for i in range(parts)] + [last]
         ranged = f"{sql} AND {table}.rowid > ? AND {table}.rowid <= ?"

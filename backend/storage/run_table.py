@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from .arrow_reader import ArrowReader
-from .run_values import BlobKind, Kind, read_run_values
+from .run_values import BlobKind, Kind, RunValues, read_run_values
 
 FIXED_COLUMNS = ("proposal", "run", "start_time")
 TABLE_TITLES = {"proposal": "Proposal", "run": "Run", "start_time": "Timestamp"}
@@ -34,12 +34,15 @@ def run_table(reader: ArrowReader, *, with_titles: bool = False) -> pd.DataFrame
         pa.schema([("proposal", pa.int64()), ("run", pa.int64()), ("start_time", pa.float64())]))
     variables = reader.query("SELECT CAST(name AS TEXT), title FROM variables WHERE name IS NOT NULL",
                              pa.schema([("name", pa.string()), ("title", pa.string())])).to_pylist()
-    values = read_run_values(reader)
-
     run_proposals = runs.column("proposal").to_numpy()
     run_numbers = runs.column("run").to_numpy()
     n = len(run_numbers)
-    columns = _pivot(values, (run_proposals << 32) | run_numbers)
+    # DAMNIT writes every value as version 1: read without the version column, and again with it
+    # only if some cell turns out to have several rows (cheaper than asking first, a scan of its own).
+    pivot = _pivot(read_run_values(reader, versions=False), (run_proposals << 32) | run_numbers)
+    if pivot is None:
+        pivot = _pivot(read_run_values(reader, versions=True), (run_proposals << 32) | run_numbers)
+    columns, settled = pivot
     for var in variables:  # defined variables without any value yet still get a column
         if var["name"] not in columns:
             columns[var["name"]] = np.full(n, None, dtype=object)
@@ -56,9 +59,8 @@ def run_table(reader: ArrowReader, *, with_titles: bool = False) -> pd.DataFrame
     for name in names:
         column = columns[name]
         data[col_names[name]] = pd.Series(column, dtype=column.dtype)
-    # Per-column dtypes as the original ends up with: numbers → int64/float64/complex128, text →
-    # pandas strings (whose missing value is NaN); mixed columns stay object with pd.NA/None.
-    df = pd.DataFrame(data).infer_objects()
+    _infer_dtypes(data, {col_names.get(name, name) for name in settled})
+    df = pd.DataFrame(data)
 
     if with_titles:
         titles = {v["name"]: (v["title"] if v["title"] is not None else v["name"]) for v in variables}
@@ -74,16 +76,32 @@ def run_table(reader: ArrowReader, *, with_titles: bool = False) -> pd.DataFrame
     return df
 
 
-def _pivot(values, run_keys: np.ndarray) -> dict[str, np.ndarray]:
-    """{name: array over the runs}: each value put at its run's row (newest version wins).
+def _infer_dtypes(data: dict[str, pd.Series], settled: set[str]) -> None:
+    """Per-column dtypes as the original's table ends up with (``DataFrame.infer_objects``): numbers →
+    int64/float64/complex128, text → pandas strings (whose missing value is NaN); mixed columns stay
+    object with pd.NA/None. As pandas does it for a frame: if no object column becomes a numeric one,
+    all stay object (a pandas string column counts as object there).
+
+    Column by column, skipping ``settled`` ones (known to stay object), instead of on the whole frame.
+    """
+    objects = [name for name, series in data.items() if series.dtype == object]
+    inferred = {name: data[name].infer_objects() for name in objects if name not in settled}
+    if any(series.dtype.kind != "O" for series in inferred.values()):
+        data.update(inferred)
+
+
+def _pivot(values: RunValues, run_keys: np.ndarray) -> tuple[dict[str, np.ndarray], set[str]] | None:
+    """({name: array over the runs}, names of object arrays that dtype inference leaves as they are):
+    each value put at its run's row (newest version wins).
 
     A variable with a number of one type for every run gets a float64/int64 array straight away (what
     dtype inference would make of it); the rest get object arrays with ``pd.NA`` for missing cells and
-    None for cleared ones, as the original's table has them.
+    None for cleared ones, as the original's table has them. None if ``values`` were read without
+    versions (all 1) and some cell has several rows: read them with versions.
     """
     n = len(run_keys)
     if not len(values) or not n:
-        return {}
+        return {}, set()
     keys = (values.proposal << 32) | values.run
     pos = np.minimum(np.searchsorted(run_keys, keys), n - 1)
     rows = np.flatnonzero(run_keys[pos] == keys)  # values of runs in the table
@@ -93,6 +111,9 @@ def _pivot(values, run_keys: np.ndarray) -> dict[str, np.ndarray]:
         cell = values.name[rows].astype(np.int64) * n + pos[rows]
         _, last = np.unique(cell[::-1], return_index=True)
         rows = rows[::-1][last]
+    elif not values.versions_read and len(rows) and \
+            np.bincount(values.name[rows].astype(np.int64) * n + pos[rows]).max() > 1:
+        return None
     code, at, kind = values.name[rows], pos[rows], values.kind[rows]
     n_names = len(values.names)
     counts = np.bincount(code.astype(np.int64) * 5 + kind, minlength=n_names * 5).reshape(n_names, 5)
@@ -133,4 +154,8 @@ def _pivot(values, run_keys: np.ndarray) -> dict[str, np.ndarray]:
         sel = m[summary == blob_kind]
         grid[row_of[sel], at[sel]] = placeholder
     out.update((values.names[c], grid[i]) for i, c in enumerate(codes))
-    return out
+    # A pd.NA (a missing cell) keeps a column object unless all its values are text (which become
+    # pandas strings): such columns need no dtype inference.
+    c = counts[codes]
+    settled = {values.names[code] for code in codes[(c.sum(axis=1) < n) & (c[:, Kind.TEXT] + c[:, Kind.BLOB] == 0)]}
+    return out, settled

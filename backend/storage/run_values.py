@@ -10,13 +10,13 @@ decorate a cell (attributes with errors/units/colours, max_diff, provenance, tim
 from __future__ import annotations
 
 import logging
-import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .arrow_reader import ArrowReader
 
@@ -100,6 +100,7 @@ class RunValues:
     max_diff: np.ndarray | None = None  # float64, NaN where null
     provenance: pa.Array | None = None  # string or null
     timestamp: np.ndarray | None = None  # float64, NaN where null
+    versions_read: bool = True  # False: ``version`` is all 1 because the column was not read
 
     def __len__(self) -> int:
         return len(self.kind)
@@ -107,10 +108,16 @@ class RunValues:
 
 def read_run_values(reader: ArrowReader, *, details: bool = False, since: float | None = None,
                     runs: Iterable[tuple[int, int]] | None = None,
-                    names: Sequence[str] | None = None) -> RunValues:
+                    names: Sequence[str] | None = None, versions: bool | None = None) -> RunValues:
     """All run_variables rows (or those written at or after ``since``, of the given (proposal, run)
-    pairs, or of the given names)."""
-    where, params = ["proposal IS NOT NULL AND run IS NOT NULL AND name IS NOT NULL"], []
+    pairs, or of the given names).
+
+    ``versions``: read the version column (True), leave it out and say every row is version 1
+    (False: for a caller that notices a cell given twice and reads again), or decide by looking
+    (None)."""
+    # Rows without proposal, run or name are left out: by SQL for a partial read, afterwards for the
+    # whole table (testing three columns of every row in SQL costs 6 % of a scan that is mostly not NULL).
+    where, params = ["1"], []
     if since is not None:
         where.append("timestamp >= ?")
         params.append(float(since))
@@ -127,11 +134,14 @@ def read_run_values(reader: ArrowReader, *, details: bool = False, since: float 
         where.append(f"name IN ({', '.join('?' * len(names))})")
         params += names
     whole = since is None and runs is None and names is None
+    if not whole:
+        where[0] = "proposal IS NOT NULL AND run IS NOT NULL AND name IS NOT NULL"
     # Only rows with several versions of one cell need the version column (the unique index includes it):
     # DAMNIT writes version 1, so for the whole table a quick look at the index usually saves it.
-    versions = not whole or bool(reader.query(
-        "SELECT EXISTS(SELECT 1 FROM run_variables WHERE version IS NOT 1)",
-        pa.schema([("any", pa.int64())])).column(0)[0].as_py())
+    if versions is None:
+        versions = not whole or bool(reader.query(
+            "SELECT EXISTS(SELECT 1 FROM run_variables WHERE version IS NOT 1)",
+            pa.schema([("any", pa.int64())])).column(0)[0].as_py())
     schema = pa.schema(_VALUE_SCHEMA + ([("version", pa.int64())] if versions else [])
                        + (_DETAIL_SCHEMA if details else []))
     tail = f"{_VERSION_COLUMN if versions else ''}{_DETAIL_COLUMNS if details else ''} FROM run_variables " \
@@ -143,6 +153,9 @@ def read_run_values(reader: ArrowReader, *, details: bool = False, since: float 
             raise
         log.info("Reading %s with casts (%s)", reader.path, e)
         table = _query(reader, f"SELECT {_CAST_VALUE_COLUMNS}{tail}", schema, params, whole)
+    keys = [table.column(c) for c in ("proposal", "run", "name")]
+    if any(k.null_count for k in keys):
+        table = table.filter(pc.and_(pc.and_(pc.is_valid(keys[0]), pc.is_valid(keys[1])), pc.is_valid(keys[2])))
     return _from_table(table, details)
 
 
@@ -159,6 +172,24 @@ def _numbers(column: pa.ChunkedArray, dtype, fill) -> np.ndarray:
     return column.fill_null(fill).to_numpy().astype(dtype, copy=False)
 
 
+def _complexes(column: pa.ChunkedArray, n: int) -> np.ndarray:
+    """Complex blobs (two little-endian float64, real then imaginary) as complex128; NaN for a blob of
+    another length, 0 where there is none."""
+    out = np.zeros(n, dtype=np.complex128)
+    if column.null_count == n:
+        return out
+    valid = np.flatnonzero(np.asarray(column.is_valid()))
+    raw = column.take(pa.array(valid)).combine_chunks().cast(pa.large_binary())
+    offsets = np.frombuffer(raw.buffers()[1], dtype=np.int64)[raw.offset:raw.offset + len(raw) + 1]
+    whole = np.diff(offsets) == 16
+    starts = offsets[:-1][whole]
+    data = np.frombuffer(raw.buffers()[2] or b"", dtype=np.uint8)
+    # each whole blob's 16 bytes, gathered into one array and read as little-endian complex128
+    out[valid[whole]] = data[starts[:, None] + np.arange(16)].reshape(-1).view("<c16").astype(np.complex128)
+    out[valid[~whole]] = np.nan
+    return out
+
+
 def _from_table(t: pa.Table, details: bool) -> RunValues:
     n = t.num_rows
     names = t.column("name").combine_chunks().dictionary_encode() if n else None
@@ -169,19 +200,15 @@ def _from_table(t: pa.Table, details: bool) -> RunValues:
     for k, col in ((Kind.INT, ints), (Kind.REAL, reals), (Kind.TEXT, texts), (Kind.BLOB, blob)):
         if col.null_count < n:
             kind[np.asarray(col.is_valid())] = k
-    complexes = np.zeros(n, dtype=np.complex128)
-    cplx = t.column("complex")
-    if cplx.null_count < n:
-        valid = np.flatnonzero(np.asarray(cplx.is_valid()))
-        for i, raw in zip(valid, cplx.take(pa.array(valid)).to_pylist()):
-            complexes[i] = complex(*struct.unpack("<dd", raw)) if len(raw) == 16 else np.nan
+    complexes = _complexes(t.column("complex"), n)
     values = RunValues(
         proposal=_numbers(t.column("proposal"), np.int64, 0), run=_numbers(t.column("run"), np.int64, 0),
         name=(names.indices.to_numpy().astype(np.int32) if n else np.zeros(0, np.int32)),
         names=(names.dictionary.to_pylist() if n else []), kind=kind,
         ints=_numbers(ints, np.int64, 0), reals=_numbers(reals, np.float64, np.nan), texts=texts,
         blob=_numbers(blob, np.int8, 0), complexes=complexes,
-        version=_numbers(t.column("version"), np.int64, 1) if "version" in t.column_names else np.ones(n, np.int64))
+        version=_numbers(t.column("version"), np.int64, 1) if "version" in t.column_names else np.ones(n, np.int64),
+        versions_read="version" in t.column_names)
     if details:
         values.attributes = t.column("attributes").combine_chunks() if n else pa.array([], pa.string())
         values.max_diff = _numbers(t.column("max_diff"), np.float64, np.nan)

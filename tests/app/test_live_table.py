@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from app.config import ServerConfig, resolve_database
-from app.display.formatting import format_number
+from app.display.formatting import format_number, join_numbers
 from app.live.records import Change
 from app.live.session import SessionState
 from app.live.source import ProposalSource, get_source, unload_idle
@@ -167,6 +167,20 @@ def test_idle_sources_are_unloaded_and_reopened(db, monkeypatch):
 ])
 def test_numbers_follow_damnit(value, text):
     assert format_number(value) == text
+
+
+def test_joined_numbers_are_format_number_joined():
+    """``join_numbers`` (sparklines' hover data, one formatting call per line) spells every float as
+    ``format_number`` does: integral, fixed, scientific, the edges between them, NaN and infinities."""
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.normal(size=300), rng.normal(size=300) * 1e7, rng.normal(size=100) * 1e-7,
+                             np.arange(-12000.0, 12000.0, 37.0),
+                             [0.0, -0.0, 1e-4, -1e-4, 1.00001e-4, 1e4, -1e4, 9999.0, 9999.5, 0.5, 2.0 ** 53,
+                              1e300, 5e-324, np.nan, np.inf, -np.inf]])
+    for sep in (" ", ", ", "%"):
+        assert join_numbers(values, sep) == sep.join(format_number(v) for v in values.tolist())
+    assert join_numbers(np.array([])) == ""
+    assert join_numbers(np.array([np.nan, 1.0])) == "NaN 1"
 
 
 def test_cell_html_escapes_everything():

@@ -17,7 +17,7 @@ import struct
 import numpy as np
 
 from app.config import zone_label
-from app.display.formatting import format_number, format_time
+from app.display.formatting import format_number, format_time, join_numbers
 from app.display.text import escape
 from app.live.table import TableCell
 from backend.storage import processing_state
@@ -88,9 +88,9 @@ def sparkline_svg(arr: np.ndarray, width: int = 100, height: int = 30) -> str:
     yr = (y.max() - y.min()) or 1.0
     px = (x - x.min()) / xr * (width - 2) + 1
     py = height - 1 - (y - y.min()) / yr * (height - 2)
-    pts = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(px, py))
-    xs = " ".join(format_number(v) for v in x.tolist())
-    ys = " ".join(format_number(v) for v in y.tolist())
+    # One formatting call per string (not one per number): a page can hold thousands of sparklines.
+    pts = " ".join(["%.1f,%.1f"] * len(px)) % tuple(np.column_stack([px, py]).ravel().tolist())
+    xs, ys = join_numbers(x), join_numbers(y)
     summary = f"trendline: min {format_number(float(y.min()))}, max {format_number(float(y.max()))}, {len(y)} points"
     return (f"<svg class='dmn-spark' width='{width}' height='{height}' viewBox='0 0 {width} {height}' "
             f"role='img' aria-label='{escape(summary)}' data-x='{escape(xs)}' data-y='{escape(ys)}'>"

@@ -248,6 +248,24 @@ def test_table_newest_version_wins_in_one_proposal(tmp_path):
     assert df["x"].tolist() == [5.0, 3.0] and df["y"][0] == "a"
 
 
+@pytest.mark.parametrize("parallel", [False, True])
+def test_table_leaves_out_rows_without_proposal_run_or_name(tmp_path, monkeypatch, parallel):
+    """Such rows (hand-made databases) are dropped after reading the whole table, by SQL otherwise;
+    ``parallel``: read in rowid ranges on threads, as big tables are."""
+    from backend.storage import arrow_reader
+
+    monkeypatch.setattr(arrow_reader, "PARALLEL_MIN_ROWS", 1 if parallel else 10**9)
+    db = initialize_proposal(tmp_path, 1)
+    db.set_variables(1, 1, {"x": ReducedData(1.0), "y": ReducedData("a")}, start_time=START)
+    db.set_variables(1, 2, {"x": ReducedData(3.0)}, start_time=START + 1)
+    for row in ("NULL, 1, 'x'", "1, NULL, 'x'", "1, 1, NULL", "1, 2, NULL"):
+        db.conn.execute(f"INSERT INTO run_variables (proposal, run, name, version, value) VALUES ({row}, 1, 9.0)")
+    db.conn.commit()
+    df = Damnit(tmp_path).table()
+    assert list(df.columns) == ["proposal", "run", "start_time", "comment", "x", "y"]
+    assert df["x"].tolist() == [1.0, 3.0] and df["y"][0] == "a"
+
+
 def test_preview_plots(db_dir):
     import matplotlib
     matplotlib.use("Agg")
