@@ -43,6 +43,11 @@ class DashboardServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}{self.prefix}/main"
 
+    @property
+    def health_url(self) -> str:
+        """Answers once the server listens, without building a session (app/server/routes.py)."""
+        return f"http://127.0.0.1:{self.port}{self.prefix}/health"
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-5000:]
@@ -58,14 +63,14 @@ class DashboardServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"panel_serve.sh exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                with urllib.request.urlopen(self.url, timeout=5) as r:
+                with urllib.request.urlopen(self.health_url, timeout=5) as r:
                     if r.status == 200:
                         return self
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.3)
         self.stop()
-        raise RuntimeError(f"dashboard did not answer at {self.url} within {self.timeout} s:\n{self.log()}")
+        raise RuntimeError(f"dashboard did not answer at {self.health_url} within {self.timeout} s:\n{self.log()}")
 
     def pid_of_panel(self) -> int | None:
         """The `panel serve` child's pid (for CPU/memory figures)."""

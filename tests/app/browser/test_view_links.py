@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import urllib.request
 from urllib.parse import parse_qs, quote, urlsplit
 
 from app.server.launcher import DashboardServer, free_port
@@ -132,7 +133,9 @@ def test_links_work_behind_the_proxy_prefix(processed, chromium_browser, tmp_pat
     ctx = chromium_browser.new_context(viewport={"width": 1600, "height": 1000},
                                        permissions=["clipboard-read", "clipboard-write"])
     try:
-        srv.start()
+        srv.start()  # waits for <prefix>/health, which builds no session
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/damnit/health", timeout=10) as r:
+            assert r.read() == b"ok\n"  # through the proxy too
         page = ctx.new_page()
         open_table(page, f"http://127.0.0.1:{port}/damnit/")
         cell(page, 5, "start_time").click()
