@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import secrets
 import sqlite3
 import threading
@@ -535,6 +536,17 @@ def _nanmax(values: np.ndarray) -> float:
 
 _SOURCES: dict[Path, ProposalSource] = {}
 _SOURCES_LOCK = threading.Lock()
+
+
+def _forget_inherited_sources() -> None:
+    """In a forked child (``--num-procs``): the parent's sources have no threads here (no polling, no
+    Kafka), so each process opens its own, as documented; the lock may have been held at the fork."""
+    global _SOURCES_LOCK
+    _SOURCES_LOCK = threading.Lock()
+    _SOURCES.clear()
+
+
+os.register_at_fork(after_in_child=_forget_inherited_sources)
 
 
 def get_source(db_dir: str | Path) -> ProposalSource:

@@ -4,7 +4,9 @@ Opens the served databases in a thread first, then runs Panel's command line in 
 big proposal is mostly SQLite's and Arrow's C code (a second or two for 5000 runs x 300 variables),
 which runs while Panel, Bokeh and the dashboard are imported (as long again, holding the GIL);
 ``setup.py`` then finds the sources open, or waits for them (``get_source`` opens each once). A database
-that cannot be opened here is tried again, and its error logged, by ``setup.py``.
+that cannot be opened here is tried again, and its error logged, by ``setup.py``. With ``--num-procs``
+nothing is opened before the fork: threads do not survive it (``app/live/source.py`` forgets inherited
+sources in a child too).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ def open_databases() -> None:
 
 
 def main() -> int:
-    threading.Thread(target=open_databases, name="damnit-open-databases", daemon=True).start()
+    if "--num-procs" not in sys.argv:  # forked processes open their own (setup.py runs in each)
+        threading.Thread(target=open_databases, name="damnit-open-databases", daemon=True).start()
     # Imported here, after the thread started: importing Panel is the second the thread's reading fills.
     from panel.command import main as panel_main
 
