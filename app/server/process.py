@@ -17,6 +17,7 @@ import threading
 
 from app.config import get_config
 from app.live.source import get_source
+from backend.base.messages import quiet_client_connection_logs
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ def open_databases() -> None:
 
 
 def main() -> int:
+    quiet_client_connection_logs()  # before a source's Kafka client first fails (setup.py says it once)
     if "--num-procs" not in sys.argv:  # forked processes open their own (setup.py runs in each)
         threading.Thread(target=open_databases, name="damnit-open-databases", daemon=True).start()
     # Imported here, after the thread started: importing Panel is the second the thread's reading fills.
