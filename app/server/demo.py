@@ -106,6 +106,7 @@ class Demo:
         self._thread: threading.Thread | None = None
         self._listener = None
         self._events = None  # (event loop, producer) sending the run events
+        self._listener_log_level: int | None = None  # the listener logger's level before the demo quieted it
 
     # -- set-up -----------------------------------------------------------------------------------
     def prepare(self) -> Path:
@@ -240,8 +241,11 @@ class Demo:
         from backend.services.listener import Listener
         from backend.services.listener_db import ListenerDB
 
-        # No Slurm on a laptop: never try it (an unreachable slurmctld can take a minute to fail).
-        logging.getLogger("backend.services.listener").setLevel(logging.WARNING)
+        # No Slurm on a laptop: never try it (an unreachable slurmctld can take a minute to fail). The
+        # listener's per-run lines would fill the demo's terminal: warnings only, until the demo stops.
+        listener_log = logging.getLogger("backend.services.listener")
+        self._listener_log_level = listener_log.level
+        listener_log.setLevel(logging.WARNING)
         print("Demo: runs are processed locally by the listener (no Slurm needed)", flush=True)
         self.listener_dir.mkdir(exist_ok=True)
         with ListenerDB(self.listener_dir) as ldb:
@@ -290,5 +294,8 @@ class Demo:
                 self._listener.stop()
             except Exception as e:
                 log.debug("Stopping the demo listener: %s", e)
+        if self._listener_log_level is not None:
+            logging.getLogger("backend.services.listener").setLevel(self._listener_log_level)
+            self._listener_log_level = None
         if self.broker is not None:
             self.broker.stop()
