@@ -428,7 +428,9 @@ def test_a_view_link_round_trips_and_opens_with_the_right_rows_selected(source):
     page = RunTablePage(session=session)
     links.attach(page)
     assert "hide: nonexistent" in links.problems and len(links.problems) == 1
-    assert page.hidden_columns == ["v002"] and len(page.filters) == 1
+    assert len(page.filters) == 1
+    page._on_bridge({"kind": "stored-layout", "layout": None})  # the browser says it keeps no layout
+    assert page.hidden_columns == ["v002"]
     model = page.table.get_root(Document())
     shown = [page.table.page_keys()[i] for i in model.source.selected.indices]
     assert sorted(source.run_of(k)[1] for k in shown) == [3, 5]

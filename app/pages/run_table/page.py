@@ -118,7 +118,8 @@ class RunTablePage(TableMenus, pn.viewable.Viewer):
         self._syncing = False  # True while the table follows session.selected_runs (no echo back)
         self._quiet = False  # True while layout params follow the browser (nothing to send back)
         self._from_control = False  # True while layout params follow the Columns card's controls
-        self._layout_from = "default"  # where the layout came from: default | server | browser | user
+        self._layout_from = "default"  # where the layout came from: default | server | browser | user | link
+        self._link_hidden: list[str] | None = None  # a link's hidden columns, until the browser's layout comes
         self._table_key = table_key(self.source.proposal, self.source.db_dir)
         self._doc = pn.state.curdoc
         self._load_server_layout()
@@ -372,18 +373,24 @@ class RunTablePage(TableMenus, pn.viewable.Viewer):
         """The layout this browser kept: used unless the server had this user's, or the user already
         changed something; either way the browser then keeps what is shown."""
         layout = TableLayout.from_json(stored)
+        if self._link_hidden is not None:  # opened from a link: its hidden columns, this user's order and widths
+            linked = dataclasses.replace(layout or self.layout(), hidden=self._link_hidden)
+            self._link_hidden = None
+            self._layout_from = "loading"  # a colleague's view is shown, not saved as this user's layout
+            try:
+                self.apply_layout(linked)
+            finally:
+                self._layout_from = "link"
+            return
         if layout == self.layout():
             return
-        if layout is not None and self._layout_from in ("default", "link"):
-            from_link = self._layout_from == "link"
-            if from_link:  # the link says which columns are hidden; order and widths stay this user's
-                layout = dataclasses.replace(layout, hidden=list(self.hidden_columns))
+        if layout is not None and self._layout_from == "default":
             self._layout_from = "loading"
             try:
                 self.apply_layout(layout)
             finally:
-                self._layout_from = "link" if from_link else "browser"
-            if self._signed_in() and not from_link:
+                self._layout_from = "browser"
+            if self._signed_in():
                 layout_store().save(self.session.user, self._table_key, layout)
         elif self._layout_from in ("server", "user"):
             self.bridge.send({"kind": "store", "layout": self.layout().to_json()})
@@ -444,8 +451,9 @@ class RunTablePage(TableMenus, pn.viewable.Viewer):
             out["sort"] = ",".join(f"{s['field']}:{s.get('dir', 'asc')}" for s in self.sorters)
         if self.filters:
             out["filter"] = json.dumps([f.to_link() for f in self.filters], separators=(",", ":"))
-        if self.hidden_columns:
-            out["hide"] = ",".join(self.hidden_columns)
+        hidden = self._link_hidden if self._link_hidden is not None else self.hidden_columns
+        if hidden:
+            out["hide"] = ",".join(hidden)
         return out
 
     def from_link(self, query: dict[str, str]) -> list[str]:
@@ -483,7 +491,12 @@ class RunTablePage(TableMenus, pn.viewable.Viewer):
             hidden = [c for c in query["hide"].split(",") if c]
             known = [c for c in hidden if c in specs and c != "run"]
             problems.extend(f"hide: {c}" for c in hidden if c not in known)
-            if known != list(self.hidden_columns):
+            if self._layout_from == "default":
+                # With the layout this browser keeps (it arrives once the page is up): its order and widths,
+                # the link's hidden columns. Applied together, the browser redraws the columns once in
+                # their order (an order-only change after the columns are drawn is not redrawn).
+                self._link_hidden = known
+            elif known != list(self.hidden_columns):
                 self._layout_from = "loading"  # a colleague's view is shown, not saved as this user's layout
                 try:
                     self.hidden_columns = known
