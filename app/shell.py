@@ -11,6 +11,7 @@ import param
 from app.access import may_see
 from app.config import ServerConfig, get_config
 from app.display import theme
+from app.display.hv import import_soon
 from app.display.plots import warm_up_now
 from app.display.text import escape
 from app.live.session import SessionState, every
@@ -71,6 +72,7 @@ class ScriptLoader(pn.custom.JSComponent):
                              "clicks should not queue behind parsing 5 MB of scripts)")
     hurry = param.Boolean(default=False, doc="Another page wants them now: do not wait for delay_ms")
     loaded = param.Boolean(default=False)
+    drawn = param.Boolean(default=False, doc="The browser painted the page once (set by the browser)")
 
     _esm = """
     function load(src) {
@@ -84,6 +86,7 @@ class ScriptLoader(pn.custom.JSComponent):
     }
     export function render({ model, el }) {
       el.style.display = 'none'
+      requestAnimationFrame(() => setTimeout(() => { model.drawn = true }, 0))  // after the next paint
       let started = false
       const go = async () => {
         if (started) return
@@ -112,6 +115,13 @@ def deferred_script_urls() -> list[str]:
     from panel.models.plotly import PlotlyPlot
 
     return [*bundled_files(AcePlot), *bundled_files(PlotlyPlot)]
+
+
+def page_drawn(session: SessionState) -> None:
+    """The browser painted this session's first page: what start-up put off may take the CPU now."""
+    if session.source is not None:
+        session.source.first_page_shown()  # a big proposal's older runs
+    import_soon()  # HoloViews, for the first plot
 
 
 def session_user(cfg: ServerConfig) -> str:
@@ -266,6 +276,7 @@ def build_app() -> pn.viewable.Viewable:
     loader.param.watch(lambda ev: setattr(session, "scripts_loaded", ev.new), "loaded")
     # The page is drawn and the browser idle: time for the server's one-off plot set-up (app/server/setup.py).
     loader.param.watch(lambda ev: warm_up_now() if ev.new else None, "loaded")
+    loader.param.watch(lambda ev: page_drawn(session) if ev.new else None, "drawn")
     session.param.watch(lambda ev: setattr(loader, "hurry", True), "scripts_wanted")
 
     def bring_to_front(event) -> None:

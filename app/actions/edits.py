@@ -176,6 +176,7 @@ def run_files(db_dir: str | os.PathLike) -> list[Path]:
 
 def runs_with_values(session: SessionState, name: str) -> int:
     """How many runs have a cell of ``name`` (what deleting it takes away)."""
+    session.source.wait_loaded()
     with session.source.lock:
         table = session.source.table
         return int((table.kinds(name) != MISSING).sum())

@@ -13,7 +13,7 @@ import io
 import threading
 from typing import Any
 
-import holoviews as hv
+from app.display.hv import hv
 
 DPI = 150  # as the original saves its figures for the logbook
 SIZE_INCHES = (9.0, 5.0)

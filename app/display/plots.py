@@ -23,8 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import holoviews as hv
-import holoviews.plotting.bokeh  # noqa: F401  (registers the Bokeh backend for .opts())
 import numpy as np
 import panel as pn
 import param
@@ -32,11 +30,10 @@ from bokeh.models import DataRange1d
 from bokeh.palettes import viridis
 
 from app.display.formatting import format_value
+from app.display.hv import hv
 from app.display.text import escape, plot_name, plot_text, plot_title, safe_table, safe_text
 from app.display.theme import TABLE_CSS
 from backend.processing.summaries import quiet_nan_warnings
-
-hv.Store.set_current_backend("bokeh")
 
 MAX_POINTS = 10_000
 MAX_PIXELS = 1_000

@@ -13,7 +13,8 @@ class Change:
     ``start_time`` and ``comment``). ``processing`` lists row keys whose processing state changed.
     ``run_states`` means the source's failed or waiting runs (``ProposalSource.run_states``) changed,
     or the context file did (which failures are worth reprocessing); their row keys are in ``processing``.
-    ``reset`` means "reload everything" (first load or the DB was replaced).
+    ``reset`` means "reload everything" (first load or the DB was replaced). ``loaded`` means the older
+    runs of a big proposal, opened newest first, arrived (their cells are in ``changed``).
     """
 
     new_runs: list[int] = field(default_factory=list)
@@ -24,8 +25,9 @@ class Change:
     run_states: bool = False
     connection: bool = False
     reset: bool = False
+    loaded: bool = False
     message_time: float | None = None  # wall time the triggering message arrived (latency tracing)
 
     def __bool__(self) -> bool:
         return bool(self.new_runs or self.changed or self.variables or self.comments or self.processing
-                    or self.run_states or self.connection or self.reset)
+                    or self.run_states or self.connection or self.reset or self.loaded)

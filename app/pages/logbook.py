@@ -51,6 +51,7 @@ def table_rows(source: ProposalSource, runs: list[int], columns: list[str], tz: 
                ) -> tuple[list[str], list[list[str]]]:
     """The runs (ascending) and columns as text, as the original copies a selection as Markdown:
     numbers formatted as the table shows them, empty cells empty, columns of pictures left out."""
+    source.wait_loaded()
     with source.lock:
         table = source.table
         found = [table.row(source.key_for(None, r)) for r in sorted(set(runs))]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import holoviews as hv
 import numpy as np
 import pandas as pd
 import panel as pn
@@ -20,6 +19,7 @@ import param
 from panel.io.state import set_curdoc
 
 from app.config import get_config, zone_label
+from app.display.hv import hv
 from app.display.plots import PLOT_HEIGHT, PlotStyle, downsample_1d, plot_value
 from app.display.run_contents import run_file, scan_run_file
 from app.display.text import plot_text, plot_title, safe_text
@@ -280,7 +280,7 @@ class SummaryPlot:
         self.x.value, self.y.value = y, x
 
     def _on_change(self, change: Any) -> None:
-        if change.variables or change.reset:
+        if change.variables or change.reset or change.loaded:
             options = self._options(numeric_columns(self.source))
             for w in (self.x, self.y):
                 current = w.value

@@ -10,9 +10,10 @@ import pyarrow as pa
 
 from app.actions.edits import warm_producer
 from app.config import get_config
+from app.display.hv import import_on_server_loop
 from app.display.plots import warm_up_in_background
 from app.live.source import get_source, unload_idle
-from app.pages.run_table.model import get_table_model
+from app.pages.run_table.model import get_table_model, page_size_for
 from backend.base.messages import quiet_client_connection_logs
 
 log = logging.getLogger("app.setup")
@@ -44,13 +45,17 @@ for db_dir in get_config().databases:
         src = get_source(db_dir)
         model = get_table_model(src)
         # Render the page a first visitor sees (the newest runs) so it is served from the cache.
-        model.render(src.run_keys()[-100:][::-1], list(model.specs()))  # specs: fixed columns, then variables
+        specs = list(model.specs())  # fixed columns, then variables
+        model.render(src.run_keys()[-page_size_for(len(specs)):][::-1], specs)
+        if not src.loaded.is_set():  # a big proposal's older runs are still being read: trim after those
+            src.subscribe(lambda change: release_freed_memory() if change.loaded else None, session=False)
         log.info("Ready: %s", db_dir)
     except Exception as e:  # the landing page shows the error; keep serving the others
         log.error("Cannot open %s: %s", db_dir, e)
 if not get_config().read_only:
     warm_producer()
 release_freed_memory()
+import_on_server_loop()  # HoloViews is imported after the first page (app/display/hv.py)
 # The first plot a process draws costs seconds of one-off set-up in HoloViews: pay it before the first
 # visitor's first click, but after their table is drawn (app.shell says when), or in 20 s if nobody came.
 warm_up_in_background(at_latest=20)

@@ -12,13 +12,15 @@ import pytest
 
 from app.config import ServerConfig, resolve_database
 from app.display.formatting import format_number, join_numbers
+from app.live import source as source_module
 from app.live.records import Change
 from app.live.session import SessionState
 from app.live.source import ProposalSource, get_source, unload_idle
 from app.live.table import TableCell
 from app.pages.run_table import cells
+from backend.storage.arrow_reader import ArrowReader
 from backend.storage.blobs import numpy2blob
-from backend.storage.run_values import BlobKind, Kind
+from backend.storage.run_values import BlobKind, Kind, read_run_values
 from backend.storage.synthetic import make_database, set_value
 
 
@@ -102,6 +104,115 @@ def test_refresh_run_after_message(source, db):
         conn.execute("DELETE FROM run_variables WHERE run=4 AND name='v001'")
     assert source.refresh_run(1234, 4, ["v001"]).changed == {4: {"v001"}}
     assert source.cell(4, "v001") is None
+
+
+@pytest.fixture
+def newest_first(monkeypatch):
+    """Open newest runs first from 4 of 12 runs on (the real thresholds: 200 runs and 200 000 cells)."""
+    monkeypatch.setattr(source_module, "HEAD_RUNS", 4)
+    monkeypatch.setattr(source_module, "SPLIT_MIN_CELLS", 0)
+
+
+def assert_same_cells(a: ProposalSource, b: ProposalSource) -> None:
+    assert a.run_keys() == b.run_keys() and a.column_names() == b.column_names()
+    for key in b.run_keys():
+        for name in ["comment", *b.column_names()]:
+            x, y = a.cell(key, name), b.cell(key, name)
+            assert (x is None) == (y is None) and (x is None or (x.kind, x.value, x.attributes, x.timestamp)
+                                                   == (y.kind, y.value, y.attributes, y.timestamp)), (key, name)
+
+
+def test_a_big_proposal_opens_newest_runs_first_then_the_rest(db, newest_first):
+    from app.pages.run_table.model import get_table_model
+
+    src = ProposalSource(db, broker="none", start=False)
+    src.reload(newest_first=True)
+    assert src.run_keys() == list(range(1, 13))  # every run's row (counts and pages) at once
+    assert src.cell(12, "v000") is not None and src.cell(9, "comment").value == "run 9"
+    assert src.cell(8, "v000") is None and src.cell(3, "comment") is None and not src.loaded.is_set()
+    model = get_table_model(src)
+    assert model.cell_text(3, "comment") == ""  # rendered (and cached) before the rest arrived
+    changes = []
+    src.subscribe(changes.append)
+    src._load_rest()
+    assert src.loaded.is_set() and src.wait_loaded(0)
+    assert_same_cells(src, ProposalSource(db, broker="none", start=False))
+    (change,) = changes
+    assert change.loaded and not change.new_runs and set(change.changed) == set(range(1, 9))
+    assert {"v000", "comment"} <= change.changed[3]
+    assert model.cell_text(3, "comment") == "run 3"  # the cached empty cell was dropped
+
+
+def test_a_change_while_the_rest_is_read_is_not_lost(db, newest_first, monkeypatch):
+    """The whole read may predate a change already applied to the first table: the poll after it
+    reads everything written since the first read again."""
+    src = ProposalSource(db, broker="none", start=False)
+    src.reload(newest_first=True)
+    with ArrowReader(db / "runs.sqlite") as reader:
+        before = read_run_values(reader, details=True)
+    set_value(db, 2, "v001", -1.5)  # an older run reprocessed
+    set_value(db, 11, "v001", -2.5)
+    set_value(db, 13, "v001", -3.5)  # a new run
+    for run in (2, 11, 13):
+        src.refresh_run(1234, run, ["v001"])
+    assert src.cell(13, "v001").value == -3.5
+    monkeypatch.setattr(source_module, "read_run_values", lambda reader, **kw: before)
+    src._load_rest()  # as if it had read before those writes
+    monkeypatch.setattr(source_module, "read_run_values", read_run_values)
+    assert src.cell(2, "v001").value != -1.5 and src.cell(13, "v001") is None
+    changes = []
+    src.subscribe(changes.append)
+    src.poll()  # what the source's loop does next
+    assert [src.cell(r, "v001").value for r in (2, 11, 13)] == [-1.5, -2.5, -3.5]
+    assert {2, 11, 13} <= set(changes[0].changed)
+    assert_same_cells(src, ProposalSource(db, broker="none", start=False))
+
+
+def test_the_rest_is_read_once_a_first_page_is_shown_or_after_a_while(db, newest_first, monkeypatch):
+    monkeypatch.setattr(source_module, "REST_WAIT", 120)
+    src = ProposalSource(db, broker="none")
+    try:
+        assert not src.loaded.wait(1.5) and src.cell(3, "v000") is None
+        src.first_page_shown()  # a session's page was painted
+        assert src.loaded.wait(20) and src.cell(3, "v000") is not None
+    finally:
+        src.stop()
+    monkeypatch.setattr(source_module, "REST_WAIT", 0.5)
+    src = ProposalSource(db, broker="none")  # nobody came
+    try:
+        assert src.loaded.wait(20) and src.cell(3, "v000") is not None
+    finally:
+        src.stop()
+
+
+def test_an_export_waits_for_the_older_runs(db, newest_first):
+    import datetime as dt
+    import threading
+
+    from app.pages.run_table import export
+
+    src = ProposalSource(db, broker="none", start=False)
+    src.reload(newest_first=True)
+    threading.Timer(0.5, src._load_rest).start()
+    df = export.export_frame(src, ["run", "v000"], {"run": "Run", "v000": "v000"}, dt.timezone.utc)
+    assert len(df) == 12 and df["v000"].notna().sum() >= 10  # not just the newest 4
+
+
+def test_a_sorted_page_is_sorted_again_when_the_older_runs_arrive(db, newest_first):
+    from app.pages.run_table import RunTablePage
+
+    src = ProposalSource(db, broker="none", start=False)
+    src.reload(newest_first=True)
+    page = RunTablePage(session=SessionState(source=src, can_write=False))
+    page.table.sorters = [{"field": "v001", "dir": "desc"}]
+    assert set(list(page.table.page_keys())[:4]) == {9, 10, 11, 12}  # the only runs with values yet
+    changes = []
+    src.subscribe(changes.append)
+    src._load_rest()
+    page._apply_change(changes[0])
+    values = {k: c.value for k in src.run_keys() if (c := src.cell(k, "v001")) is not None and c.value is not None}
+    expected = sorted(values, key=lambda k: -values[k])
+    assert list(page.table.page_keys())[:len(expected)] == expected and len(expected) > 4
 
 
 def test_standalone_comments_follow_the_database(source, db):

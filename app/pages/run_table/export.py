@@ -27,6 +27,7 @@ def export_frame(source: ProposalSource, columns: list[str], titles: dict[str, s
     """The table as exported: the chosen columns in display order, titled, placeholders for images;
     every run by run number, or the runs ``keys`` in that order (a copied selection)."""
     data: dict[str, np.ndarray] = {}
+    source.wait_loaded()  # a big proposal just opened: its older runs are still being read
     with source.lock:
         table = source.table
         if keys is None:

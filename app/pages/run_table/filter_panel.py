@@ -117,6 +117,10 @@ class FilterPanel(pn.viewable.Viewer):
             self.col.value = column
             self._on_column()
 
+    def refresh_values(self) -> None:
+        """Show the column's values again: a big proposal's older runs arrived after it was opened."""
+        self._on_column()
+
     # -- reactions ----------------------------------------------------------------------------------
     def _on_column(self, *_) -> None:
         name = self.column

@@ -22,8 +22,15 @@ from app.live.source import ProposalSource
 from app.pages.run_table import cells
 
 FIXED_COLUMNS = ("run", "start_time", "comment")  # always first, in this order
+PAGE_SIZE = 50  # runs per page of the table
+CELLS_PER_PAGE = 6000  # wide tables get shorter pages, so a page stays quick to send and draw
 HTML_CACHE_SIZE = 200_000  # rendered cells kept per proposal (a page of a wide table is ~6000)
 THUMBNAIL_CACHE_SIZE = 4096  # scaled thumbnails kept per proposal (browsers cache them too)
+
+
+def page_size_for(n_columns: int) -> int:
+    """Runs per page of a table showing ``n_columns`` columns."""
+    return max(20, min(PAGE_SIZE, CELLS_PER_PAGE // max(1, n_columns)))
 
 
 @dataclass(frozen=True)
@@ -78,15 +85,19 @@ class TableModel:
                 self._png.clear()
             if change.variables or change.reset:
                 self._specs = None
-            for key, names in change.changed.items():
-                for n in names:
-                    self._html.pop((key, n), None)
-                    self._png.pop((key, n), None)
+            if len(change.changed) > 100:  # e.g. the older runs of a big proposal arrived: look the cache over
+                self._html = _without(self._html, change.changed)
+                self._png = _without(self._png, change.changed)
+            else:
+                for key, names in change.changed.items():
+                    for n in names:
+                        self._html.pop((key, n), None)
+                        self._png.pop((key, n), None)
             for key in change.processing:
                 self._html.pop((key, "run"), None)
             if change.changed and self._specs is not None:
                 known = set(self._specs)
-                if any(n not in known for names in change.changed.values() for n in names):
+                if not set().union(*change.changed.values()) <= known:
                     self._specs = None
 
     # -- columns ----------------------------------------------------------------------------------
@@ -197,6 +208,10 @@ class TableModel:
             while len(self._png) > THUMBNAIL_CACHE_SIZE:
                 self._png.popitem(last=False)
         return png, version
+
+
+def _without(cache: OrderedDict, changed: dict[int, set[str]]) -> OrderedDict:
+    return OrderedDict((kn, v) for kn, v in cache.items() if kn[1] not in changed.get(kn[0], ()))
 
 
 def _version(timestamp: float | None) -> str:

@@ -39,7 +39,7 @@ from app.pages.run_table import cells, export
 from app.pages.run_table.filter_panel import FilterPanel
 from app.pages.run_table.layouts import TableLayout, layout_store, table_key
 from app.pages.run_table.menus import TableMenus
-from app.pages.run_table.model import FIXED_COLUMNS, TableModel, get_table_model
+from app.pages.run_table.model import FIXED_COLUMNS, TableModel, get_table_model, page_size_for
 from app.pages.run_table.rows import RowFilter, sort_rows
 from app.pages.run_table.tabulator import (
     HEADER_MENU,
@@ -58,8 +58,6 @@ LATENCY_LOG = logging.getLogger("app.latency")  # DEBUG: message → patch timin
 
 TITLE = "Run table"
 SLUG = "table"
-PAGE_SIZE = 50
-CELLS_PER_PAGE = 6000  # wide tables get shorter pages, so a page stays quick to send and draw
 # The run panel sits beside the table; on a narrow window it goes below it, full width.
 SPLIT_CSS = """
 :host { flex-wrap: nowrap; }
@@ -155,7 +153,7 @@ class RunTablePage(TableMenus, pn.viewable.Viewer):
         self._confirmed = None  # what "yes" does
 
         columns = self._visible_columns()
-        self.page_size = max(20, min(PAGE_SIZE, CELLS_PER_PAGE // max(1, len(columns))))
+        self.page_size = page_size_for(len(columns))
         self.patcher = CellPatcher(width=0, height=0, margin=0)
         self.table = RunTabulator(
             patcher=self.patcher, value=self._skeleton(), page=1, sorters=list(self.sorters),
@@ -709,10 +707,12 @@ class RunTablePage(TableMenus, pn.viewable.Viewer):
                 self._rebuild_columns()
             if not (change.new_runs or change.changed or change.processing):
                 return
+        if change.loaded:
+            self.filter_panel.refresh_values()
         t = self.table
         sort_cols = {s.get("field") for s in (t.sorters or [])}
         filter_cols = {f.column for f in self.filters}
-        touched = {n for names in change.changed.values() for n in names}
+        touched = set().union(*change.changed.values())
         with pn.io.hold():
             if change.new_runs or touched & (sort_cols | filter_cols):
                 before = list(t.page_keys())

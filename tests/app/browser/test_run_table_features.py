@@ -517,3 +517,28 @@ def test_hostile_titles_in_menus_filters_and_questions(serve, tmp_path, page):
     time.sleep(1)
     assert page.evaluate(injected) == 0
     assert dialogs == []
+
+
+def test_a_big_proposal_draws_its_newest_runs_first_then_sorts_over_every_run(serve, tmp_path, page):
+    """1000 runs x 204 variables is opened newest runs first (app/live/source.py): the page is drawn from
+    the newest 200 runs, the rest is read once it is painted, and a sorted page is sorted again over
+    every run."""
+    db = make_database(tmp_path / "big", proposal=1234, n_runs=1000, n_vars=200)
+    top_run, top = 17, 123456.5  # the largest value is an older run's: not among the values read first
+    set_value(db, top_run, "v001", top)
+    srv = serve([db])
+    open_table(page, srv.url + "?sort=v001:desc")
+    first = page.locator(".tabulator-row").first
+    assert wait_for(lambda: first.locator(".tabulator-cell[tabulator-field='run']").inner_text().strip()
+                    == str(top_run), timeout=60), first.inner_text()
+    assert first.locator(".tabulator-cell[tabulator-field='v001']").inner_text().strip() == format_number(top)
+    assert wait_for(lambda: "(the older runs in" in srv.log_path.read_text()), srv.log_path.read_text()
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="CSV").click()
+    path = tmp_path / "export.csv"
+    dl.value.save_as(path)
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    assert len(df) == 1000 and df["Run"].tolist() == list(range(1, 1001))
+    assert df["Camera/float 1"].notna().sum() > 900  # v001, older runs included
