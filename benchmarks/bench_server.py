@@ -207,6 +207,9 @@ def many_proposals(n: int, work: Path) -> dict:
         t0 = time.time()
         sessions = loop.run(open_all())
         opened = time.time() - t0
+        # Each proposal is read whole by then, or being read (newest runs first): measure once all are in.
+        while srv.log_path.read_text(errors="replace").count("Loaded ") < n and time.time() - t0 < opened + 120:
+            time.sleep(0.2)
         time.sleep(2)
         rss = server_rss_mb(srv)
         for s in sessions:

@@ -38,6 +38,7 @@ from backend.processing.summaries import quiet_nan_warnings
 MAX_POINTS = 10_000
 MAX_PIXELS = 1_000
 PLOT_HEIGHT = 320
+LONG_LABEL_TICKS = 3  # ticks wanted on an axis of train IDs (the run panel is ~400 px wide)
 IMAGE_CMAP = "viridis"
 
 
@@ -194,6 +195,8 @@ def line_element(x: np.ndarray, y: np.ndarray, *, xdim: hv.Dimension, ydim: hv.D
     opts = dict(tools=["hover"], title=style.title(title), show_grid=True, **style.size())
     if np.asarray(x).dtype.kind in "iu":
         opts["xformatter"] = "%d"  # train IDs (~1e9) as integers, not 1.0002e+9
+        if len(x) and np.abs(x).max() >= 1e6:  # ten-digit labels: fewer of them, or they run into each other
+            opts["xticks"] = LONG_LABEL_TICKS
     if style.font_px:
         opts["line_width"] = max(1.5, style.font_px / 9)  # seen from across a room
     curve = hv.Curve((x, y), kdims=[xdim], vdims=[ydim]).opts(**opts)

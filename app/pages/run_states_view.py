@@ -72,6 +72,16 @@ def _selected_runs(table: pn.widgets.Tabulator) -> list[int]:
     return sorted(int(df["Run"].iloc[i]) for i in table.selection if i < len(df))
 
 
+def _runs_to_act_on(session: SessionState, table: pn.widgets.Tabulator, message: Any) -> list[int]:
+    """The selected runs, if this session may write (otherwise none, and the message says why)."""
+    try:
+        session.check_write()
+    except PermissionError as e:
+        _say(message, f"Not allowed: {e}", ok=False)
+        return []
+    return _selected_runs(table)
+
+
 def _own_proposal(session: SessionState, items) -> list:
     proposal = session.source.proposal
     return [x for x in items if proposal is None or x.proposal == proposal]
@@ -122,12 +132,7 @@ def waiting_runs(session: SessionState) -> pn.viewable.Viewable:
         retry.disabled = dropper.disabled = here.disabled = none
 
     def act(work, verb: str) -> None:
-        runs = _selected_runs(table)
-        try:
-            session.check_write()
-        except PermissionError as e:
-            _say(message, f"Not allowed: {e}", ok=False)
-            return
+        runs = _runs_to_act_on(session, table, message)
         if not runs:
             return
         _say(message, f"{verb} {_runs_text(runs)}…")
@@ -201,12 +206,7 @@ def failed_runs(session: SessionState) -> pn.viewable.Viewable:
         reprocess.disabled = not _selected_runs(table)
 
     def do_reprocess(_=None) -> None:
-        runs = _selected_runs(table)
-        try:
-            session.check_write()
-        except PermissionError as e:
-            _say(message, f"Not allowed: {e}", ok=False)
-            return
+        runs = _runs_to_act_on(session, table, message)
         if not runs:
             return
         _say(message, f"Starting processing of {_runs_text(runs)}…")

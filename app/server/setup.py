@@ -1,18 +1,16 @@
 """``panel serve --setup`` script: open the served databases before the first visitor arrives, so the
 first page is quick even for a 5000-run proposal, and connect the update producer."""
 
-import ctypes
 import logging
 import os
 
 import panel as pn
-import pyarrow as pa
 
 from app.actions.edits import warm_producer
 from app.config import get_config
 from app.display.hv import import_on_server_loop
 from app.display.plots import warm_up_in_background
-from app.live.source import get_source, unload_idle
+from app.live.source import get_source, release_freed_memory, unload_idle
 from app.pages.run_table.model import get_table_model, page_size_for
 from backend.base.messages import quiet_client_connection_logs
 
@@ -29,17 +27,6 @@ if os.environ.get("DAMNIT_LOG_LATENCY"):  # benchmarks: per-session message → 
     logging.getLogger("app.latency").setLevel(logging.DEBUG)
 
 
-def release_freed_memory() -> None:
-    """Give the operating system back what opening the databases allocated and freed: Arrow's allocator
-    (mimalloc, per thread) and glibc keep it for reuse otherwise, and whether they did varied from one
-    start to the next (5000 x 300: 325 MB or 480 MB; benchmarks/README.md)."""
-    pa.default_memory_pool().release_unused()
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
-
-
 for db_dir in get_config().databases:
     try:
         src = get_source(db_dir)
@@ -47,8 +34,6 @@ for db_dir in get_config().databases:
         # Render the page a first visitor sees (the newest runs) so it is served from the cache.
         specs = list(model.specs())  # fixed columns, then variables
         model.render(src.run_keys()[-page_size_for(len(specs)):][::-1], specs)
-        if not src.loaded.is_set():  # a big proposal's older runs are still being read: trim after those
-            src.subscribe(lambda change: release_freed_memory() if change.loaded else None, session=False)
         log.info("Ready: %s", db_dir)
     except Exception as e:  # the landing page shows the error; keep serving the others
         log.error("Cannot open %s: %s", db_dir, e)

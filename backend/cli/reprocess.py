@@ -22,6 +22,8 @@ from backend.cli.common import CLIError, command, damnit_dir_for, open_db
 from backend.processing.requests import RunRequest
 from backend.processing.run_processor import NothingProcessed, RunProcessor
 from backend.services import slurm
+from backend.storage import processing_state
+from backend.storage.database import DamnitDB
 
 
 @command
@@ -54,6 +56,7 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
                     on_disk[p] = _runs_on_disk_or_empty(p)
                 (props_runs if r in on_disk[p] else missing).append((p, r))
         print(f"Reprocessing {len(props_runs)} runs already recorded, skipping {len(missing)}...")
+        _note_missing(db, missing)
     else:
         available = set(wanted) if args.mock else runs_on_disk(proposal)
         missing_runs = sorted(set(wanted) - available)
@@ -61,6 +64,7 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
             print(f"Warning: skipping {len(missing_runs)} runs because they don't exist: {missing_runs}",
                   file=sys.stderr)
         props_runs = [(proposal, r) for r in wanted if r in available]
+        _note_missing(db, [(proposal, r) for r in missing_runs])
         if not props_runs:
             raise CLIError("none of the given runs exist on disk; nothing to process")
 
@@ -79,6 +83,15 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
     if args.watch:
         return _reprocess_watch(db_dir, db, requests)
     return _reprocess_slurm(db_dir, requests, limit)
+
+
+def _note_missing(db: DamnitDB, runs: list[tuple[int, int]]) -> None:
+    """A skipped run that is marked failed gets this attempt as its failure: its old reason (a context
+    error fixed since, say) would mislead the dashboard's readers. Runs not marked stay unmarked."""
+    for p, r in runs:
+        if processing_state.failure(db, p, r) is not None:
+            processing_state.record_failure(db, p, r, processing_state.PROCESSING,
+                                            f"reprocess: no files of run {r} of proposal {p} are on disk")
 
 
 def _runs_on_disk_or_empty(proposal: int) -> set[int]:

@@ -246,7 +246,7 @@ def test_the_offer_follows_the_runs_it_reprocessed_until_they_succeed_or_fail_ag
     assert source.run_states.failures == {}
     assert offer.text.object == "Reprocessed runs 1-2: no failure left"
 
-    # A job that ends without touching its runs' failure (it could not process them) gives them back.
+    # A run whose files are gone: that attempt becomes its failure (the old reason would mislead).
     (db / "context.py").write_text("raise ValueError('broken again')\n")
     _fail(db, 3)
     _fail(db, 42)  # no such run on disk: `damnit reprocess` skips it
@@ -254,11 +254,24 @@ def test_the_offer_follows_the_runs_it_reprocessed_until_they_succeed_or_fail_ag
     _poll(source)
     assert offer.runs() == [3, 42]
     offer.on_click()
+    _finish(offer._launched[3])
+    _poll(source)
+    assert set(source.run_states.failures) == {42} and "no files of run 42" in source.run_states.failures[42].reason
+    assert offer.text.object == "Reprocessed runs 3, 42: run 42 failed again (see Failed runs on the Processing page)"
+
+    # A job that ends without touching its runs' failure (stopped before it could) gives them back.
+    _fail(db, 3)
+    (db / "context.py").write_text("from damnit_ctx import Variable  # fixed once more\n")
+    _poll(source)
+    assert offer.runs() == [3]  # 42's failure is not the context file's: a new one would not help
+    offer.on_click()
     job = offer._launched[3]
+    job.process.kill()
     _finish(job)
     _poll(source)
-    assert offer.runs() == [] and offer.text.object == "Reprocessing run 42 (see Jobs on the Processing page)"
+    assert offer.runs() == [] and offer.text.object == "Reprocessing run 3 (see Jobs on the Processing page)"
     offer.check_jobs()  # the page's timer
-    assert job.state == "DONE" and offer.runs() == [42] and offer.button.visible
-    assert offer.message.object == "The job for run 42 ended (DONE: exit code 0) without processing it"
-    assert "1 run (42) failed with an earlier version" in offer.text.object
+    assert offer.runs() == [3] and offer.button.visible
+    assert offer.message.object.startswith(f"The job for run 3 ended ({job.state}: ")
+    assert offer.message.object.endswith("without processing it")
+    assert "1 run (3) failed with an earlier version" in offer.text.object

@@ -135,3 +135,18 @@ def test_values_of_more_than_three_dimensions_are_frames_not_a_recursion(shape, 
     assert isinstance(element, hv.HoloMap) and len(element) == frames and isinstance(element.last, kind)
     first = np.asarray(element[0].dimension_values(2 if kind is hv.Image else 0, flat=False))
     assert first.size and np.isfinite(first).all()
+
+
+def test_train_id_axes_ask_for_few_ticks_so_ten_digit_labels_do_not_collide():
+    """The run panel is ~400 px wide: Bokeh's default of 6+ ticks put 1000800000, 1000800005, ... on
+    top of each other. Small numbers keep the default."""
+    from bokeh.models import Plot
+
+    def ticker(coords):
+        da = xr.DataArray(np.random.default_rng(0).random(40), dims=["trainId"], coords={"trainId": coords})
+        (plot,) = vp.plot_value(da, title="t").get_root().select({"type": Plot})
+        return plot.xaxis[0].ticker, type(plot.xaxis[0].formatter).__name__
+
+    ticks, formatter = ticker(np.arange(1000800000, 1000800040))
+    assert ticks.desired_num_ticks == vp.LONG_LABEL_TICKS == 3 and formatter == "PrintfTickFormatter"
+    assert ticker(np.arange(40))[0].desired_num_ticks == 6  # Bokeh's default

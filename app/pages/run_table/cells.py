@@ -264,7 +264,9 @@ def run_html(run: int, processing: list[dict], failure: ProcessingFailure | None
     like a variable's error, and stays until the run is processed successfully."""
     fail = ""
     if failure is not None:
-        tip = failure_text(failure, tz) + "\nRight-click the row to reprocess it."
+        # The same cell goes to every session, read-only ones too: the way to act is said with who may.
+        tip = failure_text(failure, tz) + ("\nTo process it again (with the right to edit): the row's "
+                                           "right-click menu, or the Processing page.")
         fail = (f"<span class='dmn-fail-mark' data-failed='{escape(failure.kind)}' "
                 f"title='{escape(tip)}'> ✕</span>")
     running = [p for p in processing if p.get("status") == "RUNNING"]

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from app.display.formatting import format_number
 from app.server.launcher import DashboardServer, free_port
 from backend.storage.synthetic import make_database, set_value
 from tests.infra.browser import ALL_BOKEH_VIEWS_JS
+from tests.infra.nginx import nginx_proxy
 
 pytestmark = pytest.mark.browser
 
@@ -229,54 +228,15 @@ def test_read_only_refuses_browser_write(serve, small_db, page):
     assert "read-only" in msg.inner_text()
 
 
-NGINX_CONF = """
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log;
-events {{ worker_connections 64; }}
-http {{
-  access_log {dir}/access.log;
-  client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/fcgi;
-  uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
-  large_client_header_buffers 4 24k;
-  server {{
-    listen 127.0.0.1:{port};
-    location /damnit/ {{
-      proxy_pass http://127.0.0.1:{upstream};
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade $http_upgrade;
-      proxy_set_header Connection "upgrade";
-      proxy_set_header Host $host:$server_port;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto $scheme;
-      proxy_read_timeout 86400;
-    }}
-  }}
-}}
-"""
-
-
 def test_prefix_behind_nginx(serve, small_db, page, tmp_path):
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(nginx).exists():
-        pytest.fail("nginx is not installed (apt-get install -y nginx)")
     upstream = free_port()
-    port = free_port()
-    ndir = tmp_path / "nginx"
-    ndir.mkdir()
-    (ndir / "nginx.conf").write_text(NGINX_CONF.format(dir=ndir, port=port, upstream=upstream))
-    proc = subprocess.Popen([nginx, "-c", str(ndir / "nginx.conf"), "-p", str(ndir)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        srv = DashboardServer([small_db], "--prefix", "/damnit", "--allow-websocket-origin", f"127.0.0.1:{port}",
+    with nginx_proxy(tmp_path, [upstream]) as proxy:
+        srv = DashboardServer([small_db], "--prefix", "/damnit", "--allow-websocket-origin", proxy.origin,
                               port=upstream, env={"AMORE_BROKER": "none"}, log_path=tmp_path / "srv.log")
         srv.start()
         try:
-            time.sleep(0.3)
-            if proc.poll() is not None:
-                pytest.fail(f"nginx did not start: {proc.stdout.read().decode()}")
-            open_table(page, f"http://127.0.0.1:{port}/damnit/")
-            assert page.url.startswith(f"http://127.0.0.1:{port}/damnit/")
+            open_table(page, proxy.url)
+            assert page.url.startswith(proxy.url)
             # The websocket works through the proxy: an edit round-trips.
             target = cell(page, 2, "comment")
             target.click()
@@ -287,13 +247,10 @@ def test_prefix_behind_nginx(serve, small_db, page, tmp_path):
             cell(page, 2, "v001").get_by_text("77", exact=True).wait_for(timeout=5000)
             assert image_loaded(cell(page, 2, "v003").locator("img.dmn-thumb"))
             # Everything went through nginx: the page, its websocket and the thumbnails.
-            access = (ndir / "access.log").read_text()
+            access = proxy.access_log()
             assert "/damnit/main" in access and "GET /damnit/thumbnail/" in access
         finally:
             srv.stop()
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_sort_jump_and_export(serve, small_db, page, tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -15,7 +14,8 @@ import pytest
 
 from app.server.launcher import DashboardServer, free_port
 from backend.storage.synthetic import make_database, set_value
-from tests.app.browser.test_dashboard import NGINX_CONF, cell, open_table, wait_for
+from tests.app.browser.test_dashboard import cell, open_table, wait_for
+from tests.infra.nginx import nginx_proxy
 
 PASSWORD = "s3cret-pw"
 PROPOSALS = [("SPB", "202501", 1111), ("MID", "202402", 2222)]
@@ -120,49 +120,30 @@ def test_idle_proposals_are_unloaded_and_reopened(data_root, tmp_path, page):
         assert cell(page, 2, "v001").inner_text().strip() == "1111.5000"
 
 
-UPSTREAMS = """
-  upstream damnit {{ {servers} }}
-"""
-
-
 def test_two_server_processes_behind_nginx_both_deliver_live_updates(data_root, tmp_path, chromium_browser):
     """N independent servers behind nginx without sticky sessions: a websocket that lands on another
     server than its page gets a session there (Bokeh creates it from the session token), and each
     server follows the database itself, so every browser sees every update."""
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     db = data_root / "SPB" / "202501" / "p001111" / "usr" / "Shared" / "amore"
     ports = [free_port(), free_port()]
-    port = free_port()
-    ndir = tmp_path / "nginx"
-    ndir.mkdir()
-    conf = NGINX_CONF.format(dir=ndir, port=port, upstream=ports[0])
-    conf = conf.replace(f"proxy_pass http://127.0.0.1:{ports[0]};", "proxy_pass http://damnit;")
-    conf = conf.replace("  server {", UPSTREAMS.format(servers=" ".join(f"server 127.0.0.1:{p};" for p in ports))
-                        .replace("{{", "{").replace("}}", "}") + "  server {", 1)
-    conf = conf.replace(f"access_log {ndir}/access.log;",
-                        f"log_format up '$request_uri $upstream_addr'; access_log {ndir}/access.log up;")
-    (ndir / "nginx.conf").write_text(conf)
-    proc = subprocess.Popen([nginx, "-c", str(ndir / "nginx.conf"), "-p", str(ndir)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    servers = [DashboardServer([db], "--prefix", "/damnit", "--allow-websocket-origin", f"127.0.0.1:{port}",
-                               port=p, env={"AMORE_BROKER": "none"}, log_path=tmp_path / f"srv{p}.log")
-               for p in ports]
-    try:
-        for s in servers:
-            s.start()
-        pages = [chromium_browser.new_context().new_page() for _ in range(4)]
-        for p in pages:
-            open_table(p, f"http://127.0.0.1:{port}/damnit/main")
-        used = set(re.findall(r"127\.0\.0\.1:(\d+)", (ndir / "access.log").read_text()))
-        assert {str(p) for p in ports} <= used, "nginx should have used both servers"
-        set_value(db, 3, "v001", 4242.0)
-        for p in pages:
-            cell(p, 3, "v001").get_by_text("4242", exact=True).wait_for(timeout=10000)
-    finally:
-        for s in servers:
-            s.stop()
-        proc.terminate()
-        proc.wait(10)
+    with nginx_proxy(tmp_path, ports) as proxy:
+        servers = [DashboardServer([db], "--prefix", "/damnit", "--allow-websocket-origin", proxy.origin,
+                                   port=p, env={"AMORE_BROKER": "none"}, log_path=tmp_path / f"srv{p}.log")
+                   for p in ports]
+        try:
+            for s in servers:
+                s.start()
+            pages = [chromium_browser.new_context().new_page() for _ in range(4)]
+            for p in pages:
+                open_table(p, proxy.url + "main")
+            used = set(re.findall(r"127\.0\.0\.1:(\d+)", proxy.access_log()))
+            assert {str(p) for p in ports} <= used, "nginx should have used both servers"
+            set_value(db, 3, "v001", 4242.0)
+            for p in pages:
+                cell(p, 3, "v001").get_by_text("4242", exact=True).wait_for(timeout=10000)
+        finally:
+            for s in servers:
+                s.stop()
 
 
 def test_num_procs_survives_a_crashed_process(data_root, tmp_path, page):

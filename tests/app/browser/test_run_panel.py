@@ -5,7 +5,6 @@ reprocessing updates it, it is resizable/closable and remembered, and on a narro
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pytest
 from app.server.launcher import DashboardServer, free_port
 from tests.app.browser.test_dashboard import cell, wait_for
 from tests.infra import REPO
+from tests.infra.nginx import nginx_proxy
 
 PROPOSAL = 4321
 RUNS = 12
@@ -180,28 +180,14 @@ def test_the_panel_follows_reprocessing_and_escapes_text(server, processed, page
 
 
 def test_panel_behind_a_proxy_prefix_in_read_only_mode(processed, page, tmp_path):
-    from tests.app.browser.test_dashboard import NGINX_CONF
-
     db, data = processed
-    upstream, port = free_port(), free_port()
-    ndir = tmp_path / "nginx"
-    ndir.mkdir()
-    (ndir / "nginx.conf").write_text(NGINX_CONF.format(dir=ndir, port=port, upstream=upstream))
-    nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(ndir / "nginx.conf"),
-                              "-p", str(ndir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    srv = DashboardServer([db], "--read-only", "--prefix", "/damnit", "--allow-websocket-origin",
-                          f"127.0.0.1:{port}", port=upstream,
-                          env={"AMORE_BROKER": "none", "EXTRA_DATA_DATA_ROOT": str(data)},
-                          log_path=tmp_path / "srv.log")
-    try:
-        srv.start()
-        assert nginx.poll() is None, nginx.stdout.read().decode()
-        open_table(page, f"http://127.0.0.1:{port}/damnit/")
-        cell(page, 3, "start_time").click()
-        assert wait_for(lambda: panel_title(page) == "Run 3", timeout=5)
-        assert wait_for(lambda: visible_canvases(page) >= 2, timeout=15)
-        assert "/damnit/main" in (ndir / "access.log").read_text()
-    finally:
-        srv.stop()
-        nginx.terminate()
-        nginx.wait(10)
+    upstream = free_port()
+    with nginx_proxy(tmp_path, [upstream]) as proxy:
+        with DashboardServer([db], "--read-only", "--prefix", "/damnit", "--allow-websocket-origin", proxy.origin,
+                             port=upstream, env={"AMORE_BROKER": "none", "EXTRA_DATA_DATA_ROOT": str(data)},
+                             log_path=tmp_path / "srv.log"):
+            open_table(page, proxy.url)
+            cell(page, 3, "start_time").click()
+            assert wait_for(lambda: panel_title(page) == "Run 3", timeout=5)
+            assert wait_for(lambda: visible_canvases(page) >= 2, timeout=15)
+            assert "/damnit/main" in proxy.access_log()

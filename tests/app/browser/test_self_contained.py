@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import getpass
 import os
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,8 +21,8 @@ import pytest
 
 from app.server.launcher import DashboardServer, free_port
 from backend.base import mockruns
-from tests.app.browser.test_dashboard import NGINX_CONF
 from tests.infra import REPO
+from tests.infra.nginx import nginx_proxy
 
 pytestmark = pytest.mark.browser
 
@@ -231,45 +229,26 @@ def test_read_only_pages_fetch_nothing_from_outside(proposal, context, tmp_path)
 
 
 def test_pages_behind_a_proxy_with_a_prefix_fetch_nothing_from_outside(proposal, context, tmp_path):
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(nginx).exists():
-        pytest.fail("nginx is not installed (apt-get install -y nginx)")
     db_dir, env = proposal
-    upstream, port = free_port(), free_port()
-    ndir = tmp_path / "nginx"
-    ndir.mkdir()
-    # No temporary files for big responses (plotly.js is 4.4 MB): nginx's workers, not root, cannot write
-    # into pytest's private temporary folder, and would cut such a response short.
-    conf = NGINX_CONF.format(dir=ndir, port=port, upstream=upstream).replace(
-        "http {", "http {\n  proxy_max_temp_file_size 0;", 1)
-    assert "proxy_max_temp_file_size 0;" in conf
-    (ndir / "nginx.conf").write_text(conf)
-    proxy = subprocess.Popen([nginx, "-c", str(ndir / "nginx.conf"), "-p", str(ndir)],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    srv = None
-    try:
-        srv = _server([db_dir], "--prefix", "/damnit", "--allow-websocket-origin", f"127.0.0.1:{port}",
+    upstream = free_port()
+    with nginx_proxy(tmp_path, [upstream]) as nginx:
+        srv = _server([db_dir], "--prefix", "/damnit", "--allow-websocket-origin", nginx.origin,
                       env=env, tmp_path=tmp_path, port=upstream)
-        time.sleep(0.3)
-        if proxy.poll() is not None:
-            pytest.fail(f"nginx did not start: {proxy.stdout.read().decode()}")
-        origin = f"http://127.0.0.1:{port}"
-        log = RequestLog(context, origin)
-        page = context.new_page()
-        page.set_default_timeout(20_000)
-        tour(page, f"{origin}/damnit/", writable=True, shot=tmp_path / "tour.png")
-        assert page.url.startswith(f"{origin}/damnit/")
-        _assert_toured(log)
-        log.assert_self_contained("behind nginx under /damnit")
-        # Everything went through the proxy, under the prefix (nothing fetched from the server's root).
-        paths = [urlsplit(u).path for u in log.urls if urlsplit(u).scheme in ("http", "https", "ws")]
-        assert paths and all(p.startswith("/damnit/") for p in paths), sorted(
-            {p for p in paths if not p.startswith("/damnit/")})
-    finally:
-        if srv is not None:
+        try:
+            origin = f"http://127.0.0.1:{nginx.port}"
+            log = RequestLog(context, origin)
+            page = context.new_page()
+            page.set_default_timeout(20_000)
+            tour(page, f"{origin}/damnit/", writable=True, shot=tmp_path / "tour.png")
+            assert page.url.startswith(f"{origin}/damnit/")
+            _assert_toured(log)
+            log.assert_self_contained("behind nginx under /damnit")
+            # Everything went through the proxy, under the prefix (nothing fetched from the server's root).
+            paths = [urlsplit(u).path for u in log.urls if urlsplit(u).scheme in ("http", "https", "ws")]
+            assert paths and all(p.startswith("/damnit/") for p in paths), sorted(
+                {p for p in paths if not p.startswith("/damnit/")})
+        finally:
             srv.stop()
-        proxy.terminate()
-        proxy.wait(10)
 
 
 def test_sign_in_pages_fetch_nothing_from_outside(proposal, context, tmp_path):

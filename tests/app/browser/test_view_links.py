@@ -5,14 +5,13 @@ opens it sees the same view, behind the proxy prefix too; a hostile link is show
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import urllib.request
 from urllib.parse import parse_qs, quote, urlsplit
 
 from app.server.launcher import DashboardServer, free_port
 from tests.app.browser.test_dashboard import cell, wait_for
 from tests.app.browser.test_run_panel import open_table, panel_title, processed, server  # noqa: F401 (fixtures)
+from tests.infra.nginx import nginx_proxy
 
 RUN_CELLS = ".tabulator-row .tabulator-cell[tabulator-field='run']"
 
@@ -118,37 +117,26 @@ def test_a_hostile_link_is_reported_as_text_and_changes_nothing(server, page):  
 
 
 def test_links_work_behind_the_proxy_prefix(processed, chromium_browser, tmp_path):  # noqa: F811
-    from tests.app.browser.test_dashboard import NGINX_CONF
-
     db, data = processed
-    upstream, port = free_port(), free_port()
-    ndir = tmp_path / "nginx"
-    ndir.mkdir()
-    (ndir / "nginx.conf").write_text(NGINX_CONF.format(dir=ndir, port=port, upstream=upstream))
-    nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(ndir / "nginx.conf"),
-                              "-p", str(ndir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    srv = DashboardServer([db], "--read-only", "--prefix", "/damnit", "--allow-websocket-origin",
-                          f"127.0.0.1:{port}", port=upstream,
-                          env={"AMORE_BROKER": "none", "EXTRA_DATA_DATA_ROOT": str(data)},
-                          log_path=tmp_path / "srv.log")
+    upstream = free_port()
     ctx = chromium_browser.new_context(viewport={"width": 1600, "height": 1000},
                                        permissions=["clipboard-read", "clipboard-write"])
-    try:
-        srv.start()  # waits for <prefix>/health, which builds no session
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/damnit/health", timeout=10) as r:
-            assert r.read() == b"ok\n"  # through the proxy too
-        page = ctx.new_page()
-        open_table(page, f"http://127.0.0.1:{port}/damnit/")
-        cell(page, 5, "start_time").click()
-        assert wait_for(lambda: "runs=5" in address(page), timeout=10), address(page)
-        link = copy_link(page)
-        assert link.startswith(f"http://127.0.0.1:{port}/damnit/main?") and query_of(link)["runs"] == "5"
-        other = ctx.new_page()
-        open_table(other, link)
-        assert wait_for(lambda: selected_runs(other) == {5}, timeout=10)
-        assert wait_for(lambda: panel_title(other) == "Run 5", timeout=10)
-    finally:
-        ctx.close()
-        srv.stop()
-        nginx.terminate()
-        nginx.wait(10)
+    with nginx_proxy(tmp_path, [upstream]) as proxy, \
+            DashboardServer([db], "--read-only", "--prefix", "/damnit", "--allow-websocket-origin", proxy.origin,
+                            port=upstream, env={"AMORE_BROKER": "none", "EXTRA_DATA_DATA_ROOT": str(data)},
+                            log_path=tmp_path / "srv.log"):  # waits for <prefix>/health, which builds no session
+        try:
+            with urllib.request.urlopen(proxy.url + "health", timeout=10) as r:
+                assert r.read() == b"ok\n"  # through the proxy too
+            page = ctx.new_page()
+            open_table(page, proxy.url)
+            cell(page, 5, "start_time").click()
+            assert wait_for(lambda: "runs=5" in address(page), timeout=10), address(page)
+            link = copy_link(page)
+            assert link.startswith(proxy.url + "main?") and query_of(link)["runs"] == "5"
+            other = ctx.new_page()
+            open_table(other, link)
+            assert wait_for(lambda: selected_runs(other) == {5}, timeout=10)
+            assert wait_for(lambda: panel_title(other) == "Run 5", timeout=10)
+        finally:
+            ctx.close()

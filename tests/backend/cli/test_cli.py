@@ -314,6 +314,25 @@ def test_read_context_error_is_located_and_changes_nothing(tmp_path, monkeypatch
 # -- reprocess ---------------------------------------------------------------------------------------
 
 
+def test_reprocess_of_a_run_missing_on_disk_replaces_its_old_failure(tmp_path, make_mock_runs, monkeypatch,
+                                                                    capsys):
+    """A failed run's mark must not keep an old reason (a context error fixed since) when the new attempt
+    could not even start; a run without a mark gets none."""
+    from backend.storage import processing_state
+
+    make_mock_runs(PROPOSAL, [1])
+    d = init_db(tmp_path / "db")
+    with DamnitDB.from_dir(d) as db:
+        processing_state.record_failure(db, PROPOSAL, 7, processing_state.CONTEXT, "SyntaxError: old")
+    monkeypatch.chdir(d)
+    assert main(["reprocess", "1", "7", "8", "--direct"]) == 0
+    assert "skipping 2 runs because they don't exist: [7, 8]" in capsys.readouterr().err
+    with DamnitDB.from_dir(d) as db:
+        failed = {f.run: f for f in processing_state.failures(db)}
+    assert set(failed) == {7}
+    assert failed[7].kind == processing_state.PROCESSING and "no files of run 7" in failed[7].reason
+
+
 def test_reprocess_direct_end_to_end(tmp_path, make_mock_runs, monkeypatch, capsys):
     make_mock_runs(PROPOSAL, [1, 2, 3])
     d = init_db(tmp_path / "db")
