@@ -3,12 +3,13 @@ first page is quick even for a 5000-run proposal, and connect the update produce
 
 import logging
 import os
+import sys
 
 import panel as pn
 
 from app.actions.edits import warm_producer
 from app.config import get_config
-from app.display.hv import import_on_server_loop
+from app.display.hv import holoviews, import_on_server_loop
 from app.display.plots import warm_up_in_background
 from app.live.source import get_source, release_freed_memory, unload_idle
 from app.pages.run_table.model import get_table_model, page_size_for
@@ -40,7 +41,10 @@ for db_dir in get_config().databases:
 if not get_config().read_only:
     warm_producer()
 release_freed_memory()
-import_on_server_loop()  # HoloViews is imported after the first page (app/display/hv.py)
+if "--num-threads" in sys.argv or os.environ.get("PANEL_NUM_THREADS"):
+    holoviews()  # sessions' callbacks run in a thread pool, racing any later import: import it now
+else:
+    import_on_server_loop()  # HoloViews is imported after the first page (app/display/hv.py)
 # The first plot a process draws costs seconds of one-off set-up in HoloViews: pay it before the first
 # visitor's first click, but after their table is drawn (app.shell says when), or in 20 s if nobody came.
 warm_up_in_background(at_latest=20)
