@@ -50,7 +50,7 @@ class ViewAddress(pn.custom.JSComponent):
       button.textContent = 'Copy link'
       button.title = 'Copy a link to this view (page, selected runs, sort, filters, plot)'
       Object.assign(button.style, { cursor: 'pointer', padding: '3px 10px', borderRadius: '4px',
-        border: '1px solid var(--dmn-border, #bbb)', background: 'var(--dmn-bg, #fff)', color: 'inherit',
+        border: '1px solid #888', background: 'transparent', color: 'inherit',  // both themes
         font: 'inherit', whiteSpace: 'nowrap' })
       const note = document.createElement('span')
       note.className = 'dmn-copy-link-note'

@@ -429,6 +429,8 @@ def test_the_dark_theme_is_chosen_per_browser_and_remembered(site, chromium_brow
         time.sleep(1)
         assert _luminance(page_shot(page)[:60]) < 80  # page and header
         assert _luminance(shot(rows.first)) < 100  # the run table follows
+        button = shot(page.locator(".dmn-copy-link"))  # was white on white
+        assert _luminance(button) < 100 and button.max() - button.min() > 120, "Copy link unreadable when dark"
         assert page.evaluate("() => localStorage.getItem('damnit-theme')") == "dark"
 
         other = context.new_page()  # remembered by this browser
